@@ -1,0 +1,182 @@
+"""Every server flag and its default, in one place.
+
+The CLI (`rollserve serve`), `rollserve.Engine(**kwargs)` and /get_server_info
+all read `ServerArgs`. Flag names follow SGLang's so that users can port their
+launch commands unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "random")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+ATTENTION_BACKENDS = ("torch_native", "triton", "flashinfer")
+
+
+@dataclass
+class ServerArgs:
+    # model
+    model_path: Optional[str] = None
+    tokenizer_path: Optional[str] = None
+    served_model_name: Optional[str] = None
+    chat_template: Optional[str] = None
+    dtype: str = "auto"
+    context_length: Optional[int] = None
+    load_format: str = "auto"
+    trust_remote_code: bool = False
+    is_embedding: bool = False
+    # http
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: Optional[str] = None
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    # memory and scheduling
+    device: Optional[str] = None
+    mem_fraction_static: Optional[float] = None
+    max_total_tokens: Optional[int] = None
+    max_running_requests: Optional[int] = None
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: Optional[int] = None
+    schedule_policy: str = "fcfs"
+    schedule_conservativeness: float = 1.0
+    disable_radix_cache: bool = False
+    allow_auto_truncate: bool = False
+    random_seed: Optional[int] = None
+    stream_interval: int = 1
+    # gpu path
+    attention_backend: Optional[str] = None
+    # observability and robustness
+    log_level: str = "info"
+    log_requests: bool = False
+    enable_metrics: bool = False
+    watchdog_timeout: float = 300.0
+    # filled in at start-up, never by the user
+    weight_version: str = "default"
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"{name}: {msg}")
+
+        need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        need(self.load_format in LOAD_FORMATS, "load_format",
+             f"must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        need(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
+             f"must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
+        need(self.attention_backend is None or self.attention_backend in ATTENTION_BACKENDS,
+             "attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        need(self.mem_fraction_static is None or 0 < self.mem_fraction_static < 1,
+             "mem_fraction_static", "must be in (0, 1)")
+        for name in ("max_total_tokens", "max_running_requests", "context_length",
+                     "chunked_prefill_size"):
+            value = getattr(self, name)
+            need(value is None or value > 0 or (name == "chunked_prefill_size" and value == -1),
+                 name, f"must be positive, got {value}")
+        need(self.max_prefill_tokens > 0, "max_prefill_tokens", "must be positive")
+        need(self.schedule_conservativeness > 0, "schedule_conservativeness", "must be positive")
+        need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
+        need(0 < self.port < 65536, "port", "must be in 1..65535")
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ServerArgs":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown server argument(s): {', '.join(unknown)}; "
+                f"rollserve does not implement them"
+            )
+        return cls(**kwargs)
+
+
+_HELP = {
+    "model_path": "HF-format model folder; default: the embedded SmolLM2-135M-Instruct",
+    "tokenizer_path": "tokenizer folder; default: the model folder",
+    "served_model_name": "name shown by /v1/models; default: the model path",
+    "chat_template": "a built-in template name or a path to a jinja file",
+    "dtype": "auto picks the config's dtype on CUDA and float32 on CPU",
+    "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights",
+    "mem_fraction_static": "share of device memory for weights + KV pool",
+    "max_total_tokens": "size of the KV pool in tokens (overrides mem_fraction_static)",
+    "chunked_prefill_size": "max new tokens of one request per prefill step (-1 disables)",
+    "schedule_policy": "fcfs | lpm | dfs-weight | random",
+    "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+}
+
+# Flags SGLang users may pass that rollserve does not implement (yet): refuse, never ignore.
+UNSUPPORTED_FLAGS = {
+    "--tp-size": "tensor parallelism is not implemented yet",
+    "--tensor-parallel-size": "tensor parallelism is not implemented yet",
+    "--dp-size": "run several servers behind a router for data parallelism",
+    "--data-parallel-size": "run several servers behind a router for data parallelism",
+    "--quantization": "quantization is not implemented",
+    "--kv-cache-dtype": "only the model dtype is supported for the KV cache",
+    "--speculative-algorithm": "speculative decoding is not implemented",
+    "--lora-paths": "LoRA is not implemented",
+    "--enable-torch-compile": "torch.compile is not wired in yet",
+    "--cuda-graph-max-bs": "CUDA graphs are not implemented yet",
+    "--disable-cuda-graph": "CUDA graphs are not implemented yet",
+    "--disable-overlap-schedule": "overlap scheduling is not implemented yet",
+}
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """Add one --flag-name per ServerArgs field (bools become store_true)."""
+    for f in dataclasses.fields(ServerArgs):
+        if f.name in ("extra", "weight_version"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"dest": f.name, "default": f.default, "help": _HELP.get(f.name)}
+        if f.type in ("bool",):
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        kind = {"int": int, "float": float, "Optional[int]": int,
+                "Optional[float]": float}.get(f.type, str)
+        parser.add_argument(flag, type=kind, **kwargs)
+    for flag, why in UNSUPPORTED_FLAGS.items():
+        parser.add_argument(flag, nargs="?", const=True, default=None,
+                            dest="_unsupported_" + flag.strip("-").replace("-", "_"),
+                            help=f"refused: {why}")
+
+
+def server_args_from_cli(namespace: argparse.Namespace) -> ServerArgs:
+    refused = [
+        (flag, why) for flag, why in UNSUPPORTED_FLAGS.items()
+        if getattr(namespace, "_unsupported_" + flag.strip("-").replace("-", "_"), None) is not None
+    ]
+    if refused:
+        raise SystemExit("\n".join(f"error: {flag} is not supported: {why}" for flag, why in refused))
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(ServerArgs)
+              if hasattr(namespace, f.name)}
+    try:
+        return ServerArgs(**values)
+    except ValueError as e:
+        raise SystemExit(f"error: --{str(e).split(':')[0].replace('_', '-')}: {str(e).split(':', 1)[1].strip()}")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("ROLLSERVE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rollserve"))

@@ -1,0 +1,131 @@
+"""Per-request sampling parameters, SGLang's names, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+
+class InvalidRequest(ValueError):
+    """A request field is wrong. `field` names it so the API can report it."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: Optional[Union[str, list]] = None
+    stop_token_ids: Optional[list] = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    n: int = 1
+    seed: Optional[int] = None
+    logit_bias: Optional[dict] = None
+
+    @classmethod
+    def from_dict(cls, params: Optional[dict]) -> "SamplingParams":
+        params = dict(params or {})
+        if "sampling_seed" in params and "seed" not in params:
+            params["seed"] = params.pop("sampling_seed")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name in params:
+            if name not in known:
+                raise InvalidRequest(f"sampling_params.{name}", "unknown sampling parameter")
+        sp = cls(**{k: v for k, v in params.items() if v is not None or k in ("stop", "seed")})
+        sp.normalize_and_validate()
+        return sp
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def normalize_and_validate(self, vocab_size: Optional[int] = None) -> None:
+        def bad(name: str, msg: str):
+            raise InvalidRequest(f"sampling_params.{name}", msg)
+
+        def number(name: str, integer: bool = False):
+            value = getattr(self, name)
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if not ok or isinstance(value, bool):
+                bad(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            return value
+
+        if number("max_new_tokens", True) < 0:
+            bad("max_new_tokens", "must be >= 0")
+        if number("min_new_tokens", True) < 0:
+            bad("min_new_tokens", "must be >= 0")
+        if self.min_new_tokens > self.max_new_tokens:
+            bad("min_new_tokens", "must be <= max_new_tokens")
+        if number("temperature") < 0:
+            bad("temperature", "must be >= 0")
+        if not 0 < number("top_p") <= 1:
+            bad("top_p", "must be in (0, 1]")
+        top_k = number("top_k", True)
+        if top_k == 0 or top_k < -1:
+            bad("top_k", "must be -1 (disabled) or >= 1")
+        if not 0 <= number("min_p") <= 1:
+            bad("min_p", "must be in [0, 1]")
+        if not -2 <= number("presence_penalty") <= 2:
+            bad("presence_penalty", "must be in [-2, 2]")
+        if not -2 <= number("frequency_penalty") <= 2:
+            bad("frequency_penalty", "must be in [-2, 2]")
+        if not 0 < number("repetition_penalty") <= 2:
+            bad("repetition_penalty", "must be in (0, 2]")
+        if number("n", True) < 1:
+            bad("n", "must be >= 1")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            bad("seed", f"must be an integer, got {self.seed!r}")
+        self.temperature = float(self.temperature)
+        self._normalize_stop(bad)
+        self._normalize_logit_bias(bad, vocab_size)
+
+    def _normalize_stop(self, bad) -> None:
+        if self.stop is None or self.stop == "":
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
+            bad("stop", "must be a non-empty string or a list of non-empty strings")
+        ids = self.stop_token_ids or []
+        if not isinstance(ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
+        ):
+            bad("stop_token_ids", "must be a list of non-negative integers")
+        self.stop_token_ids = ids
+
+    def _normalize_logit_bias(self, bad, vocab_size: Optional[int]) -> None:
+        if not self.logit_bias:
+            self.logit_bias = None
+            return
+        if not isinstance(self.logit_bias, dict):
+            bad("logit_bias", "must be a map from token id to bias")
+        out = {}
+        for key, value in self.logit_bias.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                bad("logit_bias", f"key {key!r} is not a token id")
+            if token < 0 or (vocab_size is not None and token >= vocab_size):
+                bad("logit_bias", f"token id {token} is out of range")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                bad("logit_bias", f"bias for token {token} must be a number")
+            out[token] = float(value)
+        self.logit_bias = out
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1

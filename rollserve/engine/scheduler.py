@@ -1,0 +1,349 @@
+"""Continuous batching: which requests run in the next forward step.
+
+Each step builds one batch holding a decode token for every running request
+plus prefill chunks of waiting requests (chunked prefill keeps a long prompt
+from stalling the decodes). No tensor math here beyond bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Deque, Dict, List, Optional
+
+import torch
+
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.io import TokenizedGenerateReq, TokenOutput
+from rollserve.engine.kv_manager import KVManager
+from rollserve.engine.model_runner import ForwardOutput, ModelRunner
+from rollserve.engine.policy import SchedulePolicy
+from rollserve.engine.request import Req
+from rollserve.engine.sampler import (Sampler, SamplingRow, compute_logprobs,
+                                      gather_token_logprobs, top_logprobs)
+from rollserve.engine.schedule_batch import BatchEntry, ScheduleBatch
+from rollserve.engine.stop_checker import StopChecker
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, args: ServerArgs, runner: ModelRunner, tokenizer, eos_token_ids):
+        self.args = args
+        self.runner = runner
+        self.kv = KVManager(runner.allocator, runner.req_pool, not args.disable_radix_cache)
+        self.policy = SchedulePolicy(args.schedule_policy, self.kv.tree)
+        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=args.random_seed)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.stop_checker = StopChecker(tokenizer, self.eos_token_ids, runner.context_len)
+        chunk = args.chunked_prefill_size
+        if chunk is None:
+            chunk = 8192 if runner.device.type == "cuda" else 2048
+        self.chunk_size = None if chunk == -1 else chunk
+        # share of each running request's remaining max_new_tokens kept free for its decode
+        self.new_token_ratio = min(1.0, 0.3 * args.schedule_conservativeness)
+        self.waiting: Deque[Req] = deque()
+        self.running: List[Req] = []
+        self.prefilling: Optional[Req] = None  # the request whose prompt is half done
+        self.weight_version = args.weight_version
+        self.stats = SchedulerStats()
+
+    # ---- requests in ---------------------------------------------------------------
+    def add_request(self, msg: TokenizedGenerateReq) -> None:
+        self.waiting.append(Req.from_message(msg))
+
+    def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
+        """Abort queued requests now; running ones are marked and released next step."""
+        def hit(req: Req) -> bool:
+            return abort_all or req.rid == rid
+
+        outputs = []
+        for req in [r for r in self.waiting if hit(r)]:
+            self.waiting.remove(req)
+            req.finish("abort", message="aborted by request")
+            outputs.append(req.take_output(self.weight_version))
+        for req in self._active():
+            if hit(req):
+                req.finish("abort", message="aborted by request")
+        return outputs
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.prefilling)
+
+    def num_requests(self) -> int:
+        return len(self.waiting) + len(self._active())
+
+    def _active(self) -> List[Req]:
+        return self.running + ([self.prefilling] if self.prefilling else [])
+
+    # ---- one step ----------------------------------------------------------------------
+    def step(self) -> List[TokenOutput]:
+        """Run one forward over the next batch; return the outputs to send."""
+        outputs = self._release_aborted()
+        batch = self._build_batch()
+        if batch is None:
+            return outputs
+        result = self.runner.forward(batch)
+        outputs.extend(self._process_result(batch, result))
+        self.stats.record_step(batch)
+        return outputs
+
+    def _release_aborted(self) -> List[TokenOutput]:
+        outputs = []
+        for req in [r for r in self._active() if r.finished]:
+            self._remove_active(req)
+            self.kv.release(req)
+            outputs.append(req.take_output(self.weight_version))
+        return outputs
+
+    def _remove_active(self, req: Req) -> None:
+        if req is self.prefilling:
+            self.prefilling = None
+        else:
+            self.running.remove(req)
+
+    # ---- batch building -----------------------------------------------------------------
+    def _build_batch(self) -> Optional[ScheduleBatch]:
+        entries = self._decode_entries()
+        entries.extend(self._prefill_entries(sum(1 for _ in entries)))
+        return ScheduleBatch(entries) if entries else None
+
+    def _decode_entries(self) -> List[BatchEntry]:
+        self._ensure_decode_slots()
+        if not self.running:
+            return []
+        slots = self.kv.alloc_slots(len(self.running))
+        entries = []
+        for req, slot in zip(self.running, slots):
+            start = req.kv_len
+            self.kv.append_slots(req, slot.view(1))
+            entries.append(BatchEntry(req, start, [req.fill_ids[-1]], slot.view(1), sample=True,
+                                      logit_rows=[0]))
+        return entries
+
+    def _ensure_decode_slots(self) -> None:
+        """Retract the newest running requests until every other one gets a slot."""
+        while self.running and self.kv.available_slots() < len(self.running):
+            if len(self.running) == 1:
+                req = self.running.pop()
+                req.finish("abort", message="the KV cache is too small for this request")
+                self.kv.release(req)
+                self.stats.pending_outputs.append(req.take_output(self.weight_version))
+                return
+            req = self.running.pop()
+            self.kv.retract(req)
+            req.num_retractions += 1
+            self.waiting.appendleft(req)
+            logger.info("retracted %s (KV pool full); requeued", req.rid)
+
+    def _prefill_entries(self, num_decodes: int) -> List[BatchEntry]:
+        budget = self.args.max_prefill_tokens
+        if self.chunk_size:
+            budget = min(budget, self.chunk_size)
+        free = self.kv.available_slots() - num_decodes - self._decode_reserve(self.running)
+        entries = []
+        if self.prefilling is not None:
+            entry = self._prefill_chunk(self.prefilling, budget, free)
+            if entry is None:
+                return []
+            entries.append(entry)
+            budget -= len(entry.tokens)
+            free -= len(entry.tokens)
+            if not entry.sample and entry.req.sampling_params.max_new_tokens > 0:
+                return entries
+        order = self.policy.order(list(self.waiting))
+        for req in order:
+            if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
+                break
+            reserve = int(req.remaining_new_tokens * self.new_token_ratio)
+            if free - reserve <= 0:
+                break
+            if not self.kv.admit(req):
+                break
+            entry = self._prefill_chunk(req, budget, free - reserve)
+            if entry is None:
+                self.kv.retract(req)
+                break
+            self.waiting.remove(req)
+            entries.append(entry)
+            budget -= len(entry.tokens)
+            free -= len(entry.tokens) + reserve
+            if not entry.sample and entry.req.sampling_params.max_new_tokens > 0:
+                self.prefilling = req  # partial prompt: the next step continues it
+                break
+        return entries
+
+    def _decode_reserve(self, reqs: List[Req]) -> int:
+        return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
+
+    def _prefill_chunk(self, req: Req, budget: int, free: int) -> Optional[BatchEntry]:
+        """The next run of the request's prompt that fits the budgets; None if none fits."""
+        remaining = req.seq_len - req.kv_len
+        n = min(remaining, budget, free)
+        if n < remaining and not self.chunk_size and budget < remaining:
+            n = min(remaining, free)  # chunking disabled: the whole prompt or nothing
+        if n <= 0:
+            return None
+        slots = self.kv.alloc_slots(n)
+        if slots is None:
+            return None
+        start = req.kv_len
+        tokens = req.fill_ids[start:start + n]
+        self.kv.append_slots(req, slots)
+        done = start + n == req.seq_len
+        rows = self._input_logprob_rows(req, start, n)
+        sample = done and req.sampling_params.max_new_tokens > 0
+        if sample and (n - 1) not in rows:
+            rows.append(n - 1)
+        return BatchEntry(req, start, tokens, slots, sample=sample, logit_rows=rows)
+
+    @staticmethod
+    def _input_logprob_rows(req: Req, start: int, n: int) -> List[int]:
+        """Offsets in this chunk whose logits score the next prompt token."""
+        if not req.wants_input_logprobs or req.output_ids:
+            return []
+        first = max(req.logprob_start_len, 1) - 1
+        last = len(req.input_ids) - 2
+        return [p - start for p in range(max(first, start), min(last, start + n - 1) + 1)]
+
+    # ---- results -------------------------------------------------------------------------
+    def _process_result(self, batch: ScheduleBatch, result: ForwardOutput) -> List[TokenOutput]:
+        sampled = self._sample(batch, result)
+        outputs = self.stats.drain_pending()
+        for i, entry in enumerate(batch.entries):
+            req = entry.req
+            logits = result.logits[result.row_offsets[i]:result.row_offsets[i + 1]]
+            self._record_input_logprobs(entry, logits)
+            prompt_done = entry.start + len(entry.tokens) == req.seq_len
+            if entry.sample:
+                self._append_token(req, sampled.get(i), logits[-1])
+            elif prompt_done and req.sampling_params.max_new_tokens == 0:
+                req.finish("length", matched=0)
+            self._after_step(req, prompt_done, outputs)
+        return outputs
+
+    def _sample(self, batch: ScheduleBatch, result: ForwardOutput) -> Dict[int, int]:
+        picks = [(i, e) for i, e in enumerate(batch.entries) if e.sample and not e.req.finished]
+        if not picks:
+            return {}
+        rows = [result.row_offsets[i + 1] - 1 for i, _ in picks]
+        logits = result.logits[torch.tensor(rows, dtype=torch.int64, device=result.logits.device)]
+        sampling_rows = [SamplingRow(e.req.sampling_params, e.req.input_ids, e.req.output_ids,
+                                     self.eos_token_ids) for _, e in picks]
+        next_ids = self.sampler.sample(logits, sampling_rows).tolist()
+        return {i: t for (i, _), t in zip(picks, next_ids)}
+
+    def _append_token(self, req: Req, token: Optional[int], logits: torch.Tensor) -> None:
+        if req.finished or token is None:
+            return
+        req.output_ids.append(token)
+        if req.first_token_time is None:
+            req.first_token_time = time.monotonic()
+        if req.return_logprob:
+            logprobs = compute_logprobs(logits.view(1, -1))
+            value = gather_token_logprobs(logprobs, torch.tensor([token], device=logprobs.device))
+            req.pending_output_logprobs.append((float(value[0]), token))
+            if req.top_logprobs_num > 0:
+                req.pending_output_top.append(_top_list(logprobs, req.top_logprobs_num)[0])
+        self.stop_checker.check(req)
+
+    def _record_input_logprobs(self, entry: BatchEntry, logits: torch.Tensor) -> None:
+        req = entry.req
+        if not req.wants_input_logprobs or req.output_ids:
+            return
+        if entry.start == 0 and req.logprob_start_len == 0:
+            req.pending_input_logprobs.append((None, req.input_ids[0]))
+            if req.top_logprobs_num > 0:
+                req.pending_input_top.append(None)
+        n_prompt_rows = sum(1 for r in entry.logit_rows if entry.start + r <= len(req.input_ids) - 2)
+        if n_prompt_rows == 0:
+            return
+        logprobs = compute_logprobs(logits[:n_prompt_rows])
+        targets = [req.input_ids[entry.start + r + 1] for r in entry.logit_rows[:n_prompt_rows]]
+        values = gather_token_logprobs(logprobs, torch.tensor(targets, device=logprobs.device))
+        req.pending_input_logprobs.extend(zip(values.tolist(), targets))
+        if req.top_logprobs_num > 0:
+            req.pending_input_top.extend(_top_list(logprobs, req.top_logprobs_num))
+
+    def _after_step(self, req: Req, prompt_done: bool, outputs: List[TokenOutput]) -> None:
+        if req.finished:
+            if req is self.prefilling or req in self.running:
+                self._remove_active(req)
+            self.kv.release(req)
+            outputs.append(req.take_output(self.weight_version))
+            return
+        if prompt_done:
+            if req is self.prefilling:
+                self.prefilling = None
+            if req not in self.running:
+                self.kv.cache_unfinished(req)
+                self.running.append(req)
+        else:
+            self.kv.cache_unfinished(req)
+        if req.stream and self._stream_due(req):
+            outputs.append(req.take_output(self.weight_version))
+
+    def _stream_due(self, req: Req) -> bool:
+        new = len(req.output_ids) - req.sent_output_len
+        return new >= self.args.stream_interval or (new > 0 and req.sent_output_len == 0)
+
+    # ---- control ---------------------------------------------------------------------------
+    def flush_cache(self) -> dict:
+        if self.has_work():
+            return {"success": False,
+                    "message": f"cache not flushed: {self.num_requests()} requests are running or queued"}
+        self.kv.flush()
+        return {"success": True, "message": "cache flushed"}
+
+    def info(self) -> dict:
+        tree = self.kv.tree
+        return {
+            "max_total_num_tokens": self.runner.max_total_tokens,
+            "max_running_requests": self.runner.max_running_requests,
+            "context_length": self.runner.context_len,
+            "max_req_input_len": self.runner.context_len - 1,
+            "num_running_reqs": len(self._active()),
+            "num_queued_reqs": len(self.waiting),
+            "kv_used_tokens": self.kv.used_slots(),
+            "kv_cached_tokens": tree.total_size() if tree else 0,
+            "weight_version": self.weight_version,
+            **self.stats.snapshot(),
+        }
+
+
+def _top_list(logprobs: torch.Tensor, k: int):
+    values, ids = top_logprobs(logprobs, k)
+    return [list(zip(v, i)) for v, i in zip(values.tolist(), ids.tolist())]
+
+
+class SchedulerStats:
+    """Counters for /get_server_info and /metrics."""
+
+    def __init__(self):
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.cached_tokens = 0
+        self.last_gen_throughput = 0.0
+        self.pending_outputs: List[TokenOutput] = []
+        self._window_start = time.monotonic()
+        self._window_tokens = 0
+
+    def record_step(self, batch: ScheduleBatch) -> None:
+        decodes = sum(1 for e in batch.entries if e.is_decode)
+        self.generation_tokens += sum(1 for e in batch.entries if e.sample)
+        self.prompt_tokens += batch.num_tokens - decodes
+        self._window_tokens += decodes
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= 1.0:
+            self.last_gen_throughput = self._window_tokens / elapsed
+            self._window_start, self._window_tokens = time.monotonic(), 0
+
+    def drain_pending(self) -> List[TokenOutput]:
+        out, self.pending_outputs = self.pending_outputs, []
+        return out
+
+    def snapshot(self) -> dict:
+        return {"prompt_tokens_total": self.prompt_tokens,
+                "generation_tokens_total": self.generation_tokens,
+                "last_gen_throughput": round(self.last_gen_throughput, 3)}

@@ -1,0 +1,128 @@
+"""The scheduler's own process: receive requests over ZeroMQ, step the batch,
+send token outputs to the detokenizer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.io import AbortReq, BatchTokenOutput, RpcReq, RpcResult, TokenizedGenerateReq
+from rollserve.engine.logging_setup import configure_logging, exit_with_parent
+from rollserve.engine.model_runner import ModelRunner
+from rollserve.engine.scheduler import Scheduler
+from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class SchedulerProcess:
+    def __init__(self, args: ServerArgs, model_path: str, tokenizer_path: str, ports: dict):
+        self.args = args
+        tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=args.trust_remote_code)
+        self.runner = ModelRunner(args, model_path)
+        self.scheduler = Scheduler(args, self.runner, tokenizer,
+                                   eos_token_ids(model_path, tokenizer))
+        context = zmq.Context(2)
+        self.recv = context.socket(zmq.PULL)
+        self.recv.bind(ports["scheduler"])
+        self.send = context.socket(zmq.PUSH)
+        self.send.connect(ports["detokenizer"])
+        self.paused = False
+        self.last_step_start = None  # for the watchdog
+
+    def ready_info(self) -> dict:
+        return {"status": "ready", "pid": os.getpid(), **self.scheduler.info()}
+
+    def loop(self) -> None:
+        threading.Thread(target=self._watchdog, daemon=True).start()
+        while True:
+            self._receive(block=not self.scheduler.has_work() or self.paused)
+            if self.paused:
+                continue
+            self.last_step_start = time.monotonic()
+            outputs = self.scheduler.step()
+            self.last_step_start = None
+            if outputs:
+                self.send.send_pyobj(BatchTokenOutput(outputs))
+
+    def _receive(self, block: bool) -> None:
+        if block and not self.recv.poll(timeout=1000):
+            return
+        while True:
+            try:
+                msg = self.recv.recv_pyobj(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(msg)
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, TokenizedGenerateReq):
+            self.scheduler.add_request(msg)
+        elif isinstance(msg, AbortReq):
+            outputs = self.scheduler.abort(msg.rid, msg.abort_all)
+            if outputs:
+                self.send.send_pyobj(BatchTokenOutput(outputs))
+        elif isinstance(msg, RpcReq):
+            self.send.send_pyobj(RpcResult(msg.rpc_id, self._rpc(msg)))
+        else:
+            logger.error("unknown message %r", type(msg))
+
+    def _rpc(self, msg: RpcReq) -> dict:
+        handler = getattr(self, "rpc_" + msg.method, None)
+        if handler is None:
+            return {"success": False, "message": f"unknown control call {msg.method!r}"}
+        try:
+            return handler(**msg.kwargs)
+        except Exception as e:  # a bad control call must not kill the scheduler
+            logger.exception("control call %s failed", msg.method)
+            return {"success": False, "message": f"{type(e).__name__}: {e}"}
+
+    # ---- control calls -------------------------------------------------------------
+    def rpc_flush_cache(self) -> dict:
+        return self.scheduler.flush_cache()
+
+    def rpc_get_info(self) -> dict:
+        return {"success": True, **self.scheduler.info()}
+
+    def rpc_pause_generation(self) -> dict:
+        self.paused = True
+        return {"success": True, "message": "generation paused"}
+
+    def rpc_continue_generation(self) -> dict:
+        self.paused = False
+        return {"success": True, "message": "generation continued"}
+
+    def _watchdog(self) -> None:
+        timeout = self.args.watchdog_timeout
+        while True:
+            time.sleep(min(5.0, timeout / 4))
+            started = self.last_step_start
+            if started is not None and time.monotonic() - started > timeout:
+                logger.error("watchdog: a forward step has run for over %.0fs; exiting", timeout)
+                os._exit(3)
+
+
+def run_scheduler_process(args: ServerArgs, model_path: str, tokenizer_path: str, ports: dict,
+                          ready_pipe) -> None:
+    configure_logging(args.log_level, prefix="scheduler")
+    exit_with_parent()
+    try:
+        proc = SchedulerProcess(args, model_path, tokenizer_path, ports)
+    except Exception as e:
+        ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}",
+                         "traceback": traceback.format_exc()})
+        return
+    ready_pipe.send(proc.ready_info())
+    ready_pipe.close()
+    try:
+        proc.loop()
+    except Exception:
+        logger.exception("scheduler crashed")
+        os._exit(1)

@@ -1,0 +1,266 @@
+"""The front process's side of the engine: tokenize, send to the scheduler, wait
+for results and shape them as SGLang does. Used by the HTTP server (inside
+uvicorn's event loop) and by the in-process Engine (in a loop thread of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Dict, List, Optional
+
+import zmq
+import zmq.asyncio
+
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
+                                 TokenizedGenerateReq, TokenOutput)
+from rollserve.engine.processes import EngineProcesses, start_engine_processes
+from rollserve.engine.request_input import GenerateReqInput, PromptItem, normalize
+from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.engine.tokenizer import load_tokenizer
+from rollserve.engine.result_format import ResultBuilder
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class ReqState:
+    """Results of one sample as they arrive from the detokenizer."""
+
+    builder: ResultBuilder
+    finished: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TokenizerManager:
+    def __init__(self, args: ServerArgs, model_path: str):
+        self.args = args
+        self.model_path = model_path
+        self.tokenizer_path = args.tokenizer_path or model_path
+        self.tokenizer = load_tokenizer(self.tokenizer_path, args.chat_template,
+                                        args.trust_remote_code)
+        self.procs: EngineProcesses = start_engine_processes(args, model_path, self.tokenizer_path)
+        info = self.procs.info
+        self.context_len: int = info["context_length"]
+        self.max_total_num_tokens: int = info["max_total_num_tokens"]
+        self.weight_version = args.weight_version
+        self.states: Dict[str, ReqState] = {}
+        self.rpc_futures: Dict[int, asyncio.Future] = {}
+        self.rpc_ids = itertools.count()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.dead_reason: Optional[str] = None
+
+    # ---- event-loop plumbing ---------------------------------------------------------
+    def _ensure_started(self) -> None:
+        """Create the sockets and background tasks in the running loop (first call)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        context = zmq.asyncio.Context()
+        self.send_sock = context.socket(zmq.PUSH)
+        self.send_sock.connect(self.procs.ports["scheduler"])
+        self.recv_sock = context.socket(zmq.PULL)
+        self.recv_sock.bind(self.procs.ports["tokenizer"])
+        loop.create_task(self._receive_loop())
+        loop.create_task(self._watch_children())
+
+    async def _receive_loop(self) -> None:
+        while True:
+            msg = await self.recv_sock.recv_pyobj()
+            if isinstance(msg, BatchTokenOutput):
+                for out in msg.outputs:
+                    self._on_output(out)
+            elif isinstance(msg, RpcResult):
+                future = self.rpc_futures.pop(msg.rpc_id, None)
+                if future is not None and not future.done():
+                    future.set_result(msg.result)
+
+    def _on_output(self, out: TokenOutput) -> None:
+        state = self.states.get(out.rid)
+        if state is None:
+            return  # the client went away and the request was already dropped
+        state.builder.add(out)
+        state.finished = out.finished_reason is not None
+        state.event.set()
+
+    async def _watch_children(self) -> None:
+        while self.dead_reason is None:
+            await asyncio.sleep(0.5)
+            if not self.procs.alive():
+                self.dead_reason = "the scheduler or detokenizer process died"
+                logger.error(self.dead_reason)
+                for state in self.states.values():
+                    state.event.set()
+                for future in self.rpc_futures.values():
+                    if not future.done():
+                        future.set_exception(EngineDeadError(self.dead_reason))
+
+    # ---- generation ------------------------------------------------------------------------
+    async def generate(self, obj: GenerateReqInput) -> AsyncIterator[Any]:
+        """Yields the final result (dict, or list for a batch or n > 1) once, or with
+        stream=True one dict per update (cumulative text, with `index` for batches)."""
+        self._ensure_started()
+        self._check_alive()
+        items, is_batch = normalize(obj)
+        samples = [await self._prepare(item, obj.return_text_in_logprobs) for item in items]
+        expanded = [s for group in samples for s in group]
+        as_list = is_batch or len(expanded) > 1
+        try:
+            if obj.stream:
+                async for chunk in self._stream(expanded, as_list):
+                    yield chunk
+            else:
+                yield await self._collect(expanded, as_list)
+        finally:
+            self._abort_unfinished(expanded)
+
+    async def _prepare(self, item: PromptItem, text_in_logprobs: bool) -> List["_Sample"]:
+        ids = self._tokenize(item)
+        params = item.sampling_params
+        params.normalize_and_validate(vocab_size=len(self.tokenizer))
+        n = params.n
+        if n > 1 and not self.args.disable_radix_cache:
+            await self._warm_prefix(ids)
+        out = []
+        for k in range(n):
+            sample_params = params if n == 1 else _with(params, n=1, seed=None if params.seed is None
+                                                        else params.seed + k)
+            rid = item.rid if n == 1 else f"{item.rid}-{k}"
+            out.append(_Sample(index=item.index * n + k, rid=rid, msg=TokenizedGenerateReq(
+                rid=rid, input_ids=ids, sampling_params=sample_params,
+                return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
+                top_logprobs_num=item.top_logprobs_num), text_in_logprobs=text_in_logprobs))
+        return out
+
+    def _tokenize(self, item: PromptItem) -> List[int]:
+        field_name = "text" if item.text is not None else "input_ids"
+        ids = self.tokenizer.encode(item.text) if item.text is not None else item.input_ids
+        if not ids:
+            raise InvalidRequest(field_name, "the prompt is empty")
+        vocab = len(self.tokenizer)
+        if item.input_ids is not None and any(t < 0 or t >= vocab for t in ids):
+            raise InvalidRequest("input_ids", f"token ids must be in [0, {vocab})")
+        limit = self.context_len - 1
+        if len(ids) > limit:
+            if not self.args.allow_auto_truncate:
+                raise InvalidRequest(field_name, (
+                    f"the prompt has {len(ids)} tokens, over the maximum input length {limit} "
+                    f"(context length {self.context_len})"))
+            ids = ids[:limit]
+        if item.logprob_start_len >= len(ids):
+            raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")
+        return ids
+
+    async def _warm_prefix(self, ids: List[int]) -> None:
+        """For n > 1: prefill the prompt once so that the n samples share it."""
+        from rollserve.engine.sampling_params import SamplingParams
+
+        rid = f"warm-{next(self.rpc_ids)}-{time.monotonic_ns()}"
+        sample = _Sample(-1, rid, TokenizedGenerateReq(rid=rid, input_ids=ids,
+                                                        sampling_params=SamplingParams(max_new_tokens=0)))
+        await self._collect([sample], as_list=False)
+
+    def _submit(self, samples: List["_Sample"], stream: bool) -> None:
+        for s in samples:
+            s.msg.stream = stream
+            self.states[s.rid] = ReqState(ResultBuilder(s.msg, self.tokenizer, s.text_in_logprobs))
+            self.send_sock.send_pyobj(s.msg)
+            if self.args.log_requests:
+                logger.info("request %s: %d prompt tokens, %s", s.rid, len(s.msg.input_ids),
+                            s.msg.sampling_params)
+
+    async def _collect(self, samples: List["_Sample"], as_list: bool):
+        self._submit(samples, stream=False)
+        results = []
+        for s in samples:
+            state = self.states[s.rid]
+            while not state.finished:
+                await state.event.wait()
+                state.event.clear()
+                self._check_alive()
+            results.append(state.builder.result(index=s.index if as_list else None))
+            self.states.pop(s.rid, None)
+        return results if as_list else results[0]
+
+    async def _stream(self, samples: List["_Sample"], as_list: bool):
+        self._submit(samples, stream=True)
+        pending = {s.rid: s for s in samples}
+        while pending:
+            waiters = {asyncio.ensure_future(self.states[rid].event.wait()): rid for rid in pending}
+            done, rest = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in rest:
+                task.cancel()
+            self._check_alive()
+            for task in done:
+                rid = waiters[task]
+                state = self.states[rid]
+                state.event.clear()
+                yield state.builder.result(index=pending[rid].index if as_list else None)
+                if state.finished:
+                    self.states.pop(rid, None)
+                    del pending[rid]
+
+    def _abort_unfinished(self, samples: List["_Sample"]) -> None:
+        for s in samples:
+            state = self.states.pop(s.rid, None)
+            if state is not None and not state.finished and self.dead_reason is None:
+                self.send_sock.send_pyobj(AbortReq(rid=s.rid))
+
+    def _check_alive(self) -> None:
+        if self.dead_reason is not None:
+            raise EngineDeadError(self.dead_reason)
+
+    # ---- control -------------------------------------------------------------------------
+    async def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
+        self._ensure_started()
+        self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
+
+    async def rpc(self, method: str, **kwargs) -> dict:
+        self._ensure_started()
+        self._check_alive()
+        rpc_id = next(self.rpc_ids)
+        future = asyncio.get_running_loop().create_future()
+        self.rpc_futures[rpc_id] = future
+        self.send_sock.send_pyobj(RpcReq(rpc_id, method, kwargs))
+        return await future
+
+    async def flush_cache(self) -> dict:
+        return await self.rpc("flush_cache")
+
+    async def get_load(self) -> dict:
+        return await self.rpc("get_info")
+
+    def model_info(self) -> dict:
+        return {
+            "model_path": self.model_path,
+            "tokenizer_path": self.tokenizer_path,
+            "is_generation": True,
+            "weight_version": self.weight_version,
+            "context_length": self.context_len,
+        }
+
+    def shutdown(self) -> None:
+        self.procs.stop()
+
+
+@dataclass
+class _Sample:
+    index: int
+    rid: str
+    msg: TokenizedGenerateReq
+    text_in_logprobs: bool = False
+
+
+def _with(params, **changes):
+    import dataclasses
+
+    return dataclasses.replace(params, **changes)

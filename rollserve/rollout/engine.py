@@ -1,0 +1,166 @@
+"""`rollserve.Engine`: the engine in-process, without HTTP, shaped like sglang.Engine.
+
+The scheduler and detokenizer still run in their own processes; this object
+holds the tokenizer manager on an event loop of its own (a daemon thread), so
+both plain and asyncio callers can use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
+
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.request_input import GenerateReqInput
+from rollserve.engine.tokenizer_manager import TokenizerManager
+from rollserve.version import __version__
+
+_DONE = object()
+
+
+def resolve_model_path(args: ServerArgs) -> str:
+    if args.model_path:
+        return args.model_path
+    from rollserve.engine.default_model import default_model_path
+
+    return default_model_path()
+
+
+class Engine:
+    def __init__(self, model_path: Optional[str] = None, **server_args):
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **server_args)
+        self.server_args.model_path = resolve_model_path(self.server_args)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rollserve-engine-loop",
+                                        daemon=True)
+        self._thread.start()
+        self.tokenizer_manager = TokenizerManager(self.server_args, self.server_args.model_path)
+        self.tokenizer = self.tokenizer_manager.tokenizer
+        self._closed = False
+
+    # ---- generation -------------------------------------------------------------------
+    def generate(self, prompt: Union[None, str, List[str]] = None,
+                 sampling_params: Union[None, Dict, List[Dict]] = None,
+                 input_ids: Union[None, List[int], List[List[int]]] = None,
+                 return_logprob: Union[bool, List[bool]] = False,
+                 logprob_start_len: Union[int, List[int]] = -1,
+                 top_logprobs_num: Union[int, List[int]] = 0,
+                 return_text_in_logprobs: bool = False,
+                 rid: Union[None, str, List[str]] = None,
+                 stream: bool = False):
+        """One result dict, a list for a batch (or n > 1), or with stream=True an
+        iterator of cumulative result dicts."""
+        obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params,
+                               rid=rid, return_logprob=return_logprob,
+                               logprob_start_len=logprob_start_len,
+                               top_logprobs_num=top_logprobs_num,
+                               return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+        if stream:
+            return self._stream_sync(obj)
+        return self._call(self._first(obj))
+
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None,
+                             return_logprob=False, logprob_start_len=-1, top_logprobs_num=0,
+                             return_text_in_logprobs=False, rid=None, stream=False):
+        obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params,
+                               rid=rid, return_logprob=return_logprob,
+                               logprob_start_len=logprob_start_len,
+                               top_logprobs_num=top_logprobs_num,
+                               return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+        if stream:
+            return self._stream_async(obj)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._first(obj), self.loop))
+
+    async def _first(self, obj: GenerateReqInput):
+        async for result in self.tokenizer_manager.generate(obj):
+            return result
+
+    def _stream_sync(self, obj: GenerateReqInput) -> Iterator[Dict[str, Any]]:
+        chunks: "queue.Queue" = queue.Queue()
+        future = asyncio.run_coroutine_threadsafe(self._pump(obj, chunks.put), self.loop)
+        try:
+            while True:
+                item = chunks.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    async def _stream_async(self, obj: GenerateReqInput) -> AsyncIterator[Dict[str, Any]]:
+        chunks: asyncio.Queue = asyncio.Queue()
+        caller = asyncio.get_running_loop()
+        put = lambda item: caller.call_soon_threadsafe(chunks.put_nowait, item)  # noqa: E731
+        future = asyncio.run_coroutine_threadsafe(self._pump(obj, put), self.loop)
+        try:
+            while True:
+                item = await chunks.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    async def _pump(self, obj: GenerateReqInput, put) -> None:
+        try:
+            async for chunk in self.tokenizer_manager.generate(obj):
+                put(chunk)
+        except BaseException as e:  # hand errors (and cancellation) to the consumer
+            put(e if isinstance(e, Exception) else RuntimeError("stream cancelled"))
+            if not isinstance(e, Exception):
+                raise
+            return
+        put(_DONE)
+
+    # ---- control ---------------------------------------------------------------------------
+    def flush_cache(self) -> dict:
+        return self._call(self.tokenizer_manager.flush_cache())
+
+    def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
+        self._call(self.tokenizer_manager.abort(rid, abort_all))
+
+    def pause_generation(self) -> dict:
+        return self._call(self.tokenizer_manager.rpc("pause_generation"))
+
+    def continue_generation(self) -> dict:
+        return self._call(self.tokenizer_manager.rpc("continue_generation"))
+
+    def get_server_info(self) -> dict:
+        load = self._call(self.tokenizer_manager.get_load())
+        load.pop("success", None)
+        return {**self.server_args.to_dict(), **load, "version": __version__}
+
+    def get_model_info(self) -> dict:
+        return self.tokenizer_manager.model_info()
+
+    def _call(self, coro):
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the engine is shut down")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.tokenizer_manager.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __del__(self):
+        try:
+            self.shutdown()
+        except Exception:
+            pass

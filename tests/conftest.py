@@ -1,0 +1,21 @@
+import os
+
+import pytest
+
+from tests.tiny_models import save_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    """The embedded SmolLM2 converted to HF format (cached across runs in ~/.cache/rollserve)."""
+    from rollserve.engine.default_model import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, default_model_dir) -> dict:
+    """arch -> folder of a tiny random checkpoint (float32) with SmolLM2's tokenizer."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: save_tiny_checkpoint(arch, os.path.join(root, arch), default_model_dir, seed=i)
+            for i, arch in enumerate(("llama", "qwen2", "qwen3"))}
