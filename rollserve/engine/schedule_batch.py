@@ -18,10 +18,13 @@ class BatchEntry:
     slots: torch.Tensor  # KV slot of each new token
     sample: bool  # the last new token's logits give the request's next token
     logit_rows: List[int] = field(default_factory=list)  # offsets (within tokens) whose logits are needed
+    is_decode: bool = False
 
     @property
-    def is_decode(self) -> bool:
-        return len(self.tokens) == 1 and self.start == self.req.seq_len - 1
+    def completes_prompt(self) -> bool:
+        """After this step every token the request holds has its KV (evaluate before
+        the sampled token is appended)."""
+        return self.start + len(self.tokens) == self.req.seq_len
 
 
 @dataclass

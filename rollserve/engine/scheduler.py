@@ -82,6 +82,7 @@ class Scheduler:
         """Run one forward over the next batch; return the outputs to send."""
         outputs = self._release_aborted()
         batch = self._build_batch()
+        outputs.extend(self.stats.drain_pending())
         if batch is None:
             return outputs
         result = self.runner.forward(batch)
@@ -106,7 +107,7 @@ class Scheduler:
     # ---- batch building -----------------------------------------------------------------
     def _build_batch(self) -> Optional[ScheduleBatch]:
         entries = self._decode_entries()
-        entries.extend(self._prefill_entries(sum(1 for _ in entries)))
+        entries.extend(self._prefill_entries())
         return ScheduleBatch(entries) if entries else None
 
     def _decode_entries(self) -> List[BatchEntry]:
@@ -119,7 +120,7 @@ class Scheduler:
             start = req.kv_len
             self.kv.append_slots(req, slot.view(1))
             entries.append(BatchEntry(req, start, [req.fill_ids[-1]], slot.view(1), sample=True,
-                                      logit_rows=[0]))
+                                      logit_rows=[0], is_decode=True))
         return entries
 
     def _ensure_decode_slots(self) -> None:
@@ -137,11 +138,12 @@ class Scheduler:
             self.waiting.appendleft(req)
             logger.info("retracted %s (KV pool full); requeued", req.rid)
 
-    def _prefill_entries(self, num_decodes: int) -> List[BatchEntry]:
+    def _prefill_entries(self) -> List[BatchEntry]:
         budget = self.args.max_prefill_tokens
         if self.chunk_size:
             budget = min(budget, self.chunk_size)
-        free = self.kv.available_slots() - num_decodes - self._decode_reserve(self.running)
+        # decode slots of this step are already allocated; keep room for later decodes
+        free = self.kv.available_slots() - self._decode_reserve(self.running)
         entries = []
         if self.prefilling is not None:
             entry = self._prefill_chunk(self.prefilling, budget, free)
@@ -150,15 +152,17 @@ class Scheduler:
             entries.append(entry)
             budget -= len(entry.tokens)
             free -= len(entry.tokens)
-            if not entry.sample and entry.req.sampling_params.max_new_tokens > 0:
+            if not entry.completes_prompt:
                 return entries
         order = self.policy.order(list(self.waiting))
         for req in order:
             if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
                 break
             reserve = int(req.remaining_new_tokens * self.new_token_ratio)
-            if free - reserve <= 0:
+            idle = not self.running and not entries
+            if free - reserve <= 0 and not idle:
                 break
+            reserve = 0 if idle else reserve
             if not self.kv.admit(req):
                 break
             entry = self._prefill_chunk(req, budget, free - reserve)
@@ -169,7 +173,7 @@ class Scheduler:
             entries.append(entry)
             budget -= len(entry.tokens)
             free -= len(entry.tokens) + reserve
-            if not entry.sample and entry.req.sampling_params.max_new_tokens > 0:
+            if not entry.completes_prompt:
                 self.prefilling = req  # partial prompt: the next step continues it
                 break
         return entries
@@ -210,12 +214,12 @@ class Scheduler:
     # ---- results -------------------------------------------------------------------------
     def _process_result(self, batch: ScheduleBatch, result: ForwardOutput) -> List[TokenOutput]:
         sampled = self._sample(batch, result)
-        outputs = self.stats.drain_pending()
+        outputs: List[TokenOutput] = []
         for i, entry in enumerate(batch.entries):
             req = entry.req
             logits = result.logits[result.row_offsets[i]:result.row_offsets[i + 1]]
             self._record_input_logprobs(entry, logits)
-            prompt_done = entry.start + len(entry.tokens) == req.seq_len
+            prompt_done = entry.completes_prompt
             if entry.sample:
                 self._append_token(req, sampled.get(i), logits[-1])
             elif prompt_done and req.sampling_params.max_new_tokens == 0:
@@ -302,7 +306,7 @@ class Scheduler:
             "max_total_num_tokens": self.runner.max_total_tokens,
             "max_running_requests": self.runner.max_running_requests,
             "context_length": self.runner.context_len,
-            "max_req_input_len": self.runner.context_len - 1,
+            "max_req_input_len": min(self.runner.context_len, self.runner.max_total_tokens) - 1,
             "num_running_reqs": len(self._active()),
             "num_queued_reqs": len(self.waiting),
             "kv_used_tokens": self.kv.used_slots(),

@@ -51,6 +51,7 @@ class TokenizerManager:
         info = self.procs.info
         self.context_len: int = info["context_length"]
         self.max_total_num_tokens: int = info["max_total_num_tokens"]
+        self.max_req_input_len: int = info["max_req_input_len"]
         self.weight_version = args.weight_version
         self.states: Dict[str, ReqState] = {}
         self.rpc_futures: Dict[int, asyncio.Future] = {}
@@ -149,12 +150,12 @@ class TokenizerManager:
         vocab = len(self.tokenizer)
         if item.input_ids is not None and any(t < 0 or t >= vocab for t in ids):
             raise InvalidRequest("input_ids", f"token ids must be in [0, {vocab})")
-        limit = self.context_len - 1
+        limit = self.max_req_input_len
         if len(ids) > limit:
             if not self.args.allow_auto_truncate:
                 raise InvalidRequest(field_name, (
                     f"the prompt has {len(ids)} tokens, over the maximum input length {limit} "
-                    f"(context length {self.context_len})"))
+                    f"(context length {self.context_len}, KV pool {self.max_total_num_tokens})"))
             ids = ids[:limit]
         if item.logprob_start_len >= len(ids):
             raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")

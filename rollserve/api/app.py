@@ -1,0 +1,275 @@
+"""The FastAPI app: routes only validate, translate (openai_serving) and wait
+(TokenizerManager); errors come back as OpenAI-style bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional, Type, TypeVar
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rollserve.api.metrics import ServerMetrics, observed
+from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
+from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionRequest,
+                                    CompletionRequest, GenerateRequest, error_body)
+from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.request_input import GenerateReqInput
+from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.engine.tokenizer_manager import EngineDeadError, TokenizerManager
+from rollserve.version import __version__
+
+HEALTH_GENERATE_TIMEOUT_S = 30.0
+OPEN_PATHS = {"/health"}  # answered without the API key
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class ServerState:
+    args: ServerArgs
+    tm: TokenizerManager
+    serving: OpenAIServing
+    metrics: Optional[ServerMetrics]
+    dead_reason: Optional[str] = None  # set by the server's watchdog
+    exit_code: int = 0
+
+    def why_dead(self) -> Optional[str]:
+        if self.dead_reason or self.tm.dead_reason:
+            return self.dead_reason or self.tm.dead_reason
+        if not self.tm.procs.alive():
+            return "the scheduler or detokenizer process died"
+        return None
+
+
+def build_state(args: ServerArgs, tm: TokenizerManager) -> ServerState:
+    name = args.served_model_name or tm.model_path
+    return ServerState(args=args, tm=tm, serving=OpenAIServing(tm, name),
+                       metrics=ServerMetrics(name) if args.enable_metrics else None)
+
+
+def error_response(status: int, message: str, param: Optional[str] = None,
+                   kind: str = "invalid_request_error") -> JSONBody:
+    return JSONBody(error_body(status, message, param, kind), status_code=status)
+
+
+async def parse_body(request: Request, model: Type[M]) -> M:
+    """JSON whatever the Content-Type says (curl -d sends a form type), then the
+    pydantic model; a wrong type answers 422 naming the field."""
+    try:
+        data = json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON", "body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        parts, param = [], None
+        for err in e.errors():
+            loc = [str(p) for p in err.get("loc", ())] or ["body"]
+            param = param or loc[0]
+            parts.append(f"{'.'.join(loc)}: {err.get('msg')}")
+        raise ApiError(422, "; ".join(parts), param)
+
+
+# ---- generation: one path for every endpoint ----------------------------------------------------
+async def _first(results: AsyncIterator[Any]) -> Any:
+    async with aclosing(results):
+        async for out in results:
+            return out
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async with aclosing(rest):
+        yield first
+        async for out in rest:
+            yield out
+
+
+async def run_plan(state: ServerState, request: Request, plan: Plan) -> Response:
+    """Submit, then answer once or stream. The first result of a stream is awaited
+    before the 200 is sent, so a request the engine rejects still gets a 4xx."""
+    reason = state.why_dead()
+    if reason:
+        raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+    results = observed(state.tm.generate(plan.obj), state.metrics)
+    try:
+        if not plan.obj.stream:
+            return JSONBody(plan.response(await until_disconnect(request, _first(results))))
+        first = await until_disconnect(request, results.__anext__())
+    except InvalidRequest as e:
+        param = plan.param_name(e.field)
+        raise ApiError(400, f"{param}: {e.message}", param) from e
+    finally:
+        if not plan.obj.stream:
+            await results.aclose()
+    events = stream_with_errors(plan.events(_prepend(first, results)))
+    return EventStreamResponse(events, also_close=[results])
+
+
+# ---- middleware --------------------------------------------------------------------------------
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+
+
+class GuardMiddleware:
+    """API key check and request body size limit, as plain ASGI (no buffering)."""
+
+    def __init__(self, app: ASGIApp, api_key: Optional[str], max_body_bytes: int):
+        self.app = app
+        self.api_key = api_key
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+            response = error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                      kind="authentication_error")
+            return await response(scope, receive, send)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await error_response(413, BodyTooLarge(self.limit).detail)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _authorized(self, headers: dict) -> bool:
+        given = headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                   self.api_key.encode())
+
+
+# ---- the app -------------------------------------------------------------------------------------
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="rollserve", version=__version__)
+    app.add_middleware(GuardMiddleware, api_key=state.args.api_key,
+                       max_body_bytes=state.args.max_request_body_bytes)
+    _add_error_handlers(app)
+    _add_native_routes(app, state)
+    _add_openai_routes(app, state)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_, e: ApiError):
+        return error_response(e.status, e.message, e.param, e.kind)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_request(_, e: InvalidRequest):
+        return error_response(400, str(e), e.field)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, e: HTTPException):
+        return error_response(e.status_code, str(e.detail))
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_, e: EngineDeadError):
+        return error_response(503, f"the engine is down: {e}", kind="server_error")
+
+    @app.exception_handler(ClientDisconnected)
+    async def disconnected(_, e: ClientDisconnected):
+        return Response(status_code=499)  # nobody reads it; the request was aborted
+
+    @app.exception_handler(Exception)
+    async def unexpected(_, e: Exception):
+        return error_response(500, f"internal error: {type(e).__name__}: {e}", kind="server_error")
+
+
+def _add_native_routes(app: FastAPI, state: ServerState) -> None:
+    tm = state.tm
+
+    @app.get("/health")
+    async def health():
+        reason = state.why_dead()
+        if reason:
+            return error_response(503, f"unhealthy: {reason}", kind="server_error")
+        return Response(status_code=200)
+
+    @app.get("/health_generate")
+    async def health_generate():
+        reason = state.why_dead()
+        if reason:
+            return error_response(503, f"unhealthy: {reason}", kind="server_error")
+        obj = GenerateReqInput(input_ids=[tm.tokenizer.eos_token_id or 0],
+                               sampling_params={"max_new_tokens": 1, "temperature": 0})
+        try:
+            await asyncio.wait_for(_first(tm.generate(obj)), HEALTH_GENERATE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return error_response(503, "no token generated in time", kind="server_error")
+        return Response(status_code=200)
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        body = await parse_body(request, GenerateRequest)
+        return await run_plan(state, request, NativePlan(GenerateReqInput(**body.model_dump())))
+
+    @app.get("/get_model_info")
+    async def get_model_info():
+        return tm.model_info()
+
+    @app.get("/get_server_info")
+    async def get_server_info():
+        load = await tm.get_load()
+        load.pop("success", None)
+        args = state.args.to_dict()
+        if args.get("api_key"):
+            args["api_key"] = "<hidden>"
+        return {**args, **load, "version": __version__}
+
+    @app.post("/flush_cache")
+    async def flush_cache():
+        result = await tm.flush_cache()
+        return JSONBody(result, status_code=200 if result.get("success") else 400)
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request):
+        body = await parse_body(request, AbortRequest)
+        if not body.rid and not body.abort_all:
+            raise ApiError(400, "give rid or abort_all: true", "rid")
+        await tm.abort(body.rid, body.abort_all)
+        return {"success": True}
+
+    @app.get("/metrics")
+    async def metrics():
+        if state.metrics is None:
+            raise ApiError(404, "metrics are off; start the server with --enable-metrics")
+        text = state.metrics.render(await tm.get_load())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _add_openai_routes(app: FastAPI, state: ServerState) -> None:
+    serving = state.serving
+
+    @app.get("/v1/models")
+    async def models():
+        return serving.models()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await parse_body(request, ChatCompletionRequest)
+        return await run_plan(state, request, serving.plan_chat(body))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await parse_body(request, CompletionRequest)
+        return await run_plan(state, request, serving.plan_completion(body))

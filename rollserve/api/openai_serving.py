@@ -1,0 +1,481 @@
+"""OpenAI's chat and completions requests translated into the engine's
+GenerateReqInput, and the engine's results translated back (whole or streamed).
+
+A `Plan` holds one translated request: `obj` goes to TokenizerManager.generate(),
+`response(out)` shapes its final result, `events(results)` its stream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Dict, List, Optional, Union
+
+from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
+                                    ChatCompletionChunk, ChatCompletionRequest,
+                                    ChatCompletionResponse, ChatStreamChoice, ChoiceLogprobs,
+                                    CompletionChoice, CompletionLogprobs, CompletionRequest,
+                                    CompletionResponse, DeltaMessage, ModelCard, ModelList,
+                                    PromptTokensDetails, SamplingFields, TokenLogprob,
+                                    TopLogprob, Usage, error_body)
+from rollserve.api.sse import DONE, sse_event
+from rollserve.engine.request_input import GenerateReqInput
+from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.engine.tokenizer_manager import EngineDeadError
+
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
+CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
+# engine field -> the OpenAI field a client set
+PARAM_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens",
+               "sampling_seed": "seed"}
+
+
+def as_list(out: Union[dict, List[dict]]) -> List[dict]:
+    return out if isinstance(out, list) else [out]
+
+
+def finish_reason(meta: Dict[str, Any]) -> Optional[str]:
+    reason = meta.get("finish_reason")
+    return None if reason is None else reason.get("type")
+
+
+def matched_stop(meta: Dict[str, Any]):
+    """The stop string or token id that ended the answer (None unless it stopped on one)."""
+    reason = meta.get("finish_reason") or {}
+    return reason.get("matched") if reason.get("type") == "stop" else None
+
+
+def usage_of(metas: List[Dict[str, Any]], n: int) -> Usage:
+    """Prompt and cached tokens count once per prompt, however many samples it had."""
+    prompt = cached = 0
+    for start in range(0, len(metas), n):
+        group = metas[start:start + n]
+        prompt += group[0]["prompt_tokens"]
+        cached += max(m.get("cached_tokens", 0) for m in group)
+    completion = sum(m["completion_tokens"] for m in metas)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+@dataclass
+class ChoiceProgress:
+    """How much of one streamed choice was sent already."""
+
+    text_len: int = 0
+    logprobs_sent: int = 0
+    text_offset: int = 0
+    started: bool = False
+    meta: Optional[Dict[str, Any]] = None
+
+
+class Plan:
+    obj: GenerateReqInput
+    field_names: Dict[str, str] = {}
+
+    def response(self, out) -> dict:
+        raise NotImplementedError
+
+    def events(self, results: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    def param_name(self, engine_field: str) -> str:
+        name = engine_field.removeprefix("sampling_params.")
+        return self.field_names.get(name, PARAM_NAMES.get(name, name))
+
+
+async def stream_with_errors(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Once the stream has started an error can only be reported as an event."""
+    async with aclosing(events):
+        try:
+            async for chunk in events:
+                yield chunk
+        except InvalidRequest as e:
+            yield sse_event(error_body(400, e.message, e.field))
+            yield DONE
+        except Exception as e:  # e.g. the engine died mid-stream: say so, then end the stream
+            status = 503 if isinstance(e, EngineDeadError) else 500
+            yield sse_event(error_body(status, f"{type(e).__name__}: {e}", kind="server_error"))
+            yield DONE
+
+
+# ---- native /generate ----------------------------------------------------------------------
+@dataclass
+class NativePlan(Plan):
+    obj: GenerateReqInput
+
+    def response(self, out) -> Any:
+        return out
+
+    def param_name(self, engine_field: str) -> str:
+        return engine_field  # native clients sent the engine's own field names
+
+    async def events(self, results: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        async with aclosing(results):
+            async for out in results:
+                yield sse_event(out)
+        yield DONE
+
+
+# ---- shared by chat and completions -----------------------------------------------------------
+class OpenAIServing:
+    def __init__(self, tokenizer_manager, model_name: str):
+        self.tm = tokenizer_manager
+        self.tokenizer = tokenizer_manager.tokenizer
+        self.model_name = model_name
+        self.accepted_names = {model_name, tokenizer_manager.model_path, "default"}
+
+    def models(self) -> dict:
+        card = ModelCard(id=self.model_name, root=self.tm.model_path,
+                         max_model_len=self.tm.context_len)
+        return ModelList(data=[card]).model_dump()
+
+    def check_model(self, name: str) -> None:
+        if name not in self.accepted_names:
+            raise ApiError(404, f"The model `{name}` does not exist; this server serves "
+                                f"`{self.model_name}`", "model", kind="model_not_found")
+
+    def _check_prompt_len(self, ids: List[int], param: str) -> List[int]:
+        limit = self.tm.max_req_input_len
+        if len(ids) <= limit:
+            return ids
+        if self.tm.args.allow_auto_truncate:
+            return ids[:limit]
+        raise ApiError(400, f"The prompt has {len(ids)} tokens, over this model's maximum input "
+                            f"length of {limit} tokens (context length {self.tm.context_len})", param)
+
+    def _max_tokens(self, requested: Optional[int], prompt_len: int, param: str) -> int:
+        room = min(self.tm.context_len, self.tm.max_total_num_tokens) - prompt_len
+        if requested is None:
+            return max(room, 1)
+        if requested < 0:
+            raise ApiError(400, f"{param} must be >= 0, got {requested}", param)
+        if prompt_len + requested > self.tm.context_len:
+            raise ApiError(400, (
+                f"This model's maximum context length is {self.tm.context_len} tokens. However, "
+                f"you requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
+                f"{requested} for the completion)"), param)
+        return requested
+
+    @staticmethod
+    def _check_common(req: SamplingFields) -> None:
+        if not 1 <= req.n <= MAX_N:
+            raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
+
+    @staticmethod
+    def _sampling_params(req: SamplingFields, max_tokens: int) -> dict:
+        return {
+            "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens,
+            "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+            "min_p": req.min_p, "presence_penalty": req.presence_penalty,
+            "frequency_penalty": req.frequency_penalty,
+            "repetition_penalty": req.repetition_penalty, "stop": req.stop,
+            "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
+            "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim,
+            "n": req.n, "seed": req.seed, "logit_bias": req.logit_bias,
+        }
+
+    # ---- chat ----------------------------------------------------------------------------
+    def plan_chat(self, req: ChatCompletionRequest) -> "ChatPlan":
+        self.check_model(req.model)
+        self._check_common(req)
+        if req.max_completion_tokens is not None:
+            requested, param = req.max_completion_tokens, "max_completion_tokens"
+        else:
+            requested, param = req.max_tokens, "max_tokens"
+        if req.tools:
+            raise ApiError(400, "tools (function calling) are not supported", "tools")
+        if req.response_format and req.response_format.get("type", "text") != "text":
+            raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
+                           "response_format")
+        top = req.top_logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
+        if top and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
+        ids = self._check_prompt_len(self.render_chat(req), "messages")
+        max_tokens = self._max_tokens(requested, len(ids), param)
+        rid = req.rid or uuid.uuid4().hex
+        obj = GenerateReqInput(input_ids=ids, sampling_params=self._sampling_params(req, max_tokens),
+                               rid=rid, return_logprob=req.logprobs, top_logprobs_num=top,
+                               return_text_in_logprobs=True, stream=req.stream)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
+                        include_usage=include_usage, field_names={"input_ids": "messages",
+                                                                  "max_new_tokens": param})
+
+    def render_chat(self, req: ChatCompletionRequest) -> List[int]:
+        if not req.messages:
+            raise ApiError(400, "messages must hold at least one message", "messages")
+        messages = []
+        for i, message in enumerate(req.messages):
+            if message.role not in CHAT_ROLES:
+                raise ApiError(400, f"messages[{i}].role {message.role!r} is not one of "
+                                    f"{sorted(CHAT_ROLES)}", f"messages[{i}].role")
+            role = "system" if message.role == "developer" else message.role
+            messages.append({"role": role, "content": _message_text(message.content, i)})
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                        add_generation_prompt=True)
+        except Exception as e:  # no template, or one that rejects this conversation
+            raise ApiError(400, f"cannot apply the chat template: {e}; pass --chat-template "
+                                "if the model has none", "messages") from e
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    # ---- completions -------------------------------------------------------------------------
+    def plan_completion(self, req: CompletionRequest) -> "CompletionPlan":
+        self.check_model(req.model)
+        self._check_common(req)
+        if req.suffix:
+            raise ApiError(400, "suffix is not supported", "suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise ApiError(400, "best_of other than n is not supported", "best_of")
+        top = req.logprobs
+        if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "logprobs")
+        prompts = self._prompt_ids(req.prompt)
+        max_tokens = min(self._max_tokens(req.max_tokens, len(ids), "max_tokens") for ids in prompts)
+        rid = req.rid or uuid.uuid4().hex
+        single = len(prompts) == 1
+        wants_logprobs = top is not None
+        obj = GenerateReqInput(
+            input_ids=prompts[0] if single else prompts,
+            sampling_params=self._sampling_params(req, max_tokens),
+            rid=rid if single else [f"{rid}-{i}" for i in range(len(prompts))],
+            return_logprob=wants_logprobs,
+            logprob_start_len=0 if wants_logprobs and req.echo else -1,
+            top_logprobs_num=top or 0, return_text_in_logprobs=True, stream=req.stream)
+        echo_texts = self._echo_texts(req.prompt, prompts) if req.echo else None
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return CompletionPlan(obj=obj, id=f"cmpl-{rid}", model=req.model, n=req.n,
+                              include_usage=include_usage, echo_texts=echo_texts,
+                              top_logprobs=top, field_names={"input_ids": "prompt"})
+
+    def _prompt_ids(self, prompt) -> List[List[int]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        elif prompt and isinstance(prompt[0], int):
+            prompt = [prompt]
+        if not prompt:
+            raise ApiError(400, "prompt is empty", "prompt")
+        out = []
+        vocab = len(self.tokenizer)
+        for p in prompt:
+            ids = self.tokenizer.encode(p) if isinstance(p, str) else list(p)
+            if not ids:
+                raise ApiError(400, "prompt is empty", "prompt")
+            if any(t < 0 or t >= vocab for t in ids):
+                raise ApiError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
+            out.append(self._check_prompt_len(ids, "prompt"))
+        return out
+
+    def _echo_texts(self, prompt, ids: List[List[int]]) -> List[str]:
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            return list(prompt)
+        return [self.tokenizer.decode(p) for p in ids]
+
+
+def _message_text(content, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise ApiError(400, f"messages[{index}]: content parts of type {part.type!r} are not "
+                                "supported (text only)", f"messages[{index}].content")
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+# ---- logprob shapes ---------------------------------------------------------------------------
+def chat_logprobs(entries: List[list], tops: Optional[List[list]]) -> ChoiceLogprobs:
+    """entries: [logprob, token_id, token_text] per output token (engine format)."""
+    content = []
+    for i, (logprob, _, text) in enumerate(entries):
+        top = tops[i] if tops is not None and i < len(tops) and tops[i] else []
+        content.append(TokenLogprob(
+            token=text, logprob=logprob, bytes=list(text.encode()),
+            top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode()))
+                          for lp, _, t in top]))
+    return ChoiceLogprobs(content=content)
+
+
+def completion_logprobs(entries: List[list], tops: Optional[List[Optional[list]]],
+                        offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for i, (logprob, _, text) in enumerate(entries):
+        top = tops[i] if tops is not None and i < len(tops) else None
+        out.tokens.append(text)
+        out.token_logprobs.append(logprob)
+        out.top_logprobs.append(None if top is None else {t: lp for lp, _, t in top})
+        out.text_offset.append(offset)
+        offset += len(text)
+    return out
+
+
+def _extend(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(tokens=a.tokens + b.tokens,
+                              token_logprobs=a.token_logprobs + b.token_logprobs,
+                              top_logprobs=a.top_logprobs + b.top_logprobs,
+                              text_offset=a.text_offset + b.text_offset)
+
+
+# ---- chat results -----------------------------------------------------------------------------
+@dataclass
+class ChatPlan(Plan):
+    obj: GenerateReqInput
+    id: str
+    model: str
+    n: int
+    include_usage: bool
+    field_names: Dict[str, str] = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def response(self, out) -> dict:
+        items = sorted(as_list(out), key=lambda r: r.get("index", 0))
+        choices = []
+        for i, item in enumerate(items):
+            meta = item["meta_info"]
+            logprobs = None
+            if self.obj.return_logprob:
+                logprobs = chat_logprobs(meta.get("output_token_logprobs", []),
+                                         meta.get("output_top_logprobs"))
+            choices.append(ChatChoice(index=i, message=AssistantMessage(content=item["text"]),
+                                      logprobs=logprobs, finish_reason=finish_reason(meta),
+                                      matched_stop=matched_stop(meta)))
+        return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
+                                      choices=choices,
+                                      usage=usage_of([r["meta_info"] for r in items], self.n)
+                                      ).model_dump()
+
+    def _chunk(self, index: int, delta: DeltaMessage, logprobs=None, reason=None) -> bytes:
+        choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
+        return sse_event(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
+                                             choices=[choice]).model_dump())
+
+    async def events(self, results: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        progress: Dict[int, ChoiceProgress] = {}
+        async with aclosing(results):
+            async for out in results:
+                for item in as_list(out):
+                    for event in self._item_events(item, progress):
+                        yield event
+        if self.include_usage:
+            metas = [progress[i].meta for i in sorted(progress)]
+            chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
+                                        choices=[], usage=usage_of(metas, self.n))
+            yield sse_event(chunk.model_dump())
+        yield DONE
+
+    def _item_events(self, item: dict, progress: Dict[int, ChoiceProgress]) -> List[bytes]:
+        index = item.get("index", 0)
+        state = progress.setdefault(index, ChoiceProgress())
+        meta = state.meta = item["meta_info"]
+        events = []
+        if not state.started:
+            state.started = True
+            events.append(self._chunk(index, DeltaMessage(role="assistant", content="")))
+        delta = item["text"][state.text_len:]
+        state.text_len = len(item["text"])
+        logprobs = None
+        if self.obj.return_logprob:
+            entries = meta.get("output_token_logprobs", [])
+            tops = meta.get("output_top_logprobs")
+            logprobs = chat_logprobs(entries[state.logprobs_sent:],
+                                     tops[state.logprobs_sent:] if tops else None)
+            state.logprobs_sent = len(entries)
+        reason = finish_reason(meta)
+        if delta or reason or (logprobs and logprobs.content):
+            events.append(self._chunk(index, DeltaMessage(content=delta), logprobs, reason))
+        return events
+
+
+# ---- completion results -------------------------------------------------------------------------
+@dataclass
+class CompletionPlan(Plan):
+    obj: GenerateReqInput
+    id: str
+    model: str
+    n: int
+    include_usage: bool
+    echo_texts: Optional[List[str]]
+    top_logprobs: Optional[int]
+    field_names: Dict[str, str] = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _echo(self, index: int) -> str:
+        return self.echo_texts[index // self.n] if self.echo_texts else ""
+
+    def _logprobs(self, meta: dict, echo: Optional[str], start: int, offset: int) -> CompletionLogprobs:
+        """Logprobs of the output tokens from `start` on, preceded by the prompt's when
+        `echo` is its text; text offsets counted from `offset`."""
+        tops_out = meta.get("output_top_logprobs") if self.top_logprobs else None
+        out = meta.get("output_token_logprobs", [])[start:]
+        prompt = CompletionLogprobs()
+        if echo is not None:
+            tops_in = meta.get("input_top_logprobs") if self.top_logprobs else None
+            prompt = completion_logprobs(meta.get("input_token_logprobs", []), tops_in, offset)
+            offset += len(echo)
+        return _extend(prompt, completion_logprobs(out, tops_out[start:] if tops_out else None,
+                                                   offset))
+
+    def response(self, out) -> dict:
+        items = sorted(as_list(out), key=lambda r: r.get("index", 0))
+        choices = []
+        for i, item in enumerate(items):
+            meta, echo = item["meta_info"], self._echo(i)
+            logprobs = None
+            if self.obj.return_logprob:
+                logprobs = self._logprobs(meta, echo if self.echo_texts else None, 0, 0)
+            choices.append(CompletionChoice(index=i, text=echo + item["text"], logprobs=logprobs,
+                                            finish_reason=finish_reason(meta),
+                                            matched_stop=matched_stop(meta)))
+        return CompletionResponse(id=self.id, created=self.created, model=self.model,
+                                  choices=choices,
+                                  usage=usage_of([r["meta_info"] for r in items], self.n)
+                                  ).model_dump()
+
+    async def events(self, results: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        progress: Dict[int, ChoiceProgress] = {}
+        async with aclosing(results):
+            async for out in results:
+                for item in as_list(out):
+                    event = self._item_event(item, progress)
+                    if event:
+                        yield event
+        if self.include_usage:
+            metas = [progress[i].meta for i in sorted(progress)]
+            yield sse_event(CompletionResponse(id=self.id, created=self.created, model=self.model,
+                                               choices=[], usage=usage_of(metas, self.n)
+                                               ).model_dump())
+        yield DONE
+
+    def _item_event(self, item: dict, progress: Dict[int, ChoiceProgress]) -> Optional[bytes]:
+        index = item.get("index", 0)
+        state = progress.setdefault(index, ChoiceProgress())
+        meta = state.meta = item["meta_info"]
+        text = item["text"][state.text_len:]
+        state.text_len = len(item["text"])
+        echo = None
+        if not state.started:
+            state.started = True
+            echo = self._echo(index) if self.echo_texts else None
+            text = (echo or "") + text
+        logprobs = None
+        if self.obj.return_logprob:
+            logprobs = self._logprobs(meta, echo, state.logprobs_sent, state.text_offset)
+            state.logprobs_sent = len(meta.get("output_token_logprobs", []))
+            if logprobs.text_offset:
+                state.text_offset = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
+        reason = finish_reason(meta)
+        if not (text or reason or (logprobs and logprobs.tokens)):
+            return None
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason,
+                                  matched_stop=matched_stop(meta))
+        return sse_event(CompletionResponse(id=self.id, created=self.created, model=self.model,
+                                            choices=[choice]).model_dump())

@@ -1,0 +1,173 @@
+"""Launching the HTTP server: resolve the model, start the engine processes (through
+the TokenizerManager), serve the app with uvicorn, and stop everything together.
+
+SIGINT/SIGTERM stop uvicorn, then the scheduler and detokenizer, and the process
+exits 0. If the scheduler or detokenizer dies, /health answers 503 for a moment
+and the server exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import List, Optional
+
+import uvicorn
+
+from rollserve.engine.config import ServerArgs
+from rollserve.engine.logging_setup import configure_logging
+
+logger = logging.getLogger("rollserve.server")
+
+WATCH_INTERVAL_S = 0.5
+DEAD_GRACE_S = 2.0  # /health reports the death this long before the server exits
+GRACEFUL_SHUTDOWN_S = 3.0  # open connections get this long after a stop signal
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling (it would re-raise the signal after
+    shutdown, turning a clean SIGTERM into exit code -15)."""
+
+    def __init__(self, config: uvicorn.Config, where: str):
+        super().__init__(config)
+        self.where = where
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+    async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            logger.info("rollserve is ready and listening on %s", self.where)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before loading the model, so a busy port fails in a second, not a minute."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {e.strerror}")
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def launch_server(args: ServerArgs) -> int:
+    """Runs until stopped; returns the process exit code."""
+    from rollserve.api.app import build_state, create_app
+    from rollserve.engine.tokenizer_manager import TokenizerManager
+    from rollserve.rollout.engine import resolve_model_path
+
+    configure_logging(args.log_level, prefix="server")
+    _stop_on_sigterm_while_loading()
+    sock = bind_socket(args.host, args.port)
+    if not args.model_path:
+        logger.info("no --model-path: serving the embedded default model")
+    args.model_path = resolve_model_path(args)
+    logger.info("model: %s; starting the scheduler and detokenizer processes", args.model_path)
+    try:
+        tm = TokenizerManager(args, args.model_path)
+    except Exception as e:  # no tokenizer there, or the scheduler failed (its log says why)
+        logger.error("cannot start: %s: %s", type(e).__name__, e)
+        sock.close()
+        return 1
+    try:
+        logger.info("KV pool: %d tokens; context length %d; max input %d tokens",
+                    tm.max_total_num_tokens, tm.context_len, tm.max_req_input_len)
+        state = build_state(args, tm)
+        return asyncio.run(_serve(create_app(state), state, sock))
+    finally:
+        tm.shutdown()
+        sock.close()
+
+
+async def _serve(app, state, sock: socket.socket) -> int:
+    args = state.args
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    config = uvicorn.Config(app, log_level="warning", access_log=args.log_requests,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="off")
+    server = _Uvicorn(config, where=f"http://{host}:{args.port}")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _request_exit, server, sig)
+    watchdog = loop.create_task(_watch_engine(state, server))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watchdog.cancel()
+    logger.info("server stopped; stopping the engine processes")
+    return state.exit_code
+
+
+def _request_exit(server: uvicorn.Server, sig: int) -> None:
+    if server.should_exit:  # a second Ctrl-C: stop waiting for open connections
+        server.force_exit = True
+    logger.info("received %s; shutting down", signal.Signals(sig).name)
+    server.should_exit = True
+
+
+async def _watch_engine(state, server: uvicorn.Server) -> None:
+    while not server.should_exit:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        reason = state.why_dead()
+        if reason:
+            state.dead_reason = reason
+            logger.error("%s; /health now answers 503 and the server exits", reason)
+            await asyncio.sleep(DEAD_GRACE_S)
+            state.exit_code = 1
+            server.should_exit = True
+            return
+
+
+def _stop_on_sigterm_while_loading() -> None:
+    # Until uvicorn runs, turn SIGTERM into SystemExit so that `finally` blocks stop
+    # the child processes instead of leaving them to notice their parent is gone.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+# ---- a server in a child process (benchmarks, tests, eval) ---------------------------------------
+def spawn_server(server_argv: List[str], host: str = "127.0.0.1", port: Optional[int] = None,
+                 log_file=None):
+    """Start `python -m rollserve.launch_server` on `port` (a free one if None);
+    returns (Popen, base_url). Wait for it with wait_until_healthy()."""
+    import subprocess
+
+    port = port or free_port(host)
+    cmd = [sys.executable, "-m", "rollserve.launch_server", "--host", host, "--port", str(port),
+           *server_argv]
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
+    return proc, f"http://{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(base_url: str, proc, timeout: float = 300.0, api_key: Optional[str] = None) -> None:
+    import time
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
+        try:
+            if httpx.get(f"{base_url}/health", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"the server at {base_url} was not healthy within {timeout:.0f}s")

@@ -1,0 +1,51 @@
+"""`rollserve <command>`: serve (the HTTP server); more commands (eval, ...) plug in
+through COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional
+
+
+def _add_serve(sub) -> None:
+    from rollserve.engine.config import add_server_args
+
+    parser = sub.add_parser("serve", help="start the HTTP server (SGLang-native and OpenAI API)",
+                            description="Start the HTTP server. Flag names follow SGLang's.")
+    add_server_args(parser)
+
+
+def _run_serve(namespace: argparse.Namespace) -> int:
+    from rollserve.api.server import launch_server
+    from rollserve.engine.config import server_args_from_cli
+
+    return launch_server(server_args_from_cli(namespace))
+
+
+# name -> (add the subcommand's parser, run it and return the exit code)
+COMMANDS: Dict[str, tuple] = {
+    "serve": (_add_serve, _run_serve),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rollserve.version import __version__
+
+    parser = argparse.ArgumentParser(prog="rollserve",
+                                     description="rollserve: an LLM inference engine for RL rollouts")
+    parser.add_argument("--version", action="version", version=f"rollserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    namespace = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = COMMANDS[namespace.command][1]
+    sys.exit(run(namespace))
+
+
+if __name__ == "__main__":
+    main()
