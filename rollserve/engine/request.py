@@ -66,9 +66,15 @@ class Req:
     def remaining_new_tokens(self) -> int:
         return max(0, self.sampling_params.max_new_tokens - len(self.output_ids))
 
-    def finish(self, kind: str, matched: Any = None, message: Optional[str] = None) -> None:
+    def finish(self, kind: str, matched: Any = None, message: Optional[str] = None,
+               length: Optional[int] = None) -> None:
+        """SGLang's shapes: {type: stop, matched}, {type: length, length}, {type: abort, message}."""
         if self.finished_reason is None:
-            reason: Dict[str, Any] = {"type": kind, "matched": matched}
+            reason: Dict[str, Any] = {"type": kind}
+            if kind == "stop":
+                reason["matched"] = matched
+            if kind == "length":
+                reason["length"] = length
             if message:
                 reason["message"] = message
             self.finished_reason = reason

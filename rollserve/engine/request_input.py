@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
-from rollserve.engine.sampling_params import InvalidRequest, SamplingParams
+from rollserve.engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequest, SamplingParams
 
 
 @dataclass
@@ -56,8 +56,8 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
     tops = _per_item(req.top_logprobs_num, n, "top_logprobs_num", int, default=0)
     items = []
     for i in range(n):
-        if tops[i] < 0:
-            raise InvalidRequest("top_logprobs_num", "must be >= 0")
+        if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest("top_logprobs_num", f"must be in [0, {MAX_TOP_LOGPROBS}]")
         if starts[i] < -1:
             raise InvalidRequest("logprob_start_len", "must be >= -1")
         items.append(PromptItem(

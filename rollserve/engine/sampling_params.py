@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
+
+MAX_N = 128  # samples per prompt in one request
+MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
 
 
 class InvalidRequest(ValueError):
@@ -60,9 +64,13 @@ class SamplingParams:
         def number(name: str, integer: bool = False):
             value = getattr(self, name)
             ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if not ok or isinstance(value, bool):
-                bad(name, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            if not ok or isinstance(value, bool) or not math.isfinite(value):
+                bad(name, f"must be {'an integer' if integer else 'a finite number'}, got {value!r}")
             return value
+
+        for flag in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+            if not isinstance(getattr(self, flag), bool):
+                bad(flag, f"must be true or false, got {getattr(self, flag)!r}")
 
         if number("max_new_tokens", True) < 0:
             bad("max_new_tokens", "must be >= 0")
@@ -85,8 +93,8 @@ class SamplingParams:
             bad("frequency_penalty", "must be in [-2, 2]")
         if not 0 < number("repetition_penalty") <= 2:
             bad("repetition_penalty", "must be in (0, 2]")
-        if number("n", True) < 1:
-            bad("n", "must be >= 1")
+        if not 1 <= number("n", True) <= MAX_N:
+            bad("n", f"must be in [1, {MAX_N}]")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             bad("seed", f"must be an integer, got {self.seed!r}")
         self.temperature = float(self.temperature)
@@ -121,8 +129,9 @@ class SamplingParams:
                 bad("logit_bias", f"key {key!r} is not a token id")
             if token < 0 or (vocab_size is not None and token >= vocab_size):
                 bad("logit_bias", f"token id {token} is out of range")
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                bad("logit_bias", f"bias for token {token} must be a number")
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not -100 <= value <= 100):  # also refuses NaN
+                bad("logit_bias", f"bias for token {token} must be a number in [-100, 100]")
             out[token] = float(value)
         self.logit_bias = out
 

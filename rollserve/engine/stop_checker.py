@@ -29,9 +29,9 @@ class StopChecker:
 
     def _check_length(self, req: Req) -> None:
         if len(req.output_ids) >= req.sampling_params.max_new_tokens:
-            req.finish("length", matched=req.sampling_params.max_new_tokens)
+            req.finish("length", length=req.sampling_params.max_new_tokens)
         elif req.seq_len >= self.context_len:
-            req.finish("length", matched=None, message="reached the context length")
+            req.finish("length", length=len(req.output_ids), message="reached the context length")
 
     def _check_stop_strings(self, req: Req) -> bool:
         stops = req.sampling_params.stop

@@ -139,6 +139,26 @@ def test_abort_queued_and_running(tiny_models):
     assert scheduler.kv.used_slots() == scheduler.kv.tree.total_size()
 
 
+def test_abort_parent_rid_reaches_its_n_samples(tiny_models):
+    scheduler = make_scheduler(tiny_models["llama"])
+    prompt = random_prompts(1, 49152, seed=5)[0]
+    children = [request(prompt, rid=f"grp-{k}", max_new_tokens=50, ignore_eos=True) for k in range(3)]
+    bystander = request(prompt, rid="grp-x", max_new_tokens=3)
+    for msg in children + [bystander]:
+        scheduler.add_request(msg)
+    scheduler.step()
+    scheduler.abort("grp")
+    results = run_all(scheduler, [])
+    assert {rid: r.finished_reason["type"] for rid, r in results.items()} == {
+        "grp-0": "abort", "grp-1": "abort", "grp-2": "abort", "grp-x": "length"}
+
+
+def test_length_finish_reason_in_sglang_shape(tiny_models):
+    scheduler = make_scheduler(tiny_models["llama"])
+    msg = request(random_prompts(1, 49152, seed=6)[0], max_new_tokens=4, ignore_eos=True)
+    assert run_all(scheduler, [msg])[msg.rid].finished_reason == {"type": "length", "length": 4}
+
+
 def test_flush_cache_only_when_idle(tiny_models):
     scheduler = make_scheduler(tiny_models["llama"])
     msg = request(random_prompts(1, 49152)[0], max_new_tokens=3)
