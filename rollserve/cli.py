@@ -23,9 +23,22 @@ def _run_serve(namespace: argparse.Namespace) -> int:
     return launch_server(server_args_from_cli(namespace))
 
 
+def _add_eval(sub) -> None:
+    from rollserve.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
+def _run_eval(namespace: argparse.Namespace) -> int:
+    from rollserve.eval.cli import run_eval
+
+    return run_eval(namespace)
+
+
 # name -> (add the subcommand's parser, run it and return the exit code)
 COMMANDS: Dict[str, tuple] = {
     "serve": (_add_serve, _run_serve),
+    "eval": (_add_eval, _run_eval),
 }
 
 

@@ -1,0 +1,253 @@
+"""`rollserve eval run` (one-off) and `rollserve eval watch` (every checkpoint of a run).
+
+    rollserve eval run --server http://127.0.0.1:30000 --tasks arithmetic,facts --limit 20
+    rollserve eval watch runs/exp1 --launch --tasks facts,perplexity --once
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shlex
+from typing import Iterator, List, Optional
+
+from rollserve.engine.sampling_params import InvalidRequest
+
+logger = logging.getLogger("rollserve.eval")
+
+
+# ---- flags ------------------------------------------------------------------------------------
+def add_eval_parser(sub) -> None:
+    parser = sub.add_parser("eval", help="score a server on tasks, once or for every checkpoint",
+                            description="Evaluate through the RolloutClient: `run` once, or "
+                                        "`watch` a folder of checkpoints.")
+    commands = parser.add_subparsers(dest="eval_command", required=True, metavar="{run,watch}")
+    run = commands.add_parser("run", help="score the server once; print a table, write JSONL")
+    _add_server_flags(run)
+    _add_task_flags(run)
+    run.add_argument("--output-dir", default="eval-results",
+                     help="where samples.jsonl (per-sample results) and summary.json go")
+    watch = commands.add_parser("watch", help="score every new checkpoint in a folder")
+    watch.add_argument("checkpoint_dir", help="the folder the trainer writes checkpoints into")
+    _add_server_flags(watch)
+    _add_task_flags(watch)
+    _add_watch_flags(watch)
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--server", help="base URL(s) of running server(s), comma-separated")
+    group.add_argument("--launch", action="store_true",
+                       help="start a local `rollserve serve` for the evaluation and stop it after")
+    group.add_argument("--model-path", help="model of the launched server (default: the baseline, "
+                                            "else the first checkpoint, else the default model)")
+    group.add_argument("--server-args", default="",
+                       help="extra flags for the launched server, e.g. \"--max-total-tokens 20000\"")
+    group.add_argument("--api-key", default=os.environ.get("ROLLSERVE_API_KEY"))
+    group.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    group.add_argument("--tokenizer", help="tokenizer folder (default: the server's)")
+    group.add_argument("--reward-server", help="/classify server for the reward task "
+                                               "(default: --server)")
+    group.add_argument("--reward-label", type=int, default=0,
+                       help="which output of the reward model is the reward")
+
+
+def _add_task_flags(parser: argparse.ArgumentParser) -> None:
+    from rollserve.eval.tasks import BUILTIN_TASKS, DEFAULT_TASKS
+
+    group = parser.add_argument_group("tasks")
+    group.add_argument("--tasks", default=DEFAULT_TASKS,
+                       help=f"comma-separated: built-in {sorted(BUILTIN_TASKS)} or "
+                            "[NAME=]FILE.jsonl|.parquet[#SCORER] (default: %(default)s)")
+    group.add_argument("--limit", type=int, help="first N examples of each task")
+    group.add_argument("--n", type=int, default=1, help="samples per prompt (pass@k, maj@k)")
+    group.add_argument("--temperature", type=float,
+                       help="default: 0 for --n 1, else 1.0")
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--max-new-tokens", type=int, help="default: the task's own")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--batch-size", type=int, default=32, help="prompts per client call")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("watching")
+    group.add_argument("--output-dir", help="default: CHECKPOINT_DIR/eval")
+    group.add_argument("--pattern", action="append",
+                       help="regex for checkpoint folder names with one group capturing the "
+                            "step (repeatable); default: checkpoint-N, global_stepN, "
+                            "global_step_N, step_N")
+    group.add_argument("--marker", help="a checkpoint is complete once this file exists in it "
+                                        "(default: when its files stop changing between polls)")
+    group.add_argument("--poll-interval", type=float, default=30.0, help="seconds between looks")
+    group.add_argument("--once", action="store_true", help="score what is there, then exit")
+    group.add_argument("--baseline", help="model folder scored first, as step 0")
+    group.add_argument("--max-checkpoints", type=int, help="exit after this many checkpoints")
+    group.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
+                       default="offline")
+    group.add_argument("--wandb-project", default="rollserve-eval")
+    group.add_argument("--wandb-run-name", help="default: the checkpoint folder's name")
+    group.add_argument("--wandb-tags", default="", help="comma-separated")
+    group.add_argument("--samples-per-task", type=int, default=8,
+                       help="sample generations per task in the wandb table")
+
+
+# ---- shared set-up --------------------------------------------------------------------------
+def _settings(ns):
+    from rollserve.eval.tasks.base import EvalSettings
+
+    return EvalSettings(limit=ns.limit, n=ns.n, temperature=ns.temperature, top_p=ns.top_p,
+                        max_new_tokens=ns.max_new_tokens, seed=ns.seed, batch_size=ns.batch_size)
+
+
+@contextlib.contextmanager
+def open_clients(ns, model_path: Optional[str]) -> Iterator[tuple]:
+    """(policy client, reward client or None); a launched server stops on exit."""
+    from rollserve.rollout.client import RolloutClient
+
+    if bool(ns.server) == bool(ns.launch):
+        raise InvalidRequest("server", "give --server URL or --launch (one of them)")
+    kwargs = dict(api_key=ns.api_key, timeout=ns.timeout, progress=False)
+    with contextlib.ExitStack() as stack:
+        if ns.launch:
+            client = stack.enter_context(RolloutClient.launch(
+                model_path, server_args=shlex.split(ns.server_args), **kwargs))
+        else:
+            urls = [u.strip() for u in ns.server.split(",") if u.strip()]
+            client = stack.enter_context(RolloutClient(urls, **kwargs))
+        reward = None
+        if ns.reward_server:
+            reward = stack.enter_context(RolloutClient(ns.reward_server, **kwargs))
+        yield client, reward
+
+
+def _load_tasks(ns):
+    from rollserve.eval.tasks import load_tasks
+    from rollserve.eval.tasks.reward import RewardTask
+
+    tasks = load_tasks(ns.tasks)
+    for task in tasks:
+        if isinstance(task, RewardTask):
+            task.label = ns.reward_label
+    _settings(ns)  # bad flags fail before a server is started
+    return tasks
+
+
+def _context(ns, client, reward):
+    from rollserve.eval.tasks.base import EvalContext
+
+    return EvalContext(client=client, settings=_settings(ns), tokenizer_path=ns.tokenizer,
+                       reward_client=reward)
+
+
+# ---- eval run ---------------------------------------------------------------------------------
+def cmd_run(ns) -> int:
+    from rollserve.eval.console import make_console, results_table
+    from rollserve.eval.report import write_jsonl
+    from rollserve.eval.runner import run_tasks
+
+    tasks = _load_tasks(ns)
+    with open_clients(ns, ns.model_path) as (client, reward):
+        ctx = _context(ns, client, reward)
+        results = run_tasks(ctx, tasks, console=make_console(stderr=True),
+                            progress=not ns.no_progress)
+        info = ctx.model_info
+    os.makedirs(ns.output_dir, exist_ok=True)
+    samples_path = os.path.join(ns.output_dir, "samples.jsonl")
+    write_jsonl(samples_path, ({"task": r.task, **s} for r in results for s in r.samples))
+    summary = {"model_path": info.get("model_path"), "weight_version": info.get("weight_version"),
+               "results": {r.task: {"metrics": r.metrics, "num_examples": r.num_examples,
+                                    "seconds": round(r.seconds, 3)} for r in results}}
+    with open(os.path.join(ns.output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    console = make_console()
+    console.print(results_table(results, title=f"{info.get('model_path')} "
+                                               f"(weight_version {info.get('weight_version')})"))
+    console.print(f"per-sample results: {samples_path}")
+    return 0
+
+
+# ---- eval watch -------------------------------------------------------------------------------
+def cmd_watch(ns) -> int:
+    from rollserve.eval.console import history_table, make_console
+    from rollserve.eval.report import ResultsLog, WandbLogger
+    from rollserve.eval.watch import DEFAULT_PATTERNS, WatchOptions, Watcher
+
+    root = os.path.abspath(ns.checkpoint_dir)
+    if not os.path.isdir(root):
+        raise InvalidRequest("checkpoint_dir", f"{root} is not a folder")
+    tasks = _load_tasks(ns)
+    options = WatchOptions(checkpoint_dir=root,
+                           output_dir=os.path.abspath(ns.output_dir or os.path.join(root, "eval")),
+                           patterns=ns.pattern or DEFAULT_PATTERNS, marker=ns.marker,
+                           poll_interval=ns.poll_interval, once=ns.once, baseline=ns.baseline,
+                           max_checkpoints=ns.max_checkpoints)
+    console = make_console()
+    wandb = WandbLogger(options.output_dir, project=ns.wandb_project,
+                        run_name=ns.wandb_run_name or os.path.basename(root),
+                        tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
+                        config={"tasks": ns.tasks, "limit": ns.limit, "n": ns.n,
+                                "temperature": ns.temperature, "checkpoint_dir": root},
+                        samples_per_task=ns.samples_per_task)
+    try:
+        with open_clients(ns, _launch_model(ns, options)) as (client, reward):
+            watcher = Watcher(_context(ns, client, reward), tasks, options, wandb=wandb,
+                              console=make_console(stderr=True), progress=not ns.no_progress,
+                              on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows))
+            watcher.run()
+    except KeyboardInterrupt:
+        console.print("stopped")
+        return 130
+    finally:
+        wandb.finish()
+    log = ResultsLog(options.output_dir)
+    console.print(history_table(log.read(), title=f"eval of {root}"))
+    console.print(f"results: {log.path('results.jsonl')}, {log.path('results.csv')}, "
+                  f"{log.path('metrics.png')}")
+    return 0
+
+
+def _launch_model(ns, options) -> Optional[str]:
+    if not ns.launch or ns.model_path:
+        return ns.model_path
+    if options.baseline:
+        return options.baseline
+    from rollserve.eval.watch import compile_patterns, discover, model_dir
+
+    found = discover(options.checkpoint_dir, compile_patterns(options.patterns),
+                     exclude=[options.output_dir])
+    return model_dir(found[0].path) if found else None
+
+
+def _print_checkpoint(console, checkpoint, rows: List[dict]) -> None:
+    from rollserve.eval.console import format_value
+
+    parts = [f"{row['task']}/{k}={format_value(v)}" for row in rows if row["status"] == "ok"
+             for k, v in row["metrics"].items()]
+    errors = {}  # error -> tasks (a failed load fails every task with one error)
+    for row in rows:
+        if row["status"] != "ok":
+            errors.setdefault(row["error"], []).append(row["task"])
+    parts += [f"[red]{','.join(tasks)} failed: {error}[/red]" for error, tasks in errors.items()]
+    console.print(f"{checkpoint.name} (step {checkpoint.step}): " + "  ".join(parts))
+
+
+# ---- entry point ------------------------------------------------------------------------------
+def run_eval(ns) -> int:
+    from rollserve.engine.logging_setup import configure_logging
+
+    configure_logging("warning", prefix="eval")
+    logging.getLogger("rollserve.eval").setLevel(logging.INFO)
+    from rollserve.rollout.errors import RolloutError
+
+    try:
+        return cmd_run(ns) if ns.eval_command == "run" else cmd_watch(ns)
+    except InvalidRequest as e:
+        logger.error("%s", e)
+        return 2
+    except RolloutError as e:  # the server refused a request, or none answered
+        logger.error("the server failed the evaluation: %s", e)
+        return 1

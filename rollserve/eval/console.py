@@ -1,0 +1,78 @@
+"""Terminal output with rich: progress bars while tasks run, summary tables after."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator, List, Optional, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from rollserve.eval.report import metric_names
+from rollserve.eval.tasks.base import TaskResult
+
+
+def make_console(stderr: bool = False) -> Console:
+    """On a terminal its width; into a file or pipe, wide enough that tables do not wrap."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
+
+
+@contextlib.contextmanager
+def progress_bars(console: Console, enabled: bool = True) -> Iterator[Progress]:
+    """Bars only on a terminal (logs and pipes get the tables, not redraw noise)."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        disable=not (enabled and console.is_terminal), transient=False)
+    with progress:
+        yield progress
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e3:
+            return f"{value:.4f}"
+        return f"{value:.1f}" if 1e3 <= abs(value) < 1e9 else f"{value:.3e}"
+    return "" if value is None else str(value)
+
+
+def results_table(results: Sequence[TaskResult], title: Optional[str] = None) -> Table:
+    """One row per task and metric."""
+    table = Table(title=title)
+    for name, justify in (("task", "left"), ("metric", "left"), ("value", "right"),
+                          ("examples", "right"), ("seconds", "right")):
+        table.add_column(name, justify=justify)
+    for result in results:
+        for i, (metric, value) in enumerate(result.metrics.items()):
+            first = i == 0
+            table.add_row(result.task if first else "", metric, format_value(value),
+                          str(result.num_examples) if first else "",
+                          f"{result.seconds:.1f}" if first else "")
+    return table
+
+
+def history_table(rows: List[dict], title: Optional[str] = None) -> Table:
+    """One row per checkpoint, one column per task/metric (from results.jsonl rows)."""
+    tasks = sorted({row["task"] for row in rows})
+    columns = [(task, name) for task in tasks
+               for name in metric_names(r for r in rows if r["task"] == task)]
+    any_failed = any(row.get("status") != "ok" for row in rows)
+    table = Table(title=title, caption="errors: in results.jsonl / results.csv" if any_failed else None)
+    table.add_column("step", justify="right")
+    table.add_column("checkpoint", no_wrap=True)
+    for task, name in columns:
+        table.add_column(f"{task}\n{name}", justify="right")
+    table.add_column("status", no_wrap=True)
+    by_checkpoint = {}
+    for row in rows:
+        by_checkpoint.setdefault((row["step"], row["checkpoint"]), {})[row["task"]] = row
+    for (step, checkpoint), per_task in sorted(by_checkpoint.items()):
+        failed = sum(r.get("status") != "ok" for r in per_task.values())
+        values = [format_value(per_task.get(task, {}).get("metrics", {}).get(name))
+                  for task, name in columns]
+        status = "ok" if not failed else f"[red]failed ({failed} of {len(per_task)})[/red]"
+        table.add_row(str(step), checkpoint, *values, status)
+    return table

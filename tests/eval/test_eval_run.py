@@ -1,0 +1,53 @@
+"""`rollserve eval run`: the summary table, per-sample JSONL, pass@k / maj@k over n
+samples, a user JSONL task, and clear errors for bad flags."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from rollserve.cli import build_parser
+from rollserve.eval.cli import run_eval
+
+
+def eval_cli(*argv) -> int:
+    return run_eval(build_parser().parse_args(["eval", *argv]))
+
+
+def test_eval_run_table_samples_and_pass_at_k(tmp_path, eval_server, client, eval_model_dir, capsys):
+    client.update_weights_from_disk(eval_model_dir, weight_version="run")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"prompt": "Say hi:", "answer": "hi"}) + "\n"
+                  + json.dumps({"prompt": "Two:", "answer": "2"}) + "\n")
+    out = tmp_path / "out"
+    code = eval_cli("run", "--server", eval_server, "--tasks", f"arithmetic,facts,qa={qa}#exact_match",
+                    "--limit", "3", "--n", "4", "--temperature", "1.0", "--max-new-tokens", "4",
+                    "--output-dir", str(out), "--no-progress")
+    assert code == 0
+    printed = capsys.readouterr().out
+    for text in ("arithmetic", "pass@4", "maj@2", "acc_norm", "qa", "weight_version run"):
+        assert text in printed
+    with open(out / "samples.jsonl") as f:
+        samples = [json.loads(line) for line in f]
+    assert [s["task"] for s in samples] == ["arithmetic"] * 3 + ["facts"] * 3 + ["qa"] * 2
+    assert all(len(s["outputs"]) == 4 for s in samples if s["task"] != "facts")
+    metrics = json.loads((out / "summary.json").read_text())["results"]["arithmetic"]["metrics"]
+    assert set(metrics) == {"exact_match", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"}
+    assert metrics["pass@1"] == pytest.approx(metrics["exact_match"])
+    assert metrics["pass@1"] <= metrics["pass@2"] <= metrics["pass@4"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "nope"], "unknown task 'nope'"),
+    (["--limit", "0"], "limit"),
+    ([], "give --server URL or --launch"),
+    (["--server", "http://x", "--launch"], "give --server URL or --launch"),
+])
+def test_eval_run_bad_flags(argv, message, tmp_path, capsys):
+    if argv and argv[0] in ("--tasks", "--limit"):
+        argv = ["--server", "http://127.0.0.1:9", *argv]
+    assert eval_cli("run", *argv, "--output-dir", str(tmp_path)) == 2
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # nothing written, no server contacted
