@@ -1,0 +1,125 @@
+"""A torch.distributed group between the trainer and the engine, for broadcasting weights.
+
+The trainer is rank 0 and hosts the rendezvous store at master_address:master_port;
+the engine's scheduler joins as rank `rank_offset` (one rank: no tensor parallelism
+yet). The group is a process group of its own, with its own store, so it neither
+needs nor disturbs a default group in either process. Backend: NCCL between GPUs,
+gloo otherwise (gloo tensors live on the CPU and are copied to the model's device).
+
+One update call is one bucket. Two layouts, chosen by `load_format`:
+* None (SGLang's default): one broadcast per tensor, in the order of `names`.
+* "flattened_bucket": the trainer packs the bucket into one uint8 buffer
+  (`bucket_layout`: tensors in order, each start aligned to 64 bytes) and
+  broadcasts it once; thousands of small tensors then cost one collective.
+`broadcast_named_tensors` is the trainer's half of both.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_GROUP_NAME = "weight_update_group"
+BUCKET_ALIGN_BYTES = 64
+INIT_TIMEOUT_S = 300.0  # both sides must join within this; collectives time out after it too
+FLATTENED_BUCKET = "flattened_bucket"
+LOAD_FORMATS = (None, FLATTENED_BUCKET)
+
+
+def init_custom_process_group(backend: str, master_address: str, master_port: int,
+                              world_size: int, rank: int, group_name: str = DEFAULT_GROUP_NAME,
+                              timeout_s: float = INIT_TIMEOUT_S):
+    """Join (rank 0: host) a new process group; blocks until all world_size ranks joined."""
+    from torch.distributed.distributed_c10d import _new_process_group_helper, _world
+    from torch.distributed.rendezvous import rendezvous
+
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be gloo or nccl, got {backend!r}")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank,
+                                              world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    # The same private helper SGLang and verl use for a group outside the default one.
+    group, _ = _new_process_group_helper(world_size, rank, [], backend, store,
+                                         group_name=group_name, timeout=timeout)
+    _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
+    return group
+
+
+def destroy_process_group(group) -> None:
+    dist.destroy_process_group(group)
+
+
+def parse_dtype(name) -> torch.dtype:
+    """"bfloat16", "torch.bfloat16" or a torch.dtype -> torch.dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
+    numel = 1
+    for n in shape:
+        numel *= int(n)
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def bucket_layout(dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]]) -> Tuple[List[int], int]:
+    """Byte offset of each tensor in a flattened bucket, and the bucket's size."""
+    offsets, end = [], 0
+    for dtype, shape in zip(dtypes, shapes):
+        start = -(-end // BUCKET_ALIGN_BYTES) * BUCKET_ALIGN_BYTES
+        offsets.append(start)
+        end = start + _nbytes(dtype, shape)
+    return offsets, end
+
+
+def _views(buffer: torch.Tensor, offsets: List[int], dtypes, shapes) -> List[torch.Tensor]:
+    return [buffer[start:start + _nbytes(dtype, shape)].view(dtype).view(tuple(shape))
+            for start, dtype, shape in zip(offsets, dtypes, shapes)]
+
+
+# ---- the trainer's side -------------------------------------------------------------------------
+def broadcast_named_tensors(group, named_tensors: Sequence[Tuple[str, torch.Tensor]],
+                            load_format=None, src: int = 0) -> None:
+    """Send one bucket; run it while the engine runs update_weights_from_distributed with
+    the same names, dtypes, shapes and load_format."""
+    tensors = [t.detach() for _, t in named_tensors]
+    if load_format == FLATTENED_BUCKET:
+        dtypes, shapes = [t.dtype for t in tensors], [tuple(t.shape) for t in tensors]
+        offsets, total = bucket_layout(dtypes, shapes)
+        device = tensors[0].device if tensors else torch.device("cpu")
+        buffer = torch.empty(total, dtype=torch.uint8, device=device)
+        for view, t in zip(_views(buffer, offsets, dtypes, shapes), tensors):
+            view.copy_(t)
+        tensors = [buffer]
+    elif load_format is not None:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    tensors = [t.contiguous() for t in tensors]
+    works = [dist.broadcast(t, group=group, group_src=src, async_op=True) for t in tensors]
+    for work in works:
+        work.wait()
+
+
+# ---- the engine's side ---------------------------------------------------------------------------
+def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dtype],
+                          shapes: Sequence[Sequence[int]], device: torch.device,
+                          load_format=None, src: int = 0) -> List[Tuple[str, torch.Tensor]]:
+    """Receive one bucket into fresh buffers on `device`."""
+    if load_format == FLATTENED_BUCKET:
+        offsets, total = bucket_layout(dtypes, shapes)
+        buffer = torch.empty(total, dtype=torch.uint8, device=device)
+        dist.broadcast(buffer, group=group, group_src=src)
+        return list(zip(names, _views(buffer, offsets, dtypes, shapes)))
+    tensors = [torch.empty(tuple(shape), dtype=dtype, device=device)
+               for dtype, shape in zip(dtypes, shapes)]
+    works = [dist.broadcast(t, group=group, group_src=src, async_op=True) for t in tensors]
+    for work in works:
+        work.wait()
+    return list(zip(names, tensors))

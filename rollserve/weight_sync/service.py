@@ -1,0 +1,217 @@
+"""The scheduler process's weight-sync control calls (`rpc_<name>`), run between steps.
+
+Every update has the same shape: describe and validate everything (nothing is
+written if anything is wrong: the old weights keep serving, whole), then stop the
+running requests (paused, or aborted with finish_reason abort), write, retire
+every KV computed with the old weights, and set the weight version.
+
+Retiring KV: running requests go back to the front of the queue with the tokens
+they generated so far, and their KV is recomputed with the new weights; the prefix
+cache is emptied. So nothing computed with old weights is reused, by new requests
+or by the ones that were running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from rollserve.engine.models.weights import checkpoint_targets
+from rollserve.weight_sync import distributed
+from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
+from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
+from rollserve.weight_sync.tensor_transport import PayloadError, deserialize_named_tensors
+from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_tensor_infos
+
+logger = logging.getLogger(__name__)
+
+
+class WeightSyncService:
+    def __init__(self, runner, scheduler, send_outputs: Callable[[list], None]):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.send_outputs = send_outputs
+        self.memory = MemoryOccupation(runner, runner.memory_saver)
+        self.groups: Dict[str, object] = {}
+
+    @property
+    def model(self):
+        return self.runner.model
+
+    def holds_generation(self) -> bool:
+        """True while memory is released: no forward step may run."""
+        return bool(self.memory.released)
+
+    # ---- the three update paths --------------------------------------------------------------
+    def rpc_update_weights_from_disk(self, model_path: str, load_format: Optional[str] = None,
+                                     flush_cache: bool = True, abort_all_requests: bool = False,
+                                     weight_version: Optional[str] = None) -> dict:
+        def prepare():
+            files = validate_checkpoint(self.model, model_path, load_format or "auto")
+            return lambda: load_checkpoint_files(self.model, files)
+
+        return self._update(prepare, f"from {model_path}", flush_cache, abort_all_requests,
+                            weight_version)
+
+    def rpc_update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
+                                       flush_cache: bool = True, abort_all_requests: bool = False,
+                                       weight_version: Optional[str] = None) -> dict:
+        def prepare():
+            if load_format not in (None, "direct"):
+                raise WeightUpdateError(f"load_format {load_format!r} is not supported for tensors "
+                                        "(None: buckets made by serialize_named_tensors)")
+            named, infos = [], []
+            for i, payload in enumerate(serialized_named_tensors):
+                try:
+                    bucket = deserialize_named_tensors(payload)
+                except PayloadError as e:
+                    raise WeightUpdateError(f"bucket {i}: {e}") from e
+                named.extend(bucket)
+                infos.extend(TensorInfo(n, tuple(t.shape), t.dtype, f"bucket {i}") for n, t in bucket)
+            self._check(infos)
+            return lambda: len(self.model.load_weights(named))
+
+        return self._update(prepare, "from tensors", flush_cache, abort_all_requests, weight_version)
+
+    def rpc_update_weights_from_distributed(self, names: Sequence[str], dtypes: Sequence,
+                                            shapes: Sequence[Sequence[int]],
+                                            group_name: str = distributed.DEFAULT_GROUP_NAME,
+                                            flush_cache: bool = True, abort_all_requests: bool = False,
+                                            weight_version: Optional[str] = None,
+                                            load_format: Optional[str] = None) -> dict:
+        try:
+            group, backend = self._group(group_name)
+            parsed = _parse_bucket(names, dtypes, shapes, load_format)
+        except WeightUpdateError as e:
+            return _refused(e)
+        # Receive before judging: the trainer's broadcast must always find its partner.
+        device = self.runner.device if backend == "nccl" else torch.device("cpu")
+        named = distributed.receive_named_tensors(group, names, parsed, shapes, device, load_format)
+
+        def prepare():
+            self._check([TensorInfo(n, tuple(t.shape), t.dtype, f"group {group_name}")
+                         for n, t in named])
+            return lambda: len(self.model.load_weights(named))
+
+        return self._update(prepare, f"through group {group_name}", flush_cache, abort_all_requests,
+                            weight_version)
+
+    # ---- the distributed group -----------------------------------------------------------------
+    def rpc_init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
+                                      world_size: int,
+                                      group_name: str = distributed.DEFAULT_GROUP_NAME,
+                                      backend: Optional[str] = None) -> dict:
+        if group_name in self.groups:
+            return {"success": False, "message": f"group {group_name!r} already exists; destroy it first"}
+        backend = backend or ("nccl" if self.runner.device.type == "cuda" else "gloo")
+        if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the current GPU
+            index = self.runner.device.index
+            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
+        group = distributed.init_custom_process_group(backend, master_address, int(master_port),
+                                                      int(world_size), int(rank_offset), group_name)
+        self.groups[group_name] = (group, backend)
+        return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
+                                            f"{rank_offset} of {world_size}"}
+
+    def rpc_destroy_weights_update_group(self, group_name: str = distributed.DEFAULT_GROUP_NAME) -> dict:
+        if group_name not in self.groups:
+            return {"success": False, "message": f"no group named {group_name!r}"}
+        group, _ = self.groups.pop(group_name)
+        distributed.destroy_process_group(group)
+        return {"success": True, "message": f"group {group_name!r} destroyed"}
+
+    def _group(self, group_name: str):
+        if group_name not in self.groups:
+            raise WeightUpdateError(f"no group named {group_name!r}; call init_weights_update_group")
+        return self.groups[group_name]
+
+    # ---- inspection and memory -----------------------------------------------------------------
+    def rpc_get_weights_by_name(self, name: str, truncate_size: int = 100) -> dict:
+        if WEIGHTS in self.memory.released:
+            return {"success": False, "message": "the weights are released; resume them first"}
+        targets = getattr(self.model, "_targets", None) or checkpoint_targets(self.model)
+        if name not in targets:
+            return {"success": False, "message": f"{type(self.model).__name__} has no parameter "
+                                                 f"named {name!r}"}
+        param, rows = targets[name]
+        value = param.data if rows is None else param.data[rows]
+        flat = value.detach().reshape(-1)[:max(0, int(truncate_size))]
+        return {"success": True, "values": flat.float().cpu().tolist()}
+
+    def rpc_release_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
+        tags = parse_tags(tags)
+        requeued = 0
+        if KV_CACHE in tags and KV_CACHE not in self.memory.released:
+            requeued = self.scheduler.drop_all_kv()
+        for tag in tags:
+            self.memory.release(tag)
+        logger.info("released %s; forward steps wait until resume_memory_occupation", tags)
+        return {"success": True, "message": f"released {tags}; {requeued} running requests were "
+                                            "requeued; requests wait until resume_memory_occupation"}
+
+    def rpc_resume_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
+        tags = parse_tags(tags)
+        for tag in tags:
+            self.memory.resume(tag)
+        still = sorted(self.memory.released)
+        return {"success": True, "message": f"resumed {tags}" + (f"; still released: {still}" if still else "")}
+
+    # ---- the common update -------------------------------------------------------------------
+    def _check(self, infos: List[TensorInfo]) -> None:
+        check_tensor_infos(infos, self.model.checkpoint_spec(), self.model.skips_checkpoint_name,
+                           type(self.model).__name__, require_all=False)
+
+    def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
+                weight_version: Optional[str]) -> dict:
+        try:
+            if WEIGHTS in self.memory.released:
+                raise WeightUpdateError("the weights are released; call resume_memory_occupation "
+                                        "with tags ['weights'] first")
+            if getattr(self.runner, "pooling", None) is not None:
+                raise WeightUpdateError("weight updates support generation models only")
+            write = prepare()
+        except WeightUpdateError as e:
+            return _refused(e)
+        if abort_all_requests:
+            self.send_outputs(self.scheduler.abort_all_now())
+            num_paused = 0
+        else:
+            num_paused = self.scheduler.num_active_requests()
+        try:
+            count = write()
+        except Exception as e:  # validated, so only I/O or device trouble lands here
+            logger.exception("weight update %s failed while writing", source)
+            return {"success": False, "num_paused_requests": num_paused,
+                    "message": f"failed while writing (the weights may be partly updated): "
+                               f"{type(e).__name__}: {e}"}
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)  # sources (IPC, buffers) may go away next
+        if flush_cache:
+            self.scheduler.drop_all_kv()
+        if weight_version is not None:
+            self.scheduler.weight_version = weight_version
+        logger.info("updated %d tensors %s; weight_version %s", count, source,
+                    self.scheduler.weight_version)
+        return {"success": True, "num_paused_requests": num_paused,
+                "weight_version": self.scheduler.weight_version,
+                "message": f"updated {count} tensors {source}"}
+
+
+def _refused(e: Exception) -> dict:
+    return {"success": False, "num_paused_requests": 0,
+            "message": f"refused, the old weights keep serving: {e}"}
+
+
+def _parse_bucket(names, dtypes, shapes, load_format) -> List[torch.dtype]:
+    if not (len(names) == len(dtypes) == len(shapes)):
+        raise WeightUpdateError(f"names, dtypes and shapes must have the same length, got "
+                                f"{len(names)}, {len(dtypes)}, {len(shapes)}")
+    if load_format not in distributed.LOAD_FORMATS:
+        raise WeightUpdateError(f"load_format must be one of {distributed.LOAD_FORMATS}, "
+                                f"got {load_format!r}")
+    try:
+        return [distributed.parse_dtype(d) for d in dtypes]
+    except ValueError as e:
+        raise WeightUpdateError(str(e)) from e

@@ -1,0 +1,228 @@
+"""Weight updates through rollserve.Engine on a tiny Llama: disk, tensors, a gloo group,
+memory release, and what happens to requests running during an update."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import rollserve
+from rollserve.api.server import free_port
+from rollserve.weight_sync import distributed
+from tests.weight_sync.conftest import PROMPT_IDS, hf_greedy, hf_model, state_dict_of
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def engine(ckpts):
+    with rollserve.Engine(ckpts["A"], max_total_tokens=4096, log_level="warning") as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def reference(ckpts):
+    """Greedy answers of transformers on A and on B."""
+    return {name: hf_greedy(hf_model(path), PROMPT_IDS, GREEDY["max_new_tokens"])
+            for name, path in ckpts.items()}
+
+
+def serve(engine, ckpts, name: str, version: str) -> None:
+    result = engine.update_weights_from_disk(ckpts[name], weight_version=version)
+    assert result["success"], result
+
+
+def greedy(engine, ids=PROMPT_IDS, params=GREEDY):
+    return engine.generate(input_ids=ids, sampling_params=params)
+
+
+def test_disk_update_answers_with_new_weights_and_reuses_no_cache(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    assert greedy(engine)["output_ids"] == reference["A"]
+    assert greedy(engine)["meta_info"]["cached_tokens"] > 0  # the prompt is cached now
+    result = engine.update_weights_from_disk(ckpts["B"], weight_version="b")
+    assert result == {"success": True, "num_paused_requests": 0,
+                      "message": f"updated 21 tensors from {ckpts['B']}"}
+    after = greedy(engine)
+    assert after["output_ids"] == reference["B"]  # the stale-cache probe
+    assert after["meta_info"]["cached_tokens"] == 0
+    assert after["meta_info"]["weight_version"] == "b"
+    assert engine.get_model_info()["weight_version"] == "b"
+    assert engine.get_server_info()["weight_version"] == "b"
+
+
+def test_refused_update_keeps_old_weights_and_version(engine, ckpts, reference, tmp_path):
+    from tests.weight_sync.conftest import broken_copy
+
+    serve(engine, ckpts, "A", "a")
+    result = engine.update_weights_from_disk(broken_copy(ckpts["B"], str(tmp_path / "b"), "shape"),
+                                             weight_version="broken")
+    assert not result["success"] and "model.layers.0.self_attn.k_proj.weight" in result["message"]
+    out = greedy(engine)
+    assert out["output_ids"] == reference["A"] and out["meta_info"]["weight_version"] == "a"
+
+
+def test_tensor_update_in_buckets(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    named = list(state_dict_of(ckpts["B"]).items())
+    buckets = [named[:1], named[1:12], named[12:]]
+    for i, bucket in enumerate(buckets):
+        last = i == len(buckets) - 1
+        result = engine.update_weights_from_tensor(bucket, flush_cache=last,
+                                                   weight_version="t" if last else None)
+        assert result["success"], result
+        if not last:
+            assert engine.get_model_info()["weight_version"] == "a"
+    out = greedy(engine)
+    assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "t"
+
+
+def test_tensor_update_is_validated_whole(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    b = state_dict_of(ckpts["B"])
+    name = "model.layers.0.self_attn.k_proj.weight"
+    before = engine.get_weights_by_name(name, 10)
+    bad_shape = [(name, b[name]), ("model.norm.weight", torch.ones(3))]
+    result = engine.update_weights_from_tensor(bad_shape)
+    assert not result["success"] and "'model.norm.weight'" in result["message"]
+    unknown = [(name, b[name]), ("model.layers.0.nope.weight", torch.ones(3))]
+    result = engine.update_weights_from_tensor(unknown)
+    assert not result["success"] and "model.layers.0.nope.weight" in result["message"]
+    assert engine.get_weights_by_name(name, 10) == before  # nothing of either bucket written
+
+
+def test_get_weights_by_name_reads_fused_and_plain_parameters(engine, ckpts):
+    serve(engine, ckpts, "B", "b")
+    b = state_dict_of(ckpts["B"])
+    for name in ("model.layers.1.self_attn.v_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                 "lm_head.weight", "model.norm.weight"):
+        values = engine.get_weights_by_name(name, truncate_size=7)
+        assert values == pytest.approx(b[name].flatten()[:7].tolist()), name
+    with pytest.raises(ValueError, match="no parameter named"):
+        engine.get_weights_by_name("model.layers.0.self_attn.qkv.nope")
+
+
+def test_distributed_update_over_gloo(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    port, results = free_port(), {}
+
+    def engine_side(key, call, *args, **kwargs):
+        results[key] = call(*args, **kwargs)
+
+    joining = threading.Thread(target=engine_side, args=(
+        "init", engine.init_weights_update_group, "127.0.0.1", port, 1, 2, "wsync", "gloo"))
+    joining.start()
+    group = distributed.init_custom_process_group("gloo", "127.0.0.1", port, 2, 0, "wsync")
+    joining.join()
+    assert results["init"]["success"], results["init"]
+    try:
+        named = list(state_dict_of(ckpts["B"]).items())
+        for i, (bucket, layout) in enumerate([(named[:9], None),
+                                              (named[9:], distributed.FLATTENED_BUCKET)]):
+            last = i == 1
+            receiving = threading.Thread(target=engine_side, args=(
+                i, engine.update_weights_from_distributed, [n for n, _ in bucket],
+                [str(t.dtype) for _, t in bucket], [list(t.shape) for _, t in bucket], "wsync",
+                last, "d" if last else None, layout))
+            receiving.start()
+            distributed.broadcast_named_tensors(group, bucket, layout)
+            receiving.join()
+            assert results[i]["success"], results[i]
+    finally:
+        assert engine.destroy_weights_update_group("wsync")["success"]
+        distributed.destroy_process_group(group)
+    out = greedy(engine)
+    assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "d"
+
+
+class StreamWatcher:
+    """Streams one long greedy request in a thread; `started` is set after `min_tokens`."""
+
+    def __init__(self, engine, max_new_tokens: int, min_tokens: int = 4):
+        self.started, self.last, self.min_tokens = threading.Event(), None, min_tokens
+        params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
+        self.thread = threading.Thread(target=self._run, args=(engine, params))
+        self.thread.start()
+
+    def _run(self, engine, params):
+        for chunk in engine.generate(input_ids=PROMPT_IDS, sampling_params=params, stream=True):
+            self.last = chunk
+            if len(chunk["output_ids"]) >= self.min_tokens:
+                self.started.set()
+        self.started.set()
+
+    def result(self):
+        self.thread.join(timeout=60)
+        return self.last
+
+
+def update_mid_request(engine, ckpts, max_new_tokens: int, min_tokens: int = 4, **update_kwargs):
+    watcher = StreamWatcher(engine, max_new_tokens, min_tokens)
+    assert watcher.started.wait(timeout=60)
+    engine.pause_generation()  # so that the update surely finds the request mid-decode
+    try:
+        result = engine.update_weights_from_disk(ckpts["B"], **update_kwargs)
+    finally:
+        engine.continue_generation()
+    return result, watcher.result()
+
+
+def test_running_request_is_paused_then_recomputed_with_new_weights(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    result, final = update_mid_request(engine, ckpts, 120, weight_version="mid")
+    assert result["success"] and result["num_paused_requests"] == 1
+    meta = final["meta_info"]
+    assert meta["finish_reason"]["type"] == "length" and meta["weight_version"] == "mid"
+    tokens = final["output_ids"]
+    assert len(tokens) == 120
+    # From its first token unlike A's greedy answer on, every token is B's greedy choice
+    # given the tokens before it: the KV computed with A was not reused.
+    a_tokens = hf_greedy(hf_model(ckpts["A"]), PROMPT_IDS, 120)
+    split = next(i for i, (x, y) in enumerate(zip(tokens, a_tokens)) if x != y)
+    assert 4 <= split < 120
+    assert tokens[split:] == hf_greedy(hf_model(ckpts["B"]), PROMPT_IDS + tokens[:split], 120 - split)
+
+
+def test_load_during_update_loses_nothing_and_versions_are_right(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    lengths = [2, 2, 2, 40, 40, 40]
+    batch = {}
+    params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
+    thread = threading.Thread(target=lambda: batch.update(out=engine.generate(
+        input_ids=[PROMPT_IDS[:k + 2] for k in range(len(lengths))], sampling_params=params)))
+    thread.start()
+    # once the watcher's request has 12 tokens, the 2-token ones are surely done
+    result, final = update_mid_request(engine, ckpts, 40, min_tokens=12, weight_version="load")
+    thread.join(timeout=60)
+    assert result["success"] and result["num_paused_requests"] == 4
+    outs = batch["out"] + [final]
+    assert [o["meta_info"]["completion_tokens"] for o in outs] == lengths + [40]
+    assert all(o["meta_info"]["finish_reason"]["type"] == "length" for o in outs)
+    assert [o["meta_info"]["weight_version"] for o in outs] == ["a"] * 3 + ["load"] * 4
+
+
+def test_abort_all_requests_aborts_running_requests(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    result, final = update_mid_request(engine, ckpts, 400, abort_all_requests=True,
+                                       weight_version="ab")
+    assert result["success"] and result["num_paused_requests"] == 0
+    assert final["meta_info"]["finish_reason"]["type"] == "abort"
+    assert len(final["output_ids"]) < 400
+
+
+def test_release_and_resume_memory(engine, ckpts, reference):
+    serve(engine, ckpts, "B", "b")
+    for tags in (None, ["kv_cache"], ["weights"]):
+        assert engine.release_memory_occupation(tags)["success"]
+        waiting = {}
+        thread = threading.Thread(target=lambda: waiting.update(out=greedy(engine)))
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive(), f"a request ran while {tags} were released"
+        assert engine.resume_memory_occupation(tags)["success"]
+        thread.join(timeout=30)
+        assert waiting["out"]["output_ids"] == reference["B"], tags
+    bad = engine.release_memory_occupation(["gpu"])
+    assert not bad["success"] and "unknown memory tag" in bad["message"]

@@ -1,0 +1,84 @@
+"""Weight sync with the engine on a GPU: CUDA IPC buckets, memory release with CUDA graphs
+dropped and captured again, and a group broadcast (NCCL across two GPUs, else gloo)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+import rollserve  # noqa: E402
+from rollserve.api.server import free_port  # noqa: E402
+from rollserve.weight_sync import distributed  # noqa: E402
+from rollserve.weight_sync.tensor_transport import local_bucket  # noqa: E402
+from tests.weight_sync.conftest import PROMPT_IDS, hf_greedy, hf_model, state_dict_of  # noqa: E402
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def engine(ckpts):
+    with rollserve.Engine(ckpts["A"], device="cuda", dtype="float32", max_total_tokens=4096,
+                          log_level="warning") as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def reference(ckpts):
+    return {name: hf_greedy(hf_model(path), PROMPT_IDS, 8) for name, path in ckpts.items()}
+
+
+def greedy(engine):
+    return engine.generate(input_ids=PROMPT_IDS, sampling_params=GREEDY)["output_ids"]
+
+
+def test_cuda_ipc_buckets(engine, ckpts, reference):
+    assert engine.update_weights_from_disk(ckpts["A"])["success"]
+    named = [(n, t.cuda()) for n, t in state_dict_of(ckpts["B"]).items()]
+    with local_bucket(named[:3]) as payload:
+        assert payload.startswith("cuda_ipc:")
+    assert engine.update_weights_from_tensor(named[:10], flush_cache=False)["success"]
+    assert engine.update_weights_from_tensor(named[10:], weight_version="ipc")["success"]
+    assert greedy(engine) == reference["B"]
+
+
+def test_release_resume_keeps_answers(engine, ckpts, reference):
+    assert engine.update_weights_from_disk(ckpts["B"])["success"]
+    for tags in (None, ["kv_cache"], ["weights"]):
+        assert engine.release_memory_occupation(tags)["success"]
+        assert engine.resume_memory_occupation(tags)["success"]
+        assert greedy(engine) == reference["B"], tags
+
+
+def test_group_broadcast(engine, ckpts, reference):
+    assert engine.update_weights_from_disk(ckpts["A"])["success"]
+    two_gpus = torch.cuda.device_count() >= 2
+    backend = "nccl" if two_gpus else "gloo"
+    device = "cuda:1" if two_gpus else "cpu"
+    if two_gpus:
+        torch.cuda.set_device(1)
+    port, answers = free_port(), {}
+    joining = threading.Thread(target=lambda: answers.update(init=engine.init_weights_update_group(
+        "127.0.0.1", port, 1, 2, "gpu-sync", backend)))
+    joining.start()
+    group = distributed.init_custom_process_group(backend, "127.0.0.1", port, 2, 0, "gpu-sync")
+    joining.join()
+    assert answers["init"]["success"], answers["init"]
+    try:
+        named = [(n, t.to(device)) for n, t in state_dict_of(ckpts["B"]).items()]
+        receiving = threading.Thread(target=lambda: answers.update(update=engine.update_weights_from_distributed(
+            [n for n, _ in named], [str(t.dtype) for _, t in named], [list(t.shape) for _, t in named],
+            "gpu-sync", load_format=distributed.FLATTENED_BUCKET)))
+        receiving.start()
+        distributed.broadcast_named_tensors(group, named, distributed.FLATTENED_BUCKET)
+        receiving.join()
+        assert answers["update"]["success"], answers["update"]
+    finally:
+        engine.destroy_weights_update_group("gpu-sync")
+        distributed.destroy_process_group(group)
+    assert greedy(engine) == reference["B"]

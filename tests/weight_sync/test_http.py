@@ -1,0 +1,150 @@
+"""The weight-sync endpoints of a real server process (SGLang's paths and bodies)."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+import torch
+
+from rollserve.api.server import spawn_server, wait_until_healthy
+from rollserve.weight_sync.tensor_transport import serialize_named_tensors
+from tests.weight_sync.conftest import (PROMPT_IDS, broken_copy, hf_greedy, hf_model,
+                                        state_dict_of)
+
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def http(ckpts, tmp_path_factory):
+    log = open(os.path.join(tmp_path_factory.mktemp("logs"), "server.log"), "w")
+    proc, url = spawn_server(["--model-path", ckpts["A"], "--max-total-tokens", "4096",
+                              "--log-level", "warning"], log_file=log)
+    try:
+        wait_until_healthy(url, proc, timeout=120)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except Exception:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(ckpts):
+    return {name: hf_greedy(hf_model(path), PROMPT_IDS, MAX_NEW) for name, path in ckpts.items()}
+
+
+def generate(http) -> dict:
+    body = {"input_ids": PROMPT_IDS,
+            "sampling_params": {"temperature": 0, "max_new_tokens": MAX_NEW, "ignore_eos": True}}
+    response = http.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def update_from_disk(http, path: str, version: str, route="/update_weights_from_disk"):
+    return http.post(route, json={"model_path": path, "weight_version": version})
+
+
+def test_disk_update_and_alias(http, ckpts, reference):
+    response = update_from_disk(http, ckpts["B"], "v1")
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "num_paused_requests": 0,
+                               "message": f"updated 21 tensors from {ckpts['B']}"}
+    out = generate(http)
+    assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "v1"
+    info = http.get("/get_model_info").json()
+    assert info["weight_version"] == "v1" and info["model_path"] == ckpts["B"]
+    assert update_from_disk(http, ckpts["A"], "v2", route="/update_weights").status_code == 200
+    out = generate(http)
+    assert out["output_ids"] == reference["A"] and out["meta_info"]["weight_version"] == "v2"
+
+
+@pytest.mark.parametrize("kind, named", [
+    ("missing", "model.layers.1.mlp.up_proj.weight"),
+    ("extra", "model.layers.7.mlp.surprise.weight"),
+    ("shape", "model.layers.0.self_attn.k_proj.weight"),
+    ("truncated", "model.safetensors"),
+])
+def test_broken_checkpoint_is_refused_while_old_weights_serve(http, ckpts, reference, tmp_path,
+                                                              kind, named):
+    assert update_from_disk(http, ckpts["A"], "good").status_code == 200
+    response = update_from_disk(http, broken_copy(ckpts["B"], str(tmp_path / kind), kind), "bad")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["success"] is False and named in body["message"], body
+    out = generate(http)
+    assert out["output_ids"] == reference["A"] and out["meta_info"]["weight_version"] == "good"
+    assert http.get("/get_model_info").json()["weight_version"] == "good"
+
+
+def test_tensor_update_in_buckets(http, ckpts, reference):
+    named = list(state_dict_of(ckpts["B"]).items())
+    first = {"serialized_named_tensors": [serialize_named_tensors(named[:5])], "flush_cache": False}
+    assert http.post("/update_weights_from_tensor", json=first).json()["success"]
+    rest = {"serialized_named_tensors": [serialize_named_tensors(named[5:12]),
+                                         serialize_named_tensors(named[12:])],
+            "weight_version": "tensors"}
+    response = http.post("/update_weights_from_tensor", json=rest)
+    assert response.status_code == 200 and response.json()["success"], response.text
+    out = generate(http)
+    assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "tensors"
+
+
+def test_one_bucket_over_the_body_limit_is_accepted(http, ckpts, reference):
+    from rollserve.engine.config import ServerArgs
+
+    assert update_from_disk(http, ckpts["A"], "small").status_code == 200
+    payload = serialize_named_tensors(list(state_dict_of(ckpts["B"]).items()))
+    assert len(payload) > ServerArgs().max_request_body_bytes  # the limit other routes keep
+    response = http.post("/update_weights_from_tensor",
+                         json={"serialized_named_tensors": [payload], "weight_version": "big"})
+    assert response.status_code == 200, response.text
+    assert generate(http)["output_ids"] == reference["B"]
+
+
+def test_bad_tensor_payloads_are_refused(http):
+    name = "model.layers.0.self_attn.k_proj.weight"
+    before = http.post("/get_weights_by_name", json={"name": name, "truncate_size": 5}).json()
+    cases = [(["garbage"], "bucket 0"),
+             ([serialize_named_tensors([(name, torch.zeros(3, 3))])], name)]
+    for buckets, named in cases:
+        response = http.post("/update_weights_from_tensor",
+                             json={"serialized_named_tensors": buckets})
+        assert response.status_code == 400 and named in response.json()["message"]
+    after = http.post("/get_weights_by_name", json={"name": name, "truncate_size": 5}).json()
+    assert after == before and len(after) == 5 and all(isinstance(v, float) for v in after)
+
+
+def test_get_weights_by_name(http, ckpts):
+    assert update_from_disk(http, ckpts["B"], "w").status_code == 200
+    name = "model.layers.1.self_attn.q_proj.weight"
+    values = http.post("/get_weights_by_name", json={"name": name, "truncate_size": 4}).json()
+    assert values == pytest.approx(state_dict_of(ckpts["B"])[name].flatten()[:4].tolist())
+    missing = http.post("/get_weights_by_name", json={"name": "nope"})
+    assert missing.status_code == 400 and "nope" in missing.json()["message"]
+
+
+def test_pause_continue_release_resume(http, ckpts, reference):
+    assert update_from_disk(http, ckpts["A"], "m").status_code == 200
+    assert http.post("/pause_generation").status_code == 200
+    assert http.post("/continue_generation").status_code == 200
+    assert http.post("/release_memory_occupation", json={"tags": ["kv_cache", "weights"]}).json()["success"]
+    assert http.post("/resume_memory_occupation").json()["success"]  # no body: every tag
+    assert generate(http)["output_ids"] == reference["A"]
+    refused = http.post("/release_memory_occupation", json={"tags": ["vram"]})
+    assert refused.status_code == 400 and "unknown memory tag" in refused.json()["message"]
+
+
+def test_group_calls_without_a_group_are_refused(http):
+    response = http.post("/destroy_weights_update_group", json={"group_name": "none"})
+    assert response.status_code == 400 and "'none'" in response.json()["message"]
+    response = http.post("/update_weights_from_distributed",
+                         json={"names": ["x"], "dtypes": ["float32"], "shapes": [[1]],
+                               "group_name": "none"})
+    assert response.status_code == 400 and "init_weights_update_group" in response.json()["message"]
