@@ -1,7 +1,8 @@
 """Compute kernels the models call: attention, RMSNorm, rotary embedding, activations.
 
 Each op has a `*_torch` reference (plain PyTorch; the CPU path and the ground truth
-the GPU kernels are tested against) and one dispatch function the models call.
+the GPU kernels are tested against), a Triton kernel in `<op>_triton.py` (imported only
+when a CUDA tensor asks for it), and one dispatch function the models call.
 """
 
 from rollserve.kernels.activation import silu_and_mul

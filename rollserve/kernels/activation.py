@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rollserve.kernels.dispatch import use_triton
+
 
 def silu_and_mul_torch(x: torch.Tensor) -> torch.Tensor:
     """x: [..., 2 * I] holding gate then up; returns silu(gate) * up, [..., I]."""
@@ -13,5 +15,8 @@ def silu_and_mul_torch(x: torch.Tensor) -> torch.Tensor:
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    # A fused GPU kernel will be picked here when x is on CUDA.
+    if use_triton(x):
+        from rollserve.kernels.activation_triton import silu_and_mul_triton
+
+        return silu_and_mul_triton(x)
     return silu_and_mul_torch(x)

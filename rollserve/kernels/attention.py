@@ -3,7 +3,8 @@
 Request i brings extend_lens[i] new tokens (packed rows extend_start_loc[i]...) and
 already has prefix_lens[i] tokens in the pool; its seq_lens[i] slots are listed in
 req_to_token[req_pool_indices[i]]. New token j of request i sees the positions
-0..prefix_lens[i] + j (and, with a sliding window W, only the last W of them).
+0..prefix_lens[i] + j (and, with a sliding window W, only the last W of them); with
+causal=False (encoders such as BERT) every token sees its whole sequence.
 """
 
 from __future__ import annotations
@@ -14,28 +15,37 @@ import torch
 import torch.nn.functional as F
 
 from rollserve.engine.forward_context import ForwardContext
+from rollserve.kernels.dispatch import use_triton
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
-              layer_id: int, scaling: float, sliding_window: Optional[int] = None) -> torch.Tensor:
+              layer_id: int, scaling: float, sliding_window: Optional[int] = None,
+              causal: bool = True) -> torch.Tensor:
     """Stores k, v [T, Hkv, D] in the pool and returns the attention of q [T, Hq, D], [T, Hq, D].
 
-    Dispatch point: ctx.attention_backend == "triton" on CUDA will select the GPU kernel.
+    ctx.attention_backend "triton" on CUDA runs the Triton kernels; otherwise the torch reference.
     """
-    return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window)
+    if ctx.attention_backend == "triton" and use_triton(q):
+        from rollserve.kernels.attention_triton import attention_triton
+
+        return attention_triton(q, k, v, ctx, layer_id, scaling, sliding_window, causal)
+    return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window, causal)
 
 
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
-                    layer_id: int, scaling: float, sliding_window: Optional[int] = None) -> torch.Tensor:
+                    layer_id: int, scaling: float, sliding_window: Optional[int] = None,
+                    causal: bool = True) -> torch.Tensor:
+    if not causal and sliding_window is not None:
+        raise ValueError("a sliding window needs causal attention")
     ctx.kv_pool.store(layer_id, ctx.out_cache_loc, k, v)
     k_buffer, v_buffer = ctx.kv_pool.kv(layer_id)
     out = torch.empty_like(q)
     single = [i for i, n in enumerate(ctx.extend_lens_cpu) if n == 1]
     multi = [i for i, n in enumerate(ctx.extend_lens_cpu) if n > 1]
-    if single:
+    if single:  # a lone new token is its sequence's last: it sees everything, causal or not
         _single_token_attention(q, k_buffer, v_buffer, ctx, single, scaling, sliding_window, out)
     for i in multi:
-        _extend_attention(q, k_buffer, v_buffer, ctx, i, scaling, sliding_window, out)
+        _extend_attention(q, k_buffer, v_buffer, ctx, i, scaling, sliding_window, out, causal)
     return out
 
 
@@ -89,7 +99,7 @@ def _single_token_attention(q, k_buffer, v_buffer, ctx: ForwardContext, reqs: Li
 
 
 def _extend_attention(q, k_buffer, v_buffer, ctx: ForwardContext, i: int, scaling: float,
-                      sliding_window: Optional[int], out: torch.Tensor) -> None:
+                      sliding_window: Optional[int], out: torch.Tensor, causal: bool = True) -> None:
     """Request i's new tokens against its whole sequence (prefix from the pool + themselves)."""
     prefix_len, extend_len = ctx.prefix_lens_cpu[i], ctx.extend_lens_cpu[i]
     seq_len = prefix_len + extend_len
@@ -98,7 +108,9 @@ def _extend_attention(q, k_buffer, v_buffer, ctx: ForwardContext, i: int, scalin
     keys = _gather(k_buffer, slots).transpose(0, 1)  # [Hkv, S, D]
     values = _gather(v_buffer, slots).transpose(0, 1)
     queries = q[start:start + extend_len].transpose(0, 1).to(keys.dtype)  # [Hq, E, D]
-    if prefix_len == 0 and sliding_window is None:
+    if not causal:
+        mask = None  # every new token sees the whole sequence
+    elif prefix_len == 0 and sliding_window is None:
         mask, causal = None, True
     else:
         positions = torch.arange(seq_len, device=q.device)
@@ -108,3 +120,25 @@ def _extend_attention(q, k_buffer, v_buffer, ctx: ForwardContext, i: int, scalin
     result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=causal,
                                             scale=scaling, enable_gqa=True)
     out[start:start + extend_len] = result.transpose(0, 1).to(out.dtype)
+
+
+def select_attention_backend(requested: Optional[str], device: torch.device) -> str:
+    """The backend a runner on `device` uses: triton by default on CUDA, torch_native elsewhere.
+
+    Raises ValueError naming --attention-backend when the request cannot run here.
+    """
+    from rollserve.kernels.dispatch import interpreting, triton_available
+
+    on_cuda = torch.device(device).type == "cuda" or interpreting()
+    if requested is None:
+        return "triton" if on_cuda and triton_available() else "torch_native"
+    if requested == "triton" and not (on_cuda and triton_available()):
+        raise ValueError("attention_backend: triton needs a CUDA device and the triton package")
+    if requested == "flashinfer":
+        import importlib.util
+
+        if importlib.util.find_spec("flashinfer") is None:
+            raise ValueError("attention_backend: flashinfer is not installed")
+        raise ValueError("attention_backend: the flashinfer backend is not implemented yet; "
+                         "use triton (the default on CUDA)")
+    return requested

@@ -6,6 +6,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from rollserve.kernels.dispatch import use_triton
+
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float,
                    residual: Optional[torch.Tensor] = None
@@ -26,5 +28,9 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: Optional[torch.Tensor] = None):
-    # A fused GPU kernel will be picked here when x is on CUDA.
+    """On CUDA the Triton kernel, which writes the new residual into `residual` in place."""
+    if use_triton(x):
+        from rollserve.kernels.norm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, residual)
     return rms_norm_torch(x, weight, eps, residual)

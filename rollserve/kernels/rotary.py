@@ -12,6 +12,8 @@ from typing import Tuple
 
 import torch
 
+from rollserve.kernels.dispatch import use_triton
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
 
@@ -122,5 +124,9 @@ def apply_rotary_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-    # A fused GPU kernel (rotating q and k in place) will be picked here when q is on CUDA.
+    """On CUDA one Triton launch rotates q and k in place (and returns them)."""
+    if use_triton(q):
+        from rollserve.kernels.rotary_triton import apply_rotary_triton
+
+        return apply_rotary_triton(q, k, cos, sin)
     return apply_rotary_torch(q, cos, sin), apply_rotary_torch(k, cos, sin)

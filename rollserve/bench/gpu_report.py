@@ -1,0 +1,75 @@
+"""The GPU suite's results as one markdown table, each figure beside its target.
+
+    python -m rollserve.bench.gpu_report bench/results/2026-11-25-gpu
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+SGLANG_8B_SHAREGPT = 16215  # output tok/s, Llama-3.1-8B bf16, 1000 ShareGPT prompts, H100 (published)
+VLLM_8B_SHAREGPT = 12553
+TARGET_FRACTION = {"llama-3.1-8b": 0.85, "llama-3.2-1b": 0.70}
+
+
+def load(folder: str) -> dict:
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            out[os.path.basename(path)[:-5]] = json.load(f)
+    return out
+
+
+def one_batch_rows(name: str, report: dict):
+    shape = report["shape"]
+    for r in report["results"]:
+        target = TARGET_FRACTION.get(shape) if r["batch_size"] == 1 else None
+        verdict = "" if target is None else (
+            f"target >= {target:.0%} of roofline: {'met' if r['fraction_of_roofline'] >= target else 'missed'}")
+        yield (f"one_batch {shape} bs={r['batch_size']} decode", f"{r['decode_tok_s']:.1f} tok/s",
+               f"{r['fraction_of_roofline']:.1%} of {r['roofline_tok_s']:.0f} (graph replay "
+               f"{r['graph_gpu_ms']} ms, step {r['decode_step_ms']} ms overlapped, "
+               f"{r.get('decode_step_sync_ms')} ms synchronous) {verdict}")
+        if r["batch_size"] == 1:
+            yield (f"one_batch {shape} prefill {r['input_len']} tokens", f"{r['prefill_ms']:.1f} ms",
+                   f"{r['prefill_tok_s']:.0f} tok/s")
+    if "baseline" in report:
+        yield (f"transformers generate {shape} bs=1", f"{report['baseline']['decode_tok_s']:.1f} tok/s", "")
+
+
+def offline_rows(name: str, report: dict):
+    ours = report["results"][0]
+    label = f"offline {report['shape']} {report['dataset']} {report['num_prompts']} prompts " \
+            f"({report['mean_input_len']:.0f} in / {report['mean_output_len']:.0f} out)"
+    note = f"total {ours['total_tok_s']:.0f} tok/s"
+    if "ratio_output_tok_s" in report:
+        base = report["results"][1]
+        note += (f"; {base['backend']}: {base['output_tok_s']:.0f} out tok/s; ratio "
+                 f"{report['ratio_output_tok_s']:.1f}x (target 10x: "
+                 f"{'met' if report['ratio_output_tok_s'] >= 10 else 'missed'})")
+    if report.get("shape") == "llama-3.1-8b" and report["dataset"] == "sharegpt-like":
+        note += (f"; published H100 ShareGPT: SGLang {SGLANG_8B_SHAREGPT}, vLLM {VLLM_8B_SHAREGPT} "
+                 f"({ours['output_tok_s'] / SGLANG_8B_SHAREGPT:.0%} of SGLang)")
+    yield label, f"{ours['output_tok_s']:.0f} out tok/s", note
+
+
+def main(argv=None) -> None:
+    folder = (argv or sys.argv[1:])[0]
+    reports = load(folder)
+    env = reports.pop("env", {})
+    print(f"device: {env.get('device')}, date: {env.get('date')}, commit: {env.get('commit')}, "
+          f"torch {env.get('torch')}, triton {env.get('triton')}, transformers {env.get('transformers')}\n")
+    print("| benchmark | result | notes |\n|---|---|---|")
+    for name, report in reports.items():
+        kind = report.get("benchmark")
+        rows = one_batch_rows(name, report) if kind == "one_batch" else \
+            offline_rows(name, report) if kind == "offline" else []
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

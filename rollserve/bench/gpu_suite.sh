@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The GPU suite in one run: kernel and engine GPU tests, one_batch on three real
+# architectures' shapes (dummy weights, bf16) with transformers' generate beside it,
+# offline throughput (with transformers' generate_batch on the 1B shape), the
+# ShareGPT-like 8B run, the nano-vllm workload on Qwen3-0.6B, and the weight-sync bench.
+#
+#   bash rollserve/bench/gpu_suite.sh [OUT_DIR] [STAGE ...]
+#
+# OUT_DIR defaults to bench/results/<date>-gpu; STAGES default to all of:
+#   tests one_batch offline_1b offline_8b offline_qwen3 weight_sync
+# and on request `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape).
+# Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
+# rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
+set -uo pipefail
+OUT=${1:-bench/results/$(date -u +%Y-%m-%d)-gpu}
+shift || true
+STAGES=${*:-tests one_batch offline_1b offline_8b offline_qwen3 weight_sync}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+
+step() {  # step NAME TIMEOUT_S CMD...: runs, logs to OUT/NAME.log, never aborts the suite
+    local name=$1 limit=$2
+    shift 2
+    echo "== $(date -u +%H:%M:%S) $name: $*" | tee -a "$OUT/suite.log"
+    local start=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name rc=$rc in $((SECONDS - start))s" | tee -a "$OUT/suite.log"
+    tail -n 25 "$OUT/$name.log"
+    $PY -m rollserve.bench.gpu_report "$OUT" > "$OUT/summary.md" 2>> "$OUT/suite.log"
+}
+
+$PY - > "$OUT/env.json" <<'PYEOF'
+import json, os, platform, torch, transformers
+from rollserve.bench.offline import device_name, git_commit, now_iso
+try:
+    import triton; triton_version = triton.__version__
+except ImportError:
+    triton_version = None
+print(json.dumps({"date": now_iso(), "device": device_name(), "commit": git_commit(),
+                  "torch": torch.__version__, "triton": triton_version,
+                  "transformers": transformers.__version__, "python": platform.python_version()}, indent=2))
+PYEOF
+cat "$OUT/env.json"
+
+for stage in $STAGES; do
+  case $stage in
+    tests)
+      step gpu_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
+        tests/kernels/test_triton_kernels.py tests/engine/test_gpu_engine.py ;;
+    one_batch)
+      step one_batch_llama-3.2-1b 200 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
+        --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
+        --output-file "$OUT/one_batch_llama-3.2-1b.json"
+      step one_batch_llama-3.1-8b 240 $PY -m rollserve.bench.one_batch --shape llama-3.1-8b \
+        --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
+        --output-file "$OUT/one_batch_llama-3.1-8b.json"
+      step one_batch_qwen3-0.6b 150 $PY -m rollserve.bench.one_batch --shape qwen3-0.6b \
+        --batch-size 1 8 32 128 --input-len 512 --output-len 64 \
+        --output-file "$OUT/one_batch_qwen3-0.6b.json" ;;
+    offline_1b)
+      step offline_llama-3.2-1b_bs1 120 $PY -m rollserve.bench.offline --shape llama-3.2-1b \
+        --num-prompts 1 --input-len 512 --output-len 512 --context-length 4096 --skip-transformers \
+        --output-file "$OUT/offline_llama-3.2-1b_bs1.json"
+      step offline_llama-3.2-1b 300 $PY -m rollserve.bench.offline --shape llama-3.2-1b \
+        --num-prompts 256 --input-len 512 --output-len 256 --context-length 4096 \
+        --hf-backend generate_batch --output-file "$OUT/offline_llama-3.2-1b.json" ;;
+    offline_8b)
+      step offline_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+        --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --output-file "$OUT/offline_llama-3.1-8b_sharegpt.json" ;;
+    offline_qwen3)
+      step offline_qwen3-0.6b_nanovllm 200 $PY -m rollserve.bench.offline --shape qwen3-0.6b \
+        --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \
+        --skip-transformers --output-file "$OUT/offline_qwen3-0.6b_nanovllm.json" ;;
+    compile)
+      step one_batch_llama-3.2-1b_compiled 300 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
+        --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \
+        --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
+    weight_sync)
+      if $PY -c "import rollserve.bench.weight_sync" 2> /dev/null; then
+        step weight_sync 300 $PY -m rollserve.bench.weight_sync --models dummy-1b \
+          --output-file "$OUT/weight_sync.json"
+      fi ;;
+    *) echo "unknown stage $stage" | tee -a "$OUT/suite.log" ;;
+  esac
+done
+cat "$OUT/summary.md"

@@ -1,0 +1,256 @@
+"""Each Triton kernel against its torch reference on random inputs of varied shapes (GPU only).
+
+Errors are measured as ||out - ref|| / ||ref||; outputs are poisoned (NaN) first where the
+kernel writes into a given buffer, so an unwritten element fails.
+"""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+triton = pytest.importorskip("triton")
+
+from rollserve.engine.forward_context import ForwardContext  # noqa: E402
+from rollserve.engine.kv_pool import KVPool  # noqa: E402
+from rollserve.engine.sampling_params import SamplingParams  # noqa: E402
+from rollserve.kernels.activation import silu_and_mul_torch  # noqa: E402
+from rollserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
+from rollserve.kernels.attention import attention_torch  # noqa: E402
+from rollserve.kernels.attention_triton import attention_triton  # noqa: E402
+from rollserve.kernels.kv_store_triton import kv_store_triton  # noqa: E402
+from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
+from rollserve.kernels.norm_triton import rms_norm_triton  # noqa: E402
+from rollserve.kernels.rotary import apply_rotary_torch, rope_cos_sin  # noqa: E402
+from rollserve.kernels.rotary_triton import apply_rotary_triton  # noqa: E402
+from rollserve.kernels.sampling import params_table, sample_filtered_torch  # noqa: E402
+from rollserve.kernels.sampling_triton import sample_triton  # noqa: E402
+
+DEV = "cuda"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Fresh but reproducible inputs: every test draws from a seed of its own id."""
+    torch.manual_seed(sum(map(ord, request.node.nodeid)))
+
+
+def rel_err(out, ref):
+    assert not torch.isnan(out).any(), "NaN in output (unwritten element?)"
+    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,dim", [(1, 2048), (7, 4096), (300, 1024), (33, 1000), (2, 64)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_rms_norm(dtype, rows, dim, fused):
+    x = torch.randn(rows, dim, dtype=dtype, device=DEV) * 2
+    w = torch.randn(dim, dtype=dtype, device=DEV)
+    r = torch.randn(rows, dim, dtype=dtype, device=DEV) if fused else None
+    ref = rms_norm_torch(x, w, 1e-6, r)
+    out = rms_norm_triton(x, w, 1e-6, r.clone() if fused else None)
+    if fused:
+        assert torch.equal(out[1], ref[1])  # the rounded sum is exact
+        out, ref = out[0], ref[0]
+    assert rel_err(out, ref) < TOL[dtype] / 4
+    if dtype == torch.bfloat16:  # same rounding steps: nearly every element bit-equal
+        assert (out != ref).float().mean().item() < 0.01
+
+
+@pytest.mark.parametrize("heads,head_dim", [(16, 128), (8, 64), (2, 16)])
+def test_rms_norm_per_head_on_strided_view(heads, head_dim):
+    """Qwen3's q/k norm: rows are heads of a [T, H, D] view into the fused qkv output."""
+    qkv = torch.randn(37, heads * head_dim * 3, dtype=torch.bfloat16, device=DEV)
+    q = qkv[:, : heads * head_dim].view(37, heads, head_dim)
+    w = torch.randn(head_dim, dtype=torch.bfloat16, device=DEV)
+    assert rel_err(rms_norm_triton(q, w, 1e-6), rms_norm_torch(q, w, 1e-6)) < 3e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,inner", [(1, 8192), (129, 14336), (5, 3072), (64, 1000)])
+def test_silu_and_mul(dtype, rows, inner):
+    x = torch.randn(rows, 2 * inner, dtype=dtype, device=DEV) * 3
+    assert rel_err(silu_and_mul_triton(x), silu_and_mul_torch(x)) < TOL[dtype] / 4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tokens,q_heads,kv_heads,head_dim", [(1, 32, 8, 128), (77, 16, 8, 128),
+                                                             (300, 32, 8, 64), (5, 4, 2, 16)])
+def test_rotary_in_place_on_qkv_views(dtype, tokens, q_heads, kv_heads, head_dim):
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, dtype=dtype, device=DEV)
+    q = qkv[:, : q_heads * head_dim].view(tokens, q_heads, head_dim)
+    k = qkv[:, q_heads * head_dim:(q_heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
+    cos, sin = rope_cos_sin(torch.randint(0, 100000, (tokens,), device=DEV), inv_freq, 1.0)
+    ref_q, ref_k = apply_rotary_torch(q, cos, sin), apply_rotary_torch(k, cos, sin)
+    out_q, out_k = apply_rotary_triton(q, k, cos, sin)
+    assert out_q.data_ptr() == q.data_ptr()  # in place
+    assert rel_err(out_q, ref_q) < TOL[dtype] / 4 and rel_err(out_k, ref_k) < TOL[dtype] / 4
+
+
+def test_kv_store_writes_only_given_slots():
+    k_cache = torch.full((500, 8, 128), float("nan"), dtype=torch.bfloat16, device=DEV)
+    v_cache = k_cache.clone()
+    loc = torch.randperm(499, device=DEV)[:37] + 1
+    kv = torch.randn(37, 3, 8, 128, dtype=torch.bfloat16, device=DEV)
+    k, v = kv[:, 0], kv[:, 2]  # strided token dim, as views of the fused projection
+    kv_store_triton(k_cache, v_cache, loc, k, v)
+    assert torch.equal(k_cache[loc], k) and torch.equal(v_cache[loc], v)
+    untouched = torch.ones(500, dtype=torch.bool, device=DEV)
+    untouched[loc] = False
+    assert torch.isnan(k_cache[untouched]).all()
+
+
+# ---------------------------------------------------------------- attention
+
+class PoolContexts:
+    """A KV pool and request rows on the GPU; hands out contexts for (row, new tokens) batches."""
+
+    def __init__(self, num_kv_heads, head_dim, dtype, num_slots=20000, max_context=6000, rows=16):
+        self.pool = KVPool(num_slots, 1, num_kv_heads, head_dim, dtype, DEV)
+        self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=DEV)
+        self.free = torch.randperm(num_slots, device="cpu") + 1  # scattered slots
+        self.lens = [0] * rows
+
+    def context(self, rows, extend_lens) -> ForwardContext:
+        prefix = [self.lens[r] for r in rows]
+        locs, positions = [], []
+        for r, p, n in zip(rows, prefix, extend_lens):
+            slots, self.free = self.free[:n], self.free[n:]
+            self.req_to_token[r, p:p + n] = slots.to(DEV, torch.int32)
+            self.lens[r] = p + n
+            locs.append(slots)
+            positions.append(torch.arange(p, p + n))
+        t = lambda v: torch.tensor(v, dtype=torch.int64, device=DEV)  # noqa: E731
+        starts = [sum(extend_lens[:i]) for i in range(len(rows))]
+        return ForwardContext(
+            positions=torch.cat(positions).to(DEV), out_cache_loc=torch.cat(locs).to(DEV),
+            req_pool_indices=t(rows), req_to_token=self.req_to_token, prefix_lens=t(prefix),
+            extend_lens=t(extend_lens), seq_lens=t([p + n for p, n in zip(prefix, extend_lens)]),
+            extend_start_loc=t(starts), kv_pool=self.pool, prefix_lens_cpu=prefix,
+            extend_lens_cpu=list(extend_lens), attention_backend="triton")
+
+
+def run_both(contexts, ctx, q_heads, window=None, causal=True):
+    tokens, dtype = ctx.num_tokens, contexts.pool.dtype
+    kv_heads, head_dim = contexts.pool.num_kv_heads, contexts.pool.head_dim
+    q = torch.randn(tokens, q_heads, head_dim, dtype=dtype, device=DEV)
+    k = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
+    v = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
+    out = attention_triton(q, k, v, ctx, 0, head_dim ** -0.5, window, causal)
+    ref = attention_torch(q.float(), k.float(), v.float(), _as_float(ctx, contexts), 0,
+                          head_dim ** -0.5, window, causal)
+    return out, ref
+
+
+def _as_float(ctx, contexts):
+    """The same context over a float32 copy of the pool (the reference in higher precision)."""
+    pool32 = KVPool(1, 1, contexts.pool.num_kv_heads, contexts.pool.head_dim, torch.float32, DEV)
+    pool32.k_buffers = [contexts.pool.k_buffers[0].float()]
+    pool32.v_buffers = [contexts.pool.v_buffers[0].float()]
+    pool32.dtype = torch.float32
+    return ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
+                             "attn_metadata": None})
+
+
+SHAPES = [(32, 8, 128), (32, 8, 64), (16, 8, 128), (8, 1, 64), (12, 4, 96), (4, 2, 16)]
+
+
+@pytest.mark.parametrize("q_heads,kv_heads,head_dim", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_then_chunks_then_decode(q_heads, kv_heads, head_dim, dtype):
+    torch.manual_seed(q_heads + head_dim)
+    contexts = PoolContexts(kv_heads, head_dim, dtype)
+    rows = [0, 3, 5, 9]
+    for extend_lens in ([300, 1, 77, 1025], [64, 250, 1, 3], [1, 1, 1, 1], [1, 1, 1, 1], [5, 1, 200, 1]):
+        ctx = contexts.context(rows, extend_lens)
+        out, ref = run_both(contexts, ctx, q_heads)
+        assert rel_err(out, ref) < TOL[dtype], extend_lens
+
+
+@pytest.mark.parametrize("batch,length", [(1, 5000), (3, 1), (64, 700), (200, 33)])
+def test_decode_split_k(batch, length):
+    torch.manual_seed(batch)
+    contexts = PoolContexts(8, 128, torch.bfloat16, num_slots=batch * (length + 2) + 10,
+                            rows=batch, max_context=length + 2)
+    rows = list(range(batch))
+    contexts.context(rows, [length] * batch)  # fill the pool (values come from the store below)
+    contexts.pool.k_buffers[0].normal_()
+    contexts.pool.v_buffers[0].normal_()
+    ctx = contexts.context(rows, [1] * batch)
+    out, ref = run_both(contexts, ctx, 32)
+    assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("window", [1, 17, 300])
+def test_sliding_window(window):
+    contexts = PoolContexts(2, 64, torch.bfloat16)
+    rows = [1, 2]
+    for extend_lens in ([400, 20], [1, 1], [30, 129]):
+        out, ref = run_both(contexts, contexts.context(rows, extend_lens), 8, window=window)
+        assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+def test_non_causal_extend():
+    contexts = PoolContexts(4, 64, torch.bfloat16)
+    out, ref = run_both(contexts, contexts.context([0, 1], [90, 7]), 8, causal=False)
+    assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+def test_decode_replays_in_a_cuda_graph():
+    """Metadata fixed at capture; sequence lengths and slots change between replays."""
+    from rollserve.kernels.attention_triton import decode_metadata
+
+    contexts = PoolContexts(8, 128, torch.bfloat16)
+    rows = [0, 1, 2]
+    contexts.context(rows, [100, 5, 2000])
+    static = contexts.context(rows, [1, 1, 1])
+    static.attn_metadata = decode_metadata(3, 8, torch.device(DEV))
+    q = torch.randn(3, 32, 128, dtype=torch.bfloat16, device=DEV)
+    k, v = torch.randn(2, 3, 8, 128, dtype=torch.bfloat16, device=DEV)
+    attention_triton(q, k, v, static, 0, 128 ** -0.5)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_triton(q, k, v, static, 0, 128 ** -0.5)
+    for _ in range(3):
+        fresh = contexts.context(rows, [1, 1, 1])
+        for name in ("positions", "out_cache_loc", "seq_lens", "prefix_lens"):
+            getattr(static, name).copy_(getattr(fresh, name))
+        q.normal_(), k.normal_(), v.normal_()
+        graph.replay()
+        ref = attention_torch(q.float(), k.float(), v.float(), _as_float(fresh, contexts), 0, 128 ** -0.5)
+        assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+# ---------------------------------------------------------------- sampling
+
+@pytest.mark.parametrize("vocab", [151936, 128256, 1000])
+def test_sampling_matches_sorting_reference(vocab):
+    torch.manual_seed(vocab)
+    settings = [(1.0, -1, 1.0, 0.0), (0.7, 50, 1.0, 0.0), (1.0, -1, 0.9, 0.0), (1.2, 40, 0.8, 0.0),
+                (1.0, -1, 1.0, 0.05), (0.6, 20, 0.95, 0.1), (1.0, 1, 1.0, 0.0), (1.0, -1, 0.2, 0.0),
+                (1.0, 5000, 0.99, 0.0)]
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, min_p=m) for t, k, p, m in settings] * 8
+    logits = torch.randn(len(params), vocab, device=DEV) * 4
+    table = params_table(params, vocab, DEV)
+    agree = total = 0
+    for _ in range(20):
+        noise = torch.empty_like(logits).uniform_().log_().neg_()
+        ours = sample_triton(logits, table, noise)
+        ref = sample_filtered_torch(logits, params, noise)
+        agree += (ours == ref).sum().item()
+        total += len(params)
+    # the two differ only where float sums put a boundary token on the other side
+    assert agree / total > 0.995, (agree, total)
+
+
+def test_sampling_top_k_one_is_argmax_and_respects_filters():
+    logits = torch.randn(64, 32000, device=DEV) * 3
+    params = [SamplingParams(temperature=1.0, top_k=1)] * 32 + [SamplingParams(temperature=1.0, top_k=3)] * 32
+    noise = torch.empty_like(logits).uniform_().log_().neg_()
+    ids = sample_triton(logits, params_table(params, 32000, DEV), noise)
+    assert torch.equal(ids[:32], logits[:32].argmax(-1))
+    top3 = logits[32:].topk(3, dim=-1).indices
+    assert (top3 == ids[32:, None]).any(-1).all()
