@@ -16,19 +16,23 @@ from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rollserve.api.embedding_serving import add_embedding_routes
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
 from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionRequest,
                                     CompletionRequest, GenerateRequest, error_body)
 from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
 from rollserve.engine.config import ServerArgs
+from rollserve.engine.encode_manager import pooling_health_check
 from rollserve.engine.request_input import GenerateReqInput
 from rollserve.engine.sampling_params import InvalidRequest
 from rollserve.engine.tokenizer_manager import EngineDeadError, TokenizerManager
 from rollserve.version import __version__
+from rollserve.weight_sync.http_routes import add_weight_sync_routes
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 OPEN_PATHS = {"/health"}  # answered without the API key
+UNLIMITED_BODY_PATHS = {"/update_weights_from_tensor"}  # a trainer's weight buckets are large
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -135,6 +139,8 @@ class GuardMiddleware:
             response = error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
                                       kind="authentication_error")
             return await response(scope, receive, send)
+        if scope["path"] in UNLIMITED_BODY_PATHS:
+            return await self.app(scope, receive, send)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:
             return await error_response(413, BodyTooLarge(self.limit).detail)(scope, receive, send)
@@ -166,6 +172,8 @@ def create_app(state: ServerState) -> FastAPI:
     _add_error_handlers(app)
     _add_native_routes(app, state)
     _add_openai_routes(app, state)
+    add_embedding_routes(app, state)  # /encode, /classify, /v1/embeddings
+    add_weight_sync_routes(app, state)  # /update_weights_from_*, memory occupation, ...
     return app
 
 
@@ -213,7 +221,9 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
         obj = GenerateReqInput(input_ids=[tm.tokenizer.eos_token_id or 0],
                                sampling_params={"max_new_tokens": 1, "temperature": 0})
         try:
-            await asyncio.wait_for(_first(tm.generate(obj)), HEALTH_GENERATE_TIMEOUT_S)
+            probe = (_first(tm.generate(obj)) if tm.is_generation
+                     else pooling_health_check(tm, obj.input_ids))
+            await asyncio.wait_for(probe, HEALTH_GENERATE_TIMEOUT_S)
         except asyncio.TimeoutError:
             return error_response(503, "no token generated in time", kind="server_error")
         return Response(status_code=200)
@@ -231,10 +241,7 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     async def get_server_info():
         load = await tm.get_load()
         load.pop("success", None)
-        args = state.args.to_dict()
-        if args.get("api_key"):
-            args["api_key"] = "<hidden>"
-        return {**args, **load, "version": __version__}
+        return {**state.args.public_dict(), **load, "version": __version__}
 
     @app.post("/flush_cache")
     async def flush_cache():

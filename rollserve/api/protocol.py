@@ -50,6 +50,56 @@ class AbortRequest(BaseModel):
     abort_all: bool = False
 
 
+# ---- weight sync (rollserve/weight_sync/http_routes.py), SGLang's names ----------------------
+class UpdateWeightsFromDiskRequest(BaseModel):
+    model_path: str
+    load_format: Optional[str] = None
+    flush_cache: bool = True
+    abort_all_requests: bool = False
+    weight_version: Optional[str] = None
+
+
+class UpdateWeightsFromTensorRequest(BaseModel):
+    serialized_named_tensors: List[str]  # buckets from weight_sync.tensor_transport
+    load_format: Optional[str] = None
+    flush_cache: bool = True
+    abort_all_requests: bool = False
+    weight_version: Optional[str] = None
+
+
+class InitWeightsUpdateGroupRequest(BaseModel):
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+    group_name: str = "weight_update_group"
+    backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, gloo on CPU
+
+
+class UpdateWeightsFromDistributedRequest(BaseModel):
+    names: List[str]
+    dtypes: List[str]
+    shapes: List[List[int]]
+    group_name: str = "weight_update_group"
+    flush_cache: bool = True
+    abort_all_requests: bool = False
+    weight_version: Optional[str] = None
+    load_format: Optional[str] = None  # None or "flattened_bucket"
+
+
+class DestroyWeightsUpdateGroupRequest(BaseModel):
+    group_name: str = "weight_update_group"
+
+
+class GetWeightsByNameRequest(BaseModel):
+    name: str
+    truncate_size: int = 100
+
+
+class MemoryOccupationRequest(BaseModel):
+    tags: Optional[List[str]] = None  # "weights", "kv_cache"; None: both
+
+
 # ---- OpenAI: shared ----------------------------------------------------------------------------
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -220,6 +270,52 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: List[ModelCard]
+
+
+# ---- embeddings and classification (api/embedding_serving.py) --------------------------------
+class EncodeRequest(BaseModel):
+    """POST /encode: one input or a batch, as text or token ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Optional[Union[str, List[str]]] = None
+    input_ids: Optional[Union[List[int], List[List[int]]]] = None
+    rid: Optional[Union[str, List[str]]] = None
+    model: Optional[str] = None
+
+
+class ClassifyRequest(EncodeRequest):
+    """POST /classify: also chat conversations (one, or a list of them)."""
+
+    messages: Optional[Union[List[Dict[str, Any]], List[List[Dict[str, Any]]]]] = None
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings (OpenAI)."""
+
+    input: Union[str, List[str], List[int], List[List[int]]]
+    model: Optional[str] = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: Union[List[float], str]  # str: base64 of little-endian float32
+    index: int
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: List[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ApiError(Exception):

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "random")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
@@ -49,8 +49,15 @@ class ServerArgs:
     allow_auto_truncate: bool = False
     random_seed: Optional[int] = None
     stream_interval: int = 1
+    enable_memory_saver: bool = False
     # gpu path
-    attention_backend: Optional[str] = None
+    attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
+    cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 256)
+    cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
+    disable_cuda_graph: bool = False
+    disable_overlap_schedule: bool = False
+    enable_torch_compile: bool = False
+    torch_compile_max_bs: int = 32
     # observability and robustness
     log_level: str = "info"
     log_requests: bool = False
@@ -83,6 +90,12 @@ class ServerArgs:
             need(value is None or value > 0 or (name == "chunked_prefill_size" and value == -1),
                  name, f"must be positive, got {value}")
         need(self.max_prefill_tokens > 0, "max_prefill_tokens", "must be positive")
+        need(self.cuda_graph_max_bs is None or self.cuda_graph_max_bs > 0, "cuda_graph_max_bs",
+             "must be positive")
+        need(self.cuda_graph_bs is None or (len(self.cuda_graph_bs) > 0 and all(
+            isinstance(n, int) and n > 0 for n in self.cuda_graph_bs)), "cuda_graph_bs",
+             "must be a non-empty list of positive batch sizes")
+        need(self.torch_compile_max_bs > 0, "torch_compile_max_bs", "must be positive")
         need(self.schedule_conservativeness > 0, "schedule_conservativeness", "must be positive")
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
@@ -101,6 +114,13 @@ class ServerArgs:
         out.update(self.extra)
         return out
 
+    def public_dict(self) -> dict:
+        """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
+        out = self.to_dict()
+        if out.get("api_key"):
+            out["api_key"] = "<hidden>"
+        return out
+
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ServerArgs":
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
@@ -114,6 +134,11 @@ class ServerArgs:
 
 
 _HELP = {
+    "attention_backend": "triton (default on CUDA) | torch_native (default on CPU) | flashinfer",
+    "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 256)",
+    "cuda_graph_bs": "the decode batch sizes to capture, e.g. --cuda-graph-bs 1 2 4 8 16",
+    "disable_overlap_schedule": "run each step's CPU work after its GPU work instead of beside it",
+    "enable_torch_compile": "torch.compile the decode forward for batch sizes <= --torch-compile-max-bs",
     "model_path": "HF-format model folder; default: the embedded SmolLM2-135M-Instruct",
     "tokenizer_path": "tokenizer folder; default: the model folder",
     "served_model_name": "name shown by /v1/models; default: the model path",
@@ -125,6 +150,8 @@ _HELP = {
     "chunked_prefill_size": "max new tokens of one request per prefill step (-1 disables)",
     "schedule_policy": "fcfs | lpm | dfs-weight | random",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "enable_memory_saver": "CUDA: allocate weights and KV pool through torch_memory_saver, so "
+                           "release/resume_memory_occupation keep their addresses",
 }
 
 # Flags SGLang users may pass that rollserve does not implement (yet): refuse, never ignore.
@@ -137,10 +164,6 @@ UNSUPPORTED_FLAGS = {
     "--kv-cache-dtype": "only the model dtype is supported for the KV cache",
     "--speculative-algorithm": "speculative decoding is not implemented",
     "--lora-paths": "LoRA is not implemented",
-    "--enable-torch-compile": "torch.compile is not wired in yet",
-    "--cuda-graph-max-bs": "CUDA graphs are not implemented yet",
-    "--disable-cuda-graph": "CUDA graphs are not implemented yet",
-    "--disable-overlap-schedule": "overlap scheduling is not implemented yet",
 }
 
 
@@ -153,6 +176,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         kwargs = {"dest": f.name, "default": f.default, "help": _HELP.get(f.name)}
         if f.type in ("bool",):
             parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if f.type == "Optional[List[int]]":
+            parser.add_argument(flag, type=int, nargs="+", **kwargs)
             continue
         kind = {"int": int, "float": float, "Optional[int]": int,
                 "Optional[float]": float}.get(f.type, str)

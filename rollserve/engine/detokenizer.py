@@ -69,6 +69,7 @@ def run_detokenizer_process(tokenizer_path: str, ports: dict, log_level: str,
     exit_with_parent()
     decoder = IncrementalDecoder(load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code))
     context = zmq.Context()
+    context.setsockopt(zmq.LINGER, 0)
     recv = context.socket(zmq.PULL)
     recv.bind(ports["detokenizer"])
     send = context.socket(zmq.PUSH)
@@ -77,6 +78,8 @@ def run_detokenizer_process(tokenizer_path: str, ports: dict, log_level: str,
         msg = recv.recv_pyobj()
         if isinstance(msg, BatchTokenOutput):
             for out in msg.outputs:
+                if not isinstance(out, TokenOutput):
+                    continue  # embeddings and scores pass through untouched
                 try:
                     decoder.process(out)
                 except Exception:  # one undecodable output must not stop the others

@@ -11,7 +11,7 @@ owning rows `extend_start_loc[i] : extend_start_loc[i] + extend_lens[i]`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Any, List
 
 import torch
 
@@ -34,6 +34,7 @@ class ForwardContext:
     prefix_lens_cpu: List[int]
     extend_lens_cpu: List[int]
     attention_backend: str = "torch_native"
+    attn_metadata: Any = None  # what the attention backend derives once per forward
 
     @property
     def batch_size(self) -> int:

@@ -65,5 +65,23 @@ class TokenOutput:
 
 
 @dataclass
+class TokenizedEmbeddingReq:
+    """Encode or classify one input: prefilled, pooled, answered with one EmbeddingOutput."""
+
+    rid: str
+    input_ids: List[int]
+
+
+@dataclass
+class EmbeddingOutput:
+    rid: str
+    embedding: Optional[List[float]]  # embedding or classifier scores; None when aborted
+    finished_reason: Optional[Dict[str, Any]]
+    prompt_tokens: int
+    cached_tokens: int
+    weight_version: str
+
+
+@dataclass
 class BatchTokenOutput:
-    outputs: List[TokenOutput]
+    outputs: List[TokenOutput]  # and EmbeddingOutput, which the detokenizer passes through

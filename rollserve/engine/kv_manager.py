@@ -8,7 +8,7 @@ when it finishes or is retracted.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -66,6 +66,12 @@ class KVManager:
     def append_slots(self, req: Req, slots: torch.Tensor) -> None:
         self.req_pool.write(req.req_pool_idx, req.kv_len, slots)
         req.kv_len += slots.numel()
+
+    def append_one_slot_each(self, reqs: List[Req], slots: torch.Tensor) -> None:
+        """append_slots(reqs[i], slots[i:i+1]) for every i, in one table write (decode steps)."""
+        self.req_pool.write_each([r.req_pool_idx for r in reqs], [r.kv_len for r in reqs], slots)
+        for req in reqs:
+            req.kv_len += 1
 
     def cache_unfinished(self, req: Req) -> None:
         """After a prefill chunk: share the computed prefix through the tree."""

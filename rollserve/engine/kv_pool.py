@@ -8,8 +8,9 @@ it is the padding slot that padded batch entries (CUDA graphs) may write into.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 
 
@@ -71,10 +72,18 @@ class SlotAllocator:
 
 
 class ReqToTokenPool:
-    """Row r lists, position by position, the KV slots of the request holding row r."""
+    """Row r lists, position by position, the KV slots of the request holding row r.
+
+    On a GPU the scheduler reads and writes a host copy (`host`), and the writes reach
+    the device table in one batched copy at `flush()`, which the model runner calls
+    before each forward: the scheduler's bookkeeping never waits for the GPU.
+    """
 
     def __init__(self, max_requests: int, max_context_len: int, device: str | torch.device):
         self.req_to_token = torch.zeros(max_requests, max_context_len, dtype=torch.int32, device=device)
+        on_host = self.req_to_token.device.type == "cpu"
+        self.host = self.req_to_token if on_host else torch.zeros_like(self.req_to_token, device="cpu")
+        self._pending: List[Tuple[np.ndarray, np.ndarray]] = []  # (rows, cols) written on the host only
         self.free_rows = list(range(max_requests))
         self.max_requests = max_requests
 
@@ -88,8 +97,32 @@ class ReqToTokenPool:
         self.free_rows.append(row)
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
-        self.req_to_token[row, start:start + slots.numel()] = slots.to(
-            device=self.req_to_token.device, dtype=torch.int32)
+        self.host[row, start:start + slots.numel()] = slots.to(dtype=torch.int32, device="cpu")
+        if self.host is not self.req_to_token and slots.numel():
+            self._pending.append((np.full(slots.numel(), row, dtype=np.int64),
+                                  np.arange(start, start + slots.numel(), dtype=np.int64)))
+
+    def write_each(self, rows: List[int], positions: List[int], slots: torch.Tensor) -> None:
+        """One slot per request: row rows[i] gets slots[i] at positions[i] (a decode step)."""
+        rows_np, cols_np = np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+        self.host.numpy()[rows_np, cols_np] = slots.numpy()
+        if self.host is not self.req_to_token:
+            self._pending.append((rows_np, cols_np))
 
     def slots(self, row: int, length: int) -> torch.Tensor:
-        return self.req_to_token[row, :length].to(torch.int64)
+        """The row's first `length` slots, int64 on the CPU."""
+        return self.host[row, :length].to(torch.int64)
+
+    def flush(self) -> None:
+        """Copies the pending host writes to the device table (one transfer, one scatter)."""
+        if not self._pending:
+            return
+        rows = np.concatenate([r for r, _ in self._pending])
+        cols = np.concatenate([c for _, c in self._pending])
+        self._pending = []
+        host = self.host.numpy()
+        packed = torch.from_numpy(np.stack([rows, cols, host[rows, cols].astype(np.int64)]))
+        from rollserve.kernels.dispatch import host_to_device
+
+        rows_d, cols_d, values = host_to_device(packed, self.req_to_token.device)
+        self.req_to_token[rows_d, cols_d] = values.to(torch.int32)

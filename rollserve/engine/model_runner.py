@@ -9,16 +9,21 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 from transformers import AutoConfig
 
 from rollserve.engine.config import ServerArgs
-from rollserve.engine.forward_context import ForwardContext
+from rollserve.engine.cuda_graph_runner import make_graph_runner
+from rollserve.engine.embedding_model import load_pooling_model, pooling_spec
+from rollserve.engine.forward_batch import build_context, host_batch
 from rollserve.engine.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.engine.model_loader import load_model, resolve_dtype
 from rollserve.engine.schedule_batch import ScheduleBatch
+from rollserve.kernels.attention import select_attention_backend
+from rollserve.kernels.dispatch import host_to_device
+from rollserve.weight_sync.memory import MemorySaver
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +33,9 @@ CUDA_DEFAULT_MEM_FRACTION = 0.85
 
 @dataclass
 class ForwardOutput:
-    logits: torch.Tensor  # [sum of len(entry.logit_rows)] x vocab, float32
+    logits: Optional[torch.Tensor]  # [sum of len(entry.logit_rows)] x vocab, float32
     row_offsets: List[int]  # entry i's logits are logits[row_offsets[i] : row_offsets[i+1]]
+    hidden: Optional[torch.Tensor] = None  # pooling models: those rows' hidden states, not logits
 
 
 class ModelRunner:
@@ -40,9 +46,17 @@ class ModelRunner:
         self.dtype = resolve_dtype(self.hf_config, args.dtype, self.device.type)
         self.context_len = args.context_length or getattr(self.hf_config, "max_position_embeddings", 4096)
         logger.info("loading weights from %s (%s, %s)", model_path, self.dtype, self.device)
-        self.model = load_model(model_path, self.dtype, str(self.device), args.load_format)
+        self.pooling = pooling_spec(model_path, args.is_embedding, self.hf_config)  # None: generation
+        load = load_model if self.pooling is None else load_pooling_model
+        self.memory_saver = MemorySaver(args.enable_memory_saver, self.device)
+        with self.memory_saver.region("weights"):  # release_memory_occupation's tags
+            self.model = load(model_path, self.dtype, str(self.device), args.load_format)
         self.vocab_size = self.model.vocab_size
         self._init_memory()
+        self.attention_backend = select_attention_backend(args.attention_backend, self.device)
+        # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
+        self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
+        self.graph_runner = make_graph_runner(self)  # decode CUDA graphs; None on CPU or when disabled
 
     def _init_memory(self) -> None:
         m = self.model
@@ -51,8 +65,9 @@ class ModelRunner:
         default_reqs = 1024 if self.device.type == "cuda" else 256
         self.max_running_requests = min(self.args.max_running_requests or default_reqs,
                                         self.max_total_tokens)
-        self.kv_pool = KVPool(self.max_total_tokens, m.num_layers, m.num_kv_heads, m.head_dim,
-                              self.dtype, self.device)
+        with self.memory_saver.region("kv_cache"):
+            self.kv_pool = KVPool(self.max_total_tokens, m.num_layers, m.num_kv_heads, m.head_dim,
+                                  self.dtype, self.device)
         self.req_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
         self.allocator = SlotAllocator(self.max_total_tokens)
         logger.info("KV pool: %d tokens (%.1f MiB), %d request rows, context length %d",
@@ -75,43 +90,22 @@ class ModelRunner:
         return tokens
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
-        ctx, input_ids = self._build_context(batch)
+        self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
+        host = host_batch(batch)
+        if self.graph_runner is not None and self.pooling is None and self.graph_runner.can_run(
+                host, all(e.logit_rows == [0] for e in batch.entries)):
+            with torch.inference_mode():
+                logits = self.graph_runner.replay(host)
+            return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
+        ctx, input_ids = build_context(host, self)
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]
-            for entry, start in zip(batch.entries, ctx.extend_start_loc.tolist()):
+            for entry, start in zip(batch.entries, host.starts):
                 rows.extend(start + r for r in entry.logit_rows)
                 offsets.append(len(rows))
-            index = torch.tensor(rows, dtype=torch.int64, device=self.device)
+            index = host_to_device(torch.tensor(rows, dtype=torch.int64), self.device)
+            if self.pooling is not None:
+                return ForwardOutput(None, offsets, hidden=hidden.index_select(0, index))
             logits = self.model.compute_logits(hidden.index_select(0, index)).float()
         return ForwardOutput(logits=logits, row_offsets=offsets)
-
-    def _build_context(self, batch: ScheduleBatch):
-        entries = batch.entries
-        extend_lens = [len(e.tokens) for e in entries]
-        prefix_lens = [e.start for e in entries]
-        input_ids = [t for e in entries for t in e.tokens]
-        positions = [p for e in entries for p in range(e.start, e.start + len(e.tokens))]
-        starts = [0]
-        for n in extend_lens[:-1]:
-            starts.append(starts[-1] + n)
-
-        def as_tensor(values):
-            return torch.tensor(values, dtype=torch.int64, device=self.device)
-
-        prefix_t, extend_t = as_tensor(prefix_lens), as_tensor(extend_lens)
-        ctx = ForwardContext(
-            positions=as_tensor(positions),
-            out_cache_loc=torch.cat([e.slots for e in entries]).to(self.device),
-            req_pool_indices=as_tensor([e.req.req_pool_idx for e in entries]),
-            req_to_token=self.req_pool.req_to_token,
-            prefix_lens=prefix_t,
-            extend_lens=extend_t,
-            seq_lens=prefix_t + extend_t,
-            extend_start_loc=as_tensor(starts),
-            kv_pool=self.kv_pool,
-            prefix_lens_cpu=prefix_lens,
-            extend_lens_cpu=extend_lens,
-            attention_backend=self.args.attention_backend or "torch_native",
-        )
-        return ctx, as_tensor(input_ids)

@@ -22,7 +22,7 @@ from rollserve.engine.request import Req
 from rollserve.engine.sampling_params import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)  # identity, as Req: `req in running` must not compare tensors
 class EmbeddingReq(Req):
     pooled: Optional[torch.Tensor] = None  # float32 running sum / max / chosen row
     pooled_rows: int = 0

@@ -10,7 +10,7 @@ from rollserve.engine.io import TokenizedGenerateReq, TokenOutput
 from rollserve.engine.sampling_params import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)  # a request is an entity: `in` / remove() on queues compare identity, fast
 class Req:
     rid: str
     input_ids: List[int]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rollserve.engine.sampling_params import SamplingParams
+from rollserve.kernels.sampling import sample_filtered
 
 _MASK64 = (1 << 64) - 1
 # top_p alone needs each row sorted; a partial sort this wide (under 3% of a 150k
@@ -71,9 +72,10 @@ class Sampler:
         return next_ids
 
     def _sample_rows(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-        # the race is blind to each row's scale, so the weights need no renormalizing
-        weights = filtered_weights(logits, [row.params for row in rows])
-        return (weights / self._exponential_noise(rows, weights.shape)).argmax(dim=-1)
+        # the race is blind to each row's scale, so the weights need no renormalizing;
+        # on CUDA a sort-free Triton kernel makes the same draw (kernels/sampling.py)
+        noise = self._exponential_noise(rows, logits.shape)
+        return sample_filtered(logits, [row.params for row in rows], noise)
 
     def _exponential_noise(self, rows: Sequence[SamplingRow], shape) -> torch.Tensor:
         """Exp(1) draws as -log(U), U in [0, 1): never 0, so a zero weight never becomes

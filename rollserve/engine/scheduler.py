@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Optional, Tuple
 
 import torch
 
 from rollserve.engine.config import ServerArgs
-from rollserve.engine.io import TokenizedGenerateReq, TokenOutput
+from rollserve.engine.io import TokenizedEmbeddingReq, TokenizedGenerateReq, TokenOutput
 from rollserve.engine.kv_manager import KVManager
 from rollserve.engine.model_runner import ForwardOutput, ModelRunner
 from rollserve.engine.policy import SchedulePolicy
+from rollserve.engine.pooler import EmbeddingReq, Pooler
 from rollserve.engine.request import Req
 from rollserve.engine.sampler import (Sampler, SamplingRow, compute_logprobs,
                                       gather_token_logprobs, top_logprobs)
 from rollserve.engine.schedule_batch import BatchEntry, ScheduleBatch
 from rollserve.engine.stop_checker import StopChecker
+from rollserve.kernels.dispatch import HostCopy, host_to_device
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,10 @@ class Scheduler:
     def __init__(self, args: ServerArgs, runner: ModelRunner, tokenizer, eos_token_ids):
         self.args = args
         self.runner = runner
-        self.kv = KVManager(runner.allocator, runner.req_pool, not args.disable_radix_cache)
+        self.pooler = Pooler.for_runner(runner)  # embedding / reward models; None for generation
+        use_cache = not args.disable_radix_cache and (
+            self.pooler is None or self.pooler.spec.allows_prefix_cache)
+        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
         self.policy = SchedulePolicy(args.schedule_policy, self.kv.tree)
         self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=args.random_seed)
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -40,7 +46,8 @@ class Scheduler:
         chunk = args.chunked_prefill_size
         if chunk is None:
             chunk = 8192 if runner.device.type == "cuda" else 2048
-        self.chunk_size = None if chunk == -1 else chunk
+        no_chunks = chunk == -1 or (self.pooler is not None and not self.pooler.spec.allows_chunking)
+        self.chunk_size = None if no_chunks else chunk
         # share of each running request's remaining max_new_tokens kept free for its decode
         self.new_token_ratio = min(1.0, 0.3 * args.schedule_conservativeness)
         self.waiting: Deque[Req] = deque()
@@ -50,13 +57,18 @@ class Scheduler:
         self.stats = SchedulerStats()
 
     # ---- requests in ---------------------------------------------------------------
-    def add_request(self, msg: TokenizedGenerateReq) -> None:
-        self.waiting.append(Req.from_message(msg))
+    def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
+        cls = EmbeddingReq if isinstance(msg, TokenizedEmbeddingReq) else Req
+        self.waiting.append(cls.from_message(msg))
 
     def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
         """Abort queued requests now; running ones are marked and released next step."""
         def hit(req: Req) -> bool:
-            return abort_all or req.rid == rid
+            # the n samples of one request run as rid-0 .. rid-{n-1}
+            if abort_all or req.rid == rid:
+                return True
+            head, _, k = req.rid.rpartition("-")
+            return head == rid and k.isdigit()
 
         outputs = []
         for req in [r for r in self.waiting if hit(r)]:
@@ -67,6 +79,10 @@ class Scheduler:
             if hit(req):
                 req.finish("abort", message="aborted by request")
         return outputs
+
+    def drain(self) -> List[TokenOutput]:
+        """Finishes any step still in flight (the overlap scheduler's); nothing to do here."""
+        return []
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.prefilling)
@@ -189,6 +205,8 @@ class Scheduler:
             n = min(remaining, free)  # chunking disabled: the whole prompt or nothing
         if n <= 0:
             return None
+        if n < remaining and self.pooler is not None and not self.pooler.spec.allows_chunking:
+            return None  # an encoder's input runs whole, in one forward
         slots = self.kv.alloc_slots(n)
         if slots is None:
             return None
@@ -196,7 +214,8 @@ class Scheduler:
         tokens = req.fill_ids[start:start + n]
         self.kv.append_slots(req, slots)
         done = start + n == req.seq_len
-        rows = self._input_logprob_rows(req, start, n)
+        rows = (self.pooler.rows(req, start, n) if self.pooler is not None
+                else self._input_logprob_rows(req, start, n))
         sample = done and req.sampling_params.max_new_tokens > 0
         if sample and (n - 1) not in rows:
             rows.append(n - 1)
@@ -213,43 +232,52 @@ class Scheduler:
 
     # ---- results -------------------------------------------------------------------------
     def _process_result(self, batch: ScheduleBatch, result: ForwardOutput) -> List[TokenOutput]:
+        if self.pooler is not None:
+            return self._process_pooled(batch, result)
         sampled = self._sample(batch, result)
         outputs: List[TokenOutput] = []
         for i, entry in enumerate(batch.entries):
             req = entry.req
-            logits = result.logits[result.row_offsets[i]:result.row_offsets[i + 1]]
-            self._record_input_logprobs(entry, logits)
+            if req.wants_input_logprobs and not req.output_ids:  # slicing costs ~5us a row
+                self._record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
             prompt_done = entry.completes_prompt
-            if entry.sample:
-                self._append_token(req, sampled.get(i), logits[-1])
+            if i in sampled:
+                self._append_token(req, *sampled[i])
             elif prompt_done and req.sampling_params.max_new_tokens == 0:
-                req.finish("length", matched=0)
+                req.finish("length", length=0)
             self._after_step(req, prompt_done, outputs)
         return outputs
 
-    def _sample(self, batch: ScheduleBatch, result: ForwardOutput) -> Dict[int, int]:
+    def _sample(self, batch: ScheduleBatch, result: ForwardOutput) -> Dict[int, Tuple[int, Optional[torch.Tensor]]]:
+        """Entry index -> (next token, its row of log-probabilities when the request wants them)."""
+        return self._launch_sampling(batch, result).resolve()
+
+    def _launch_sampling(self, batch: ScheduleBatch, result: ForwardOutput) -> "LaunchedSampling":
+        """Queues the sampling kernels; the host learns the tokens only at resolve()."""
         picks = [(i, e) for i, e in enumerate(batch.entries) if e.sample and not e.req.finished]
         if not picks:
-            return {}
+            return LaunchedSampling([], None, {})
         rows = [result.row_offsets[i + 1] - 1 for i, _ in picks]
-        logits = result.logits[torch.tensor(rows, dtype=torch.int64, device=result.logits.device)]
+        logits = result.logits
+        if rows != list(range(logits.shape[0])):
+            logits = logits[host_to_device(torch.tensor(rows, dtype=torch.int64), logits.device)]
+        wants = [k for k, (_, e) in enumerate(picks) if e.req.return_logprob]
+        logprobs = compute_logprobs(logits[wants]) if wants else None  # before sampling edits logits
+        row_logprobs = dict(zip(wants, logprobs)) if wants else {}
         sampling_rows = [SamplingRow(e.req.sampling_params, e.req.input_ids, e.req.output_ids,
                                      self.eos_token_ids) for _, e in picks]
-        next_ids = self.sampler.sample(logits, sampling_rows).tolist()
-        return {i: t for (i, _), t in zip(picks, next_ids)}
+        return LaunchedSampling(picks, self.sampler.sample(logits, sampling_rows), row_logprobs)
 
-    def _append_token(self, req: Req, token: Optional[int], logits: torch.Tensor) -> None:
-        if req.finished or token is None:
+    def _append_token(self, req: Req, token: int, logprobs: Optional[torch.Tensor]) -> None:
+        if req.finished:
             return
         req.output_ids.append(token)
         if req.first_token_time is None:
             req.first_token_time = time.monotonic()
-        if req.return_logprob:
-            logprobs = compute_logprobs(logits.view(1, -1))
-            value = gather_token_logprobs(logprobs, torch.tensor([token], device=logprobs.device))
-            req.pending_output_logprobs.append((float(value[0]), token))
+        if logprobs is not None:
+            req.pending_output_logprobs.append((float(logprobs[token]), token))
             if req.top_logprobs_num > 0:
-                req.pending_output_top.append(_top_list(logprobs, req.top_logprobs_num)[0])
+                req.pending_output_top.append(_top_list(logprobs.view(1, -1), req.top_logprobs_num)[0])
         self.stop_checker.check(req)
 
     def _record_input_logprobs(self, entry: BatchEntry, logits: torch.Tensor) -> None:
@@ -269,6 +297,13 @@ class Scheduler:
         req.pending_input_logprobs.extend(zip(values.tolist(), targets))
         if req.top_logprobs_num > 0:
             req.pending_input_top.extend(_top_list(logprobs, req.top_logprobs_num))
+
+    def _process_pooled(self, batch: ScheduleBatch, result: ForwardOutput) -> list:
+        self.pooler.absorb(batch, result)  # finishes the requests whose input is complete
+        outputs: list = []
+        for entry in batch.entries:
+            self._after_step(entry.req, entry.completes_prompt, outputs)
+        return outputs
 
     def _after_step(self, req: Req, prompt_done: bool, outputs: List[TokenOutput]) -> None:
         if req.finished:
@@ -300,6 +335,31 @@ class Scheduler:
         self.kv.flush()
         return {"success": True, "message": "cache flushed"}
 
+    # weight updates and memory release (rollserve/weight_sync/service.py) call these between steps
+    def num_active_requests(self) -> int:
+        return len(self._active())
+
+    def abort_all_now(self) -> List[TokenOutput]:
+        """Abort every request and release the running ones now; returns their outputs."""
+        return self.abort(None, abort_all=True) + self._release_aborted()
+
+    def drop_all_kv(self) -> int:
+        """Reuse no KV from now on: running requests go back to the front of the queue with
+        their tokens kept (their KV is recomputed), and the prefix cache is emptied.
+        Returns how many requests were running."""
+        active = self._active()
+        for req in reversed(active):
+            self.kv.retract(req)
+            if not req.output_ids:  # mid-prompt: what it gathered from the prompt is redone
+                req.pending_input_logprobs.clear()
+                req.pending_input_top.clear()
+                if isinstance(req, EmbeddingReq):
+                    req.pooled, req.pooled_rows = None, 0
+            self.waiting.appendleft(req)
+        self.running, self.prefilling = [], None
+        self.kv.flush()
+        return len(active)
+
     def info(self) -> dict:
         tree = self.kv.tree
         return {
@@ -314,6 +374,24 @@ class Scheduler:
             "weight_version": self.weight_version,
             **self.stats.snapshot(),
         }
+
+
+@dataclass
+class LaunchedSampling:
+    picks: List[Tuple[int, BatchEntry]]  # (entry index, entry) of each sampled row
+    next_ids: Optional[torch.Tensor]  # [len(picks)] on the device, maybe still being computed
+    row_logprobs: Dict[int, torch.Tensor]
+    host_ids: Optional[HostCopy] = None
+
+    def __post_init__(self):
+        if self.next_ids is not None:
+            self.host_ids = HostCopy(self.next_ids)  # queued right behind the sampling kernels
+
+    def resolve(self) -> Dict[int, Tuple[int, Optional[torch.Tensor]]]:
+        if not self.picks:
+            return {}
+        next_ids = self.host_ids.wait().tolist()  # waits for this step's kernels only
+        return {i: (t, self.row_logprobs.get(k)) for k, ((i, _), t) in enumerate(zip(self.picks, next_ids))}
 
 
 def _top_list(logprobs: torch.Tensor, k: int):

@@ -13,11 +13,13 @@ from typing import Any
 import zmq
 
 from rollserve.engine.config import ServerArgs
-from rollserve.engine.io import AbortReq, BatchTokenOutput, RpcReq, RpcResult, TokenizedGenerateReq
+from rollserve.engine.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
+                                 TokenizedEmbeddingReq, TokenizedGenerateReq)
 from rollserve.engine.logging_setup import configure_logging, exit_with_parent
 from rollserve.engine.model_runner import ModelRunner
-from rollserve.engine.scheduler import Scheduler
+from rollserve.engine.overlap_scheduler import make_scheduler
 from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer
+from rollserve.weight_sync.service import WeightSyncService
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +29,17 @@ class SchedulerProcess:
         self.args = args
         tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=args.trust_remote_code)
         self.runner = ModelRunner(args, model_path)
-        self.scheduler = Scheduler(args, self.runner, tokenizer,
+        self.scheduler = make_scheduler(args, self.runner, tokenizer,
                                    eos_token_ids(model_path, tokenizer))
         context = zmq.Context(2)
+        context.setsockopt(zmq.LINGER, 0)
         self.recv = context.socket(zmq.PULL)
         self.recv.bind(ports["scheduler"])
         self.send = context.socket(zmq.PUSH)
         self.send.connect(ports["detokenizer"])
         self.paused = False
         self.last_step_start = None  # for the watchdog
+        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
 
     def ready_info(self) -> dict:
         return {"status": "ready", "pid": os.getpid(), **self.scheduler.info()}
@@ -43,14 +47,17 @@ class SchedulerProcess:
     def loop(self) -> None:
         threading.Thread(target=self._watchdog, daemon=True).start()
         while True:
-            self._receive(block=not self.scheduler.has_work() or self.paused)
-            if self.paused:
+            self._receive(block=not self.scheduler.has_work() or self._held())
+            if self._held():  # again: what was just received may pause or release
                 continue
             self.last_step_start = time.monotonic()
             outputs = self.scheduler.step()
             self.last_step_start = None
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
+
+    def _held(self) -> bool:
+        return self.paused or self.weight_sync.holds_generation()
 
     def _receive(self, block: bool) -> None:
         if block and not self.recv.poll(timeout=1000):
@@ -63,7 +70,7 @@ class SchedulerProcess:
             self._handle(msg)
 
     def _handle(self, msg: Any) -> None:
-        if isinstance(msg, TokenizedGenerateReq):
+        if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
             self.scheduler.add_request(msg)
         elif isinstance(msg, AbortReq):
             outputs = self.scheduler.abort(msg.rid, msg.abort_all)
@@ -74,10 +81,16 @@ class SchedulerProcess:
         else:
             logger.error("unknown message %r", type(msg))
 
+    def _send_outputs(self, outputs) -> None:
+        if outputs:
+            self.send.send_pyobj(BatchTokenOutput(outputs))
+
     def _rpc(self, msg: RpcReq) -> dict:
-        handler = getattr(self, "rpc_" + msg.method, None)
+        handler = (getattr(self, "rpc_" + msg.method, None)
+                   or getattr(self.weight_sync, "rpc_" + msg.method, None))
         if handler is None:
             return {"success": False, "message": f"unknown control call {msg.method!r}"}
+        self._send_outputs(self.scheduler.drain())  # control calls run between steps
         try:
             return handler(**msg.kwargs)
         except Exception as e:  # a bad control call must not kill the scheduler

@@ -6,6 +6,7 @@ uvicorn's event loop) and by the in-process Engine (in a loop thread of its own)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -16,6 +17,8 @@ import zmq
 import zmq.asyncio
 
 from rollserve.engine.config import ServerArgs
+from rollserve.engine.embedding_model import configure_pooling
+from rollserve.engine.encode_manager import CLASSIFICATION, EMBEDDING, run_encode, wrong_model_error
 from rollserve.engine.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
                                  TokenizedGenerateReq, TokenOutput)
 from rollserve.engine.processes import EngineProcesses, start_engine_processes
@@ -47,6 +50,8 @@ class TokenizerManager:
         self.tokenizer_path = args.tokenizer_path or model_path
         self.tokenizer = load_tokenizer(self.tokenizer_path, args.chat_template,
                                         args.trust_remote_code)
+        self.pooling = configure_pooling(args, model_path)  # embedding / reward model; None: generation
+        self.is_generation = self.pooling is None
         self.procs: EngineProcesses = start_engine_processes(args, model_path, self.tokenizer_path)
         info = self.procs.info
         self.context_len: int = info["context_length"]
@@ -58,6 +63,7 @@ class TokenizerManager:
         self.rpc_ids = itertools.count()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.dead_reason: Optional[str] = None
+        self.closing = False
 
     # ---- event-loop plumbing ---------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -66,13 +72,13 @@ class TokenizerManager:
         if self._loop is loop:
             return
         self._loop = loop
-        context = zmq.asyncio.Context()
+        self.zmq_context = context = zmq.asyncio.Context()
+        context.setsockopt(zmq.LINGER, 0)  # never block exit on messages nobody will read
         self.send_sock = context.socket(zmq.PUSH)
         self.send_sock.connect(self.procs.ports["scheduler"])
         self.recv_sock = context.socket(zmq.PULL)
         self.recv_sock.bind(self.procs.ports["tokenizer"])
-        loop.create_task(self._receive_loop())
-        loop.create_task(self._watch_children())
+        self._tasks = [loop.create_task(self._receive_loop()), loop.create_task(self._watch_children())]
 
     async def _receive_loop(self) -> None:
         while True:
@@ -96,7 +102,7 @@ class TokenizerManager:
     async def _watch_children(self) -> None:
         while self.dead_reason is None:
             await asyncio.sleep(0.5)
-            if not self.procs.alive():
+            if not self.procs.alive() and not self.closing:
                 self.dead_reason = "the scheduler or detokenizer process died"
                 logger.error(self.dead_reason)
                 for state in self.states.values():
@@ -111,6 +117,8 @@ class TokenizerManager:
         stream=True one dict per update (cumulative text, with `index` for batches)."""
         self._ensure_started()
         self._check_alive()
+        if not self.is_generation:
+            raise wrong_model_error(self.pooling, "generation", self.model_path)
         items, is_batch = normalize(obj)
         samples = [await self._prepare(item, obj.return_text_in_logprobs) for item in items]
         expanded = [s for group in samples for s in group]
@@ -197,9 +205,11 @@ class TokenizerManager:
         pending = {s.rid: s for s in samples}
         while pending:
             waiters = {asyncio.ensure_future(self.states[rid].event.wait()): rid for rid in pending}
-            done, rest = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in rest:
-                task.cancel()
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the consumer goes away mid-wait
+                for task in waiters:
+                    task.cancel()
             self._check_alive()
             for task in done:
                 rid = waiters[task]
@@ -219,6 +229,15 @@ class TokenizerManager:
     def _check_alive(self) -> None:
         if self.dead_reason is not None:
             raise EngineDeadError(self.dead_reason)
+
+    # ---- embedding and classification (rollserve.engine.encode_manager) ---------------------
+    async def encode(self, obj) -> Any:
+        """Embeddings of obj's inputs (an EncodeReqInput): a dict, or a list for a batch."""
+        return await run_encode(self, obj, EMBEDDING)
+
+    async def classify(self, obj) -> Any:
+        """Classifier (reward) scores of obj's inputs or conversations."""
+        return await run_encode(self, obj, CLASSIFICATION)
 
     # ---- control -------------------------------------------------------------------------
     async def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
@@ -244,13 +263,25 @@ class TokenizerManager:
         return {
             "model_path": self.model_path,
             "tokenizer_path": self.tokenizer_path,
-            "is_generation": True,
+            "is_generation": self.is_generation,
             "weight_version": self.weight_version,
             "context_length": self.context_len,
         }
 
     def shutdown(self) -> None:
+        """Stops the processes and closes the sockets; not to be called from the loop's own thread."""
+        self.closing = True
         self.procs.stop()
+        if self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
+        elif self._loop is not None:
+            self.zmq_context.destroy(linger=0)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.zmq_context.destroy(linger=0)
 
 
 @dataclass
@@ -262,6 +293,4 @@ class _Sample:
 
 
 def _with(params, **changes):
-    import dataclasses
-
     return dataclasses.replace(params, **changes)

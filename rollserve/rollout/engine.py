@@ -13,9 +13,11 @@ import threading
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
 from rollserve.engine.config import ServerArgs
+from rollserve.engine.encode_input import EncodeReqInput
 from rollserve.engine.request_input import GenerateReqInput
 from rollserve.engine.tokenizer_manager import TokenizerManager
 from rollserve.version import __version__
+from rollserve.weight_sync.engine_api import WeightSyncMixin
 
 _DONE = object()
 
@@ -23,12 +25,16 @@ _DONE = object()
 def resolve_model_path(args: ServerArgs) -> str:
     if args.model_path:
         return args.model_path
+    if args.is_embedding:  # the embedded all-MiniLM-L6-v2
+        from rollserve.engine.embedding_model import default_embedding_model_path
+
+        return default_embedding_model_path()
     from rollserve.engine.default_model import default_model_path
 
     return default_model_path()
 
 
-class Engine:
+class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/engine_api.py
     def __init__(self, model_path: Optional[str] = None, **server_args):
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, **server_args)
         self.server_args.model_path = resolve_model_path(self.server_args)
@@ -118,6 +124,23 @@ class Engine:
             return
         put(_DONE)
 
+    # ---- embeddings and rewards (embedding / classification models) ------------------------------
+    def encode(self, prompt: Union[None, str, List[str]] = None,
+               input_ids: Union[None, List[int], List[List[int]]] = None,
+               rid: Union[None, str, List[str]] = None):
+        """{"embedding": [...], "meta_info": {...}}, or a list of them for a batch."""
+        obj = EncodeReqInput(text=prompt, input_ids=input_ids, rid=rid)
+        return self._call(self.tokenizer_manager.encode(obj))
+
+    def classify(self, prompt: Union[None, str, List[str]] = None,
+                 input_ids: Union[None, List[int], List[List[int]]] = None,
+                 messages: Union[None, List[dict], List[List[dict]]] = None,
+                 rid: Union[None, str, List[str]] = None):
+        """{"embedding": scores, "scores": scores, "meta_info": {...}} per input (a list for a
+        batch); `messages` are conversations rendered with the model's chat template."""
+        obj = EncodeReqInput(text=prompt, input_ids=input_ids, messages=messages, rid=rid)
+        return self._call(self.tokenizer_manager.classify(obj))
+
     # ---- control ---------------------------------------------------------------------------
     def flush_cache(self) -> dict:
         return self._call(self.tokenizer_manager.flush_cache())
@@ -134,7 +157,7 @@ class Engine:
     def get_server_info(self) -> dict:
         load = self._call(self.tokenizer_manager.get_load())
         load.pop("success", None)
-        return {**self.server_args.to_dict(), **load, "version": __version__}
+        return {**self.server_args.public_dict(), **load, "version": __version__}
 
     def get_model_info(self) -> dict:
         return self.tokenizer_manager.model_info()
