@@ -146,23 +146,7 @@ def default_embedding_model_path() -> str:
 
 def load_pooling_model(model_path: str, dtype, device: str, load_format: str = "auto"):
     """model_loader.load_model for embedding / classification classes."""
-    import torch
-    from transformers import AutoConfig
-
-    from rollserve.engine.model_loader import fill_dummy_weights, iterate_checkpoint
+    from rollserve.engine.model_loader import load_model
     from rollserve.engine.models import get_pooling_model_class
 
-    hf_config = AutoConfig.from_pretrained(model_path)
-    model_cls = get_pooling_model_class(hf_config)
-    with torch.device(device):
-        model = model_cls(hf_config, dtype)
-    if load_format == "dummy":
-        fill_dummy_weights(model)
-    else:
-        loaded = model.load_weights(iterate_checkpoint(model_path, load_format))
-        missing = sorted(set(model.checkpoint_spec()) - loaded)
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ValueError(f"checkpoint {model_path} lacks tensors {model_cls.__name__} needs: {shown}")
-    logger.info("loaded %s (%s) from %s", model_cls.__name__, dtype, model_path)
-    return model.eval()
+    return load_model(model_path, dtype, device, load_format, model_class_of=get_pooling_model_class)

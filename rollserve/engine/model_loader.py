@@ -85,11 +85,13 @@ def fill_dummy_weights(model: nn.Module, seed: int = DUMMY_WEIGHT_SEED) -> None:
             param.normal_(0.0, DUMMY_WEIGHT_STD, generator=generator)
 
 
-def load_model(model_path: str, dtype: torch.dtype, device: str, load_format: str = "auto") -> nn.Module:
+def load_model(model_path: str, dtype: torch.dtype, device: str, load_format: str = "auto",
+               model_class_of=get_model_class) -> nn.Module:
+    """Builds `model_class_of(hf_config)` on `device` and fills it (checkpoint or dummy)."""
     from transformers import AutoConfig
 
     hf_config = AutoConfig.from_pretrained(model_path)
-    model_cls = get_model_class(hf_config)
+    model_cls = model_class_of(hf_config)
     with torch.device(device):
         model = model_cls(hf_config, dtype)
     if load_format == "dummy":
