@@ -1,4 +1,13 @@
-"""The trainer's side: the in-process Engine and (soon) RolloutClient."""
+"""The trainer's side: the in-process Engine and the HTTP RolloutClient."""
+
+import importlib
+
+# Lazy, so that importing one of them does not load the others (Engine loads torch).
+_EXPORTS = {"RolloutClient": "rollserve.rollout.client",
+            "AsyncRolloutClient": "rollserve.rollout.async_client",
+            "Sample": "rollserve.rollout.sample",
+            "RolloutError": "rollserve.rollout.errors"}
+__all__ = ["Engine", *_EXPORTS]
 
 
 def __getattr__(name):
@@ -6,4 +15,6 @@ def __getattr__(name):
         from rollserve.rollout.engine import Engine
 
         return Engine
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(name)

@@ -1,0 +1,40 @@
+"""Checkpoints in Hugging Face format, and pushing the trainer's weights to the
+running server: from a saved checkpoint (disk) or straight from memory (tensor)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import List
+
+from rollserve.rollout import RolloutClient
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TENSOR_BUCKET_BYTES = 64 << 20  # the request body limit is raised to fit one bucket
+
+
+def save_checkpoint(model, tokenizer, out_dir: str, step: int, keep: int) -> str:
+    """out_dir/checkpoint-{step} (safetensors, config, tokenizer); keeps the newest `keep`."""
+    path = os.path.join(out_dir, f"checkpoint-{step}")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    for old in _checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
+    return path
+
+
+def _checkpoints(out_dir: str) -> List[str]:
+    names = [n for n in os.listdir(out_dir) if CHECKPOINT.match(n)]
+    return sorted(names, key=lambda n: int(CHECKPOINT.match(n).group(1)))
+
+
+def sync_weights(client: RolloutClient, model, mode: str, checkpoint: str, version: str) -> dict:
+    """Every replica serves `version` afterwards; raises RolloutError if refused."""
+    if mode == "disk":
+        return client.update_weights_from_disk(checkpoint, weight_version=version)
+    if mode == "tensor":  # only what training changes: a partial update is allowed
+        named = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+        return client.update_weights_from_tensors(named, weight_version=version,
+                                                  bucket_bytes=TENSOR_BUCKET_BYTES)
+    raise ValueError(f"--sync must be disk or tensor, got {mode!r}")
