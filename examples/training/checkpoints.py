@@ -24,6 +24,16 @@ def save_checkpoint(model, tokenizer, out_dir: str, step: int, keep: int) -> str
     return path
 
 
+def remove_old_checkpoints(out_dir: str) -> None:
+    """A run starts from step 1: checkpoints left by an earlier run in the same folder
+    would be mistaken for newer ones."""
+    stale = _checkpoints(out_dir)
+    if stale:
+        print(f"removing {len(stale)} checkpoint(s) of an earlier run in {out_dir}", flush=True)
+    for name in stale:
+        shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
 def _checkpoints(out_dir: str) -> List[str]:
     names = [n for n in os.listdir(out_dir) if CHECKPOINT.match(n)]
     return sorted(names, key=lambda n: int(CHECKPOINT.match(n).group(1)))

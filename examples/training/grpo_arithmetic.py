@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from arithmetic_task import Problem, chat_prompt, sample_problems, verifiable_reward  # noqa: E402
-from checkpoints import save_checkpoint, sync_weights  # noqa: E402
+from checkpoints import remove_old_checkpoints, save_checkpoint, sync_weights  # noqa: E402
 from grpo import Rollout, group_advantages, train_step  # noqa: E402
 from plot_rewards import plot  # noqa: E402
 from run_log import RunLog  # noqa: E402
@@ -153,6 +153,7 @@ def run(args) -> dict:
     model_path = args.model_path or default_model_path()
     out_dir = args.out_dir or os.path.join(tempfile.gettempdir(), "rollserve-grpo", args.sync)
     os.makedirs(out_dir, exist_ok=True)
+    remove_old_checkpoints(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     freeze_lower_layers(policy, args.train_layers)

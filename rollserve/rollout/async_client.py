@@ -44,16 +44,18 @@ class AsyncRolloutClient:
 
     # ---- scoring -----------------------------------------------------------------------------------
     async def classify(self, texts=None, *, conversations=None, input_ids=None) -> List[List[float]]:
-        chunks = P.classify_payloads(texts, conversations, input_ids)
-        answers = await self._map(lambda i: self._call("/classify", chunks[i], weight=len(
-            next(iter(chunks[i].values())))), len(chunks), 1, "classify")
-        return [item["scores"] for body in answers for item in P.items_of(body)]
+        return await self._pooled("/classify",
+                                  P.classify_payloads(texts, conversations, input_ids), "scores")
 
     async def encode(self, texts=None, *, input_ids=None) -> List[List[float]]:
-        chunks = P.encode_payloads(texts, input_ids)
-        answers = await self._map(lambda i: self._call("/encode", chunks[i], weight=len(
-            next(iter(chunks[i].values())))), len(chunks), 1, "encode")
-        return [item["embedding"] for body in answers for item in P.items_of(body)]
+        return await self._pooled("/encode", P.encode_payloads(texts, input_ids), "embedding")
+
+    async def _pooled(self, path: str, chunks: List[dict], field: str) -> list:
+        async def one_chunk(i: int) -> list:
+            return P.items_of(await self._call(path, chunks[i], weight=P.chunk_size(chunks[i])))
+
+        answers = await self._map(one_chunk, len(chunks), 1, path)
+        return [item[field] for items in answers for item in items]
 
     # ---- weights (every replica) -------------------------------------------------------------
     async def update_weights_from_disk(self, model_path: str, *, weight_version: Optional[str] = None,

@@ -60,16 +60,20 @@ class RolloutClient:
     # ---- scoring -----------------------------------------------------------------------------------
     def classify(self, texts=None, *, conversations=None, input_ids=None) -> List[List[float]]:
         """Reward-model scores, one list of num_labels floats per item."""
-        chunks = P.classify_payloads(texts, conversations, input_ids)
-        answers = self._map(lambda i: self._call("/classify", chunks[i], weight=len(
-            next(iter(chunks[i].values())))), len(chunks), 1, "classify")
-        return [item["scores"] for body in answers for item in P.items_of(body)]
+        return self._pooled("/classify", P.classify_payloads(texts, conversations, input_ids),
+                            "scores")
 
     def encode(self, texts=None, *, input_ids=None) -> List[List[float]]:
-        chunks = P.encode_payloads(texts, input_ids)
-        answers = self._map(lambda i: self._call("/encode", chunks[i], weight=len(
-            next(iter(chunks[i].values())))), len(chunks), 1, "encode")
-        return [item["embedding"] for body in answers for item in P.items_of(body)]
+        """Embeddings, one per item."""
+        return self._pooled("/encode", P.encode_payloads(texts, input_ids), "embedding")
+
+    def _pooled(self, path: str, chunks: List[dict], field: str) -> list:
+        """`field` of every item, in order; each chunk is one call, spread over replicas."""
+        def one_chunk(i: int) -> list:
+            return P.items_of(self._call(path, chunks[i], weight=P.chunk_size(chunks[i])))
+
+        answers = self._map(one_chunk, len(chunks), 1, path)
+        return [item[field] for items in answers for item in items]
 
     # ---- weights (every replica) -------------------------------------------------------------
     def update_weights_from_disk(self, model_path: str, *, weight_version: Optional[str] = None,

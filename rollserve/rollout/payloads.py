@@ -117,6 +117,11 @@ def _ids_list(input_ids) -> list:
     return [list(ids) for ids in listed]
 
 
+def chunk_size(body: dict) -> int:
+    """Items in a classify/encode body (its one field holds the list)."""
+    return len(next(iter(body.values())))
+
+
 def items_of(body: Any) -> list:
     return body if isinstance(body, list) else [body]
 

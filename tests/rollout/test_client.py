@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from rollserve.api.server import free_port, spawn_server, wait_until_healthy
 from rollserve.rollout import AsyncRolloutClient, RolloutClient, RolloutError, Sample
+from rollserve.rollout.balancer import Balancer
 from rollserve.rollout.launch import stop_process_tree
 from tests.tiny_models import save_tiny_checkpoint, tiny_config
 
@@ -62,6 +63,38 @@ def reward_model_dir(tmp_path_factory, default_model_dir) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---- no server: balancing and argument checks --------------------------------------------
+def test_balancer_modes_and_down_replicas():
+    rr = Balancer(["a", "b", "c"], "round_robin")
+    assert [rr.acquire() for _ in range(4)] == ["a", "b", "c", "a"]
+    sq = Balancer(["a", "b"], "shortest_queue")
+    assert sq.acquire(weight=8) == "a"
+    assert [sq.acquire() for _ in range(3)] == ["b", "b", "b"]  # a still has 8 in flight
+    sq.release("a", weight=8)
+    assert sq.acquire() == "a"
+    rr.mark_down("b", 60)
+    assert "b" not in [rr.acquire() for _ in range(4)]
+    assert rr.acquire(avoid=["a", "c"]) == "b"  # down, but the only one left
+    assert not rr.has_alternative(["a", "c"])
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(), "prompts"), (dict(prompts="x", input_ids=[1]), "prompts"),
+    (dict(prompts=[1, 2]), "prompts"), (dict(input_ids=[[1], "x"]), "input_ids"),
+    (dict(prompts="x", n=0), "n"), (dict(prompts="x", n=2, sampling_params={"n": 3}), "n")])
+def test_bad_generate_arguments_name_the_field(kwargs, field):
+    with RolloutClient("http://127.0.0.1:9") as client:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            client.generate(**kwargs)
+
+
+def test_bad_client_arguments():
+    with pytest.raises(ValueError, match="balance"):
+        RolloutClient("http://x", balance="random")
+    with pytest.raises(ValueError, match="urls"):
+        RolloutClient([])
 
 
 # ---- generation ----------------------------------------------------------------------------
