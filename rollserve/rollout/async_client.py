@@ -25,9 +25,8 @@ class AsyncRolloutClient:
                                        max_retries, backoff, progress)
         self.urls = self.settings.urls
         self.balancer = self.settings.balancer
-        limits = httpx.Limits(max_connections=max_concurrency + len(self.urls),
-                              max_keepalive_connections=max_concurrency)
-        self.http = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self.settings.headers)
+        self.http = httpx.AsyncClient(timeout=timeout, limits=self.settings.http_limits(),
+                                      headers=self.settings.headers)
         self._semaphore = asyncio.Semaphore(max_concurrency)
 
     # ---- generation ------------------------------------------------------------------------------

@@ -38,9 +38,8 @@ class RolloutClient:
                                        max_retries, backoff, progress)
         self.urls = self.settings.urls
         self.balancer = self.settings.balancer
-        limits = httpx.Limits(max_connections=max_concurrency + len(self.urls),
-                              max_keepalive_connections=max_concurrency)
-        self.http = httpx.Client(timeout=timeout, limits=limits, headers=self.settings.headers)
+        self.http = httpx.Client(timeout=timeout, limits=self.settings.http_limits(),
+                                 headers=self.settings.headers)
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
 

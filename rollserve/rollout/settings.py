@@ -39,6 +39,11 @@ class ClientSettings:
         self.backoff = backoff
         self.progress = progress
 
+    def http_limits(self) -> httpx.Limits:
+        """One connection per call in flight, plus one per replica for control calls."""
+        return httpx.Limits(max_connections=self.max_concurrency + len(self.urls),
+                            max_keepalive_connections=self.max_concurrency)
+
     def progress_bar(self, total: int, what: str):
         from tqdm.auto import tqdm
 
