@@ -15,7 +15,6 @@ machine, --threads 1 keeps OpenMP threads from waiting on each other.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -27,7 +26,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from rollserve.bench.offline import device_name, git_commit
+from rollserve.bench.offline import device_name, git_commit, write_json
 
 REWARD_HEAD_SEED = 0
 
@@ -213,8 +212,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     }
     print_table(report)
     if args.output_file:
-        with open(args.output_file, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output_file)
     return report
 
 

@@ -143,6 +143,13 @@ def _figures(name, elapsed, in_tokens, out_tokens, model_path) -> dict:
             "total_tok_s": round((in_tokens + out_tokens) / elapsed, 2)}
 
 
+def write_json(report: dict, path: str) -> None:
+    """The benchmark's figures as JSON at `path` (folders created)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
 def git_commit() -> str:
     """HEAD's short hash; ROLLSERVE_COMMIT when set (a copied tree without .git, e.g. the GPU machine)."""
     if os.environ.get("ROLLSERVE_COMMIT"):
@@ -226,8 +233,7 @@ def main(argv=None) -> dict:
         report["ratio_total_tok_s"] = round(rows[0]["total_tok_s"] / rows[1]["total_tok_s"], 2)
     print_table(report)
     if args.output_file:
-        with open(args.output_file, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output_file)
     return report
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import torch
 
-from rollserve.bench.offline import device_name, git_commit, now_iso
+from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
 
 
 def copy_bandwidth(device, gib: float = 1.0) -> float:
@@ -247,8 +247,7 @@ def main(argv=None) -> dict:
         report["baseline"] = hf_generate_baseline(model_path, args.input_len, args.output_len)
     print_table(report)
     if args.output_file:
-        with open(args.output_file, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output_file)
     return report
 
 

@@ -32,6 +32,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from rollserve.bench.offline import write_json
+
 # A TinyLlama-1.1B-shaped config: about 1.1B parameters with SmolLM2's vocabulary.
 DUMMY_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
@@ -292,9 +294,7 @@ def main(argv=None) -> dict:
               "results": rows}
     print_table(report)
     output = args.output_file or default_output_file(report["device"])
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(report, output)
     print(f"\nwritten to {output}")
     return report
 
