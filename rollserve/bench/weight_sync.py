@@ -33,6 +33,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from rollserve.bench.offline import write_json
+from rollserve.rollout.payloads import tensor_buckets
 
 # A TinyLlama-1.1B-shaped config: about 1.1B parameters with SmolLM2's vocabulary.
 DUMMY_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
@@ -75,18 +76,6 @@ def new_weights(spec, device: str, seed: int) -> NamedTensors:
     return out
 
 
-def buckets(named: NamedTensors, bucket_bytes: int) -> List[NamedTensors]:
-    out, current, size = [], [], 0
-    for name, t in named:
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > bucket_bytes:
-            out.append(current)
-            current, size = [], 0
-        current.append((name, t))
-        size += nbytes
-    return out + ([current] if current else [])
-
-
 def save_shards(named: NamedTensors, model_dir: str, out_dir: str, shard_bytes: int) -> str:
     from safetensors.torch import save_file
 
@@ -94,7 +83,7 @@ def save_shards(named: NamedTensors, model_dir: str, out_dir: str, shard_bytes: 
     for name in os.listdir(model_dir):
         if name.endswith((".json", ".txt", ".model")) and "safetensors" not in name:
             shutil.copy(os.path.join(model_dir, name), out_dir)
-    shards = buckets(named, shard_bytes)
+    shards = tensor_buckets(named, shard_bytes)
     weight_map = {}
     for i, shard in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -185,7 +174,7 @@ def bench_model(label: str, model_path: str, engine_kwargs: dict, args, workdir:
         named = new_weights(spec, "cuda" if on_cuda else "cpu", seed=1)
         nbytes = sum(t.numel() * t.element_size() for _, t in named)
         params = sum(t.numel() for _, t in named)
-        parts = buckets(named, args.bucket_mb << 20)
+        parts = tensor_buckets(named, args.bucket_mb << 20)
 
         def record(path: str, seconds: List[float], note: str) -> None:
             best = min(seconds)
@@ -210,7 +199,7 @@ def bench_model(label: str, model_path: str, engine_kwargs: dict, args, workdir:
         backend, trainer_named = _distributed_setup(named, on_cuda)
         trainer = DistributedTrainer(engine, backend, "bench")
         try:
-            trainer_parts = buckets(trainer_named, args.bucket_mb << 20)
+            trainer_parts = tensor_buckets(trainer_named, args.bucket_mb << 20)
             record(f"distributed ({backend})",
                    [timed(lambda: trainer.push(trainer_parts, f"dist-{i}")) for i in range(args.repeats)],
                    f"flattened {args.bucket_mb} MiB buckets")
