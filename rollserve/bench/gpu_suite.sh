@@ -8,7 +8,9 @@
 #
 # OUT_DIR defaults to bench/results/<date>-gpu; STAGES default to all of:
 #   tests one_batch offline_1b offline_8b offline_qwen3 weight_sync
-# and on request `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape).
+# and on request `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
+# `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
+# NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -78,11 +80,16 @@ for stage in $STAGES; do
       step one_batch_llama-3.2-1b_compiled 300 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
+    ws_tests)
+      step weight_sync_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/weight_sync/test_gpu.py ;;
+    profile)
+      for shape in llama-3.2-1b llama-3.1-8b qwen3-0.6b; do
+        step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 \
+          --input-len 512 --output-len 64 --profile-kernels --output-file "$OUT/profile_$shape.json"
+      done ;;
     weight_sync)
-      if $PY -c "import rollserve.bench.weight_sync" 2> /dev/null; then
-        step weight_sync 300 $PY -m rollserve.bench.weight_sync --models dummy-1b \
-          --output-file "$OUT/weight_sync.json"
-      fi ;;
+      step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
+        --output-file "$OUT/weight_sync.json" ;;
     *) echo "unknown stage $stage" | tee -a "$OUT/suite.log" ;;
   esac
 done

@@ -157,6 +157,30 @@ def _graph_replay_ms(runner, batch: int):
     return round(statistics.median(times[5:]), 4)
 
 
+def profile_decode(runner, batch: int, input_len: int) -> list:
+    """Kernel times of one decode step: graph replays, or eager steps without graphs."""
+    from rollserve.bench.kernel_profile import kernel_table, print_kernel_table
+    from rollserve.kernels.dispatch import host_to_device
+
+    graphs = runner.graph_runner
+    if graphs is not None and batch <= graphs.max_bs:
+        import bisect
+
+        graph = graphs.graphs[graphs.sizes[bisect.bisect_left(graphs.sizes, batch)]]
+        table = kernel_table(graph.replay)
+    else:
+        reqs = _requests(runner, batch, input_len, seed=batch)
+        rows = host_to_device(torch.tensor([r.req_pool_idx for r in reqs]), runner.device)
+        runner.future_tokens[rows] = runner.forward(_prefill_batch(runner, reqs)).logits.argmax(dim=-1)
+        table = kernel_table(lambda: runner.forward(_decode_batch(runner, reqs)))
+        for req in reqs:
+            runner.allocator.free(runner.req_pool.slots(req.req_pool_idx, req.kv_len))
+            runner.req_pool.free(req.req_pool_idx)
+    print(f"bs={batch}:")
+    print_kernel_table(table)
+    return table
+
+
 def weight_bytes(model) -> dict:
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     embed = model.model.embed_tokens.weight
@@ -203,6 +227,8 @@ def main(argv=None) -> dict:
     p.add_argument("--disable-cuda-graph", action="store_true")
     p.add_argument("--enable-torch-compile", action="store_true")
     p.add_argument("--hf-baseline", action="store_true", help="also time transformers generate at bs=1")
+    p.add_argument("--profile-kernels", action="store_true",
+                   help="also list each kernel's time per decode step (graph replays) at each batch size")
     p.add_argument("--output-file", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -233,6 +259,8 @@ def main(argv=None) -> dict:
         row["roofline_tok_s"] = round(batch * bandwidth / sizes["all_params"], 1)
         row["roofline_with_kv_tok_s"] = round(batch * bandwidth / (sizes["read_per_decode_step"] + kv_bytes), 1)
         row["fraction_of_roofline"] = round(row["decode_tok_s"] / row["roofline_tok_s"], 3)
+        if args.profile_kernels:
+            row["kernels"] = profile_decode(runner, batch, args.input_len)
         rows.append(row)
         print(json.dumps(row), flush=True)
     del runner  # the graph runner refers back to it: collect the cycle to free the KV pool

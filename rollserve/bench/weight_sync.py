@@ -2,6 +2,11 @@
 
     python -m rollserve.bench.weight_sync                 # default model + a dummy ~1B Llama
     python -m rollserve.bench.weight_sync --models default --repeats 3
+    python -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b   # dummy weights only
+
+`default` is the embedded model (its package must be installed); every other choice is
+built from a config alone with dummy weights: `dummy-1b` (a TinyLlama-1.1B shape with
+SmolLM2's vocabulary) and the real architectures' configs in rollserve/bench/configs.
 
 For each model, the bench process plays the trainer: it makes a full set of new
 weights (random, the engine's names, shapes and dtype) and pushes it through
@@ -33,24 +38,30 @@ from typing import Dict, List, Tuple
 import torch
 
 from rollserve.bench.offline import write_json
+from rollserve.bench.synthetic_model import SHAPES
 from rollserve.rollout.payloads import tensor_buckets
 
 # A TinyLlama-1.1B-shaped config: about 1.1B parameters with SmolLM2's vocabulary.
 DUMMY_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                 num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
                 tie_word_embeddings=False)
+SMOLLM2_VOCAB = 49152
 NamedTensors = List[Tuple[str, torch.Tensor]]
 
 
 # ---- the models ------------------------------------------------------------------------------------
-def dummy_1b_folder(root: str, tokenizer_dir: str) -> str:
-    from transformers import AutoTokenizer, LlamaConfig
+def dummy_model_folder(root: str, label: str) -> str:
+    """A folder the engine loads with --load-format dummy: config + synthetic tokenizer."""
+    from transformers import LlamaConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    path = os.path.join(root, "dummy-1b")
-    LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **DUMMY_1B,
+    from rollserve.bench.synthetic_model import materialize, save_synthetic_tokenizer
+
+    path = os.path.join(root, label)
+    if label != "dummy-1b":
+        return materialize(label, path)
+    LlamaConfig(vocab_size=SMOLLM2_VOCAB, bos_token_id=1, eos_token_id=2, **DUMMY_1B,
                 architectures=["LlamaForCausalLM"]).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_synthetic_tokenizer(path, SMOLLM2_VOCAB)
     return path
 
 
@@ -182,7 +193,7 @@ def bench_model(label: str, model_path: str, engine_kwargs: dict, args, workdir:
                          "path": path, "gb": round(nbytes / 1e9, 3), "seconds": round(best, 3),
                          "gb_s": round(nbytes / 1e9 / best, 3), "runs_s": [round(s, 3) for s in seconds],
                          "buckets": len(parts) if path != "disk" else None, "note": note})
-            print(f"  {label:<10} {path:<24} {best:8.3f} s  {nbytes / 1e9 / best:7.2f} GB/s", flush=True)
+            print(f"  {label:<14} {path:<24} {best:8.3f} s  {nbytes / 1e9 / best:7.2f} GB/s", flush=True)
 
         disk_dir = save_shards(named, model_path, os.path.join(workdir, f"{label}-ckpt"),
                                args.shard_mb << 20)
@@ -243,16 +254,17 @@ def default_output_file(device: str) -> str:
 
 def print_table(report: dict) -> None:
     print(f"\nweight sync: {report['device']}, {report['date']}")
-    print(f"{'model':<10}{'params':>8}{'dtype':>16}  {'path':<22}{'GB':>7}{'seconds':>10}{'GB/s':>8}")
+    print(f"{'model':<14}{'params':>8}{'dtype':>16}  {'path':<22}{'GB':>7}{'seconds':>10}{'GB/s':>8}")
     for r in report["results"]:
-        print(f"{r['model']:<10}{r['params_b']:>7.2f}B{r['dtype']:>16}  {r['path']:<22}{r['gb']:>7.2f}"
+        print(f"{r['model']:<14}{r['params_b']:>7.2f}B{r['dtype']:>16}  {r['path']:<22}{r['gb']:>7.2f}"
               f"{r['seconds']:>10.3f}{r['gb_s']:>8.2f}")
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["default", "dummy-1b"], choices=["default", "dummy-1b"])
-    p.add_argument("--dtype-1b", default="bfloat16", help="engine dtype of the dummy 1B model")
+    p.add_argument("--models", nargs="+", default=["default", "dummy-1b"],
+                   choices=["default", "dummy-1b", *SHAPES])
+    p.add_argument("--dummy-dtype", default="bfloat16", help="engine dtype of the dummy-weight models")
     p.add_argument("--bucket-mb", type=int, default=512)
     p.add_argument("--shard-mb", type=int, default=1024, help="safetensors shard size for the disk path")
     p.add_argument("--repeats", type=int, default=2)
@@ -261,19 +273,18 @@ def main(argv=None) -> dict:
                    help="default: bench/results/weight_sync-<date>-<device>.json")
     args = p.parse_args(argv)
 
-    from rollserve.engine.default_model import default_model_path
-
-    default_path = default_model_path()
     workdir = tempfile.mkdtemp(prefix="rollserve-bench-ws-", dir=args.workdir)
     rows = []
     try:
         for label in args.models:
             print(f"{label}:", flush=True)
             if label == "default":
-                rows += bench_model(label, default_path, {}, args, workdir)
+                from rollserve.engine.default_model import default_model_path
+
+                rows += bench_model(label, default_model_path(), {}, args, workdir)
             else:
-                path = dummy_1b_folder(workdir, default_path)
-                rows += bench_model(label, path, {"load_format": "dummy", "dtype": args.dtype_1b},
+                path = dummy_model_folder(workdir, label)
+                rows += bench_model(label, path, {"load_format": "dummy", "dtype": args.dummy_dtype},
                                     args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Weight sync with the engine on a GPU: CUDA IPC buckets, memory release with CUDA graphs
-dropped and captured again, and a group broadcast (NCCL across two GPUs, else gloo)."""
+dropped and captured again, the same through torch_memory_saver (addresses kept), and a
+group broadcast (NCCL across two GPUs, else gloo)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ from rollserve.weight_sync.tensor_transport import local_bucket  # noqa: E402
 from tests.weight_sync.conftest import PROMPT_IDS, hf_greedy, hf_model, state_dict_of  # noqa: E402
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory) -> str:
+    """A tokenizer of SmolLM2's vocabulary size for the tiny checkpoints: the GPU machine has
+    no default-model package, and these tests pass token ids only."""
+    from rollserve.bench.synthetic_model import save_synthetic_tokenizer
+
+    path = str(tmp_path_factory.mktemp("tokenizer"))
+    save_synthetic_tokenizer(path, 49152)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +94,43 @@ def test_group_broadcast(engine, ckpts, reference):
         engine.destroy_weights_update_group("gpu-sync")
         distributed.destroy_process_group(group)
     assert greedy(engine) == reference["B"]
+
+
+@pytest.fixture(scope="module")
+def saver_engine(ckpts):
+    pytest.importorskip("torch_memory_saver")
+    with rollserve.Engine(ckpts["B"], device="cuda", dtype="float32", max_total_tokens=1 << 20,
+                          enable_memory_saver=True, log_level="warning") as eng:
+        yield eng
+
+
+def _kv_pool_bytes(path: str, tokens: int) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4 * tokens
+
+
+def test_memory_saver_release_frees_and_resume_restores(saver_engine, ckpts, reference):
+    tokens = saver_engine.get_server_info()["max_total_num_tokens"]
+    kv_bytes = _kv_pool_bytes(ckpts["B"], tokens)
+    assert greedy(saver_engine) == reference["B"]
+    free_before = torch.cuda.mem_get_info()[0]
+    assert saver_engine.release_memory_occupation()["success"]
+    freed = torch.cuda.mem_get_info()[0] - free_before
+    assert freed >= 0.9 * kv_bytes, (freed, kv_bytes)
+    assert saver_engine.resume_memory_occupation()["success"]
+    assert torch.cuda.mem_get_info()[0] <= free_before + 0.1 * kv_bytes
+    assert greedy(saver_engine) == reference["B"]  # weights back from the CPU backup
+    for tags in (["kv_cache"], ["weights"]):
+        assert saver_engine.release_memory_occupation(tags)["success"]
+        assert saver_engine.resume_memory_occupation(tags)["success"]
+        assert greedy(saver_engine) == reference["B"], tags
+
+
+def test_memory_saver_then_update_from_disk(saver_engine, ckpts, reference):
+    assert saver_engine.release_memory_occupation(["kv_cache"])["success"]
+    assert saver_engine.update_weights_from_disk(ckpts["A"])["success"]
+    assert saver_engine.resume_memory_occupation(["kv_cache"])["success"]
+    assert greedy(saver_engine) == reference["A"]
