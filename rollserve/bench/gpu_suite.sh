@@ -8,7 +8,8 @@
 #
 # OUT_DIR defaults to bench/results/<date>-gpu; STAGES default to all of:
 #   tests one_batch offline_1b offline_8b offline_qwen3 weight_sync
-# and on request `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
+# and on request `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
+# kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
@@ -50,7 +51,7 @@ for stage in $STAGES; do
   case $stage in
     tests)
       step gpu_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
-        tests/kernels/test_triton_kernels.py tests/engine/test_gpu_engine.py ;;
+        tests/kernels/test_triton_kernels.py tests/kernels/test_gemv_triton.py tests/engine/test_gpu_engine.py ;;
     one_batch)
       step one_batch_llama-3.2-1b 200 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
@@ -81,10 +82,19 @@ for stage in $STAGES; do
         --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
     ws_tests)
-      step weight_sync_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/weight_sync/test_gpu.py ;;
+      step weight_sync_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
+        -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py ;;
+    gemv)
+      step gemv 150 $PY -m rollserve.bench.gemv --m 1 8 --out "$OUT/gemv.json" ;;
+    no_gemv)  # one_batch with F.linear and separate norm / SiLU kernels: the A/B baseline
+      for shape in llama-3.2-1b llama-3.1-8b; do
+        step "no_gemv_$shape" 200 env ROLLSERVE_DISABLE_GEMV=1 $PY -m rollserve.bench.one_batch \
+          --shape "$shape" --batch-size 1 8 --input-len 512 --output-len 64 \
+          --output-file "$OUT/no_gemv_$shape.json"
+      done ;;
     profile)
-      for shape in llama-3.2-1b llama-3.1-8b qwen3-0.6b; do
-        step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 \
+      for shape in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b qwen3-0.6b}; do
+        step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 8 \
           --input-len 512 --output-len 64 --profile-kernels --output-file "$OUT/profile_$shape.json"
       done ;;
     weight_sync)

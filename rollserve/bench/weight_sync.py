@@ -169,8 +169,8 @@ class DistributedTrainer:
             check(answer["r"])
 
     def close(self) -> None:
-        self.engine.destroy_weights_update_group(self.group_name)
-        self.distributed.destroy_process_group(self.group)
+        check(self.distributed.destroy_group_with_engine(
+            self.group, lambda: self.engine.destroy_weights_update_group(self.group_name)))
 
 
 # ---- one model -------------------------------------------------------------------------------------

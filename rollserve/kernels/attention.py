@@ -16,28 +16,33 @@ import torch.nn.functional as F
 
 from rollserve.engine.forward_context import ForwardContext
 from rollserve.kernels.dispatch import use_triton
+from rollserve.kernels.rotary import RopeInputs, rope_store_torch
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
               layer_id: int, scaling: float, sliding_window: Optional[int] = None,
-              causal: bool = True) -> torch.Tensor:
+              causal: bool = True, rope: Optional[RopeInputs] = None) -> torch.Tensor:
     """Stores k, v [T, Hkv, D] in the pool and returns the attention of q [T, Hq, D], [T, Hq, D].
 
+    With `rope`, q and k are first (per-head normed and) rotated, q possibly in place.
     ctx.attention_backend "triton" on CUDA runs the Triton kernels; otherwise the torch reference.
     """
     if ctx.attention_backend == "triton" and use_triton(q):
         from rollserve.kernels.attention_triton import attention_triton
 
-        return attention_triton(q, k, v, ctx, layer_id, scaling, sliding_window, causal)
-    return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window, causal)
+        return attention_triton(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
+    return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
 
 
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
                     layer_id: int, scaling: float, sliding_window: Optional[int] = None,
-                    causal: bool = True) -> torch.Tensor:
+                    causal: bool = True, rope: Optional[RopeInputs] = None) -> torch.Tensor:
     if not causal and sliding_window is not None:
         raise ValueError("a sliding window needs causal attention")
-    ctx.kv_pool.store(layer_id, ctx.out_cache_loc, k, v)
+    if rope is None:
+        ctx.kv_pool.store(layer_id, ctx.out_cache_loc, k, v)
+    else:
+        q = rope_store_torch(q, k, v, rope, ctx.kv_pool, layer_id, ctx.out_cache_loc)
     k_buffer, v_buffer = ctx.kv_pool.kv(layer_id)
     out = torch.empty_like(q)
     single = [i for i, n in enumerate(ctx.extend_lens_cpu) if n == 1]

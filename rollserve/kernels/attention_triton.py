@@ -17,6 +17,8 @@ from rollserve.kernels.dispatch import host_to_device
 from rollserve.kernels.decode_attention_triton import decode_attention_triton, decode_num_splits
 from rollserve.kernels.extend_attention_triton import extend_attention_triton, query_blocks
 from rollserve.kernels.kv_store_triton import kv_store_triton
+from rollserve.kernels.rope_store_triton import rope_store_triton
+from rollserve.kernels.rotary import RopeInputs
 
 
 @dataclass
@@ -47,11 +49,14 @@ def build_metadata(ctx: ForwardContext, num_kv_heads: int, device: torch.device)
 
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
                      layer_id: int, scaling: float, sliding_window: Optional[int] = None,
-                     causal: bool = True) -> torch.Tensor:
+                     causal: bool = True, rope: Optional[RopeInputs] = None) -> torch.Tensor:
     if not causal and sliding_window is not None:
         raise ValueError("a sliding window needs causal attention")
     k_cache, v_cache = ctx.kv_pool.kv(layer_id)
-    kv_store_triton(k_cache, v_cache, ctx.out_cache_loc, k, v)
+    if rope is None:
+        kv_store_triton(k_cache, v_cache, ctx.out_cache_loc, k, v)
+    else:  # one launch: (q/k norm,) rotation of q in place, rotated k and v into the pool
+        q = rope_store_triton(q, k, v, rope, k_cache, v_cache, ctx.out_cache_loc)
     meta = ctx.attn_metadata
     if meta is None:
         meta = ctx.attn_metadata = build_metadata(ctx, k_cache.shape[1], q.device)

@@ -2,10 +2,12 @@
 
 Grouped-query attention: one program serves all query heads that share a KV head
 (padded to 16 rows for tl.dot), so each K/V row is read once per group. The
-sequence is split into `num_splits` ranges processed by separate programs
-(split-K, as flash-decoding), so a batch of one still fills the GPU; a second
-kernel merges the partial results by their log-sum-exp. Nothing here reads host
-data, so the launch can be captured in a CUDA graph.
+sequence is split into up to `num_splits` ranges processed by separate programs
+(split-K, as flash-decoding), so a batch of one still fills the GPU. The whole
+step is one launch: each program writes its partial output and log-sum-exp to a
+float32 scratch, then counts itself in at a per-(request, KV head) arrival counter;
+the last of the group's programs to arrive merges the partials and resets the
+counter. Nothing here reads host data, so the launch can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -17,33 +19,25 @@ import triton.language as tl
 from rollserve.kernels.dispatch import dot_precision, next_power_of_2
 
 MAX_SPLITS = 32
+MIN_COUNTERS = 4096  # the first counter buffer's entries (16 KiB), so it rarely has to grow
 
 
 @triton.jit
-def _decode_partial_kernel(q_ptr, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                           part_out, part_lse, stride_qt, stride_qh, stride_kt, stride_kh,
-                           stride_vt, stride_vh, stride_req, num_splits, scale, window,
-                           GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    b = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    split = tl.program_id(2)
-    num_q_heads = tl.num_programs(1) * GROUP
-    seq_len = tl.load(seq_lens + b).to(tl.int32)
-    row = tl.load(req_pool_indices + b).to(tl.int64)
-    kv_start = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
-    split_len = tl.cdiv(seq_len - kv_start, num_splits)
-    lo = kv_start + split * split_len
-    hi = tl.minimum(lo + split_len, seq_len)
+def _split_len(length, num_splits, BLOCK_N: tl.constexpr):
+    """Tokens per split: the range divided evenly, rounded up to whole BLOCK_N tiles, so a
+    short sequence uses fewer, fuller splits and the surplus programs find an empty range."""
+    tiles = tl.cdiv(tl.cdiv(length, num_splits), BLOCK_N)
+    return tl.maximum(tiles, 1) * BLOCK_N
 
-    h = tl.arange(0, BLOCK_H)
-    head = kv_head * GROUP + h
-    mask_h = h < GROUP
+
+@triton.jit
+def _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, stride_kt, stride_kh,
+                  stride_vt, stride_vh, stride_req, scale, HEAD_DIM: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """Online softmax of the group's queries over tokens [lo, hi): (normalized output, lse)."""
     d = tl.arange(0, BLOCK_D)
     mask_d = d < HEAD_DIM
-    scale = tl.cast(scale, tl.float32)  # a float64 scalar when launched from torch.compile'd code
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
-                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
@@ -66,37 +60,116 @@ def _decode_partial_kernel(q_ptr, k_cache, v_cache, req_to_token, req_pool_indic
         m = m_new
     filled = denom > 0
     safe = tl.where(filled, denom, 1.0)
-    out = acc / safe[:, None]
     lse = tl.where(filled, m + tl.log(safe), float("-inf"))
-    base = (b.to(tl.int64) * num_q_heads + head) * num_splits + split
-    tl.store(part_out + base[:, None] * HEAD_DIM + d[None, :], out,
-             mask=mask_h[:, None] & mask_d[None, :])
-    tl.store(part_lse + base, lse, mask=mask_h)
+    return acc / safe[:, None], lse
 
 
 @triton.jit
-def _decode_merge_kernel(part_out, part_lse, out_ptr, stride_ot, stride_oh, num_splits,
-                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    num_q_heads = tl.num_programs(1)
+def _merge_splits(part_out, part_lse, out_ptr, b, kv_head, num_q_heads, num_splits, active,
+                  stride_ot, stride_oh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Each of the group's heads: its `active` partials weighted by exp(lse - max lse).
+    The loads bypass L1 (.cg): the partials were written by other programs."""
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
-    mask_s = s < num_splits
+    mask_s = s < active
     mask_d = d < HEAD_DIM
-    base = (b.to(tl.int64) * num_q_heads + head) * num_splits
-    lse = tl.load(part_lse + base + s, mask=mask_s, other=float("-inf"))
-    top = tl.max(lse, axis=0)
-    weight = tl.where(mask_s, tl.exp(lse - top), 0.0)
-    partial = tl.load(part_out + (base + s)[:, None] * HEAD_DIM + d[None, :],
-                      mask=mask_s[:, None] & mask_d[None, :], other=0.0)
-    out = tl.sum(partial * weight[:, None], axis=0) / tl.sum(weight, axis=0)
-    tl.store(out_ptr + b.to(tl.int64) * stride_ot + head * stride_oh + d,
-             out.to(out_ptr.dtype.element_ty), mask=mask_d)
+    for h in tl.static_range(GROUP):
+        head = kv_head * GROUP + h
+        base = (b.to(tl.int64) * num_q_heads + head) * num_splits
+        lse = tl.load(part_lse + base + s, mask=mask_s, other=float("-inf"), cache_modifier=".cg")
+        top = tl.max(lse, axis=0)
+        weight = tl.where(mask_s, tl.exp(lse - top), 0.0)
+        partial = tl.load(part_out + (base + s)[:, None] * HEAD_DIM + d[None, :],
+                          mask=mask_s[:, None] & mask_d[None, :], other=0.0, cache_modifier=".cg")
+        merged = tl.sum(partial * weight[:, None], axis=0) / tl.sum(weight, axis=0)
+        tl.store(out_ptr + b.to(tl.int64) * stride_ot + head * stride_oh + d,
+                 merged.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _decode_kernel(q_ptr, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, out_ptr,
+                   part_out, part_lse, arrivals, stride_qt, stride_qh, stride_kt, stride_kh,
+                   stride_vt, stride_vh, stride_req, stride_ot, stride_oh, num_splits, scale, window,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                   SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_kv_heads = tl.num_programs(1)
+    num_q_heads = num_kv_heads * GROUP
+    seq_len = tl.load(seq_lens + b).to(tl.int32)
+    row = tl.load(req_pool_indices + b).to(tl.int64)
+    kv_start = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
+    split_len = _split_len(seq_len - kv_start, num_splits, BLOCK_N)
+    lo = kv_start + split * split_len
+    hi = tl.minimum(lo + split_len, seq_len)
+
+    h = tl.arange(0, BLOCK_H)
+    head = kv_head * GROUP + h
+    mask_h = h < GROUP
+    d = tl.arange(0, BLOCK_D)
+    mask_hd = mask_h[:, None] & (d < HEAD_DIM)[None, :]
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar when launched from torch.compile'd code
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=mask_hd, other=0.0)
+    out, lse = _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, stride_kt,
+                             stride_kh, stride_vt, stride_vh, stride_req, scale, HEAD_DIM, BLOCK_H,
+                             BLOCK_N, BLOCK_D, DOT_PRECISION)
+    if not SPLIT_K:
+        tl.store(out_ptr + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask_hd)
+    else:
+        base = (b.to(tl.int64) * num_q_heads + head) * num_splits + split
+        tl.store(part_out + base[:, None] * HEAD_DIM + d[None, :], out, mask=mask_hd)
+        tl.store(part_lse + base, lse, mask=mask_h)
+        # Every thread's stores are issued before the (single-thread) release below;
+        # the acquire side is the same atomic in the last program to arrive.
+        tl.debug_barrier()
+        counter = arrivals + b * num_kv_heads + kv_head
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            tl.debug_barrier()  # the whole program reads after the acquire, not just its thread
+            active = tl.cdiv(seq_len - kv_start, split_len)
+            _merge_splits(part_out, part_lse, out_ptr, b, kv_head, num_q_heads, num_splits, active,
+                          stride_ot, stride_oh, GROUP, HEAD_DIM, BLOCK_S, BLOCK_D)
+            tl.store(counter, 0)  # all num_splits programs have arrived: none touches it again
+
+
+# One zeroed int32 buffer per device, shared by every layer and every captured graph: safe
+# because decode launches on a device run one after another on one stream, and each launch
+# leaves its counters at zero. Replaced buffers stay referenced (_RETIRED) since CUDA
+# graphs captured earlier still point at them.
+_ARRIVALS: dict = {}
+_RETIRED: list = []
+
+
+@torch.compiler.disable  # a cache lookup with a side effect: kept out of traced graphs
+def arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
+    """The device's arrival counters, at least `needed` of them, all zero between launches."""
+    current = _ARRIVALS.get(device)
+    if current is not None and current.numel() >= needed:
+        return current
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"decode attention needs {needed} arrival counters on {device}: run "
+                           "the decode once at this batch size before capturing a CUDA graph")
+    if current is not None:
+        _RETIRED.append(current)
+    _ARRIVALS[device] = torch.zeros(max(MIN_COUNTERS, next_power_of_2(needed)), dtype=torch.int32,
+                                    device=device)
+    return _ARRIVALS[device]
 
 
 def decode_num_splits(batch_size: int, num_kv_heads: int, num_sms: int = 132) -> int:
-    """Enough programs to cover the SMs about twice, at most MAX_SPLITS."""
+    """Enough programs to cover the SMs about twice, at most MAX_SPLITS.
+
+    At batch 1 this is the most splits (32 for 8 KV heads), also for short contexts:
+    the kernel rounds each split up to whole BLOCK_N tiles (`_split_len`), so at 512
+    tokens only 8 of the 32 programs per head attend and the rest only count in. More
+    splits than a short context needs thus cost an almost empty program each, while
+    fewer would lengthen every long context's critical path; the count cannot follow
+    the sequence length because CUDA graphs fix it at capture."""
     wanted = (2 * num_sms + batch_size * num_kv_heads - 1) // max(1, batch_size * num_kv_heads)
     return max(1, min(MAX_SPLITS, next_power_of_2(wanted)))
 
@@ -109,23 +182,24 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     """q [B, Hq, D] (the newest token of each request, already in the pool) -> [B, Hq, D]."""
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
-    group = num_q_heads // num_kv_heads
     if out is None:
         out = torch.empty_like(q)
     if batch == 0:
         return out
-    part_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32,
-                           device=q.device)
-    part_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
-    block_d = max(16, next_power_of_2(head_dim))
-    _decode_partial_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, part_out, part_lse,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0), num_splits, scale,
-        sliding_window or 0, GROUP=group, HEAD_DIM=head_dim, BLOCK_H=max(16, next_power_of_2(group)),
-        BLOCK_N=64 if head_dim <= 128 else 32, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2)
-    _decode_merge_kernel[(batch, num_q_heads)](
-        part_out, part_lse, out, out.stride(0), out.stride(1), num_splits, HEAD_DIM=head_dim,
-        BLOCK_S=next_power_of_2(num_splits), BLOCK_D=next_power_of_2(head_dim), num_warps=2)
+    if num_splits > 1:
+        part_out = torch.empty(batch, num_q_heads, num_splits, head_dim, dtype=torch.float32,
+                               device=q.device)
+        part_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
+        arrivals = arrival_counters(q.device, batch * num_kv_heads)
+    else:  # the program writes the output itself; the scratch arguments go unused (and
+        part_out = part_lse = arrivals = q  # must not alias `out`: the interpreter copies back)
+    group = num_q_heads // num_kv_heads
+    _decode_kernel[(batch, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, out, part_out, part_lse,
+        arrivals, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0), out.stride(0), out.stride(1),
+        num_splits, scale, sliding_window or 0, GROUP=group, HEAD_DIM=head_dim,
+        BLOCK_H=max(16, next_power_of_2(group)), BLOCK_N=64 if head_dim <= 128 else 32,
+        BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_S=next_power_of_2(num_splits),
+        SPLIT_K=num_splits > 1, DOT_PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2)
     return out

@@ -8,11 +8,12 @@ reference models.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 
-from rollserve.kernels.dispatch import use_triton
+from rollserve.kernels.norm import rms_norm_torch
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 
@@ -124,9 +125,41 @@ def apply_rotary_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """On CUDA one Triton launch rotates q and k in place (and returns them)."""
-    if use_triton(q):
-        from rollserve.kernels.rotary_triton import apply_rotary_triton
-
-        return apply_rotary_triton(q, k, cos, sin)
+    """Rotated copies of q [T, Hq, D] and k [T, Hkv, D]."""
     return apply_rotary_torch(q, cos, sin), apply_rotary_torch(k, cos, sin)
+
+
+@dataclass
+class RopeInputs:
+    """What attention needs to rotate q and k itself (on CUDA fused with the KV store).
+
+    cos/sin float32 [T, D // 2]; with q_norm_weight/k_norm_weight [D] (Qwen3) each q and k
+    head is RMS-normalized with eps before the rotation.
+    """
+    cos: torch.Tensor
+    sin: torch.Tensor
+    q_norm_weight: Optional[torch.Tensor] = None
+    k_norm_weight: Optional[torch.Tensor] = None
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if (self.q_norm_weight is None) != (self.k_norm_weight is None):
+            raise ValueError("RopeInputs: q_norm_weight and k_norm_weight must be given together")
+
+
+def rotate_qk_torch(q: torch.Tensor, k: torch.Tensor, rope: RopeInputs
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference for what `rope` asks: per-head RMSNorm (if weights), then the rotation."""
+    if rope.q_norm_weight is not None:
+        q = rms_norm_torch(q, rope.q_norm_weight, rope.eps)
+        k = rms_norm_torch(k, rope.k_norm_weight, rope.eps)
+    return apply_rotary(q, k, rope.cos, rope.sin)
+
+
+def rope_store_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RopeInputs,
+                     kv_pool, layer_id: int, loc: torch.Tensor) -> torch.Tensor:
+    """Reference of the fused rope_store_triton: rotates q and k, stores k and v in the pool
+    at `loc`; returns the rotated q."""
+    q, k = rotate_qk_torch(q, k, rope)
+    kv_pool.store(layer_id, loc, k, v)
+    return q

@@ -17,7 +17,8 @@ One update call is one bucket. Two layouts, chosen by `load_format`:
 from __future__ import annotations
 
 import datetime
-from typing import List, Sequence, Tuple
+import threading
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -51,6 +52,21 @@ def init_custom_process_group(backend: str, master_address: str, master_port: in
 
 def destroy_process_group(group) -> None:
     dist.destroy_process_group(group)
+
+
+def destroy_group_with_engine(group, destroy_engine_side: Callable[[], dict]) -> dict:
+    """The trainer's teardown: its rank and the engine's leave at the same time.
+
+    NCCL's finalize waits for every rank of the communicator, so a trainer that first
+    waits for the engine's destroy_weights_update_group answer and only then destroys
+    its own side deadlocks. Returns the engine's answer.
+    """
+    answer: dict = {}
+    engine_side = threading.Thread(target=lambda: answer.update(destroy_engine_side()))
+    engine_side.start()
+    destroy_process_group(group)
+    engine_side.join()
+    return answer
 
 
 def parse_dtype(name) -> torch.dtype:

@@ -19,11 +19,12 @@ from rollserve.kernels.activation import silu_and_mul_torch  # noqa: E402
 from rollserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
 from rollserve.kernels.attention import attention_torch  # noqa: E402
 from rollserve.kernels.attention_triton import attention_triton  # noqa: E402
+from rollserve.kernels.dispatch import interpreting  # noqa: E402
 from rollserve.kernels.kv_store_triton import kv_store_triton  # noqa: E402
 from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
 from rollserve.kernels.norm_triton import rms_norm_triton  # noqa: E402
-from rollserve.kernels.rotary import apply_rotary_torch, rope_cos_sin  # noqa: E402
-from rollserve.kernels.rotary_triton import apply_rotary_triton  # noqa: E402
+from rollserve.kernels.rope_store_triton import rope_store_triton  # noqa: E402
+from rollserve.kernels.rotary import RopeInputs, rope_cos_sin, rope_store_torch  # noqa: E402
 from rollserve.kernels.sampling import params_table, sample_filtered_torch  # noqa: E402
 from rollserve.kernels.sampling_triton import sample_triton  # noqa: E402
 
@@ -73,21 +74,6 @@ def test_rms_norm_per_head_on_strided_view(heads, head_dim):
 def test_silu_and_mul(dtype, rows, inner):
     x = torch.randn(rows, 2 * inner, dtype=dtype, device=DEV) * 3
     assert rel_err(silu_and_mul_triton(x), silu_and_mul_torch(x)) < TOL[dtype] / 4
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("tokens,q_heads,kv_heads,head_dim", [(1, 32, 8, 128), (77, 16, 8, 128),
-                                                             (300, 32, 8, 64), (5, 4, 2, 16)])
-def test_rotary_in_place_on_qkv_views(dtype, tokens, q_heads, kv_heads, head_dim):
-    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, dtype=dtype, device=DEV)
-    q = qkv[:, : q_heads * head_dim].view(tokens, q_heads, head_dim)
-    k = qkv[:, q_heads * head_dim:(q_heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
-    cos, sin = rope_cos_sin(torch.randint(0, 100000, (tokens,), device=DEV), inv_freq, 1.0)
-    ref_q, ref_k = apply_rotary_torch(q, cos, sin), apply_rotary_torch(k, cos, sin)
-    out_q, out_k = apply_rotary_triton(q, k, cos, sin)
-    assert out_q.data_ptr() == q.data_ptr()  # in place
-    assert rel_err(out_q, ref_q) < TOL[dtype] / 4 and rel_err(out_k, ref_k) < TOL[dtype] / 4
 
 
 def test_kv_store_writes_only_given_slots():
@@ -254,3 +240,150 @@ def test_sampling_top_k_one_is_argmax_and_respects_filters():
     assert torch.equal(ids[:32], logits[:32].argmax(-1))
     top3 = logits[32:].topk(3, dim=-1).indices
     assert (top3 == ids[32:, None]).any(-1).all()
+
+
+# ---------------------------------------------------------------- fused (q/k norm +) rotary + KV store
+
+def _rope_inputs(positions, head_dim, dtype, qk_norm):
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
+    cos, sin = rope_cos_sin(positions, inv_freq, 1.0)
+    if not qk_norm:
+        return RopeInputs(cos, sin)
+    q_w, k_w = torch.randn(2, head_dim, dtype=dtype, device=DEV)
+    return RopeInputs(cos, sin, q_w, k_w, 1e-6)
+
+
+def _nan_pool(kv_heads, head_dim, dtype, num_slots=600):
+    pool = KVPool(num_slots, 1, kv_heads, head_dim, dtype, DEV)
+    pool.k_buffers[0].fill_(float("nan"))
+    pool.v_buffers[0].fill_(float("nan"))
+    return pool
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("tokens,q_heads,kv_heads,head_dim", [(1, 32, 8, 128), (300, 32, 8, 64),
+                                                             (77, 16, 16, 128), (5, 8, 1, 64),
+                                                             (33, 12, 4, 128)])
+def test_rope_store_matches_reference(dtype, qk_norm, tokens, q_heads, kv_heads, head_dim):
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, dtype=dtype, device=DEV) * 2
+    q, k, v = qkv.split([q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(tokens, q_heads, head_dim)
+    k, v = k.view(tokens, kv_heads, head_dim), v.view(tokens, kv_heads, head_dim)
+    rope = _rope_inputs(torch.randint(0, 100000, (tokens,), device=DEV), head_dim, dtype, qk_norm)
+    ours, ref = _nan_pool(kv_heads, head_dim, dtype), _nan_pool(kv_heads, head_dim, dtype)
+    loc = torch.randperm(600, device=DEV)[:tokens] + 1
+    kv_before = qkv[:, q_heads * head_dim:].clone()
+    ref_q = rope_store_torch(q.clone(), k, v, rope, ref, 0, loc)
+    out_q = rope_store_triton(q, k, v, rope, *ours.kv(0), loc)
+
+    assert out_q.data_ptr() == q.data_ptr() and torch.equal(qkv[:, q_heads * head_dim:], kv_before)
+    out_k, ref_k = ours.k_buffers[0][loc], ref.k_buffers[0][loc]
+    # Triton's CPU interpreter truncates float32 -> bfloat16 (the GPU rounds to nearest even)
+    bf16_truncated = dtype == torch.bfloat16 and interpreting()
+    tol = 2 * TOL[dtype] if bf16_truncated else TOL[dtype] / 4
+    assert rel_err(out_q, ref_q) < tol and rel_err(out_k, ref_k) < tol
+    assert torch.equal(ours.v_buffers[0][loc], v)
+    if dtype != torch.float32 and not bf16_truncated:  # same rounding steps: bit-equal (nearly)
+        limit = 0.01 if qk_norm else 0.0  # the norm's float32 sum order may differ
+        assert (out_q != ref_q).float().mean().item() <= limit
+        assert (out_k != ref_k).float().mean().item() <= limit
+    untouched = torch.ones(601, dtype=torch.bool, device=DEV)
+    untouched[loc] = False
+    assert torch.isnan(ours.k_buffers[0][untouched]).all()
+    assert torch.isnan(ours.v_buffers[0][untouched]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_attention_with_rope_matches_reference(qk_norm, dtype):
+    """attention(rope=...) on the Triton backend against the torch backend, prefill then decode."""
+    contexts = PoolContexts(4, 128, dtype)
+    rows = [0, 2, 7]
+    for extend_lens in ([100, 1, 37], [1, 1, 1]):
+        ctx = contexts.context(rows, extend_lens)
+        q = torch.randn(ctx.num_tokens, 16, 128, dtype=dtype, device=DEV)
+        k, v = torch.randn(2, ctx.num_tokens, 4, 128, dtype=dtype, device=DEV)
+        rope = _rope_inputs(ctx.positions, 128, dtype, qk_norm)
+        out = attention_triton(q.clone(), k, v, ctx, 0, 128 ** -0.5, rope=rope)
+        ref = attention_torch(q.float(), k.float(), v.float(), _as_float(ctx, contexts), 0,
+                              128 ** -0.5, rope=rope)
+        assert rel_err(out, ref) < TOL[dtype], extend_lens
+
+
+# ---------------------------------------------------------------- one-launch split-K decode
+
+def _decode_reference(q, k_cache, v_cache, ctx, window=None):
+    """attention_torch over float32 copies of the caches (the new tokens are already in them)."""
+    pool32 = KVPool(1, 1, k_cache.shape[1], k_cache.shape[2], torch.float32, DEV)
+    pool32.k_buffers, pool32.v_buffers = [k_cache.float()], [v_cache.float()]
+    loc = ctx.out_cache_loc
+    ctx32 = ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
+                              "attn_metadata": None})
+    return attention_torch(q.float(), pool32.k_buffers[0][loc], pool32.v_buffers[0][loc], ctx32, 0,
+                           q.shape[-1] ** -0.5, window)
+
+
+def _decode(q, k_cache, v_cache, ctx, num_splits, window=None):
+    from rollserve.kernels.decode_attention_triton import decode_attention_triton
+
+    out = torch.full_like(q, float("nan"))
+    return decode_attention_triton(q, k_cache, v_cache, ctx.req_to_token, ctx.req_pool_indices,
+                                   ctx.seq_lens, q.shape[-1] ** -0.5, num_splits, window, out)
+
+
+def _filled_contexts(rows, lengths, kv_heads=4, head_dim=64):
+    contexts = PoolContexts(kv_heads, head_dim, torch.bfloat16, num_slots=6000, rows=len(rows),
+                            max_context=max(lengths) + 10)
+    contexts.context(rows, lengths)
+    contexts.pool.k_buffers[0].normal_()
+    contexts.pool.v_buffers[0].normal_()
+    return contexts
+
+
+def test_decode_every_split_count():
+    """Splits longer than needed (empty programs), tile-sized, several tiles, and one split."""
+    rows = [0, 1, 2]
+    contexts = _filled_contexts(rows, [0, 129, 700])  # row 0 decodes its first token
+    ctx = contexts.context(rows, [1, 1, 1])
+    k_cache, v_cache = contexts.pool.kv(0)
+    q = torch.randn(3, 16, 64, dtype=torch.bfloat16, device=DEV)
+    for window in (None, 100):
+        ref = _decode_reference(q, k_cache, v_cache, ctx, window)
+        for num_splits in range(1, 33) if window is None else (1, 3, 32):
+            out = _decode(q, k_cache, v_cache, ctx, num_splits, window)
+            assert rel_err(out, ref) < TOL[torch.bfloat16], (num_splits, window)
+
+
+@pytest.mark.parametrize("in_graph", [False, True])
+def test_decode_counters_reset_across_steps_and_layers(in_graph):
+    """Two layers (two caches) per step, several steps in a row: a counter left non-zero
+    would make the next launch merge early (or never)."""
+    from rollserve.kernels.decode_attention_triton import arrival_counters
+
+    if in_graph and DEV != "cuda":
+        pytest.skip("CUDA graphs need CUDA")
+    rows = [0, 1, 2]
+    contexts = _filled_contexts(rows, [100, 5, 2000], kv_heads=8, head_dim=128)
+    layers = [contexts.pool.kv(0), tuple(torch.randn_like(b) for b in contexts.pool.kv(0))]
+    q = [torch.randn(3, 32, 128, dtype=torch.bfloat16, device=DEV) for _ in layers]
+    static = contexts.context(rows, [1, 1, 1])
+    step = lambda: [_decode(q[i], *layers[i], static, 16) for i in range(2)]  # noqa: E731
+    outs = step()  # compiles and sizes the counters outside any capture
+    if in_graph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = step()
+    for _ in range(4):
+        fresh = contexts.context(rows, [1, 1, 1])
+        static.seq_lens.copy_(fresh.seq_lens)
+        static.out_cache_loc.copy_(fresh.out_cache_loc)
+        for t in q:
+            t.normal_()
+        if in_graph:
+            graph.replay()
+        else:
+            outs = step()
+        for i, (k_cache, v_cache) in enumerate(layers):
+            assert rel_err(outs[i], _decode_reference(q[i], k_cache, v_cache, fresh)) < TOL[torch.bfloat16]
+        assert not arrival_counters(q[0].device, 1).any()

@@ -131,8 +131,8 @@ def test_distributed_update_over_gloo(engine, ckpts, reference):
             receiving.join()
             assert results[i]["success"], results[i]
     finally:
-        assert engine.destroy_weights_update_group("wsync")["success"]
-        distributed.destroy_process_group(group)
+        assert distributed.destroy_group_with_engine(
+            group, lambda: engine.destroy_weights_update_group("wsync"))["success"]
     out = greedy(engine)
     assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "d"
 

@@ -91,8 +91,9 @@ def test_group_broadcast(engine, ckpts, reference):
         receiving.join()
         assert answers["update"]["success"], answers["update"]
     finally:
-        engine.destroy_weights_update_group("gpu-sync")
-        distributed.destroy_process_group(group)
+        answer = distributed.destroy_group_with_engine(
+            group, lambda: engine.destroy_weights_update_group("gpu-sync"))
+        assert answer["success"], answer
     assert greedy(engine) == reference["B"]
 
 

@@ -8,6 +8,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from rollserve.kernels.linear import rmsnorm_linear
 from rollserve.kernels.norm import rms_norm
 from rollserve.kernels.rotary import compute_inv_freq, rope_cos_sin, rope_parameters
 
@@ -48,6 +49,15 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         """norm(x), or with `residual`: (norm(x + residual), x + residual)."""
         return rms_norm(x, self.weight, self.eps, residual)
+
+
+def norm_then_linear(norm: RMSNorm, proj: nn.Linear, x: torch.Tensor,
+                     residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(proj(norm(x [+ residual])), the new residual stream): one GEMV kernel at decode batch
+    sizes on CUDA, the norm kernel then the matmul otherwise."""
+    if residual is None:
+        return rmsnorm_linear(x, None, norm.weight, norm.eps, proj.weight, proj.bias), x
+    return rmsnorm_linear(x, residual, norm.weight, norm.eps, proj.weight, proj.bias)
 
 
 class FusedLinear(nn.Linear):

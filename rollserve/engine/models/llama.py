@@ -9,16 +9,15 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional, Set, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rollserve.engine.forward_context import ForwardContext
 from rollserve.engine.models.layers import (FusedLinear, RMSNorm, RotaryEmbedding, default_dtype,
-                                            head_dim_of, sliding_window_of)
+                                            head_dim_of, norm_then_linear, sliding_window_of)
 from rollserve.engine.models.weights import checkpoint_spec, checkpoint_targets, load_named_tensors
-from rollserve.kernels.activation import silu_and_mul
+from rollserve.kernels.linear import linear, silu_mul_linear
 from rollserve.kernels.attention import attention
-from rollserve.kernels.rotary import apply_rotary
+from rollserve.kernels.rotary import RopeInputs
 
 
 class LlamaAttention(nn.Module):
@@ -43,19 +42,20 @@ class LlamaAttention(nn.Module):
         bias = getattr(hf_config, "attention_bias", False)
         return bias, bias
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return q, k  # Qwen3 normalizes each head here, before the rotation
+    def rope_inputs(self, cos: torch.Tensor, sin: torch.Tensor) -> RopeInputs:
+        return RopeInputs(cos, sin)  # Qwen3 adds its per-head q/k norm weights
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 ctx: ForwardContext) -> torch.Tensor:
-        num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        """qkv: the projected [T, q|k|v] rows (the layer fuses the projection with its norm)."""
+        num_tokens = qkv.shape[0]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(*self.normalize_qk(q, k), cos, sin)
-        out = attention(q, k, v, ctx, self.layer_id, self.scaling, self.sliding_window)
-        return self.o_proj(out.view(num_tokens, self.q_size))
+        out = attention(q, k, v, ctx, self.layer_id, self.scaling, self.sliding_window,
+                        rope=self.rope_inputs(cos, sin))
+        return linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class LlamaMLP(nn.Module):
@@ -68,8 +68,9 @@ class LlamaMLP(nn.Module):
                                         bias=bias)
         self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up: the projected [T, gate|up] rows (the layer fuses the projection with its norm)."""
+        return silu_mul_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -83,13 +84,11 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor], cos: torch.Tensor,
                 sin: torch.Tensor, ctx: ForwardContext) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns (this layer's output delta, running residual); their sum is the stream."""
-        if residual is None:
-            hidden, residual = self.input_layernorm(hidden), hidden
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, cos, sin, ctx)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
+        hidden = self.self_attn(qkv, cos, sin, ctx)
+        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj,
+                                             hidden, residual)
+        return self.mlp(gate_up), residual
 
 
 class LlamaModel(nn.Module):
@@ -135,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight).float()
 
     def checkpoint_spec(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
         """HF checkpoint name -> (shape, dtype) of every tensor this model loads."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 from rollserve.engine.models.layers import RMSNorm
 from rollserve.engine.models.llama import LlamaAttention, LlamaForCausalLM
+from rollserve.kernels.rotary import RopeInputs
 
 
 class Qwen3Attention(LlamaAttention):
@@ -16,8 +15,9 @@ class Qwen3Attention(LlamaAttention):
         self.q_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, hf_config.rms_norm_eps)
 
-    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.q_norm(q), self.k_norm(k)
+    def rope_inputs(self, cos: torch.Tensor, sin: torch.Tensor) -> RopeInputs:
+        """attention normalizes each head (fused with the rotation on CUDA)."""
+        return RopeInputs(cos, sin, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
