@@ -1,6 +1,6 @@
-"""Decode-size linear layers: cuBLAS (F.linear) against the Triton GEMV, and the fused
-RMSNorm->linear / SiLU-mul->linear kernels against their unfused pairs, for the Llama-3.2-1B
-and Llama-3.1-8B shapes (configs under rollserve/bench/configs) at M = 1, 2, 4, 8.
+"""Decode-size linear layers: cuBLAS (F.linear) against the Triton GEMV for the Llama-3.2-1B
+and Llama-3.1-8B shapes (configs under rollserve/bench/configs) at M = 1, 2, 4, 8, so the
+crossover that sets kernels.linear.MAX_GEMV_M stays measured.
 
     python -m rollserve.bench.gemv --out gemv.json [--models llama-3.2-1b] [--m 1 8]
 
@@ -37,11 +37,7 @@ def linear_shapes(model: str) -> dict:
     q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
     shapes = {"qkv": (q + 2 * kv, hidden), "o": (hidden, q), "gate_up": (2 * inter, hidden),
               "down": (hidden, inter), "lm_head": (cfg["vocab_size"], hidden)}
-    return {"shapes": shapes, "layers": cfg["num_hidden_layers"], "eps": cfg["rms_norm_eps"]}
-
-
-# which fused kernel feeds each linear: the norm before qkv, gate_up and lm_head; SiLU before down
-FUSED = {"qkv": "rmsnorm", "gate_up": "rmsnorm", "lm_head": "rmsnorm", "down": "silu_mul"}
+    return {"shapes": shapes, "layers": cfg["num_hidden_layers"]}
 
 
 def time_graph(fns) -> float:
@@ -71,12 +67,8 @@ def rel_err(out, ref) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bench_case(n: int, k: int, m: int, fused: str, eps: float, dtype=torch.bfloat16,
-               dev: str = "cuda") -> dict:
-    from rollserve.kernels.activation import silu_and_mul
-    from rollserve.kernels.gemv_triton import gemv, rmsnorm_gemv, silu_mul_gemv
-    from rollserve.kernels.linear import rmsnorm_linear_torch, silu_mul_linear_torch
-    from rollserve.kernels.norm import rms_norm
+def bench_case(n: int, k: int, m: int, dtype=torch.bfloat16, dev: str = "cuda") -> dict:
+    from rollserve.kernels.gemv_triton import gemv
 
     w_bytes = n * k * dtype.itemsize
     copies = max(2, min(32, -(-ROTATE_BYTES // w_bytes)))
@@ -88,53 +80,32 @@ def bench_case(n: int, k: int, m: int, fused: str, eps: float, dtype=torch.bfloa
     row["cublas_us"] = time_graph([lambda w=w: F.linear(x, w) for w in calls])
     row["gemv_us"] = time_graph([lambda w=w: gemv(x, w) for w in calls])
     row["gemv_err"] = rel_err(gemv(x, ws[0]), F.linear(x.float(), ws[0].float()))
-    if fused == "rmsnorm":
-        r, nw = torch.randn_like(x), torch.randn(k, dtype=dtype, device=dev)
-        row["unfused_us"] = time_graph([lambda w=w: F.linear(rms_norm(x, nw, eps, r)[0], w)
-                                        for w in calls])
-        row["fused_us"] = time_graph([lambda w=w: rmsnorm_gemv(x, r, nw, eps, w) for w in calls])
-        ref = rmsnorm_linear_torch(x, r, nw, eps, ws[0])[0]
-        row["fused_err"] = rel_err(rmsnorm_gemv(x, r, nw, eps, ws[0])[0], ref)
-        io_bytes += m * k * dtype.itemsize * 2  # residual read, new residual written
-    elif fused == "silu_mul":
-        gate_up = torch.randn(m, 2 * k, dtype=dtype, device=dev)
-        row["unfused_us"] = time_graph([lambda w=w: F.linear(silu_and_mul(gate_up), w)
-                                        for w in calls])
-        row["fused_us"] = time_graph([lambda w=w: silu_mul_gemv(gate_up, w) for w in calls])
-        ref = silu_mul_linear_torch(gate_up, ws[0])
-        row["fused_err"] = rel_err(silu_mul_gemv(gate_up, ws[0]), ref)
-        io_bytes += m * k * dtype.itemsize
-    for key in ("cublas", "gemv", "unfused", "fused"):
-        if f"{key}_us" in row:
-            row[f"{key}_gbps"] = io_bytes / (row[f"{key}_us"] * 1e-6) / 1e9
+    for key in ("cublas", "gemv"):
+        row[f"{key}_gbps"] = io_bytes / (row[f"{key}_us"] * 1e-6) / 1e9
     del ws
     return row
 
 
 def step_estimate(rows: list, model: dict) -> dict:
-    """Per M: one decode step's linear time (layers x per-layer + lm_head), cuBLAS path
-    (norm / SiLU kernels + F.linear) against the GEMV path (fused where a prologue exists)."""
+    """Per M: one decode step's linear time (layers x per-layer + lm_head), all through cuBLAS
+    against all through the GEMV (the norm / SiLU kernels before them are the same on both)."""
     out = {}
     for m in sorted({r["M"] for r in rows}):
         by_name = {r["linear"]: r for r in rows if r["M"] == m}
-        base = lambda r: r.get("unfused_us", r["cublas_us"])  # noqa: E731
-        ours = lambda r: r.get("fused_us", r["gemv_us"])  # noqa: E731
         layer = [by_name[n] for n in ("qkv", "o", "gate_up", "down") if n in by_name]
         head = [by_name["lm_head"]] if "lm_head" in by_name else []
-        out[m] = {"cublas_path_us": model["layers"] * sum(map(base, layer)) + sum(map(base, head)),
-                  "gemv_path_us": model["layers"] * sum(map(ours, layer)) + sum(map(ours, head))}
+        out[m] = {f"{key}_path_us": model["layers"] * sum(r[f"{key}_us"] for r in layer)
+                  + sum(r[f"{key}_us"] for r in head) for key in ("cublas", "gemv")}
     return out
 
 
 def print_table(rows: list) -> None:
     print(f"{'model':14} {'linear':8} {'M':>2} {'N':>6} {'K':>6} | {'cuBLAS us':>9} {'GB/s':>5} | "
-          f"{'gemv us':>8} {'GB/s':>5} | {'unfused':>8} {'fused us':>8} {'GB/s':>5}")
+          f"{'gemv us':>8} {'GB/s':>5}")
     for r in rows:
-        fused = (f"{r['unfused_us']:8.1f} {r['fused_us']:8.1f} {r['fused_gbps']:5.0f}"
-                 if "fused_us" in r else "")
         print(f"{r['model']:14} {r['linear']:8} {r['M']:2d} {r['N']:6d} {r['K']:6d} | "
               f"{r['cublas_us']:9.1f} {r['cublas_gbps']:5.0f} | {r['gemv_us']:8.1f} "
-              f"{r['gemv_gbps']:5.0f} | {fused}")
+              f"{r['gemv_gbps']:5.0f}")
 
 
 def main(argv=None) -> dict:
@@ -155,7 +126,7 @@ def main(argv=None) -> dict:
         for linear in args.linears:
             n, k = model["shapes"][linear]
             for m in args.m:
-                row = bench_case(n, k, m, FUSED.get(linear, ""), model["eps"])
+                row = bench_case(n, k, m)
                 row.update(model=name, linear=linear)
                 model_rows.append(row)
         rows += model_rows
@@ -163,8 +134,8 @@ def main(argv=None) -> dict:
     print_table(rows)
     for name, per_m in steps.items():
         for m, s in per_m.items():
-            print(f"{name} M={m}: linears per decode step {s['cublas_path_us']:.0f} us (cuBLAS + "
-                  f"norm/SiLU kernels) -> {s['gemv_path_us']:.0f} us (GEMV, fused)")
+            print(f"{name} M={m}: linears per decode step {s['cublas_path_us']:.0f} us (cuBLAS) "
+                  f"-> {s['gemv_path_us']:.0f} us (GEMV)")
     report = {"bench": "gemv", "device": device_name(), "date": now_iso(), "commit": git_commit(),
               "torch": torch.__version__, "calls_per_graph": CALLS, "dtype": "bfloat16",
               "rows": rows, "decode_step_linears": steps}

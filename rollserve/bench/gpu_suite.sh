@@ -82,7 +82,7 @@ for stage in $STAGES; do
         --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
     ws_tests)
-      step weight_sync_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
+      step weight_sync_tests 150 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py ;;
     gemv)
       step gemv 150 $PY -m rollserve.bench.gemv --m 1 8 --out "$OUT/gemv.json" ;;

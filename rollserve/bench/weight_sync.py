@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from rollserve.bench.offline import write_json
+from rollserve.bench.offline import device_name, git_commit, write_json
 from rollserve.bench.synthetic_model import SHAPES
 from rollserve.rollout.payloads import tensor_buckets
 
@@ -240,12 +239,6 @@ def _distributed_setup(named: NamedTensors, on_cuda: bool) -> Tuple[str, NamedTe
 
 
 # ---- report ----------------------------------------------------------------------------------------
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def default_output_file(device: str) -> str:
     slug = "".join(c if c.isalnum() else "-" for c in device.split(" (")[0].lower()).strip("-")
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -290,7 +283,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"benchmark": "weight_sync", "device": device_name(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "repeats": args.repeats, "bucket_mb": args.bucket_mb,
+              "commit": git_commit(), "torch": torch.__version__, "repeats": args.repeats, "bucket_mb": args.bucket_mb,
               "results": rows}
     print_table(report)
     output = args.output_file or default_output_file(report["device"])

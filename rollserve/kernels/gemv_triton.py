@@ -6,13 +6,8 @@ weight slab with wide loads along K (W is row-major, nn.Linear's layout), and ke
 [M_PAD, BLOCK_N, BLOCK_K] float32 tile of partial products that it reduces over K once,
 at the end. The grid is sized to give every SM at least two programs.
 
-Two prologues can replace the op that feeds the linear layer, recomputed by every
-program from the (tiny, L2-resident) activations:
-  * RMSNorm with the residual add before it (`rmsnorm_gemv`): each program first reduces
-    the sum of squares over all of K, then normalizes each chunk as it streams W;
-  * SiLU(gate) * up over a fused [gate | up] row (`silu_mul_gemv`).
-Rounding follows the torch references step by step (rms_norm_torch, silu_and_mul_torch:
-every intermediate the reference holds in the model dtype is rounded to it here too).
+There is no fused prologue (RMSNorm / SiLU-mul recomputed per program): on an H100 it was
+slower than the separate norm or activation kernel followed by this GEMV (docs/gpu.md).
 
 Configs come from a heuristic (`pick_config`), overridable per shape through TUNED; no
 autotuning, so a first call inside CUDA-graph capture is safe.
@@ -31,7 +26,6 @@ import triton.language as tl
 from rollserve.kernels.dispatch import interpreting, next_power_of_2
 
 MAX_M = 8
-PLAIN, NORM, SILU = 0, 1, 2  # prologue kinds
 
 
 @dataclass(frozen=True)
@@ -42,14 +36,15 @@ class GemvConfig:
     num_stages: int = 2
 
 
-# Measured overrides, keyed by (M_PAD, N, K, prologue); the heuristic serves the rest.
-TUNED: Dict[Tuple[int, int, int, int], GemvConfig] = {}
+# Measured overrides, keyed by (M_PAD, N, K); the heuristic serves the rest.
+TUNED: Dict[Tuple[int, int, int], GemvConfig] = {}
 
 
 @triton.jit
 def _round(x, dtype: tl.constexpr, BF16_BY_BITS: tl.constexpr):
     """float32 x rounded to dtype (to nearest even), returned as float32. BF16_BY_BITS does the
-    bfloat16 rounding on the bits: Triton's interpreter truncates float32 -> bfloat16."""
+    bfloat16 rounding on the bits: Triton's interpreter truncates float32 -> bfloat16, the GPU
+    rounds to nearest, and the output should round the same way on both."""
     if BF16_BY_BITS and dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
@@ -59,11 +54,9 @@ def _round(x, dtype: tl.constexpr, BF16_BY_BITS: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, res_ptr, res_out_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr,
-                 M, N, K, stride_xm, stride_rm, stride_wn, eps,
-                 PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 EVEN_K: tl.constexpr, BF16_BY_BITS: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, M, N, K, stride_xm, stride_wn,
+                 HAS_BIAS: tl.constexpr, M_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, BF16_BY_BITS: tl.constexpr):
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -74,24 +67,9 @@ def _gemv_kernel(x_ptr, res_ptr, res_out_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr
     m_mask = m < M
     cols = tl.arange(0, BLOCK_K)[None, None, :]
     x_rows = x_ptr + m.to(tl.int64) * stride_xm
-    r_rows = res_ptr + m.to(tl.int64) * stride_rm
-
-    rstd = tl.zeros([M_PAD, 1, 1], tl.float32)
-    if PROLOGUE == 1:
-        sum_sq = tl.zeros([M_PAD, 1, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + cols
-            s = tl.load(x_rows + k, mask=m_mask & (k < K), other=0.0).to(tl.float32)
-            if HAS_RESIDUAL:
-                r = tl.load(r_rows + k, mask=m_mask & (k < K), other=0.0)
-                s = _round(s + r.to(tl.float32), dtype, BF16_BY_BITS)
-            sum_sq += s * s
-        rstd = 1.0 / tl.sqrt(tl.sum(sum_sq, axis=2, keep_dims=True) / K + eps)
 
     # Activations are loaded through pointers broadcast over BLOCK_N, so they take the weight
-    # load's layout (no shared-memory shuffle per step; the repeats hit L1) and the prologue
-    # runs on each thread's own copy.
-    first_n = tl.arange(0, BLOCK_N)[None, :, None] == 0
+    # load's layout (no shared-memory shuffle per step; the repeats hit L1).
     acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
@@ -100,25 +78,7 @@ def _gemv_kernel(x_ptr, res_ptr, res_out_ptr, norm_w_ptr, w_ptr, bias_ptr, y_ptr
         else:
             w = tl.load(w_ptr + w_rows * stride_wn + k, mask=k < K, other=0.0)
         kn = k + 0 * w_rows  # [1, BLOCK_N, BLOCK_K]
-        mask = m_mask & (kn < K)
-        if PROLOGUE == 1:
-            s = tl.load(x_rows + kn, mask=mask, other=0.0).to(tl.float32)
-            if HAS_RESIDUAL:
-                r = tl.load(r_rows + kn, mask=mask, other=0.0)
-                s = _round(s + r.to(tl.float32), dtype, BF16_BY_BITS)
-                # the new residual stream: each chunk stored by exactly one program
-                if (k0 // BLOCK_K) % tl.num_programs(0) == pid:
-                    tl.store(res_out_ptr + m * K + kn, s.to(dtype), mask=mask & first_n)
-            normed = _round(s * rstd, dtype, BF16_BY_BITS)
-            nw = tl.load(norm_w_ptr + kn, mask=kn < K, other=0.0).to(tl.float32)
-            xk = _round(nw * normed, dtype, BF16_BY_BITS)
-        elif PROLOGUE == 2:
-            gate = tl.load(x_rows + kn, mask=mask, other=0.0).to(tl.float32)
-            up = tl.load(x_rows + K + kn, mask=mask, other=0.0).to(tl.float32)
-            silu = _round(gate / (1.0 + tl.exp(-gate)), dtype, BF16_BY_BITS)
-            xk = _round(silu * up, dtype, BF16_BY_BITS)
-        else:
-            xk = tl.load(x_rows + kn, mask=mask, other=0.0).to(tl.float32)
+        xk = tl.load(x_rows + kn, mask=m_mask & (kn < K), other=0.0).to(tl.float32)
         acc += xk * w.to(tl.float32)
 
     y = tl.sum(acc, axis=2, keep_dims=True)  # [M_PAD, BLOCK_N, 1]
@@ -136,20 +96,19 @@ def _num_sms(device: torch.device) -> int:
     return 132  # the interpreter: plan as for an H100
 
 
-def pick_config(m_pad: int, n: int, k: int, prologue: int = PLAIN, num_sms: int = 132) -> GemvConfig:
+def pick_config(m_pad: int, n: int, k: int, num_sms: int = 132) -> GemvConfig:
     """TUNED's entry for the shape, else the heuristic."""
-    return TUNED.get((m_pad, n, k, prologue)) or _heuristic_config(m_pad, n, k, prologue, num_sms)
+    return TUNED.get((m_pad, n, k)) or _heuristic_config(m_pad, n, k, num_sms)
 
 
 @functools.lru_cache(maxsize=None)
-def _heuristic_config(m_pad: int, n: int, k: int, prologue: int, num_sms: int) -> GemvConfig:
+def _heuristic_config(m_pad: int, n: int, k: int, num_sms: int) -> GemvConfig:
     """The per-thread accumulator (m_pad * tile / threads floats) stays near 32-64 registers;
-    BLOCK_N is the largest that still gives >= 2 programs per SM (fused prologues re-read
-    the activations per program, so they favour taller slabs)."""
+    BLOCK_N is the largest (up to 8) that still gives >= 2 programs per SM."""
     num_warps = 4
     per_thread = max(8, min(32, 64 // m_pad))  # weight elements per thread per step
     tile = per_thread * 32 * num_warps
-    block_n = 16 if prologue != PLAIN else 8
+    block_n = 8
     while block_n > 1 and triton.cdiv(n, block_n) < 2 * num_sms:
         block_n //= 2
     block_k = max(64, min(tile // block_n, next_power_of_2(k)))
@@ -175,72 +134,21 @@ def _check(x2: torch.Tensor, weight: torch.Tensor, k: int, bias: Optional[torch.
                          f"got {list(bias.shape)} {bias.dtype}")
 
 
-def _launch(prologue: int, x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            k: int, residual: Optional[torch.Tensor] = None, res_out: Optional[torch.Tensor] = None,
-            norm_weight: Optional[torch.Tensor] = None, eps: float = 0.0,
-            config: Optional[GemvConfig] = None) -> torch.Tensor:
-    m, n = x2.shape[0], weight.shape[0]
-    if weight.stride(1) != 1:
-        weight = weight.contiguous()
-    y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if m == 0 or n == 0:
-        return y
-    m_pad = next_power_of_2(m)
-    cfg = config or pick_config(m_pad, n, k, prologue, _num_sms(x2.device))
-    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        x2, residual if residual is not None else x2, res_out if res_out is not None else y,
-        norm_weight if norm_weight is not None else x2, weight, bias if bias is not None else y, y,
-        m, n, k, x2.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0),
-        eps, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        M_PAD=m_pad, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
-        BF16_BY_BITS=interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return y
-
-
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
          config: Optional[GemvConfig] = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for x with at most MAX_M rows ([..., K])."""
     x2 = _rows(x)
-    _check(x2, weight, x.shape[-1], bias)
-    y = _launch(PLAIN, x2, weight, bias, x.shape[-1], config=config)
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-def rmsnorm_gemv(x: torch.Tensor, residual: Optional[torch.Tensor], norm_weight: torch.Tensor,
-                 eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                 config: Optional[GemvConfig] = None):
-    """F.linear(rms_norm(x [+ residual]), weight, bias).
-
-    Without `residual` returns y. With it returns (y, x + residual): the new residual stream
-    goes to a fresh tensor, not into `residual`, because every program reads all of
-    `residual` for its norm, so overwriting it in place would race with programs still
-    reading (callers use the returned residual, as with rms_norm)."""
-    x2 = _rows(x)
-    k = x.shape[-1]
+    k, m, n = x.shape[-1], x2.shape[0], weight.shape[0]
     _check(x2, weight, k, bias)
-    if norm_weight.shape != (k,) or norm_weight.dtype != x.dtype:
-        raise ValueError(f"norm_weight: expected [{k}] {x.dtype}, got "
-                         f"{list(norm_weight.shape)} {norm_weight.dtype}")
-    res2 = res_out = None
-    if residual is not None:
-        if residual.shape != x.shape:
-            raise ValueError(f"residual: shape {list(residual.shape)} differs from x's {list(x.shape)}")
-        res2 = _rows(residual)
-        res_out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    y = _launch(NORM, x2, weight, bias, k, res2, res_out, norm_weight, eps, config)
-    y = y.view(*x.shape[:-1], weight.shape[0])
-    return y if residual is None else (y, res_out.view(x.shape))
-
-
-def silu_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  config: Optional[GemvConfig] = None) -> torch.Tensor:
-    """F.linear(silu(gate) * up, weight, bias), gate and up the halves of gate_up's last dim."""
-    if gate_up.shape[-1] % 2:
-        raise ValueError(f"gate_up: last dim must be even, got {gate_up.shape[-1]}")
-    x2 = _rows(gate_up)
-    k = gate_up.shape[-1] // 2
-    if x2.shape[0] > MAX_M:
-        raise ValueError(f"gate_up: gemv serves at most {MAX_M} rows, got {x2.shape[0]}")
-    _check(x2[:, :k], weight, k, bias)
-    y = _launch(SILU, x2, weight, bias, k, config=config)
-    return y.view(*gate_up.shape[:-1], weight.shape[0])
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m and n:
+        m_pad = next_power_of_2(m)
+        cfg = config or pick_config(m_pad, n, k, _num_sms(x.device))
+        _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+            x2, weight, bias if bias is not None else y, y, m, n, k, x2.stride(0), weight.stride(0),
+            HAS_BIAS=bias is not None, M_PAD=m_pad, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            EVEN_K=k % cfg.block_k == 0, BF16_BY_BITS=interpreting(),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y.view(*x.shape[:-1], n)

@@ -68,8 +68,11 @@ class MemorySaver:
             logger.warning("--enable-memory-saver: torch_memory_saver is not usable here "
                            "(%s); release/resume will free and re-allocate instead",
                            "not installed" if device.type == "cuda" else "not on CUDA")
-        if self.tms is not None and hasattr(self.tms, "hook_mode"):
-            self.tms.hook_mode = "torch"  # no LD_PRELOAD needed; must be set before a region
+        if self.tms is not None:
+            try:  # the in-process allocator: no LD_PRELOAD needed; must be set before a region
+                self.tms.hook_mode = "torch"
+            except (AttributeError, AssertionError):  # versions without it, or already set up
+                pass
 
     def region(self, tag: str):
         if self.tms is None:
