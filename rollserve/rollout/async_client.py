@@ -67,14 +67,28 @@ class AsyncRolloutClient:
     async def update_weights_from_tensors(self, named_tensors, *,
                                           weight_version: Optional[str] = None,
                                           bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict:
+        """As RolloutClient.update_weights_from_tensors (generation paused across buckets)."""
         named = list(named_tensors)
         if not all(t.is_cuda for _, t in named):
             bucket_bytes = min(bucket_bytes, P.max_bucket_bytes(await self._body_limit()))
+        hold = len(P.tensor_buckets(named, bucket_bytes)) > 1
+        if hold:
+            await self.pause_generation()
         answer, buckets = {}, 0
-        for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
-            answer = await self._on_every_replica("/update_weights_from_tensor", body)
-            buckets += 1
+        try:
+            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
+                answer = await self._on_every_replica("/update_weights_from_tensor", body)
+                buckets += 1
+        finally:
+            if hold:
+                await self.continue_generation()
         return {**answer, "num_buckets": buckets}  # the last bucket's answer
+
+    async def pause_generation(self) -> dict:
+        return await self._on_every_replica("/pause_generation", None)
+
+    async def continue_generation(self) -> dict:
+        return await self._on_every_replica("/continue_generation", None)
 
     # ---- server state -----------------------------------------------------------------------------
     async def get_model_info(self) -> dict:

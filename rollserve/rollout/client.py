@@ -85,15 +85,33 @@ class RolloutClient:
     def update_weights_from_tensors(self, named_tensors, *, weight_version: Optional[str] = None,
                                     bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict:
         """(name, tensor) pairs (e.g. model.named_parameters()), sent in buckets of about
-        bucket_bytes; the last bucket flushes the cache and sets weight_version."""
+        bucket_bytes; the last bucket flushes the cache and sets weight_version.
+
+        With several buckets, generation is paused on every replica from the first bucket
+        to the last (and continued afterwards, also when a bucket is refused), so no step
+        runs on a mix of old and new weights."""
         named = list(named_tensors)
         if not all(t.is_cuda for _, t in named):  # host bytes travel in the body: keep under its limit
             bucket_bytes = min(bucket_bytes, P.max_bucket_bytes(self._body_limit()))
+        hold = len(P.tensor_buckets(named, bucket_bytes)) > 1
+        if hold:
+            self.pause_generation()
         answer, buckets = {}, 0
-        for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
-            answer = self._on_every_replica("/update_weights_from_tensor", body)
-            buckets += 1
+        try:
+            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
+                answer = self._on_every_replica("/update_weights_from_tensor", body)
+                buckets += 1
+        finally:
+            if hold:
+                self.continue_generation()
         return {**answer, "num_buckets": buckets}  # the last bucket's answer
+
+    def pause_generation(self) -> dict:
+        """Every replica stops running forward steps (requests wait) until continue_generation."""
+        return self._on_every_replica("/pause_generation", None)
+
+    def continue_generation(self) -> dict:
+        return self._on_every_replica("/continue_generation", None)
 
     # ---- server state -----------------------------------------------------------------------------
     def get_model_info(self) -> dict:

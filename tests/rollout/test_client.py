@@ -245,9 +245,15 @@ def test_weight_updates_reach_every_replica(replicas, tiny_models, tmp_path, def
         assert on_disk[0] == on_disk[1] and on_disk[0][1] == "disk-1"
         assert on_disk[0][0] != before[0][0]
 
+        paths = []  # generation is held from the first bucket to the last, on both replicas
+        client.http.event_hooks["request"].append(lambda request: paths.append(request.url.path))
         answer = client.update_weights_from_tensors(original, weight_version="tensor-2",
-                                                    bucket_bytes=64 << 10)
+                                                     bucket_bytes=64 << 10)
+        client.http.event_hooks["request"].clear()
         assert answer["success"] and answer["num_buckets"] > 1
+        held = paths[paths.index("/pause_generation"):]
+        assert held == (["/pause_generation"] * 2 + ["/update_weights_from_tensor"] * (
+            2 * answer["num_buckets"]) + ["/continue_generation"] * 2)
         assert greedy_per_replica() == [(before[0][0], "tensor-2")] * 2
         assert client.get_model_info()["weight_version"] == "tensor-2"
 
