@@ -58,7 +58,7 @@ def host_batch(batch: ScheduleBatch) -> HostBatch:
     else:
         positions = np.concatenate([np.arange(e.start, e.start + len(e.tokens), dtype=np.int64)
                                     for e in entries])
-    out_cache_loc = np.concatenate([e.slots.numpy() for e in entries]).astype(np.int64, copy=False)
+    out_cache_loc = torch.cat([e.slots for e in entries]).numpy().astype(np.int64, copy=False)
     return HostBatch(input_ids, positions, out_cache_loc, [e.req.req_pool_idx for e in entries],
                      prefix_lens, extend_lens, starts)
 

@@ -24,7 +24,7 @@ from rollserve.engine.forward_batch import placeholder_for
 from rollserve.engine.io import TokenOutput
 from rollserve.engine.model_runner import ForwardOutput
 from rollserve.engine.request import Req
-from rollserve.engine.schedule_batch import BatchEntry, ScheduleBatch
+from rollserve.engine.schedule_batch import ScheduleBatch
 from rollserve.engine.scheduler import LaunchedSampling, Scheduler
 from rollserve.kernels.dispatch import host_to_device
 
@@ -93,18 +93,12 @@ class OverlapScheduler(Scheduler):
     def _sample(self, batch: ScheduleBatch, result: ForwardOutput):
         return self._resolved  # sampled at launch, resolved by drain()
 
-    def _decode_entries(self) -> List[BatchEntry]:
-        self._ensure_decode_slots()
+    def _decoding_requests(self) -> List[Req]:
         pending = self.in_flight.sampled_reqs if self.in_flight is not None else set()
-        reqs = [r for r in self.running if not (id(r) in pending and self._finishes_by_length(r))]
-        if not reqs:
-            return []
-        slots = self.kv.alloc_slots(len(reqs))
-        entries = [BatchEntry(req, req.kv_len, [placeholder_for(req.req_pool_idx)], slot,
-                              sample=True, logit_rows=[0], is_decode=True)
-                   for req, slot in zip(reqs, slots.split(1))]
-        self.kv.append_one_slot_each(reqs, slots)
-        return entries
+        return [r for r in self.running if not (id(r) in pending and self._finishes_by_length(r))]
+
+    def _decode_input(self, req: Req) -> int:
+        return placeholder_for(req.req_pool_idx)  # the token step i is still sampling
 
     def _finishes_by_length(self, req: Req) -> bool:
         """The token in flight will end the request by length: no point decoding after it."""

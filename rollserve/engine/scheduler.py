@@ -128,16 +128,22 @@ class Scheduler:
 
     def _decode_entries(self) -> List[BatchEntry]:
         self._ensure_decode_slots()
-        if not self.running:
+        reqs = self._decoding_requests()
+        if not reqs:
             return []
-        slots = self.kv.alloc_slots(len(self.running))
-        entries = []
-        for req, slot in zip(self.running, slots):
-            start = req.kv_len
-            self.kv.append_slots(req, slot.view(1))
-            entries.append(BatchEntry(req, start, [req.fill_ids[-1]], slot.view(1), sample=True,
-                                      logit_rows=[0], is_decode=True))
+        slots = self.kv.alloc_slots(len(reqs))
+        entries = [BatchEntry(req, req.kv_len, [self._decode_input(req)], slot, sample=True,
+                              logit_rows=[0], is_decode=True)
+                   for req, slot in zip(reqs, slots.split(1))]
+        self.kv.append_one_slot_each(reqs, slots)
         return entries
+
+    def _decoding_requests(self) -> List[Req]:
+        return list(self.running)
+
+    def _decode_input(self, req: Req) -> int:
+        """The token a decode step feeds: the request's newest one."""
+        return req.fill_ids[-1]
 
     def _ensure_decode_slots(self) -> None:
         """Retract the newest running requests until every other one gets a slot."""

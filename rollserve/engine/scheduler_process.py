@@ -3,6 +3,7 @@ send token outputs to the detokenizer."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -134,6 +135,11 @@ def run_scheduler_process(args: ServerArgs, model_path: str, tokenizer_path: str
         return
     ready_pipe.send(proc.ready_info())
     ready_pipe.close()
+    # Objects alive now (model, tokenizer, libraries) live as long as the process: frozen,
+    # the collector stops rescanning them on every full pass (CPU, tiny model, 800
+    # running requests: host time per step 41 -> 34 ms).
+    gc.collect()
+    gc.freeze()
     try:
         proc.loop()
     except Exception:
