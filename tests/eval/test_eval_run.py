@@ -51,3 +51,25 @@ def test_eval_run_bad_flags(argv, message, tmp_path, capsys):
     assert eval_cli("run", *argv, "--output-dir", str(tmp_path)) == 2
     assert message in capsys.readouterr().err
     assert not os.listdir(tmp_path)  # nothing written, no server contacted
+
+
+def test_watch_launch_scores_checkpoints_and_stops_its_server(tmp_path, eval_model_dir):
+    import psutil
+
+    from rollserve.eval.report import ResultsLog
+    from tests.eval.conftest import perturbed_copy
+
+    root = tmp_path / "run"
+    for step, scale in ((1, 0.05), (2, 0.3)):
+        perturbed_copy(eval_model_dir, str(root / f"checkpoint-{step}"), scale=scale, seed=step)
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    code = eval_cli("watch", str(root), "--launch", "--server-args", "--max-total-tokens 8192",
+                    "--tasks", "perplexity", "--limit", "2", "--once", "--poll-interval", "0.2",
+                    "--wandb-mode", "disabled", "--no-progress")
+    assert code == 0
+    rows = ResultsLog(str(root / "eval")).read()
+    assert [(r["checkpoint"], r["status"], r["weight_version"]) for r in rows] == [
+        ("checkpoint-1", "ok", "1"), ("checkpoint-2", "ok", "2")]
+    assert rows[0]["metrics"]["perplexity"] != rows[1]["metrics"]["perplexity"]
+    alive = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
+    assert alive <= children_before  # the launched server and its processes are gone
