@@ -20,7 +20,8 @@ from rollserve.api.embedding_serving import add_embedding_routes
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
 from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionRequest,
-                                    CompletionRequest, GenerateRequest, error_body)
+                                    CompletionRequest, GenerateRequest, ProfileRequestBody,
+                                    error_body)
 from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
 from rollserve.engine.config import ServerArgs
 from rollserve.engine.encode_manager import pooling_health_check
@@ -80,6 +81,11 @@ async def parse_body(request: Request, model: Type[M]) -> M:
             param = param or loc[0]
             parts.append(f"{'.'.join(loc)}: {err.get('msg')}")
         raise ApiError(422, "; ".join(parts), param)
+
+
+async def optional_body(request: Request, model: Type[M]) -> M:
+    """parse_body for models whose fields all have defaults: the body may be left out."""
+    return model() if not (await request.body()).strip() else await parse_body(request, model)
 
 
 # ---- generation: one path for every endpoint ----------------------------------------------------
@@ -246,6 +252,17 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/flush_cache")
     async def flush_cache():
         result = await tm.flush_cache()
+        return JSONBody(result, status_code=200 if result.get("success") else 400)
+
+    @app.post("/start_profile")
+    async def start_profile(request: Request):
+        body = await optional_body(request, ProfileRequestBody)
+        result = await tm.rpc("start_profile", **body.model_dump())
+        return JSONBody(result, status_code=200 if result.get("success") else 400)
+
+    @app.post("/stop_profile")
+    async def stop_profile():
+        result = await tm.rpc("stop_profile")
         return JSONBody(result, status_code=200 if result.get("success") else 400)
 
     @app.post("/abort_request")

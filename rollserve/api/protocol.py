@@ -50,6 +50,17 @@ class AbortRequest(BaseModel):
     abort_all: bool = False
 
 
+class ProfileRequestBody(BaseModel):
+    """POST /start_profile (SGLang's fields); all optional."""
+    output_dir: Optional[str] = None
+    num_steps: Optional[int] = None
+    start_step: int = 0
+    activities: List[str] = ["CPU", "GPU"]
+    with_stack: bool = False
+    record_shapes: bool = False
+    profile_prefix: str = ""
+
+
 # ---- weight sync (rollserve/weight_sync/http_routes.py), SGLang's names ----------------------
 class UpdateWeightsFromDiskRequest(BaseModel):
     model_path: str

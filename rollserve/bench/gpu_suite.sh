@@ -8,7 +8,8 @@
 #
 # OUT_DIR defaults to bench/results/<date>-gpu; STAGES default to all of:
 #   tests one_batch offline_1b offline_8b offline_qwen3 weight_sync
-# and on request `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
+# and on request `profile_8b_sharegpt` (that run with a torch.profiler trace and op table
+# of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
@@ -73,6 +74,11 @@ for stage in $STAGES; do
       step offline_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
         --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
         --output-file "$OUT/offline_llama-3.1-8b_sharegpt.json" ;;
+    profile_8b_sharegpt)  # the ShareGPT-like run with 20 steady-state steps profiled
+      step profile_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+        --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --profile-steps 20 --profile-start-step 300 --profile-dir "$OUT" \
+        --output-file "$OUT/profile_llama-3.1-8b_sharegpt.json" ;;
     offline_qwen3)
       step offline_qwen3-0.6b_nanovllm 200 $PY -m rollserve.bench.offline --shape qwen3-0.6b \
         --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \

@@ -77,9 +77,14 @@ def run_engine(args, prompts: List[List[int]], output_lens: List[int]) -> dict:
         engine.flush_cache()
         params = [{"max_new_tokens": n, "ignore_eos": True, "temperature": args.temperature}
                   for n in output_lens]
+        if args.profile_steps:  # the timed run pays the profiler's overhead during those steps
+            engine.start_profile(output_dir=args.profile_dir, num_steps=args.profile_steps,
+                                 start_step=args.profile_start_step, profile_prefix="offline-")
         start = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - start
+        if args.profile_steps:
+            engine.stop_profile()  # the run may end before profile_steps steps
         model_path = engine.server_args.model_path
     out_tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     return _figures("rollserve", elapsed, sum(map(len, prompts)), out_tokens, model_path)
@@ -201,6 +206,10 @@ def main(argv=None) -> dict:
     p.add_argument("--hf-batch-size", type=int, default=8)
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--output-file", default=None, help="write the figures as JSON here")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="torch.profiler over this many engine steps (trace + op table)")
+    p.add_argument("--profile-start-step", type=int, default=0, help="engine steps to skip first")
+    p.add_argument("--profile-dir", default=None, help="default: $ROLLSERVE_TORCH_PROFILER_DIR or /tmp")
     args = p.parse_args(argv)
 
     from transformers import AutoConfig

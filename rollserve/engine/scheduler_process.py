@@ -19,6 +19,7 @@ from rollserve.engine.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
 from rollserve.engine.logging_setup import configure_logging, exit_with_parent
 from rollserve.engine.model_runner import ModelRunner
 from rollserve.engine.overlap_scheduler import make_scheduler
+from rollserve.engine.profiler import ProfileRequest, StepProfiler
 from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer
 from rollserve.weight_sync.service import WeightSyncService
 
@@ -41,6 +42,7 @@ class SchedulerProcess:
         self.paused = False
         self.last_step_start = None  # for the watchdog
         self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
+        self.profiler = StepProfiler()
 
     def ready_info(self) -> dict:
         return {"status": "ready", "pid": os.getpid(), **self.scheduler.info()}
@@ -52,8 +54,11 @@ class SchedulerProcess:
             if self._held():  # again: what was just received may pause or release
                 continue
             self.last_step_start = time.monotonic()
+            busy = self.scheduler.has_work()
             outputs = self.scheduler.step()
             self.last_step_start = None
+            if busy:  # a profile's num_steps counts steps that ran something
+                self.profiler.on_step()
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
 
@@ -104,6 +109,12 @@ class SchedulerProcess:
 
     def rpc_get_info(self) -> dict:
         return {"success": True, **self.scheduler.info()}
+
+    def rpc_start_profile(self, **fields) -> dict:
+        return self.profiler.start(ProfileRequest(**fields))
+
+    def rpc_stop_profile(self) -> dict:
+        return self.profiler.stop()
 
     def rpc_pause_generation(self) -> dict:
         self.paused = True

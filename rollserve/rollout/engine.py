@@ -145,6 +145,14 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
     def flush_cache(self) -> dict:
         return self._call(self.tokenizer_manager.flush_cache())
 
+    def start_profile(self, **fields) -> dict:
+        """torch.profiler over the scheduler's steps (fields: rollserve.engine.profiler.ProfileRequest)."""
+        return self._call(self.tokenizer_manager.rpc("start_profile", **fields))
+
+    def stop_profile(self) -> dict:
+        """Stops the profile; the answer's `files` are the trace and the op table written."""
+        return self._call(self.tokenizer_manager.rpc("stop_profile"))
+
     def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
         self._call(self.tokenizer_manager.abort(rid, abort_all))
 

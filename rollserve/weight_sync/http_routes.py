@@ -6,10 +6,7 @@ refused (the message names the bad tensor or file; the old weights keep serving)
 
 from __future__ import annotations
 
-from typing import Type, TypeVar
-
 from fastapi import FastAPI, Request
-from pydantic import BaseModel
 
 from rollserve.api.protocol import (DestroyWeightsUpdateGroupRequest, GetWeightsByNameRequest,
                                     InitWeightsUpdateGroupRequest, MemoryOccupationRequest,
@@ -19,7 +16,6 @@ from rollserve.api.protocol import (DestroyWeightsUpdateGroupRequest, GetWeights
 from rollserve.api.sse import JSONBody
 from rollserve.weight_sync import control
 
-M = TypeVar("M", bound=BaseModel)
 GET_OR_POST = ["GET", "POST"]
 
 
@@ -28,13 +24,9 @@ def _answer(result: dict) -> JSONBody:
 
 
 def add_weight_sync_routes(app: FastAPI, state) -> None:
-    from rollserve.api.app import parse_body  # app.py calls this function once it is loaded
+    from rollserve.api.app import optional_body, parse_body  # app.py calls this once it is loaded
 
     tm = state.tm
-
-    async def optional_body(request: Request, model: Type[M]) -> M:
-        """Bodies whose fields all have defaults may be left out."""
-        return model() if not (await request.body()).strip() else await parse_body(request, model)
 
     async def update_from_disk(request: Request):
         body = await parse_body(request, UpdateWeightsFromDiskRequest)

@@ -112,6 +112,38 @@ def test_flush_cache_releases_kv(http):
     assert http.get("/get_server_info").json()["kv_used_tokens"] == 0
 
 
+def test_profile_by_steps_and_by_stop(http, tmp_path):
+    out = tmp_path / "profiles"
+    started = http.post("/start_profile", json={"output_dir": str(out), "num_steps": 2,
+                                                "activities": ["CPU"], "profile_prefix": "a-"})
+    assert started.status_code == 200 and started.json()["success"]
+    busy = http.post("/start_profile", json={"output_dir": str(out)})
+    assert busy.status_code == 400 and "already running" in busy.json()["message"]
+    http.post("/generate", json={"text": "Profile these steps", "sampling_params": GREEDY})
+    # it stops by itself after 2 steps; the files are written after the step's outputs left
+    deadline = time.monotonic() + 30
+    while not list(out.glob("a-*.kernels.txt")) or not list(out.glob("a-*.kernels.txt"))[0].stat().st_size:
+        assert time.monotonic() < deadline, "no profile written"
+        time.sleep(0.1)
+    assert "Self CPU" in next(out.glob("a-*.kernels.txt")).read_text()
+    assert len(list(out.glob("a-*.trace.json.gz"))) == 1
+    assert http.post("/stop_profile").status_code == 400  # nothing running any more
+
+    assert http.post("/start_profile", json={"output_dir": str(out), "profile_prefix": "b-"}).json()["success"]
+    http.post("/generate", json={"text": "More steps", "sampling_params": GREEDY})
+    stopped = http.post("/stop_profile").json()
+    assert stopped["success"] and len(stopped["files"]) == 2
+    assert all(str(out) in f and "/b-" in f for f in stopped["files"])
+
+
+@pytest.mark.parametrize("body, field", [({"num_steps": 0}, "num_steps"),
+                                         ({"activities": ["TPU"]}, "activities"),
+                                         ({"num_steps": "many"}, "num_steps")])
+def test_bad_profile_request_names_the_field(http, body, field):
+    response = http.post("/start_profile", json=body)
+    assert response.status_code in (400, 422) and field in response.text
+
+
 def test_abort_request_by_rid(http):
     result = {}
 
