@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from rollserve.bench.kernel_profile import cuda_time_ms
 from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
 
 MODELS = ("llama-3.2-1b", "llama-3.1-8b")
@@ -49,18 +49,9 @@ def time_graph(fns) -> float:
     with torch.cuda.graph(graph):
         for fn in fns:
             fn()
-    for _ in range(3):
-        graph.replay()
-    times = []
-    for _ in range(15):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(fns))
+    us_per_call = cuda_time_ms(graph.replay, repeats=15) * 1e3 / len(fns)
     del graph
-    return statistics.median(times)
+    return us_per_call
 
 
 def rel_err(out, ref) -> float:

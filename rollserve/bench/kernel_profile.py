@@ -1,4 +1,5 @@
-"""Where a decode step's GPU time goes: each kernel's time per step, from torch.profiler.
+"""Where a decode step's GPU time goes: each kernel's time per step, from torch.profiler,
+and the event timer the GPU benchmarks share.
 
 Profiles replays of the decode CUDA graph captured for a batch size (the kernels inside
 a graph are reported one by one) or, without graphs, eager forward steps.
@@ -9,6 +10,23 @@ from __future__ import annotations
 from typing import Callable, List
 
 import torch
+
+
+def cuda_time_ms(fn: Callable[[], None], repeats: int, warmup: int = 3) -> float:
+    """Median milliseconds of fn() between two CUDA events (warm-up calls untimed)."""
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def _device_time_us(row) -> float:

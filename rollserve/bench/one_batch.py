@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import tempfile
 import time
 import torch
 
+from rollserve.bench.kernel_profile import cuda_time_ms
 from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
 
 
@@ -32,19 +32,9 @@ def copy_bandwidth(device, gib: float = 1.0) -> float:
     n = int(gib * 2**30)
     src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    seconds = cuda_time_ms(lambda: dst.copy_(src), repeats=10) / 1e3
     del src, dst
-    return 2 * n / statistics.median(times)
+    return 2 * n / seconds
 
 
 def _requests(runner, batch: int, input_len: int, seed: int):
@@ -146,15 +136,7 @@ def _graph_replay_ms(runner, batch: int):
     import bisect
 
     graph = graphs.graphs[graphs.sizes[bisect.bisect_left(graphs.sizes, batch)]]
-    times = []
-    for _ in range(30):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return round(statistics.median(times[5:]), 4)
+    return round(cuda_time_ms(graph.replay, repeats=25, warmup=5), 4)
 
 
 def profile_decode(runner, batch: int, input_len: int) -> list:
