@@ -199,6 +199,7 @@ def cmd_watch(ns) -> int:
                               on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows))
             watcher.run()
     except KeyboardInterrupt:
+        ResultsLog(options.output_dir).redraw()  # the stop may have cut the last redraw short
         console.print("stopped")
         return 130
     finally:
