@@ -4,7 +4,7 @@
 The scheduler process owns the profiler, so the trace covers the steps themselves:
 the host's scheduling work, the model's forward and, on CUDA, every kernel. A run
 stops by /stop_profile or by itself after `num_steps` steps, and writes
-`<output_dir>/<prefix><time>.trace.json.gz` (open it in https://ui.perfetto.dev) and
+`<output_dir>/<prefix><time>-<pid>.trace.json.gz` (open it in https://ui.perfetto.dev) and
 `<...>.kernels.txt`, the ops sorted by their own device time (CPU time on the CPU).
 The default output_dir is $ROLLSERVE_TORCH_PROFILER_DIR, else $SGLANG_TORCH_PROFILER_DIR,
 else /tmp.
@@ -62,7 +62,6 @@ class StepProfiler:
         self.profiler = None
         self.steps_to_skip = 0
         self.steps_recorded = 0
-        self.last_files: List[str] = []
 
     @property
     def active(self) -> bool:
@@ -101,10 +100,9 @@ class StepProfiler:
             return {"success": True, "message": "stopped before start_step was reached: no trace",
                     "files": []}
         profiler.stop()
-        self.last_files = self._export(profiler, request)
-        logger.info("profile of %d steps written: %s", self.steps_recorded, self.last_files)
-        return {"success": True, "message": f"{self.steps_recorded} steps profiled",
-                "files": self.last_files}
+        files = self._export(profiler, request)
+        logger.info("profile of %d steps written: %s", self.steps_recorded, files)
+        return {"success": True, "message": f"{self.steps_recorded} steps profiled", "files": files}
 
     def _begin(self) -> None:
         request = self.request

@@ -53,8 +53,8 @@ class RMSNorm(nn.Module):
 
 def norm_then_linear(norm: RMSNorm, proj: nn.Linear, x: torch.Tensor,
                      residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(proj(norm(x [+ residual])), the new residual stream): one GEMV kernel at decode batch
-    sizes on CUDA, the norm kernel then the matmul otherwise."""
+    """(proj(norm(x [+ residual])), the new residual stream): the norm kernel, then the
+    matmul (the Triton GEMV for one row on CUDA, see kernels/linear.py)."""
     if residual is None:
         return rmsnorm_linear(x, None, norm.weight, norm.eps, proj.weight, proj.bias), x
     return rmsnorm_linear(x, residual, norm.weight, norm.eps, proj.weight, proj.bias)

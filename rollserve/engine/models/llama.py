@@ -47,7 +47,7 @@ class LlamaAttention(nn.Module):
 
     def forward(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 ctx: ForwardContext) -> torch.Tensor:
-        """qkv: the projected [T, q|k|v] rows (the layer fuses the projection with its norm)."""
+        """qkv: the projected [T, q|k|v] rows (the layer projects right after its norm)."""
         num_tokens = qkv.shape[0]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -69,7 +69,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
 
     def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up: the projected [T, gate|up] rows (the layer fuses the projection with its norm)."""
+        """gate_up: the projected [T, gate|up] rows (the layer projects right after its norm)."""
         return silu_mul_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
 
 
