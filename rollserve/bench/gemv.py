@@ -1,6 +1,7 @@
 """Decode-size linear layers: cuBLAS (F.linear) against the Triton GEMV for the Llama-3.2-1B
 and Llama-3.1-8B shapes (configs under rollserve/bench/configs) at M = 1, 2, 4, 8, so the
-crossover that sets kernels.linear.MAX_GEMV_M stays measured.
+crossover that sets kernels.linear.MAX_GEMV_M stays measured; at M = 1 also the norm (and
+SiLU-and-mul) as separate kernels around the GEMV against fused into it.
 
     python -m rollserve.bench.gemv --out gemv.json [--models llama-3.2-1b] [--m 1 8]
 
@@ -20,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from rollserve.bench.kernel_profile import cuda_time_ms
-from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
+from rollserve.bench.offline import device_name, git_commit, kernel_switches, now_iso, write_json
 
 MODELS = ("llama-3.2-1b", "llama-3.1-8b")
 CALLS = 20
 ROTATE_BYTES = 200 * 2**20
+FUSIONS = {"qkv": "norm", "gate_up": "norm_silu"}  # what the decoder layer fuses into each GEMV
 
 
 def linear_shapes(model: str) -> dict:
@@ -58,7 +60,8 @@ def rel_err(out, ref) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bench_case(n: int, k: int, m: int, dtype=torch.bfloat16, dev: str = "cuda") -> dict:
+def bench_case(n: int, k: int, m: int, dtype=torch.bfloat16, dev: str = "cuda",
+               fused: str | None = None) -> dict:
     from rollserve.kernels.gemv_triton import gemv
 
     w_bytes = n * k * dtype.itemsize
@@ -73,8 +76,35 @@ def bench_case(n: int, k: int, m: int, dtype=torch.bfloat16, dev: str = "cuda") 
     row["gemv_err"] = rel_err(gemv(x, ws[0]), F.linear(x.float(), ws[0].float()))
     for key in ("cublas", "gemv"):
         row[f"{key}_gbps"] = io_bytes / (row[f"{key}_us"] * 1e-6) / 1e9
+    if fused is not None and m == 1:
+        row.update(time_fusion(x, calls, fused))
     del ws
     return row
+
+
+def time_fusion(x: torch.Tensor, calls: list, kind: str) -> dict:
+    """The layer's norm (+ residual add) and, for gate_up, the SiLU-and-mul: as separate kernels
+    around the GEMV ('unfused') and inside it ('fused'), per call."""
+    from rollserve.kernels.activation import silu_and_mul
+    from rollserve.kernels.gemv_triton import NormPrologue, gemv
+    from rollserve.kernels.norm import rms_norm
+
+    k = x.shape[-1]
+    norm_w, residual = torch.rand(k, dtype=x.dtype, device=x.device) + 0.5, torch.randn_like(x)
+    silu = kind == "norm_silu"
+
+    def unfused(w):
+        normed, _ = rms_norm(x, norm_w, 1e-5, residual)
+        y = gemv(normed, w)
+        return silu_and_mul(y) if silu else y
+
+    def fused(w):
+        return gemv(x, w, norm=NormPrologue(norm_w, 1e-5, residual), silu_mul=silu)[0]
+
+    out = {"fusion": kind, "unfused_us": time_graph([lambda w=w: unfused(w) for w in calls]),
+           "fused_us": time_graph([lambda w=w: fused(w) for w in calls])}
+    out["fused_err"] = rel_err(fused(calls[0]), unfused(calls[0]))
+    return out
 
 
 def step_estimate(rows: list, model: dict) -> dict:
@@ -96,7 +126,8 @@ def print_table(rows: list) -> None:
     for r in rows:
         print(f"{r['model']:14} {r['linear']:8} {r['M']:2d} {r['N']:6d} {r['K']:6d} | "
               f"{r['cublas_us']:9.1f} {r['cublas_gbps']:5.0f} | {r['gemv_us']:8.1f} "
-              f"{r['gemv_gbps']:5.0f}")
+              f"{r['gemv_gbps']:5.0f}" + (f" | {r['fusion']}: separate kernels {r['unfused_us']:.1f} us,"
+                                        f" fused {r['fused_us']:.1f} us" if "fusion" in r else ""))
 
 
 def main(argv=None) -> dict:
@@ -117,7 +148,7 @@ def main(argv=None) -> dict:
         for linear in args.linears:
             n, k = model["shapes"][linear]
             for m in args.m:
-                row = bench_case(n, k, m)
+                row = bench_case(n, k, m, fused=FUSIONS.get(linear))
                 row.update(model=name, linear=linear)
                 model_rows.append(row)
         rows += model_rows
@@ -129,7 +160,7 @@ def main(argv=None) -> dict:
                   f"-> {s['gemv_path_us']:.0f} us (GEMV)")
     report = {"bench": "gemv", "device": device_name(), "date": now_iso(), "commit": git_commit(),
               "torch": torch.__version__, "calls_per_graph": CALLS, "dtype": "bfloat16",
-              "rows": rows, "decode_step_linears": steps}
+              "switches": kernel_switches(), "rows": rows, "decode_step_linears": steps}
     if args.out:
         write_json(report, args.out)
     return report

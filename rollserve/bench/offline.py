@@ -166,6 +166,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def kernel_switches() -> dict:
+    """The ROLLSERVE_DISABLE_* switches set for this run (A/B runs of kernels and fusions)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("ROLLSERVE_DISABLE_")}
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
@@ -235,7 +240,7 @@ def main(argv=None) -> dict:
         "input_len": args.input_len, "output_len": args.output_len,
         "mean_input_len": round(sum(map(len, prompts)) / len(prompts), 1),
         "mean_output_len": round(sum(output_lens) / len(output_lens), 1),
-        "engine_args": engine_kwargs(args), "results": rows,
+        "engine_args": engine_kwargs(args), "switches": kernel_switches(), "results": rows,
     }
     if len(rows) == 2:
         report["ratio_output_tok_s"] = round(rows[0]["output_tok_s"] / rows[1]["output_tok_s"], 2)

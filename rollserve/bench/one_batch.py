@@ -24,7 +24,7 @@ import time
 import torch
 
 from rollserve.bench.kernel_profile import cuda_time_ms
-from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
+from rollserve.bench.offline import device_name, git_commit, kernel_switches, now_iso, write_json
 
 
 def copy_bandwidth(device, gib: float = 1.0) -> float:
@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
               "device": device_name(), "commit": git_commit(), "dtype": args.dtype,
               "cuda_graph": not args.disable_cuda_graph, "torch_compile": args.enable_torch_compile,
               "copy_bandwidth_tb_s": round(bandwidth / 1e12, 3), "param_bytes": sizes["all_params"],
-              "results": rows}
+              "switches": kernel_switches(), "results": rows}
     if args.hf_baseline:
         report["baseline"] = hf_generate_baseline(model_path, args.input_len, args.output_len)
     print_table(report)

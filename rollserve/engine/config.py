@@ -61,6 +61,7 @@ class ServerArgs:
     # observability and robustness
     log_level: str = "info"
     log_requests: bool = False
+    decode_log_interval: int = 40
     enable_metrics: bool = False
     watchdog_timeout: float = 300.0
     # filled in at start-up, never by the user
@@ -98,6 +99,7 @@ class ServerArgs:
         need(self.torch_compile_max_bs > 0, "torch_compile_max_bs", "must be positive")
         need(self.schedule_conservativeness > 0, "schedule_conservativeness", "must be positive")
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        need(self.decode_log_interval >= 0, "decode_log_interval", "must be >= 0")
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
 
@@ -149,6 +151,8 @@ _HELP = {
     "max_total_tokens": "size of the KV pool in tokens (overrides mem_fraction_static)",
     "chunked_prefill_size": "max new tokens of one request per prefill step (-1 disables)",
     "schedule_policy": "fcfs | lpm | dfs-weight | random",
+    "decode_log_interval": "log the running batch and generation throughput every this many "
+                           "decode steps (0: never)",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
     "enable_memory_saver": "CUDA: allocate weights and KV pool through torch_memory_saver, so "
                            "release/resume_memory_occupation keep their addresses",

@@ -54,7 +54,7 @@ class Scheduler:
         self.running: List[Req] = []
         self.prefilling: Optional[Req] = None  # the request whose prompt is half done
         self.weight_version = args.weight_version
-        self.stats = SchedulerStats()
+        self.stats = SchedulerStats(args.decode_log_interval)
 
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
@@ -408,7 +408,8 @@ def _top_list(logprobs: torch.Tensor, k: int):
 class SchedulerStats:
     """Counters for /get_server_info and /metrics."""
 
-    def __init__(self):
+    def __init__(self, decode_log_interval: int = 0):
+        self.decode_log_interval = decode_log_interval
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.cached_tokens = 0
@@ -416,6 +417,9 @@ class SchedulerStats:
         self.pending_outputs: List[TokenOutput] = []
         self._window_start = time.monotonic()
         self._window_tokens = 0
+        self._decode_steps = 0
+        self._log_start = time.monotonic()
+        self._log_tokens = 0
 
     def record_step(self, batch: ScheduleBatch) -> None:
         decodes = sum(1 for e in batch.entries if e.is_decode)
@@ -426,6 +430,22 @@ class SchedulerStats:
         if elapsed >= 1.0:
             self.last_gen_throughput = self._window_tokens / elapsed
             self._window_start, self._window_tokens = time.monotonic(), 0
+        if decodes and self.decode_log_interval:
+            self._log_decode(batch, decodes)
+
+    def _log_decode(self, batch: ScheduleBatch, decodes: int) -> None:
+        """SGLang's periodic 'Decode batch' line: the running batch and the generation rate
+        over the last decode_log_interval decode steps."""
+        self._decode_steps += 1
+        self._log_tokens += decodes
+        if self._decode_steps % self.decode_log_interval:
+            return
+        now = time.monotonic()
+        rate = self._log_tokens / max(now - self._log_start, 1e-9)
+        logger.info("Decode batch. #running-req: %d, #new-token: %d, #step: %d, "
+                    "gen throughput (token/s): %.2f", decodes, batch.num_tokens - decodes,
+                    self._decode_steps, rate)
+        self._log_start, self._log_tokens = now, 0
 
     def drain_pending(self) -> List[TokenOutput]:
         out, self.pending_outputs = self.pending_outputs, []

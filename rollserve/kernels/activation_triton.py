@@ -6,10 +6,16 @@ import torch
 import triton
 import triton.language as tl
 
+from rollserve.kernels.dispatch import pdl_launch, use_pdl
+from rollserve.kernels.pdl_triton import launch_dependents, wait_prior
+
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, inner, stride_x, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, inner, stride_x, BLOCK: tl.constexpr,
+                         USE_PDL: tl.constexpr):
     row = tl.program_id(0)
+    launch_dependents(USE_PDL)
+    wait_prior(USE_PDL)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inner
     base = x_ptr + row.to(tl.int64) * stride_x
@@ -30,6 +36,8 @@ def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(flat.shape[0], inner, dtype=x.dtype, device=x.device)
     if flat.shape[0]:
         block = 1024
+        pdl = use_pdl(x)
         _silu_and_mul_kernel[(flat.shape[0], triton.cdiv(inner, block))](
-            flat, out, inner, flat.stride(0), BLOCK=block, num_warps=4)
+            flat, out, inner, flat.stride(0), BLOCK=block, USE_PDL=pdl, num_warps=4,
+            **pdl_launch(pdl))
     return out.view(*x.shape[:-1], inner)

@@ -4,6 +4,13 @@ Triton is imported only when a CUDA tensor first asks for it, so CPU installs ne
 ROLLSERVE_DISABLE_TRITON=1 forces the torch references everywhere (for A/B checks). Under
 TRITON_INTERPRET=1 the kernels also run on CPU tensors, in Triton's interpreter (slow; for
 debugging the GPU path on a machine without one).
+
+Programmatic dependent launch (PDL, Hopper and newer): the decode-path kernels are launched
+with `launch_pdl`, so a kernel's programs start while the previous kernel drains. Each such
+kernel calls `gdc_launch_dependents` at its start and `gdc_wait` before it reads anything an
+earlier kernel of the forward wrote (or writes anything); before the wait it may only read
+data no kernel of the forward writes (weights). Every PDL kernel waits, so completion stays
+ordered through the chain. ROLLSERVE_DISABLE_PDL=1 turns it off (A/B runs).
 """
 
 from __future__ import annotations
@@ -29,6 +36,27 @@ def interpreting() -> bool:
 def use_triton(x: torch.Tensor) -> bool:
     """True when x lives on a CUDA device (or Triton interprets) and the kernels can run there."""
     return (x.is_cuda or interpreting()) and triton_available()
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(index: int) -> bool:
+    if os.environ.get("ROLLSERVE_DISABLE_PDL", "0") == "1":
+        return False
+    has_gdc = importlib.util.find_spec("triton.language.extra.cuda") is not None
+    return has_gdc and torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def use_pdl(x: torch.Tensor) -> bool:
+    """Whether kernels on x's device launch with PDL (USE_PDL and `pdl_launch(...)`). Not in the
+    interpreter, and not while torch.compile traces (its kernel wrapper takes no launch_pdl)."""
+    if not x.is_cuda or interpreting() or torch.compiler.is_compiling():
+        return False
+    return _pdl_device(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def pdl_launch(enabled: bool) -> dict:
+    """The launch keywords for a kernel whose USE_PDL is `enabled`."""
+    return {"launch_pdl": True} if enabled else {}
 
 
 def next_power_of_2(n: int) -> int:

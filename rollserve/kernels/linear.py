@@ -2,13 +2,13 @@
 at most MAX_GEMV_M rows, F.linear (cuBLAS) otherwise.
 
 The GEMV serves one row only: on an H100 it beats cuBLAS at M = 1 but is 2-3x slower at M = 8
-(bench/gemv). rmsnorm_linear and silu_mul_linear run the norm / activation kernel and then
-`linear`; there is no fused prologue because the fused GEMV variants measured slower than the
-two kernels in a row (docs/gpu.md).
+(bench/gemv). For one row, rmsnorm_linear runs the norm (with the residual add) inside the
+GEMV and can finish with SiLU-and-mul (the gate|up projection), so a decoder layer's norms
+and activation need no kernels of their own; otherwise they are separate kernels.
 
-ROLLSERVE_DISABLE_GEMV=1 keeps F.linear (A/B runs). With a residual, rmsnorm_linear returns
-(y, x + residual) like rms_norm, whose CUDA (Triton) path overwrites `residual` in place: use
-the returned one.
+ROLLSERVE_DISABLE_GEMV=1 keeps F.linear and ROLLSERVE_DISABLE_GEMV_FUSION=1 the separate norm
+and activation kernels (A/B runs). With a residual, rmsnorm_linear returns (y, x + residual)
+like rms_norm, whose CUDA (Triton) path overwrites `residual` in place: use the returned one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rollserve.kernels.norm import rms_norm
 
 MAX_GEMV_M = 1
 _GEMV_ENABLED = os.environ.get("ROLLSERVE_DISABLE_GEMV", "0") != "1"
+_FUSED_GEMV = os.environ.get("ROLLSERVE_DISABLE_GEMV_FUSION", "0") != "1"
 
 
 def linear_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -47,15 +48,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 
 def rmsnorm_linear(x: torch.Tensor, residual: Optional[torch.Tensor], norm_weight: torch.Tensor,
-                   eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
-    """linear(rms_norm(x [+ residual])); with residual returns (y, x + residual)."""
+                   eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   silu_mul: bool = False):
+    """linear(rms_norm(x [+ residual])), then silu_and_mul when silu_mul; with residual
+    returns (y, x + residual). One fused GEMV for single rows on CUDA."""
+    if use_gemv(x, weight) and _FUSED_GEMV:
+        from rollserve.kernels.gemv_triton import NormPrologue, gemv
+
+        return gemv(x, weight, bias, norm=NormPrologue(norm_weight, eps, residual), silu_mul=silu_mul)
     if residual is None:
-        return linear(rms_norm(x, norm_weight, eps), weight, bias)
-    normed, residual = rms_norm(x, norm_weight, eps, residual)
-    return linear(normed, weight, bias), residual
-
-
-def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor,
-                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """linear(silu(gate) * up), gate and up the halves of gate_up's last dim."""
-    return linear(silu_and_mul(gate_up), weight, bias)
+        normed = rms_norm(x, norm_weight, eps)
+    else:
+        normed, residual = rms_norm(x, norm_weight, eps, residual)
+    y = linear(normed, weight, bias)
+    if silu_mul:
+        y = silu_and_mul(y)
+    return y if residual is None else (y, residual)

@@ -13,13 +13,17 @@ import torch
 import triton
 import triton.language as tl
 
-from rollserve.kernels.dispatch import next_power_of_2
+from rollserve.kernels.dispatch import next_power_of_2, pdl_launch, use_pdl
+from rollserve.kernels.pdl_triton import launch_dependents, wait_prior
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, heads, stride_xt, stride_xh,
-                     eps, dim, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     eps, dim, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+                     USE_PDL: tl.constexpr):
     row = tl.program_id(0)
+    launch_dependents(USE_PDL)
+    wait_prior(USE_PDL)
     x_offset = (row // heads).to(tl.int64) * stride_xt + (row % heads) * stride_xh
     cols = tl.arange(0, BLOCK)
     mask = cols < dim
@@ -54,8 +58,9 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
     rows = x.shape[0] * heads
     if rows:
         block = next_power_of_2(dim)
+        pdl = use_pdl(x)
         _rms_norm_kernel[(rows,)](x, residual if residual is not None else x, weight, out, heads,
                                   x.stride(0), stride_h, eps, dim,
-                                  HAS_RESIDUAL=residual is not None, BLOCK=block,
-                                  num_warps=min(8, max(1, block // 256)))
+                                  HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=pdl,
+                                  num_warps=min(8, max(1, block // 256)), **pdl_launch(pdl))
     return out if residual is None else (out, residual)

@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from rollserve.kernels.dispatch import next_power_of_2
+from rollserve.kernels.dispatch import next_power_of_2, pdl_launch, use_pdl
+from rollserve.kernels.pdl_triton import launch_dependents, wait_prior
 from rollserve.kernels.rotary import RopeInputs
 
 
@@ -48,8 +49,10 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_norm_ptr, k_norm
                        k_cache, v_cache, loc_ptr, q_heads, kv_heads, half, v_dim,
                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cos,
                        HAS_NORM: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr,
-                       BLOCK_HALF: tl.constexpr, BLOCK_DV: tl.constexpr):
+                       BLOCK_HALF: tl.constexpr, BLOCK_DV: tl.constexpr, USE_PDL: tl.constexpr):
     token = tl.program_id(0)
+    launch_dependents(USE_PDL)
+    wait_prior(USE_PDL)
     slot = tl.load(loc_ptr + token).to(tl.int64)
     d = tl.arange(0, BLOCK_HALF)[None, :]
     cos = tl.load(cos_ptr + token.to(tl.int64) * stride_cos + d, mask=d < half, other=0.0)
@@ -106,6 +109,7 @@ def rope_store_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: R
     has_norm = rope.q_norm_weight is not None
     if tokens:
         block_hq, block_half = next_power_of_2(q_heads), next_power_of_2(dim // 2)
+        pdl = use_pdl(q)
         _rope_store_kernel[(tokens,)](
             q, k, v, rope.cos, rope.sin,
             rope.q_norm_weight if has_norm else q, rope.k_norm_weight if has_norm else k, rope.eps,
@@ -113,6 +117,6 @@ def rope_store_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: R
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             rope.cos.stride(0),
             HAS_NORM=has_norm, BLOCK_HQ=block_hq, BLOCK_HKV=next_power_of_2(kv_heads),
-            BLOCK_HALF=block_half, BLOCK_DV=next_power_of_2(v_dim),
-            num_warps=min(8, max(1, block_hq * block_half // 512)))
+            BLOCK_HALF=block_half, BLOCK_DV=next_power_of_2(v_dim), USE_PDL=pdl,
+            num_warps=min(8, max(1, block_hq * block_half // 512)), **pdl_launch(pdl))
     return q

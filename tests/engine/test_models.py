@@ -137,6 +137,20 @@ def test_batched_decode_matches_transformers(checkpoints, variant):
         last = [logits[-1] for logits in outputs]
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_single_request_decode_matches_transformers(checkpoints, variant):
+    """One request decoding alone: its one-row steps take the fused GEMV path on CUDA (norm,
+    projection and SiLU in one kernel), the plain one on CPU."""
+    harness, hf_model = _load(checkpoints, variant)
+    (seq,) = _prompts(5, [7])
+    row = harness.new_request()
+    (logits,) = harness.forward([row], [list(seq)])
+    for _ in range(4):
+        seq.append(int(logits[-1].argmax()))
+        (logits,) = harness.forward([row], [[seq[-1]]])
+        torch.testing.assert_close(logits, _reference_logits(hf_model, seq)[-1:], atol=ATOL, rtol=0)
+
+
 # ---------------------------------------------------------------- loading
 
 

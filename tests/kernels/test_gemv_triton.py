@@ -16,9 +16,9 @@ if not (torch.cuda.is_available() or INTERPRET):
 pytest.importorskip("triton")
 
 from rollserve.kernels.activation import silu_and_mul_torch  # noqa: E402
-from rollserve.kernels.gemv_triton import GemvConfig, gemv, pick_config  # noqa: E402
+from rollserve.kernels.gemv_triton import GemvConfig, NormPrologue, gemv, pick_config  # noqa: E402
 from rollserve.kernels.linear import (MAX_GEMV_M, linear, linear_torch,  # noqa: E402
-                                      rmsnorm_linear, silu_mul_linear, use_gemv)
+                                      rmsnorm_linear, use_gemv)
 from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,11 +108,55 @@ def test_rmsnorm_linear_is_norm_then_linear(dtype, rows):
 
 
 @pytest.mark.parametrize("rows", [1, 5])
-def test_silu_mul_linear_is_activation_then_linear(rows):
-    gate_up = rand(rows, 128, dtype=torch.bfloat16, scale=3)
-    w, b = weights(40, 64, torch.bfloat16, bias=True)
-    ref = linear_torch(silu_and_mul_torch(gate_up), w, b)
-    assert rel_err(silu_mul_linear(gate_up, w, b), ref) < 1e-2
+@pytest.mark.parametrize("residual", [False, True])
+def test_rmsnorm_linear_with_silu_mul(rows, residual):
+    """norm -> gate|up projection -> silu(gate) * up, fused for one row, separate kernels for
+    more; against float64 (the bf16 chain of separate kernels rounds at every step)."""
+    x = rand(rows, 64, dtype=torch.bfloat16, scale=3)
+    r = rand(rows, 64, dtype=torch.bfloat16) if residual else None
+    nw = rand(64, dtype=torch.bfloat16)
+    w, b = weights(80, 64, torch.bfloat16, bias=True)
+    stream = x.double() + (r.double() if residual else 0)
+    normed = stream * torch.rsqrt(stream.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.double()
+    gate_up = F_linear64(normed, w, b)
+    ref = torch.nn.functional.silu(gate_up[:, :40]) * gate_up[:, 40:]
+    out = rmsnorm_linear(x, None if r is None else r.clone(), nw, 1e-6, w, b, silu_mul=True)
+    y, s = out if residual else (out, x)
+    assert y.shape == (rows, 40)
+    assert rel_err(y, ref) < 2e-2 and rel_err(s, stream) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("silu_mul", [False, True])
+def test_fused_prologue_and_epilogue(dtype, m, n, k, silu_mul):
+    """gemv(norm=..., silu_mul=...) against rms_norm -> F.linear -> silu_and_mul in float64;
+    the new residual is x + residual rounded to the dtype, in a new tensor."""
+    x, r = rand(m, k, dtype=dtype, scale=2), rand(m, k, dtype=dtype)
+    nw = rand(k, dtype=dtype).abs() + 0.5
+    w, b = weights(2 * n if silu_mul else n, k, dtype, bias=True)
+    stream = x.double() + r.double()
+    normed = stream * torch.rsqrt(stream.pow(2).mean(-1, keepdim=True) + 1e-5) * nw.double()
+    ref = F_linear64(normed, w, b)
+    if silu_mul:
+        ref = torch.nn.functional.silu(ref[:, :n]) * ref[:, n:]
+    r_before = r.clone()
+    y, new_r = gemv(x, w, b, norm=NormPrologue(nw, 1e-5, r), silu_mul=silu_mul)
+    assert y.shape == (m, n) and new_r.shape == (m, k) and new_r.data_ptr() != r.data_ptr()
+    assert torch.equal(r, r_before)  # read only: other programs still read it
+    assert rel_err(new_r, (x.float() + r.float()).to(dtype)) <= (1e-7 if DEV == "cuda" else 1e-2)
+    assert rel_err(y, ref) < TOL[dtype] * (2 if silu_mul else 1)
+    y = gemv(x, w, b, norm=NormPrologue(nw, 1e-5), silu_mul=silu_mul)  # no residual: one tensor
+    x64 = x.double()
+    normed = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * nw.double()
+    ref = F_linear64(normed, w, b)
+    if silu_mul:
+        ref = torch.nn.functional.silu(ref[:, :n]) * ref[:, n:]
+    assert rel_err(y, ref) < TOL[dtype] * (2 if silu_mul else 1)
+
+
+def F_linear64(x64, w, b):
+    return torch.nn.functional.linear(x64, w.double(), None if b is None else b.double())
 
 
 def test_bad_inputs_name_the_field():
@@ -123,6 +167,13 @@ def test_bad_inputs_name_the_field():
         gemv(rand(1, 32, dtype=torch.float32), w)
     with pytest.raises(ValueError, match="bias:"):
         gemv(rand(1, 64, dtype=torch.float32), w, rand(7, dtype=torch.float32))
+    one = rand(1, 64, dtype=torch.float32)
+    with pytest.raises(ValueError, match="norm.weight:"):
+        gemv(one, w, norm=NormPrologue(rand(32, dtype=torch.float32), 1e-6))
+    with pytest.raises(ValueError, match="norm.residual:"):
+        gemv(one, w, norm=NormPrologue(rand(64, dtype=torch.float32), 1e-6, rand(2, 64, dtype=torch.float32)))
+    with pytest.raises(ValueError, match="weight: silu_mul"):
+        gemv(one, rand(7, 64, dtype=torch.float32), silu_mul=True)
 
 
 def test_grid_fills_an_h100_for_decode_shapes():

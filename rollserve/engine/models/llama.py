@@ -15,7 +15,7 @@ from rollserve.engine.forward_context import ForwardContext
 from rollserve.engine.models.layers import (FusedLinear, RMSNorm, RotaryEmbedding, default_dtype,
                                             head_dim_of, norm_then_linear, sliding_window_of)
 from rollserve.engine.models.weights import checkpoint_spec, checkpoint_targets, load_named_tensors
-from rollserve.kernels.linear import linear, silu_mul_linear
+from rollserve.kernels.linear import linear
 from rollserve.kernels.attention import attention
 from rollserve.kernels.rotary import RopeInputs
 
@@ -68,9 +68,11 @@ class LlamaMLP(nn.Module):
                                         bias=bias)
         self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up: the projected [T, gate|up] rows (the layer projects right after its norm)."""
-        return silu_mul_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor,
+                norm: RMSNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(down(silu(gate) * up) of norm(hidden + residual), the new residual)."""
+        act, residual = norm_then_linear(norm, self.gate_up_proj, hidden, residual, silu_mul=True)
+        return linear(act, self.down_proj.weight, self.down_proj.bias), residual
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -86,9 +88,7 @@ class LlamaDecoderLayer(nn.Module):
         """Returns (this layer's output delta, running residual); their sum is the stream."""
         qkv, residual = norm_then_linear(self.input_layernorm, self.self_attn.qkv_proj, hidden, residual)
         hidden = self.self_attn(qkv, cos, sin, ctx)
-        gate_up, residual = norm_then_linear(self.post_attention_layernorm, self.mlp.gate_up_proj,
-                                             hidden, residual)
-        return self.mlp(gate_up), residual
+        return self.mlp(hidden, residual, self.post_attention_layernorm)
 
 
 class LlamaModel(nn.Module):
