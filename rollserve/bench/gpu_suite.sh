@@ -11,6 +11,8 @@
 # and on request `profile_8b_sharegpt` (that run with a torch.profiler trace and op table
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
+# `ab` (one_batch with PDL, then the GEMV fusions, switched off: A/B in one run),
+# `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
@@ -52,7 +54,8 @@ for stage in $STAGES; do
   case $stage in
     tests)
       step gpu_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
-        tests/kernels/test_triton_kernels.py tests/kernels/test_gemv_triton.py tests/engine/test_gpu_engine.py ;;
+        tests/kernels/test_triton_kernels.py tests/kernels/test_gemv_triton.py tests/kernels/test_decode_attention_configs.py \
+        tests/engine/test_gpu_engine.py ;;
     one_batch)
       step one_batch_llama-3.2-1b 200 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
@@ -98,6 +101,18 @@ for stage in $STAGES; do
           --shape "$shape" --batch-size 1 8 --input-len 512 --output-len 64 \
           --output-file "$OUT/no_gemv_$shape.json"
       done ;;
+    ab)  # one_batch bs=1/8 with each decode-path switch off in turn, kernels profiled
+      for shape in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
+        for switch in none ROLLSERVE_DISABLE_PDL ROLLSERVE_DISABLE_GEMV_FUSION; do
+          step "ab_${shape}_$switch" 200 env "${switch/none/ROLLSERVE_AB}=1" $PY -m rollserve.bench.one_batch \
+            --shape "$shape" --batch-size 1 8 --input-len 512 --output-len 64 --profile-kernels \
+            --output-file "$OUT/ab_${shape}_$switch.json"
+        done
+      done ;;
+    graph_bs512)  # the ShareGPT-like 8B run with decode graphs captured up to 512
+      step offline_llama-3.1-8b_sharegpt_graph512 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+        --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --cuda-graph-max-bs 512 --output-file "$OUT/offline_llama-3.1-8b_sharegpt_graph512.json" ;;
     profile)
       for shape in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b qwen3-0.6b}; do
         step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 8 \

@@ -98,6 +98,17 @@ def test_greedy_tokens_equal_transformers_float32(model_dirs, hf_models, name, m
         assert results[msg.rid].output_ids == hf_greedy(hf_models[name], msg.input_ids, NEW_TOKENS), msg.rid
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_single_request_greedy_equals_transformers_float32(model_dirs, hf_models, name):
+    """One request alone: every decode step is one row, so the norm, the projections and the
+    SiLU run as fused GEMVs (inside the captured graphs, launched with PDL)."""
+    scheduler = gpu_scheduler(model_dirs[name])
+    (prompt,) = prompts(0, seed=7)
+    msg = request(prompt[:40], max_new_tokens=24, min_new_tokens=24, temperature=0)
+    results = run_all(scheduler, [msg])
+    assert results[msg.rid].output_ids == hf_greedy(hf_models[name], msg.input_ids, 24)
+
+
 @pytest.mark.parametrize("name", ["llama-d64", "qwen3-d128"])
 def test_bfloat16_logprobs_close_to_transformers_float32(model_dirs, hf_models, name):
     scheduler = gpu_scheduler(model_dirs[name], dtype="bfloat16")
