@@ -14,6 +14,7 @@ activations read and the output written once.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import os
 
@@ -107,6 +108,71 @@ def time_fusion(x: torch.Tensor, calls: list, kind: str) -> dict:
     return out
 
 
+def sweep_configs(k: int) -> list:
+    """Candidate GEMV configs for one-row inputs of width k: 8-64 weight elements per thread."""
+    from rollserve.kernels.gemv_triton import GemvConfig
+
+    out = []
+    for block_n in (1, 2, 4, 8, 16):
+        for block_k in (256, 512, 1024, 2048):
+            for num_warps in (4, 8):
+                per_thread = block_n * block_k // (32 * num_warps)
+                if block_k > max(256, k) or not 16 <= per_thread <= 64:
+                    continue
+                out += [GemvConfig(block_n, block_k, num_warps, stages) for stages in (2, 4)]
+    return out
+
+
+def sweep_case(n: int, k: int, fused: str | None, dtype=torch.bfloat16, dev: str = "cuda") -> dict:
+    """M = 1: every sweep config of the plain GEMV (and of the fused one, for qkv / gate_up),
+    against the heuristic's pick."""
+    from rollserve.kernels.gemv_triton import NormPrologue, gemv, pick_config
+
+    silu = fused == "norm_silu"
+    w_bytes = n * k * dtype.itemsize
+    copies = max(2, min(32, -(-ROTATE_BYTES // w_bytes)))
+    ws = [torch.randn(n, k, dtype=dtype, device=dev) * k ** -0.5 for _ in range(copies)]
+    calls = [ws[i % copies] for i in range(CALLS)]
+    x, residual = torch.randn(1, k, dtype=dtype, device=dev), torch.randn(1, k, dtype=dtype, device=dev)
+    norm = NormPrologue(torch.rand(k, dtype=dtype, device=dev) + 0.5, 1e-5, residual)
+    variants = {"plain": lambda w, cfg: gemv(x, w, config=cfg)}
+    if fused:
+        variants[fused] = lambda w, cfg: gemv(x, w, config=cfg, norm=norm, silu_mul=silu)
+    out = {}
+    for name, fn in variants.items():
+        n_out = n // 2 if name == "norm_silu" else n
+        default = pick_config(1, n_out, k, silu_mul=name == "norm_silu")
+        timings = []
+        for cfg in [default] + sweep_configs(k):
+            try:
+                us = time_graph([lambda w=w, cfg=cfg: fn(w, cfg) for w in calls])
+            except Exception as e:  # e.g. out of registers / shared memory
+                timings.append({"config": asdict(cfg), "error": str(e)[:200]})
+                continue
+            timings.append({"config": asdict(cfg), "us": us})
+        ok = [t for t in timings if "us" in t]
+        best = min(ok, key=lambda t: t["us"])
+        out[name] = {"default": timings[0], "best": best, "gbps_best": w_bytes / best["us"] / 1e3,
+                     "all": timings}
+    del ws
+    return out
+
+
+def run_sweep(models: list, linears: list) -> dict:
+    result = {}
+    for name in models:
+        shapes = linear_shapes(name)["shapes"]
+        for linear in [name for name in linears if name != "lm_head"]:  # lm_head streams at ~4 TB/s
+            n, k = shapes[linear]
+            case = sweep_case(n, k, FUSIONS.get(linear))
+            result[f"{name}/{linear}"] = case
+            for variant, r in case.items():
+                d, b = r["default"], r["best"]
+                print(f"sweep {name:13} {linear:8} {variant:9} default {d.get('us', float('nan')):7.1f} us "
+                      f"{d['config']} | best {b['us']:7.1f} us {b['config']} ({r['gbps_best']:.0f} GB/s)")
+    return result
+
+
 def step_estimate(rows: list, model: dict) -> dict:
     """Per M: one decode step's linear time (layers x per-layer + lm_head), all through cuBLAS
     against all through the GEMV (the norm / SiLU kernels before them are the same on both)."""
@@ -136,6 +202,8 @@ def main(argv=None) -> dict:
     p.add_argument("--m", nargs="+", type=int, default=[1, 2, 4, 8])
     p.add_argument("--linears", nargs="+", default=["qkv", "o", "gate_up", "down", "lm_head"])
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--sweep", action="store_true",
+                   help="M = 1: time every candidate config per linear (plain and fused GEMV)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gemv bench: needs a CUDA device")
@@ -161,6 +229,8 @@ def main(argv=None) -> dict:
     report = {"bench": "gemv", "device": device_name(), "date": now_iso(), "commit": git_commit(),
               "torch": torch.__version__, "calls_per_graph": CALLS, "dtype": "bfloat16",
               "switches": kernel_switches(), "rows": rows, "decode_step_linears": steps}
+    if args.sweep:
+        report["sweep"] = run_sweep(args.models, args.linears)
     if args.out:
         write_json(report, args.out)
     return report

@@ -430,8 +430,18 @@ class SchedulerStats:
         if elapsed >= 1.0:
             self.last_gen_throughput = self._window_tokens / elapsed
             self._window_start, self._window_tokens = time.monotonic(), 0
-        if decodes and self.decode_log_interval:
-            self._log_decode(batch, decodes)
+        if self.decode_log_interval:
+            if decodes < len(batch.entries):
+                self._log_prefill(batch, decodes)
+            if decodes:
+                self._log_decode(batch, decodes)
+
+    @staticmethod
+    def _log_prefill(batch: ScheduleBatch, decodes: int) -> None:
+        """SGLang's 'Prefill batch' line (every step that computes prompt tokens)."""
+        new_seqs = sum(1 for e in batch.entries if not e.is_decode and e.start == e.req.cached_tokens)
+        logger.info("Prefill batch. #new-seq: %d, #new-token: %d, #running-req: %d", new_seqs,
+                    batch.num_tokens - decodes, decodes)
 
     def _log_decode(self, batch: ScheduleBatch, decodes: int) -> None:
         """SGLang's periodic 'Decode batch' line: the running batch and the generation rate

@@ -4,22 +4,56 @@ Grouped-query attention: one program serves all query heads that share a KV head
 (padded to 16 rows for tl.dot), so each K/V row is read once per group. The
 sequence is split into up to `num_splits` ranges processed by separate programs
 (split-K, as flash-decoding), so a batch of one still fills the GPU. The whole
-step is one launch: each program writes its partial output and log-sum-exp to a
-float32 scratch, then counts itself in at a per-(request, KV head) arrival counter;
-the last of the group's programs to arrive merges the partials and resets the
-counter. Nothing here reads host data, so the launch can be captured in a CUDA graph.
+step is one launch: each split that has tokens writes its partial output and
+log-sum-exp to a float32 scratch, then counts itself in at a per-(request, KV head)
+arrival counter; the last of them to arrive merges the partials and resets the
+counter. A sequence that needs one split only is written out directly (no scratch,
+no counter), and splits past the sequence's end do nothing, so a split count larger
+than short sequences need costs only empty programs. Nothing here reads host data,
+so the launch can be captured in a CUDA graph.
+
+The tile and launch shape (`DecodeConfig`) comes from `decode_config`, a heuristic of
+the batch and head shapes; `rollserve.bench.decode_attention` sweeps the alternatives.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from rollserve.kernels.dispatch import dot_precision, next_power_of_2
+from rollserve.kernels.dispatch import dot_precision, next_power_of_2, pdl_launch, use_pdl
+from rollserve.kernels.pdl_triton import launch_dependents, wait_prior
 
 MAX_SPLITS = 32
 MIN_COUNTERS = 4096  # the first counter buffer's entries (16 KiB), so it rarely has to grow
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """block_n: tokens per step of a program's sequence loop (a power of two, >= 16 for
+    tl.dot); num_warps and num_stages: Triton's launch options (num_stages pipelines the
+    loop's loads)."""
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def check(self) -> None:
+        """ValueError naming the field when the kernel cannot run this config."""
+        if self.block_n < 16 or self.block_n & (self.block_n - 1):
+            raise ValueError(f"config.block_n: must be a power of two >= 16, got {self.block_n}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"config.num_warps: must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"config.num_stages: must be >= 1, got {self.num_stages}")
+
+
+def decode_config(batch_size: int, head_dim: int, group: int, num_splits: int) -> DecodeConfig:
+    """The config a launch uses unless given one. Today's defaults for every shape until the
+    sweep (`python -m rollserve.bench.decode_attention`) sets them per batch and head shape."""
+    return DecodeConfig(block_n=64 if head_dim <= 128 else 32, num_warps=4, num_stages=2)
 
 
 @triton.jit
@@ -46,7 +80,10 @@ def _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, strid
         mask_n = n < hi
         slots = tl.load(req_to_token + row * stride_req + n, mask=mask_n, other=0).to(tl.int64)
         kv_mask = mask_n[:, None] & mask_d[None, :]
+        # both tiles issued before the first dot, so their reads are in flight together
         k = tl.load(k_cache + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(v_cache + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
                     mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -54,8 +91,6 @@ def _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, strid
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m - m_new)
         denom = denom * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
-                    mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
     filled = denom > 0
@@ -65,76 +100,79 @@ def _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, strid
 
 
 @triton.jit
-def _merge_splits(part_out, part_lse, out_ptr, b, kv_head, num_q_heads, num_splits, active,
-                  stride_ot, stride_oh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Each of the group's heads: its `active` partials weighted by exp(lse - max lse).
-    The loads bypass L1 (.cg): the partials were written by other programs."""
-    s = tl.arange(0, BLOCK_S)
+def _merge_splits(part_out, part_lse, base, active, mask_h, HEAD_DIM: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The group's `active` partials (each split has tokens, so a finite lse), weighted by
+    exp(lse - running max lse). The loads bypass L1 (.cg): other programs wrote them."""
     d = tl.arange(0, BLOCK_D)
-    mask_s = s < active
-    mask_d = d < HEAD_DIM
-    for h in tl.static_range(GROUP):
-        head = kv_head * GROUP + h
-        base = (b.to(tl.int64) * num_q_heads + head) * num_splits
-        lse = tl.load(part_lse + base + s, mask=mask_s, other=float("-inf"), cache_modifier=".cg")
-        top = tl.max(lse, axis=0)
-        weight = tl.where(mask_s, tl.exp(lse - top), 0.0)
-        partial = tl.load(part_out + (base + s)[:, None] * HEAD_DIM + d[None, :],
-                          mask=mask_s[:, None] & mask_d[None, :], other=0.0, cache_modifier=".cg")
-        merged = tl.sum(partial * weight[:, None], axis=0) / tl.sum(weight, axis=0)
-        tl.store(out_ptr + b.to(tl.int64) * stride_ot + head * stride_oh + d,
-                 merged.to(out_ptr.dtype.element_ty), mask=mask_d)
+    mask_hd = mask_h[:, None] & (d < HEAD_DIM)[None, :]
+    top = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    weight_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for s in range(0, active):
+        lse = tl.load(part_lse + base + s, mask=mask_h, other=0.0, cache_modifier=".cg")
+        partial = tl.load(part_out + (base + s)[:, None] * HEAD_DIM + d[None, :], mask=mask_hd,
+                          other=0.0, cache_modifier=".cg")
+        top_new = tl.maximum(top, lse)
+        alpha = tl.exp(top - top_new)
+        weight = tl.exp(lse - top_new)
+        acc = acc * alpha[:, None] + partial * weight[:, None]
+        weight_sum = weight_sum * alpha + weight
+        top = top_new
+    return acc / weight_sum[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # one compiled kernel for every split count
 def _decode_kernel(q_ptr, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, out_ptr,
                    part_out, part_lse, arrivals, stride_qt, stride_qh, stride_kt, stride_kh,
                    stride_vt, stride_vh, stride_req, stride_ot, stride_oh, num_splits, scale, window,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                   SPLIT_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   USE_PDL: tl.constexpr):
+    launch_dependents(USE_PDL)
+    wait_prior(USE_PDL)  # q, the pool, the lengths and the counters all come from earlier kernels
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     num_kv_heads = tl.num_programs(1)
     num_q_heads = num_kv_heads * GROUP
     seq_len = tl.load(seq_lens + b).to(tl.int32)
-    row = tl.load(req_pool_indices + b).to(tl.int64)
     kv_start = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
     split_len = _split_len(seq_len - kv_start, num_splits, BLOCK_N)
-    lo = kv_start + split * split_len
-    hi = tl.minimum(lo + split_len, seq_len)
-
-    h = tl.arange(0, BLOCK_H)
-    head = kv_head * GROUP + h
-    mask_h = h < GROUP
-    d = tl.arange(0, BLOCK_D)
-    mask_hd = mask_h[:, None] & (d < HEAD_DIM)[None, :]
-    scale = tl.cast(scale, tl.float32)  # a float64 scalar when launched from torch.compile'd code
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
-                mask=mask_hd, other=0.0)
-    out, lse = _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi, stride_kt,
-                             stride_kh, stride_vt, stride_vh, stride_req, scale, HEAD_DIM, BLOCK_H,
-                             BLOCK_N, BLOCK_D, DOT_PRECISION)
-    if not SPLIT_K:
-        tl.store(out_ptr + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=mask_hd)
-    else:
-        base = (b.to(tl.int64) * num_q_heads + head) * num_splits + split
-        tl.store(part_out + base[:, None] * HEAD_DIM + d[None, :], out, mask=mask_hd)
-        tl.store(part_lse + base, lse, mask=mask_h)
-        # Every thread's stores are issued before the (single-thread) release below;
-        # the acquire side is the same atomic in the last program to arrive.
-        tl.debug_barrier()
-        counter = arrivals + b * num_kv_heads + kv_head
-        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
-            tl.debug_barrier()  # the whole program reads after the acquire, not just its thread
-            active = tl.cdiv(seq_len - kv_start, split_len)
-            _merge_splits(part_out, part_lse, out_ptr, b, kv_head, num_q_heads, num_splits, active,
-                          stride_ot, stride_oh, GROUP, HEAD_DIM, BLOCK_S, BLOCK_D)
-            tl.store(counter, 0)  # all num_splits programs have arrived: none touches it again
+    active = tl.maximum(tl.cdiv(seq_len - kv_start, split_len), 1)  # splits with tokens
+    if split < active:
+        row = tl.load(req_pool_indices + b).to(tl.int64)
+        lo = kv_start + split * split_len
+        hi = tl.minimum(lo + split_len, seq_len)
+        h = tl.arange(0, BLOCK_H)
+        head = kv_head * GROUP + h
+        mask_h = h < GROUP
+        d = tl.arange(0, BLOCK_D)
+        mask_hd = mask_h[:, None] & (d < HEAD_DIM)[None, :]
+        qk_scale = tl.cast(scale, tl.float32)  # float64 when launched from torch.compile'd code
+        q = tl.load(q_ptr + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
+                    mask=mask_hd, other=0.0)
+        out, lse = _attend_range(q, k_cache, v_cache, req_to_token, row, kv_head, lo, hi,
+                                 stride_kt, stride_kh, stride_vt, stride_vh, stride_req, qk_scale,
+                                 HEAD_DIM, BLOCK_H, BLOCK_N, BLOCK_D, DOT_PRECISION)
+        out_ptrs = out_ptr + b.to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :]
+        if active == 1:
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_hd)
+        else:
+            base = (b.to(tl.int64) * num_q_heads + head) * num_splits
+            tl.store(part_out + (base + split)[:, None] * HEAD_DIM + d[None, :], out, mask=mask_hd)
+            tl.store(part_lse + base + split, lse, mask=mask_h)
+            # Every thread's stores are issued before the (single-thread) release below;
+            # the acquire side is the same atomic in the last program to arrive.
+            tl.debug_barrier()
+            counter = arrivals + b * num_kv_heads + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == active - 1:
+                tl.debug_barrier()  # the whole program reads after the acquire, not just its thread
+                merged = _merge_splits(part_out, part_lse, base, active, mask_h, HEAD_DIM, BLOCK_H,
+                                       BLOCK_D)
+                tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=mask_hd)
+                tl.store(counter, 0)  # all `active` programs have arrived: none touches it again
 
 
 # One zeroed int32 buffer per device, shared by every layer and every captured graph: safe
@@ -166,8 +204,8 @@ def decode_num_splits(batch_size: int, num_kv_heads: int, num_sms: int = 132) ->
 
     At batch 1 this is the most splits (32 for 8 KV heads), also for short contexts:
     the kernel rounds each split up to whole BLOCK_N tiles (`_split_len`), so at 512
-    tokens only 8 of the 32 programs per head attend and the rest only count in. More
-    splits than a short context needs thus cost an almost empty program each, while
+    tokens only 8 of the 32 programs per head attend and the rest exit at once.
+    More splits than a short context needs thus cost an empty program each, while
     fewer would lengthen every long context's critical path; the count cannot follow
     the sequence length because CUDA graphs fix it at capture."""
     wanted = (2 * num_sms + batch_size * num_kv_heads - 1) // max(1, batch_size * num_kv_heads)
@@ -177,11 +215,18 @@ def decode_num_splits(batch_size: int, num_kv_heads: int, num_sms: int = 132) ->
 def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                             seq_lens: torch.Tensor, scale: float, num_splits: int,
-                            sliding_window: int | None = None, out: torch.Tensor | None = None
-                            ) -> torch.Tensor:
-    """q [B, Hq, D] (the newest token of each request, already in the pool) -> [B, Hq, D]."""
+                            sliding_window: int | None = None, out: torch.Tensor | None = None,
+                            config: DecodeConfig | None = None) -> torch.Tensor:
+    """q [B, Hq, D] (the newest token of each request, already in the pool) -> [B, Hq, D].
+    `config` overrides `decode_config`'s choice (benchmarks, tests)."""
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits: must be in 1..{MAX_SPLITS}, got {num_splits}")
+    group = num_q_heads // num_kv_heads
+    if config is None:
+        config = decode_config(batch, head_dim, group, num_splits)
+    config.check()
     if out is None:
         out = torch.empty_like(q)
     if batch == 0:
@@ -191,15 +236,16 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                                device=q.device)
         part_lse = torch.empty(batch, num_q_heads, num_splits, dtype=torch.float32, device=q.device)
         arrivals = arrival_counters(q.device, batch * num_kv_heads)
-    else:  # the program writes the output itself; the scratch arguments go unused (and
-        part_out = part_lse = arrivals = q  # must not alias `out`: the interpreter copies back)
-    group = num_q_heads // num_kv_heads
+    else:  # every sequence is one split, written out directly: the scratch goes unused
+        part_out = part_lse = torch.empty(1, dtype=torch.float32, device=q.device)
+        arrivals = torch.empty(1, dtype=torch.int32, device=q.device)
+    pdl = use_pdl(q)
     _decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, out, part_out, part_lse,
         arrivals, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), req_to_token.stride(0), out.stride(0), out.stride(1),
         num_splits, scale, sliding_window or 0, GROUP=group, HEAD_DIM=head_dim,
-        BLOCK_H=max(16, next_power_of_2(group)), BLOCK_N=64 if head_dim <= 128 else 32,
-        BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_S=next_power_of_2(num_splits),
-        SPLIT_K=num_splits > 1, DOT_PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2)
+        BLOCK_H=max(16, next_power_of_2(group)), BLOCK_N=config.block_n,
+        BLOCK_D=max(16, next_power_of_2(head_dim)), DOT_PRECISION=dot_precision(q.dtype),
+        USE_PDL=pdl, num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch(pdl))
     return out

@@ -195,7 +195,8 @@ def test_stop_token_ids_and_max_new_tokens_zero(tiny_models, hf_models):
 
 
 def test_decode_batch_is_logged_every_interval(tiny_models, caplog):
-    """--decode-log-interval: SGLang's 'Decode batch' line with the running requests."""
+    """--decode-log-interval: SGLang's 'Decode batch' line with the running requests, and a
+    'Prefill batch' line per step that computes prompt tokens."""
     scheduler = make_scheduler(tiny_models["llama"], decode_log_interval=4)
     msgs = [request([5, 6, 7], max_new_tokens=9, min_new_tokens=9, temperature=0) for _ in range(3)]
     with caplog.at_level("INFO", logger="rollserve.engine.scheduler"):
@@ -204,3 +205,5 @@ def test_decode_batch_is_logged_every_interval(tiny_models, caplog):
     assert len(lines) == 2  # 8 decode steps (the first token comes from the prefill)
     assert lines[0].startswith("Decode batch. #running-req: 3, #new-token: 0, #step: 4, ")
     assert float(lines[0].rsplit(": ", 1)[1]) > 0
+    prefills = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Prefill batch.")]
+    assert prefills == ["Prefill batch. #new-seq: 3, #new-token: 9, #running-req: 0"]
