@@ -11,7 +11,8 @@
 # and on request `profile_8b_sharegpt` (that run with a torch.profiler trace and op table
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
-# `ab` (one_batch with PDL, then the GEMV fusions, switched off: A/B in one run),
+# `attn_bench` / `gemv_sweep` (config sweeps of decode attention and of the one-row GEMV),
+# `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL, then the GEMV fusions, switched off: A/B in one run),
 # `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
@@ -93,6 +94,12 @@ for stage in $STAGES; do
     ws_tests)
       step weight_sync_tests 150 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py ;;
+    attn_bench)  # the decode-attention config sweep
+      step decode_attention 240 $PY -m rollserve.bench.decode_attention --out "$OUT/decode_attention.json" ;;
+    gemv_sweep)  # every candidate GEMV config at M = 1, plain and fused
+      step gemv_sweep 300 $PY -m rollserve.bench.gemv --m 1 --sweep --out "$OUT/gemv_sweep.json" ;;
+    attn_tests)  # the decode-attention config tests alone (fast check of a kernel change)
+      step attn_tests 200 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/kernels/test_decode_attention_configs.py ;;
     gemv)
       step gemv 150 $PY -m rollserve.bench.gemv --m 1 8 --out "$OUT/gemv.json" ;;
     no_gemv)  # one_batch with F.linear and separate norm / SiLU kernels: the A/B baseline
