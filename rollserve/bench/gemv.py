@@ -141,7 +141,7 @@ def sweep_case(n: int, k: int, fused: str | None, dtype=torch.bfloat16, dev: str
     out = {}
     for name, fn in variants.items():
         n_out = n // 2 if name == "norm_silu" else n
-        default = pick_config(1, n_out, k, silu_mul=name == "norm_silu")
+        default = pick_config(1, n_out, k, silu_mul=name == "norm_silu", norm=name != "plain")
         timings = []
         for cfg in [default] + sweep_configs(k):
             try:

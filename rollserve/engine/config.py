@@ -52,7 +52,7 @@ class ServerArgs:
     enable_memory_saver: bool = False
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
-    cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 256)
+    cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
     disable_overlap_schedule: bool = False
@@ -137,7 +137,7 @@ class ServerArgs:
 
 _HELP = {
     "attention_backend": "triton (default on CUDA) | torch_native (default on CPU) | flashinfer",
-    "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 256)",
+    "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 512)",
     "cuda_graph_bs": "the decode batch sizes to capture, e.g. --cuda-graph-bs 1 2 4 8 16",
     "disable_overlap_schedule": "run each step's CPU work after its GPU work instead of beside it",
     "enable_torch_compile": "torch.compile the decode forward for batch sizes <= --torch-compile-max-bs",

@@ -24,7 +24,7 @@ from rollserve.engine.forward_context import ForwardContext
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BS = 256
+DEFAULT_MAX_BS = 512  # the 8B ShareGPT-like run peaks near 1000 running requests; 512 was 8% faster than 256 (H200)
 _INPUT_IDS, _POSITIONS, _SLOTS, _ROWS, _SEQ_LENS = range(5)
 
 

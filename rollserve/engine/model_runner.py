@@ -20,6 +20,7 @@ from rollserve.engine.embedding_model import load_pooling_model, pooling_spec
 from rollserve.engine.forward_batch import build_context, host_batch
 from rollserve.engine.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.engine.model_loader import load_model, resolve_dtype
+from rollserve.engine.models.layers import RotaryEmbedding
 from rollserve.engine.schedule_batch import ScheduleBatch
 from rollserve.kernels.attention import select_attention_backend
 from rollserve.kernels.dispatch import host_to_device
@@ -52,6 +53,9 @@ class ModelRunner:
         with self.memory_saver.region("weights"):  # release_memory_occupation's tags
             self.model = load(model_path, self.dtype, str(self.device), args.load_format)
         self.vocab_size = self.model.vocab_size
+        for module in self.model.modules():  # rope tables cover every position the pool can hold
+            if isinstance(module, RotaryEmbedding):
+                module.cache_positions(self.context_len + 1)
         self._init_memory()
         self.attention_backend = select_attention_backend(args.attention_backend, self.device)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)

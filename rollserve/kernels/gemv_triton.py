@@ -43,8 +43,8 @@ class GemvConfig:
     num_stages: int = 2
 
 
-# Measured overrides, keyed by (M_PAD, N, K, silu_mul); the heuristic serves the rest.
-TUNED: Dict[Tuple[int, int, int, bool], GemvConfig] = {}
+# Measured overrides, keyed by (M_PAD, N, K, silu_mul, norm); the heuristic serves the rest.
+TUNED: Dict[Tuple[int, int, int, bool, bool], GemvConfig] = {}
 
 
 @triton.jit
@@ -167,19 +167,31 @@ def _num_sms(device: torch.device) -> int:
     return 132  # the interpreter: plan as for an H100
 
 
-def pick_config(m_pad: int, n: int, k: int, num_sms: int = 132, silu_mul: bool = False) -> GemvConfig:
+def pick_config(m_pad: int, n: int, k: int, num_sms: int = 132, silu_mul: bool = False,
+                norm: bool = False) -> GemvConfig:
     """TUNED's entry for the shape, else the heuristic. With silu_mul, n is the output width
-    and each program streams two weight tiles (gate and up rows) per step."""
-    return TUNED.get((m_pad, n, k, silu_mul)) or _heuristic_config(m_pad, n, k, num_sms, silu_mul)
+    and each program streams two weight tiles (gate and up rows) per step; norm: the
+    RMSNorm prologue is fused in."""
+    return TUNED.get((m_pad, n, k, silu_mul, norm)) or _heuristic_config(m_pad, n, k, num_sms,
+                                                                         silu_mul or norm)
 
 
 @functools.lru_cache(maxsize=None)
-def _heuristic_config(m_pad: int, n: int, k: int, num_sms: int, silu_mul: bool) -> GemvConfig:
-    """The per-thread accumulators (m_pad * tile / threads floats each) stay near 32-64
-    registers; BLOCK_N is the largest (up to 8) that still gives >= 2 programs per SM."""
+def _heuristic_config(m_pad: int, n: int, k: int, num_sms: int, fused: bool) -> GemvConfig:
+    """One row (the engine's case): two output rows per program, long K tiles and a 4-deep
+    load pipeline, from `python -m rollserve.bench.gemv --sweep` on an H100 (2026-11-26: within
+    6% of each Llama-3.2-1B / 3.1-8B linear's best of 40 configs; the previous heuristic, below,
+    was up to 1.9x slower). Several rows: the per-thread accumulators (m_pad * tile / threads
+    floats) stay near 32-64 registers and BLOCK_N is the largest (up to 8) that still gives
+    >= 2 programs per SM."""
+    if m_pad == 1:
+        block_k = 1024 if fused or k <= 2048 else 2048
+        num_warps = 4 if fused or k <= 2048 else 8
+        return GemvConfig(block_n=2, block_k=max(64, min(block_k, next_power_of_2(k))),
+                          num_warps=num_warps, num_stages=4)
     num_warps = 4
     per_thread = max(8, min(32, 64 // m_pad))  # weight elements per thread per step
-    if silu_mul:
+    if fused:
         per_thread = max(8, per_thread // 2)
     tile = per_thread * 32 * num_warps
     block_n = 8
@@ -249,7 +261,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
     new_residual = torch.empty_like(x2) if residual is not None else None
     if m and n:
         m_pad = next_power_of_2(m)
-        cfg = config or pick_config(m_pad, n, k, _num_sms(x.device), silu_mul)
+        cfg = config or pick_config(m_pad, n, k, _num_sms(x.device), silu_mul, norm is not None)
         pdl = use_pdl(x2)
         _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
             x2, weight, bias if bias is not None else y, y,

@@ -256,3 +256,22 @@ def test_resolve_dtype():
     assert resolve_dtype(config, "bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="int8"):
         resolve_dtype(config, "int8", "cpu")
+
+
+def test_rope_table_rows_equal_the_computed_cos_sin():
+    """ModelRunner tabulates cos/sin for the context length; a forward gathers rows of it."""
+    from transformers import LlamaConfig
+
+    from rollserve.engine.models.layers import RotaryEmbedding
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    rope = RotaryEmbedding(config, 16)
+    positions = torch.tensor([0, 1, 77, 300, 511, 5])
+    computed = rope(positions)
+    rope.cache_positions(512)
+    cached = rope(positions)
+    assert rope.cos_sin.shape == (512, 16)
+    for a, b in zip(cached, computed):
+        assert a.shape == b.shape and torch.equal(a, b)
