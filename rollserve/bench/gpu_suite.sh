@@ -12,7 +12,7 @@
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `attn_bench` / `gemv_sweep` (config sweeps of decode attention and of the one-row GEMV),
-# `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL, then the GEMV fusions, switched off: A/B in one run),
+# `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
 # `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
@@ -78,11 +78,15 @@ for stage in $STAGES; do
       step offline_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
         --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
         --output-file "$OUT/offline_llama-3.1-8b_sharegpt.json" ;;
-    profile_8b_sharegpt)  # the ShareGPT-like run with 20 steady-state steps profiled
-      step profile_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+    profile_8b_sharegpt)  # the ShareGPT-like run with PROFILE_STEPS steps from PROFILE_START profiled
+      start=${PROFILE_START:-300}
+      step "profile_llama-3.1-8b_sharegpt_$start" 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
         --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
-        --profile-steps 20 --profile-start-step 300 --profile-dir "$OUT" \
-        --output-file "$OUT/profile_llama-3.1-8b_sharegpt.json" ;;
+        --profile-steps "${PROFILE_STEPS:-20}" --profile-start-step "$start" --profile-dir "$OUT" \
+        --output-file "$OUT/profile_llama-3.1-8b_sharegpt_$start.json" ;;
+    prefill_8b)  # one 8192-token prefill of 32 prompts (the ShareGPT run's chunk), 8B shape
+      step prefill_llama-3.1-8b 200 $PY -m rollserve.bench.one_batch --shape llama-3.1-8b \
+        --batch-size 32 32 --input-len 256 --output-len 4 --output-file "$OUT/prefill_llama-3.1-8b.json" ;;
     offline_qwen3)
       step offline_qwen3-0.6b_nanovllm 200 $PY -m rollserve.bench.offline --shape qwen3-0.6b \
         --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \
@@ -110,7 +114,7 @@ for stage in $STAGES; do
       done ;;
     ab)  # one_batch bs=1/8 with each decode-path switch off in turn, kernels profiled
       for shape in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
-        for switch in none ROLLSERVE_DISABLE_PDL ROLLSERVE_DISABLE_GEMV_FUSION; do
+        for switch in none ROLLSERVE_DISABLE_PDL ROLLSERVE_GEMV_FUSION; do
           step "ab_${shape}_$switch" 200 env "${switch/none/ROLLSERVE_AB}=1" $PY -m rollserve.bench.one_batch \
             --shape "$shape" --batch-size 1 8 --input-len 512 --output-len 64 --profile-kernels \
             --output-file "$OUT/ab_${shape}_$switch.json"

@@ -167,8 +167,9 @@ def git_commit() -> str:
 
 
 def kernel_switches() -> dict:
-    """The ROLLSERVE_DISABLE_* switches set for this run (A/B runs of kernels and fusions)."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("ROLLSERVE_DISABLE_")}
+    """The kernel switches set for this run (ROLLSERVE_DISABLE_*, ROLLSERVE_GEMV_FUSION: A/B runs)."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith("ROLLSERVE_DISABLE_") or k == "ROLLSERVE_GEMV_FUSION"}
 
 
 def device_name() -> str:

@@ -2,13 +2,17 @@
 at most MAX_GEMV_M rows, F.linear (cuBLAS) otherwise.
 
 The GEMV serves one row only: on an H100 it beats cuBLAS at M = 1 but is 2-3x slower at M = 8
-(bench/gemv). For one row, rmsnorm_linear runs the norm (with the residual add) inside the
-GEMV and can finish with SiLU-and-mul (the gate|up projection), so a decoder layer's norms
-and activation need no kernels of their own; otherwise they are separate kernels.
+(bench/gemv). rmsnorm_linear runs the norm kernel (with the residual add), then the matmul,
+then SiLU-and-mul when asked (the gate|up projection).
 
-ROLLSERVE_DISABLE_GEMV=1 keeps F.linear and ROLLSERVE_DISABLE_GEMV_FUSION=1 the separate norm
-and activation kernels (A/B runs). With a residual, rmsnorm_linear returns (y, x + residual)
-like rms_norm, whose CUDA (Triton) path overwrites `residual` in place: use the returned one.
+ROLLSERVE_GEMV_FUSION=1 runs the norm and the activation inside the one-row GEMV instead
+(gemv_triton's prologue and epilogue). It is off by default: with programmatic dependent
+launch the small norm / activation kernels overlap the GEMVs around them, and in the engine
+(one_batch, H100, 2026-11-26) the fused path was 1% slower on the Llama-3.2-1B shape and 6%
+slower on the 3.1-8B one. ROLLSERVE_DISABLE_GEMV=1 keeps F.linear (A/B runs).
+
+With a residual, rmsnorm_linear returns (y, x + residual) like rms_norm, whose CUDA (Triton)
+path overwrites `residual` in place: use the returned one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from rollserve.kernels.norm import rms_norm
 
 MAX_GEMV_M = 1
 _GEMV_ENABLED = os.environ.get("ROLLSERVE_DISABLE_GEMV", "0") != "1"
-_FUSED_GEMV = os.environ.get("ROLLSERVE_DISABLE_GEMV_FUSION", "0") != "1"
+_FUSED_GEMV = os.environ.get("ROLLSERVE_GEMV_FUSION", "0") == "1"
 
 
 def linear_torch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -51,7 +55,7 @@ def rmsnorm_linear(x: torch.Tensor, residual: Optional[torch.Tensor], norm_weigh
                    eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                    silu_mul: bool = False):
     """linear(rms_norm(x [+ residual])), then silu_and_mul when silu_mul; with residual
-    returns (y, x + residual). One fused GEMV for single rows on CUDA."""
+    returns (y, x + residual). With ROLLSERVE_GEMV_FUSION=1, one fused GEMV for a single row."""
     if use_gemv(x, weight) and _FUSED_GEMV:
         from rollserve.kernels.gemv_triton import NormPrologue, gemv
 

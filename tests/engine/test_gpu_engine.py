@@ -18,6 +18,7 @@ from rollserve.engine.config import ServerArgs  # noqa: E402
 from rollserve.engine.model_runner import ModelRunner  # noqa: E402
 from rollserve.engine.overlap_scheduler import OverlapScheduler, make_scheduler  # noqa: E402
 from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer  # noqa: E402
+from rollserve.kernels import linear as linear_module  # noqa: E402
 from tests.engine.scheduler_harness import hf_greedy, request, run_all  # noqa: E402
 
 VOCAB = 1000
@@ -98,10 +99,14 @@ def test_greedy_tokens_equal_transformers_float32(model_dirs, hf_models, name, m
         assert results[msg.rid].output_ids == hf_greedy(hf_models[name], msg.input_ids, NEW_TOKENS), msg.rid
 
 
+@pytest.mark.parametrize("fusion", [False, True])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_single_request_greedy_equals_transformers_float32(model_dirs, hf_models, name):
-    """One request alone: every decode step is one row, so the norm, the projections and the
-    SiLU run as fused GEMVs (inside the captured graphs, launched with PDL)."""
+def test_single_request_greedy_equals_transformers_float32(model_dirs, hf_models, name, fusion,
+                                                           monkeypatch):
+    """One request alone: every decode step is one row, so the projections run as Triton
+    GEMVs (inside the captured graphs, launched with PDL), with the norm and the SiLU fused in
+    when ROLLSERVE_GEMV_FUSION is on."""
+    monkeypatch.setattr(linear_module, "_FUSED_GEMV", fusion)
     scheduler = gpu_scheduler(model_dirs[name])
     (prompt,) = prompts(0, seed=7)
     msg = request(prompt[:40], max_new_tokens=24, min_new_tokens=24, temperature=0)

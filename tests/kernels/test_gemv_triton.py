@@ -110,8 +110,8 @@ def test_rmsnorm_linear_is_norm_then_linear(dtype, rows):
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("residual", [False, True])
 def test_rmsnorm_linear_with_silu_mul(rows, residual):
-    """norm -> gate|up projection -> silu(gate) * up, fused for one row, separate kernels for
-    more; against float64 (the bf16 chain of separate kernels rounds at every step)."""
+    """norm -> gate|up projection -> silu(gate) * up (separate kernels; the fused GEMV has its
+    own test below); against float64 (the bf16 chain of kernels rounds at every step)."""
     x = rand(rows, 64, dtype=torch.bfloat16, scale=3)
     r = rand(rows, 64, dtype=torch.bfloat16) if residual else None
     nw = rand(64, dtype=torch.bfloat16)

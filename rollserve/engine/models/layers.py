@@ -55,8 +55,7 @@ def norm_then_linear(norm: RMSNorm, proj: nn.Linear, x: torch.Tensor,
                      residual: Optional[torch.Tensor], silu_mul: bool = False
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(proj(norm(x [+ residual])), the new residual stream), with silu_and_mul applied to the
-    projection when silu_mul (proj is gate|up). One fused GEMV for a single row on CUDA, else
-    the norm kernel and the matmul (kernels/linear.py)."""
+    projection when silu_mul (proj is gate|up); see kernels/linear.py for the kernels."""
     if residual is None:
         return rmsnorm_linear(x, None, norm.weight, norm.eps, proj.weight, proj.bias, silu_mul), x
     return rmsnorm_linear(x, residual, norm.weight, norm.eps, proj.weight, proj.bias, silu_mul)
