@@ -82,7 +82,7 @@ for stage in $STAGES; do
       start=${PROFILE_START:-300}
       step "profile_llama-3.1-8b_sharegpt_$start" 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
         --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
-        --profile-steps "${PROFILE_STEPS:-20}" --profile-start-step "$start" --profile-dir "$OUT" \
+        --profile-steps "${PROFILE_STEPS:-20}" --profile-start-step "$start" --profile-dir "$OUT" ${PROFILE_STACK:+--profile-with-stack} \
         --output-file "$OUT/profile_llama-3.1-8b_sharegpt_$start.json" ;;
     prefill_8b)  # one 8192-token prefill of 32 prompts (the ShareGPT run's chunk), 8B shape
       step prefill_llama-3.1-8b 200 $PY -m rollserve.bench.one_batch --shape llama-3.1-8b \

@@ -79,7 +79,8 @@ def run_engine(args, prompts: List[List[int]], output_lens: List[int]) -> dict:
                   for n in output_lens]
         if args.profile_steps:  # the timed run pays the profiler's overhead during those steps
             engine.start_profile(output_dir=args.profile_dir, num_steps=args.profile_steps,
-                                 start_step=args.profile_start_step, profile_prefix="offline-")
+                                 start_step=args.profile_start_step, profile_prefix="offline-",
+                                 with_stack=args.profile_with_stack)
         start = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - start
@@ -216,6 +217,8 @@ def main(argv=None) -> dict:
                    help="torch.profiler over this many engine steps (trace + op table)")
     p.add_argument("--profile-start-step", type=int, default=0, help="engine steps to skip first")
     p.add_argument("--profile-dir", default=None, help="default: $ROLLSERVE_TORCH_PROFILER_DIR or /tmp")
+    p.add_argument("--profile-with-stack", action="store_true",
+                   help="record Python stacks too (what the scheduler's host was doing)")
     args = p.parse_args(argv)
 
     from transformers import AutoConfig
