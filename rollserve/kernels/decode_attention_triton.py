@@ -126,7 +126,9 @@ def _merge_splits(part_out, part_lse, base, active, mask_h, HEAD_DIM: tl.constex
     return acc / weight_sum[:, None]
 
 
-@triton.jit(do_not_specialize=["num_splits"])  # one compiled kernel for every split count
+# one compiled kernel for every split count, and whatever offset the index views start at
+@triton.jit(do_not_specialize=["num_splits"],
+            do_not_specialize_on_alignment=["req_pool_indices", "seq_lens"])
 def _decode_kernel(q_ptr, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, out_ptr,
                    part_out, part_lse, arrivals, stride_qt, stride_qh, stride_kt, stride_kh,
                    stride_vt, stride_vh, stride_req, stride_ot, stride_oh, num_splits, scale, window,

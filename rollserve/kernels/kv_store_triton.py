@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["loc_ptr"])  # slots: a view at any offset
 def _kv_store_kernel(k_ptr, v_ptr, k_cache, v_cache, loc_ptr, stride_kt, stride_vt, row_size,
                      BLOCK: tl.constexpr):
     token = tl.program_id(0)

@@ -44,7 +44,7 @@ def _norm_rotate_heads(x_ptr, stride_t, stride_h, token, heads, half, cos, sin, 
     return o1, o2, ptr, mask
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["loc_ptr"])  # slots: a view at any offset
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_norm_ptr, k_norm_ptr, eps,
                        k_cache, v_cache, loc_ptr, q_heads, kv_heads, half, v_dim,
                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cos,
