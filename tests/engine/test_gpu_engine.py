@@ -1,6 +1,7 @@
 """The whole engine on the GPU (Triton kernels, CUDA graphs, overlap scheduling) against
 transformers: greedy tokens equal in float32, log-probabilities close in bfloat16."""
 
+import importlib
 import random
 
 import pytest
@@ -18,8 +19,9 @@ from rollserve.engine.config import ServerArgs  # noqa: E402
 from rollserve.engine.model_runner import ModelRunner  # noqa: E402
 from rollserve.engine.overlap_scheduler import OverlapScheduler, make_scheduler  # noqa: E402
 from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer  # noqa: E402
-from rollserve.kernels import linear as linear_module  # noqa: E402
 from tests.engine.scheduler_harness import hf_greedy, request, run_all  # noqa: E402
+
+linear_module = importlib.import_module("rollserve.kernels.linear")  # the package exports a function `linear`
 
 VOCAB = 1000
 NEW_TOKENS = 12
