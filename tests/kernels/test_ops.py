@@ -178,3 +178,12 @@ def test_attention_decode_batch_of_very_different_lengths():
     _run_step(harness, full_kv, rows, [1, 40, 13], 0.25, num_heads=3)
     for _ in range(3):
         _run_step(harness, full_kv, rows, [1, 1, 1], 0.25, num_heads=3)
+
+
+def test_pdl_is_off_off_cuda_and_its_launch_keywords():
+    """Programmatic dependent launch only for CUDA tensors (never the CPU or the interpreter);
+    the launch keywords follow the kernel's USE_PDL."""
+    from rollserve.kernels.dispatch import pdl_launch, use_pdl
+
+    assert not use_pdl(torch.zeros(2))
+    assert pdl_launch(False) == {} and pdl_launch(True) == {"launch_pdl": True}

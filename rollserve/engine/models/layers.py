@@ -85,7 +85,7 @@ class RotaryEmbedding(nn.Module):
     table made once by `cache_positions` (one gather per forward instead of six small
     kernels), else computed."""
 
-    MAX_CACHED_POSITIONS = 1 << 17  # 64 MiB of float32 at head_dim 128
+    MAX_CACHED_POSITIONS = 1 << 18  # 128 MiB of float32 at head_dim 128 (Llama 3's 131072 + 1 fit)
 
     def __init__(self, hf_config, head_dim: int):
         super().__init__()
