@@ -23,6 +23,7 @@ from rollserve.engine.kv_pool import KVPool  # noqa: E402
 from rollserve.kernels.attention import attention_torch  # noqa: E402
 from rollserve.kernels.decode_attention_triton import (DecodeConfig, arrival_counters,  # noqa: E402
                                                        decode_attention_triton, decode_config)
+from tests.kernels.checks import rel_err  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton 3.9's interpreter keeps bfloat16 as raw uint16 bits and multiplies those in tl.dot
@@ -35,14 +36,6 @@ else:  # the interpreter runs every program in Python: few heads, short sequence
     HEADS, LENGTHS, SPLITS = (8, 2), [1, 17, 100, 150], (1, 3)
 
 
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    torch.manual_seed(sum(map(ord, request.node.nodeid)))
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "NaN in output (unwritten element?)"
-    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-30)).item()
 
 
 def _decode_batch(lengths, num_kv_heads, head_dim):

@@ -20,6 +20,7 @@ from rollserve.kernels.gemv_triton import GemvConfig, NormPrologue, gemv, pick_c
 from rollserve.kernels.linear import (MAX_GEMV_M, linear, linear_torch,  # noqa: E402
                                       rmsnorm_linear, use_gemv)
 from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
+from tests.kernels.checks import rel_err  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -30,14 +31,6 @@ if torch.cuda.is_available():  # real decode shapes only where they run fast
     SHAPES += [(1, 3072, 2048), (4, 2048, 8192), (8, 16384, 2048), (7, 4096, 14336)]
 
 
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    torch.manual_seed(sum(map(ord, request.node.nodeid)))
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "NaN in output (unwritten element?)"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
 
 
 def rand(*shape, dtype, scale=1.0):

@@ -27,20 +27,12 @@ from rollserve.kernels.rope_store_triton import rope_store_triton  # noqa: E402
 from rollserve.kernels.rotary import RopeInputs, rope_cos_sin, rope_store_torch  # noqa: E402
 from rollserve.kernels.sampling import params_table, sample_filtered_torch  # noqa: E402
 from rollserve.kernels.sampling_triton import sample_triton  # noqa: E402
+from tests.kernels.checks import rel_err  # noqa: E402
 
 DEV = "cuda"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    """Fresh but reproducible inputs: every test draws from a seed of its own id."""
-    torch.manual_seed(sum(map(ord, request.node.nodeid)))
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "NaN in output (unwritten element?)"
-    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-30)).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
