@@ -160,7 +160,7 @@ class CaseRunner:
         self.roofline, self.timer = roofline, timer
         self.large = case.batch >= large_batch
         self.heuristic_splits = decode_num_splits(case.batch, shape[1], num_sms())
-        self.default = decode_config(case.batch, shape[2], shape[0] // shape[1], self.heuristic_splits)
+        self.default = decode_config(case.batch, shape[2])
         self.reference = inputs.call(0, self.heuristic_splits, self.default,
                                      torch.empty_like(inputs.q))
         self.rows: dict = {}

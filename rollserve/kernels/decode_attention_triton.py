@@ -51,7 +51,7 @@ class DecodeConfig:
             raise ValueError(f"config.num_stages: must be >= 1, got {self.num_stages}")
 
 
-def decode_config(batch_size: int, head_dim: int, group: int, num_splits: int) -> DecodeConfig:
+def decode_config(batch_size: int, head_dim: int) -> DecodeConfig:
     """The config a launch uses unless given one, from `python -m rollserve.bench.decode_attention`
     on an H100 (2026-11-26): 128-token tiles won at every batch for head dims 64 and 128
     (1.04-1.43x over 64), a 3-deep pipeline from batch 64 up. Head dims above 128 keep 32-token
@@ -232,7 +232,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         raise ValueError(f"num_splits: must be in 1..{MAX_SPLITS}, got {num_splits}")
     group = num_q_heads // num_kv_heads
     if config is None:
-        config = decode_config(batch, head_dim, group, num_splits)
+        config = decode_config(batch, head_dim)
     config.check()
     if out is None:
         out = torch.empty_like(q)

@@ -101,9 +101,9 @@ def test_every_sweep_config_matches_reference(config, head_dim):
 
 
 def test_default_config_follows_the_sweep_and_bad_configs_name_their_field():
-    assert decode_config(290, 128, 4, 1) == DecodeConfig(block_n=128, num_warps=4, num_stages=3)
-    assert decode_config(1, 64, 4, 16) == DecodeConfig(block_n=128, num_warps=4, num_stages=2)
-    assert decode_config(1, 256, 4, 32).block_n == 32
+    assert decode_config(290, 128) == DecodeConfig(block_n=128, num_warps=4, num_stages=3)
+    assert decode_config(1, 64) == DecodeConfig(block_n=128, num_warps=4, num_stages=2)
+    assert decode_config(1, 256).block_n == 32
     pool, ctx = _decode_batch([5, 9], 2, 64)
     q = torch.randn(2, 8, 64, dtype=DTYPE, device=DEV)
     for bad, field in ((DecodeConfig(block_n=48), "config.block_n"),
