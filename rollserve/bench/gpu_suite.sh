@@ -12,7 +12,9 @@
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `attn_bench` / `gemv_sweep` (config sweeps of decode attention and of the one-row GEMV),
-# `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
+# `fi_tests` / `fi_bench` / `fi_sharegpt` (the flashinfer backend's tests, one_batch on it
+# beside triton, the ShareGPT-like run on it; scripts/flashinfer_device.sh makes flashinfer
+# importable there), `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
 # `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
@@ -95,6 +97,21 @@ for stage in $STAGES; do
       step one_batch_llama-3.2-1b_compiled 300 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
+    fi_tests)  # the flashinfer backend's kernel and engine tests (where flashinfer is installed)
+      step flashinfer_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider -k flashinfer \
+        tests/kernels/test_attention_flashinfer.py tests/engine/test_gpu_engine.py ;;
+    fi_bench)  # one_batch on --attention-backend flashinfer and on triton, in the same run
+      for shape in ${FI_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
+        for backend in flashinfer triton; do
+          step "one_batch_${shape}_$backend" 240 $PY -m rollserve.bench.one_batch --shape "$shape" \
+            --batch-size 1 8 64 --input-len 512 --output-len 64 --attention-backend "$backend" \
+            --output-file "$OUT/one_batch_${shape}_$backend.json"
+        done
+      done ;;
+    fi_sharegpt)  # the ShareGPT-like 8B run on flashinfer
+      step offline_llama-3.1-8b_sharegpt_flashinfer 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+        --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --attention-backend flashinfer --output-file "$OUT/offline_llama-3.1-8b_sharegpt_flashinfer.json" ;;
     ws_tests)
       step weight_sync_tests 150 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py ;;

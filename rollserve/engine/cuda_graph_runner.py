@@ -6,7 +6,8 @@ padding slot 0, and their logits are dropped. The graph's inputs are one static
 int64 block [5, size] per size (input ids, positions, KV slots, request rows,
 sequence lengths) filled by a single non-blocking copy; attention metadata is fixed per
 size at capture (Triton decode kernel, split count from the size), so nothing in
-the captured region reads the host.
+the captured region reads the host. The flashinfer backend instead plans its wrappers
+on the host before each replay, writing into buffers the graph reads.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ def capture_sizes(max_bs: int, explicit: Optional[List[int]] = None) -> List[int
 
 class CudaGraphRunner:
     def __init__(self, runner, sizes: List[int], compile_max_bs: int = 0):
-        from rollserve.kernels.attention_triton import decode_metadata
-
         self.runner = runner
         self.sizes = sizes
         self.max_bs = sizes[-1]
@@ -48,10 +47,18 @@ class CudaGraphRunner:
         self.inputs = {bs: self._empty_inputs(bs) for bs in sizes}
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[int, torch.Tensor] = {}
-        self.contexts = {bs: self._context(bs, decode_metadata(bs, runner.kv_pool.num_kv_heads, self.device))
-                         for bs in sizes}
+        self.contexts = {bs: self._context(bs, self._metadata(bs)) for bs in sizes}
         self.forward_fns = {bs: self._forward_fn(bs <= compile_max_bs) for bs in sizes}
         self._capture()
+
+    def _metadata(self, bs: int):
+        """The attention metadata of size bs, fixed at capture (flashinfer: planned again per replay)."""
+        if self.runner.attention_backend == "flashinfer":
+            max_slots = self.runner.kv_pool.num_slots + 1 + self.max_bs
+            return self.runner.attention_state.graph_decode(bs, max_slots)
+        from rollserve.kernels.attention_triton import decode_metadata
+
+        return decode_metadata(bs, self.runner.kv_pool.num_kv_heads, self.device)
 
     def _empty_inputs(self, bs: int) -> torch.Tensor:
         inputs = torch.zeros(5, bs, dtype=torch.int64, device=self.device)
@@ -67,8 +74,8 @@ class CudaGraphRunner:
             prefix_lens=ints[_POSITIONS], extend_lens=torch.ones(bs, dtype=torch.int64, device=self.device),
             seq_lens=ints[_SEQ_LENS],
             extend_start_loc=torch.arange(bs, device=self.device), kv_pool=self.runner.kv_pool,
-            prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs, attention_backend="triton",
-            attn_metadata=metadata)
+            prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs,
+            attention_backend=self.runner.attention_backend, attn_metadata=metadata)
 
     def _forward_fn(self, compiled: bool):
         model = self.runner.model
@@ -90,6 +97,7 @@ class CudaGraphRunner:
         start = time.perf_counter()
         pool = None
         for bs in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
+            self._plan(bs, [1] * bs)
             for _ in range(2):  # compile Triton kernels and warm allocators outside the capture
                 self._run_model(bs)
             torch.cuda.synchronize(self.device)
@@ -101,6 +109,12 @@ class CudaGraphRunner:
         torch.cuda.synchronize(self.device)
         logger.info("captured decode CUDA graphs for batch sizes %s in %.1fs", self.sizes,
                     time.perf_counter() - start)
+
+    def _plan(self, bs: int, seq_lens: List[int]) -> None:
+        """Backends that plan per batch on the host (flashinfer) plan for the inputs of size bs."""
+        metadata = self.contexts[bs].attn_metadata
+        if hasattr(metadata, "before_replay"):
+            metadata.before_replay(self.contexts[bs], seq_lens)
 
     def can_run(self, host: HostBatch, logit_rows_ok: bool) -> bool:
         return logit_rows_ok and len(host.extend_lens) <= self.max_bs and all(
@@ -120,6 +134,7 @@ class CudaGraphRunner:
         staged[_ROWS, :batch] = host.req_pool_indices
         staged[_SEQ_LENS, :batch] = host.positions + 1
         self.inputs[bs].copy_(torch.from_numpy(staged).pin_memory(), non_blocking=True)
+        self._plan(bs, staged[_SEQ_LENS].tolist())
         self.graphs[bs].replay()
         return self.outputs[bs][:batch]
 
@@ -129,8 +144,9 @@ def make_graph_runner(runner) -> Optional[CudaGraphRunner]:
     args = runner.args
     if runner.device.type != "cuda" or args.disable_cuda_graph:
         return None
-    if runner.attention_backend != "triton" or getattr(runner, "pooling", None) is not None:
-        logger.info("CUDA graphs need the triton attention backend and a generation model; not captured")
+    if runner.attention_backend not in ("triton", "flashinfer") or getattr(runner, "pooling", None) is not None:
+        logger.info("CUDA graphs need the triton or flashinfer attention backend and a generation "
+                    "model; not captured")
         return None
     max_bs = min(args.cuda_graph_max_bs or DEFAULT_MAX_BS, runner.max_running_requests)
     sizes = [s for s in capture_sizes(max_bs, args.cuda_graph_bs) if s <= runner.max_running_requests]

@@ -87,4 +87,6 @@ def build_context(host: HostBatch, runner) -> tuple:
         seq_lens=per_req[3], extend_start_loc=per_req[4], kv_pool=runner.kv_pool,
         prefix_lens_cpu=host.prefix_lens, extend_lens_cpu=host.extend_lens,
         attention_backend=runner.attention_backend)
+    if runner.attention_state is not None:  # backends that plan once per forward (flashinfer)
+        ctx.attn_metadata = runner.attention_state.begin_forward(ctx)
     return ctx, input_ids

@@ -22,7 +22,7 @@ from rollserve.engine.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.engine.model_loader import load_model, resolve_dtype
 from rollserve.engine.models.layers import RotaryEmbedding
 from rollserve.engine.schedule_batch import ScheduleBatch
-from rollserve.kernels.attention import select_attention_backend
+from rollserve.kernels.attention import make_attention_state, select_attention_backend
 from rollserve.kernels.dispatch import host_to_device
 from rollserve.weight_sync.memory import MemorySaver
 
@@ -58,6 +58,7 @@ class ModelRunner:
                 module.cache_positions(self.context_len + 1)
         self._init_memory()
         self.attention_backend = select_attention_backend(args.attention_backend, self.device)
+        self.attention_state = make_attention_state(self.attention_backend, self.device)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         self.graph_runner = make_graph_runner(self)  # decode CUDA graphs; None on CPU or when disabled

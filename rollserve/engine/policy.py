@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from rollserve.engine.config import SCHEDULE_POLICIES
 from rollserve.engine.radix_cache import RadixCache, TreeNode

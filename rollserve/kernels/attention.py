@@ -25,12 +25,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardCon
     """Stores k, v [T, Hkv, D] in the pool and returns the attention of q [T, Hq, D], [T, Hq, D].
 
     With `rope`, q and k are first (per-head normed and) rotated, q possibly in place.
-    ctx.attention_backend "triton" on CUDA runs the Triton kernels; otherwise the torch reference.
+    ctx.attention_backend "triton" on CUDA runs the Triton kernels, "flashinfer" on CUDA the
+    flashinfer ones (KV stored by the Triton kernels); otherwise the torch reference.
     """
     if ctx.attention_backend == "triton" and use_triton(q):
         from rollserve.kernels.attention_triton import attention_triton
 
         return attention_triton(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
+    if ctx.attention_backend == "flashinfer" and q.is_cuda:
+        from rollserve.kernels.attention_flashinfer import attention_flashinfer
+
+        return attention_flashinfer(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
     return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
 
 
@@ -140,10 +145,20 @@ def select_attention_backend(requested: Optional[str], device: torch.device) -> 
     if requested == "triton" and not (on_cuda and triton_available()):
         raise ValueError("attention_backend: triton needs a CUDA device and the triton package")
     if requested == "flashinfer":
-        import importlib.util
+        from rollserve.kernels.attention_flashinfer import flashinfer_importable
 
-        if importlib.util.find_spec("flashinfer") is None:
-            raise ValueError("attention_backend: flashinfer is not installed")
-        raise ValueError("attention_backend: the flashinfer backend is not implemented yet; "
-                         "use triton (the default on CUDA)")
+        if not flashinfer_importable():
+            raise ValueError("attention_backend: flashinfer is not installed "
+                             "(pip install flashinfer-python), or use triton, the default on CUDA")
+        if torch.device(device).type != "cuda" or not triton_available():
+            raise ValueError("attention_backend: flashinfer needs a CUDA device and the triton package")
     return requested
+
+
+def make_attention_state(backend: str, device: torch.device):
+    """What a backend keeps across forwards (flashinfer: workspace and wrappers), else None."""
+    if backend == "flashinfer":
+        from rollserve.kernels.attention_flashinfer import FlashInferBackend
+
+        return FlashInferBackend(device)
+    return None

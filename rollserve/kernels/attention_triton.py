@@ -47,16 +47,24 @@ def build_metadata(ctx: ForwardContext, num_kv_heads: int, device: torch.device)
     return TritonAttentionMetadata(False, block_req=both[0], block_start=both[1])
 
 
+def store_kv_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
+                    layer_id: int, rope: Optional[RopeInputs] = None) -> torch.Tensor:
+    """k, v into the pool at ctx.out_cache_loc; with `rope`, one launch also (norms and) rotates
+    q in place and k before storing it. Returns q."""
+    k_cache, v_cache = ctx.kv_pool.kv(layer_id)
+    if rope is None:
+        kv_store_triton(k_cache, v_cache, ctx.out_cache_loc, k, v)
+        return q
+    return rope_store_triton(q, k, v, rope, k_cache, v_cache, ctx.out_cache_loc)
+
+
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
                      layer_id: int, scaling: float, sliding_window: Optional[int] = None,
                      causal: bool = True, rope: Optional[RopeInputs] = None) -> torch.Tensor:
     if not causal and sliding_window is not None:
         raise ValueError("a sliding window needs causal attention")
+    q = store_kv_triton(q, k, v, ctx, layer_id, rope)
     k_cache, v_cache = ctx.kv_pool.kv(layer_id)
-    if rope is None:
-        kv_store_triton(k_cache, v_cache, ctx.out_cache_loc, k, v)
-    else:  # one launch: (q/k norm,) rotation of q in place, rotated k and v into the pool
-        q = rope_store_triton(q, k, v, rope, k_cache, v_cache, ctx.out_cache_loc)
     meta = ctx.attn_metadata
     if meta is None:
         meta = ctx.attn_metadata = build_metadata(ctx, k_cache.shape[1], q.device)

@@ -19,6 +19,7 @@ from rollserve.engine.config import ServerArgs  # noqa: E402
 from rollserve.engine.model_runner import ModelRunner  # noqa: E402
 from rollserve.engine.overlap_scheduler import OverlapScheduler, make_scheduler  # noqa: E402
 from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer  # noqa: E402
+from rollserve.kernels.attention_flashinfer import flashinfer_importable  # noqa: E402
 from tests.engine.scheduler_harness import hf_greedy, request, run_all  # noqa: E402
 
 linear_module = importlib.import_module("rollserve.kernels.linear")  # the package exports a function `linear`
@@ -116,9 +117,13 @@ def test_single_request_greedy_equals_transformers_float32(model_dirs, hf_models
     assert results[msg.rid].output_ids == hf_greedy(hf_models[name], msg.input_ids, 24)
 
 
+@pytest.mark.parametrize("backend", ["triton", "flashinfer"])
 @pytest.mark.parametrize("name", ["llama-d64", "qwen3-d128"])
-def test_bfloat16_logprobs_close_to_transformers_float32(model_dirs, hf_models, name):
-    scheduler = gpu_scheduler(model_dirs[name], dtype="bfloat16")
+def test_bfloat16_logprobs_close_to_transformers_float32(model_dirs, hf_models, name, backend):
+    """Also on flashinfer (bf16 and fp16 only, so no float32 greedy run) where it is installed."""
+    if backend == "flashinfer" and not flashinfer_importable():
+        pytest.skip("flashinfer is not installed")
+    scheduler = gpu_scheduler(model_dirs[name], dtype="bfloat16", attention_backend=backend)
     msgs = [request(p, max_new_tokens=16, temperature=0, return_logprob=True, logprob_start_len=0)
             for p in prompts(6, seed=3)]
     results = run_all(scheduler, msgs)
@@ -133,7 +138,7 @@ def test_bfloat16_logprobs_close_to_transformers_float32(model_dirs, hf_models, 
         assert ours.shape == ref.shape
         diffs.append((ours - ref).abs())
     diffs = torch.cat(diffs)
-    print(f"\n{name} bf16 logprobs vs transformers fp32: max |diff| {diffs.max():.4f}, "
+    print(f"\n{name} {backend} bf16 logprobs vs transformers fp32: max |diff| {diffs.max():.4f}, "
           f"mean {diffs.mean():.5f} over {diffs.numel()} tokens")
     assert diffs.mean() < 0.05 and diffs.max() < 0.5
 

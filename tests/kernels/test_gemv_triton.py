@@ -15,7 +15,6 @@ if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("needs CUDA (or TRITON_INTERPRET=1)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from rollserve.kernels.activation import silu_and_mul_torch  # noqa: E402
 from rollserve.kernels.gemv_triton import GemvConfig, NormPrologue, gemv, pick_config  # noqa: E402
 from rollserve.kernels.linear import (MAX_GEMV_M, linear, linear_torch,  # noqa: E402
                                       rmsnorm_linear, use_gemv)

@@ -24,15 +24,14 @@ from rollserve.kernels.kv_store_triton import kv_store_triton  # noqa: E402
 from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
 from rollserve.kernels.norm_triton import rms_norm_triton  # noqa: E402
 from rollserve.kernels.rope_store_triton import rope_store_triton  # noqa: E402
-from rollserve.kernels.rotary import RopeInputs, rope_cos_sin, rope_store_torch  # noqa: E402
+from rollserve.kernels.rotary import rope_store_torch  # noqa: E402
 from rollserve.kernels.sampling import params_table, sample_filtered_torch  # noqa: E402
 from rollserve.kernels.sampling_triton import sample_triton  # noqa: E402
+from tests.kernels import pool_contexts  # noqa: E402
 from tests.kernels.checks import rel_err  # noqa: E402
+from tests.kernels.pool_contexts import DEV, PoolContexts, as_float, rope_inputs  # noqa: E402
 
-DEV = "cuda"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -83,54 +82,8 @@ def test_kv_store_writes_only_given_slots():
 
 # ---------------------------------------------------------------- attention
 
-class PoolContexts:
-    """A KV pool and request rows on the GPU; hands out contexts for (row, new tokens) batches."""
-
-    def __init__(self, num_kv_heads, head_dim, dtype, num_slots=20000, max_context=6000, rows=16):
-        self.pool = KVPool(num_slots, 1, num_kv_heads, head_dim, dtype, DEV)
-        self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=DEV)
-        self.free = torch.randperm(num_slots, device="cpu") + 1  # scattered slots
-        self.lens = [0] * rows
-
-    def context(self, rows, extend_lens) -> ForwardContext:
-        prefix = [self.lens[r] for r in rows]
-        locs, positions = [], []
-        for r, p, n in zip(rows, prefix, extend_lens):
-            slots, self.free = self.free[:n], self.free[n:]
-            self.req_to_token[r, p:p + n] = slots.to(DEV, torch.int32)
-            self.lens[r] = p + n
-            locs.append(slots)
-            positions.append(torch.arange(p, p + n))
-        t = lambda v: torch.tensor(v, dtype=torch.int64, device=DEV)  # noqa: E731
-        starts = [sum(extend_lens[:i]) for i in range(len(rows))]
-        return ForwardContext(
-            positions=torch.cat(positions).to(DEV), out_cache_loc=torch.cat(locs).to(DEV),
-            req_pool_indices=t(rows), req_to_token=self.req_to_token, prefix_lens=t(prefix),
-            extend_lens=t(extend_lens), seq_lens=t([p + n for p, n in zip(prefix, extend_lens)]),
-            extend_start_loc=t(starts), kv_pool=self.pool, prefix_lens_cpu=prefix,
-            extend_lens_cpu=list(extend_lens), attention_backend="triton")
-
-
 def run_both(contexts, ctx, q_heads, window=None, causal=True):
-    tokens, dtype = ctx.num_tokens, contexts.pool.dtype
-    kv_heads, head_dim = contexts.pool.num_kv_heads, contexts.pool.head_dim
-    q = torch.randn(tokens, q_heads, head_dim, dtype=dtype, device=DEV)
-    k = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
-    v = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
-    out = attention_triton(q, k, v, ctx, 0, head_dim ** -0.5, window, causal)
-    ref = attention_torch(q.float(), k.float(), v.float(), _as_float(ctx, contexts), 0,
-                          head_dim ** -0.5, window, causal)
-    return out, ref
-
-
-def _as_float(ctx, contexts):
-    """The same context over a float32 copy of the pool (the reference in higher precision)."""
-    pool32 = KVPool(1, 1, contexts.pool.num_kv_heads, contexts.pool.head_dim, torch.float32, DEV)
-    pool32.k_buffers = [contexts.pool.k_buffers[0].float()]
-    pool32.v_buffers = [contexts.pool.v_buffers[0].float()]
-    pool32.dtype = torch.float32
-    return ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
-                             "attn_metadata": None})
+    return pool_contexts.run_both(attention_triton, contexts, ctx, q_heads, window, causal)
 
 
 SHAPES = [(32, 8, 128), (32, 8, 64), (16, 8, 128), (8, 1, 64), (12, 4, 96), (4, 2, 16)]
@@ -198,7 +151,7 @@ def test_decode_replays_in_a_cuda_graph():
             getattr(static, name).copy_(getattr(fresh, name))
         q.normal_(), k.normal_(), v.normal_()
         graph.replay()
-        ref = attention_torch(q.float(), k.float(), v.float(), _as_float(fresh, contexts), 0, 128 ** -0.5)
+        ref = attention_torch(q.float(), k.float(), v.float(), as_float(fresh, contexts), 0, 128 ** -0.5)
         assert rel_err(out, ref) < TOL[torch.bfloat16]
 
 
@@ -236,15 +189,6 @@ def test_sampling_top_k_one_is_argmax_and_respects_filters():
 
 # ---------------------------------------------------------------- fused (q/k norm +) rotary + KV store
 
-def _rope_inputs(positions, head_dim, dtype, qk_norm):
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
-    cos, sin = rope_cos_sin(positions, inv_freq, 1.0)
-    if not qk_norm:
-        return RopeInputs(cos, sin)
-    q_w, k_w = torch.randn(2, head_dim, dtype=dtype, device=DEV)
-    return RopeInputs(cos, sin, q_w, k_w, 1e-6)
-
-
 def _nan_pool(kv_heads, head_dim, dtype, num_slots=600):
     pool = KVPool(num_slots, 1, kv_heads, head_dim, dtype, DEV)
     pool.k_buffers[0].fill_(float("nan"))
@@ -262,7 +206,7 @@ def test_rope_store_matches_reference(dtype, qk_norm, tokens, q_heads, kv_heads,
     q, k, v = qkv.split([q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(tokens, q_heads, head_dim)
     k, v = k.view(tokens, kv_heads, head_dim), v.view(tokens, kv_heads, head_dim)
-    rope = _rope_inputs(torch.randint(0, 100000, (tokens,), device=DEV), head_dim, dtype, qk_norm)
+    rope = rope_inputs(torch.randint(0, 100000, (tokens,), device=DEV), head_dim, dtype, qk_norm)
     ours, ref = _nan_pool(kv_heads, head_dim, dtype), _nan_pool(kv_heads, head_dim, dtype)
     loc = torch.randperm(600, device=DEV)[:tokens] + 1
     kv_before = qkv[:, q_heads * head_dim:].clone()
@@ -295,9 +239,9 @@ def test_attention_with_rope_matches_reference(qk_norm, dtype):
         ctx = contexts.context(rows, extend_lens)
         q = torch.randn(ctx.num_tokens, 16, 128, dtype=dtype, device=DEV)
         k, v = torch.randn(2, ctx.num_tokens, 4, 128, dtype=dtype, device=DEV)
-        rope = _rope_inputs(ctx.positions, 128, dtype, qk_norm)
+        rope = rope_inputs(ctx.positions, 128, dtype, qk_norm)
         out = attention_triton(q.clone(), k, v, ctx, 0, 128 ** -0.5, rope=rope)
-        ref = attention_torch(q.float(), k.float(), v.float(), _as_float(ctx, contexts), 0,
+        ref = attention_torch(q.float(), k.float(), v.float(), as_float(ctx, contexts), 0,
                               128 ** -0.5, rope=rope)
         assert rel_err(out, ref) < TOL[dtype], extend_lens
 

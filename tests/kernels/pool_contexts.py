@@ -1,0 +1,74 @@
+"""A KV pool with request rows on the GPU, and an attention backend checked against the
+torch reference over a float32 copy of that pool (shared by the backends' kernel tests)."""
+
+import torch
+
+from rollserve.engine.forward_context import ForwardContext
+from rollserve.engine.kv_pool import KVPool
+from rollserve.kernels.attention import attention_torch
+from rollserve.kernels.rotary import RopeInputs, rope_cos_sin
+
+DEV = "cuda"
+
+
+class PoolContexts:
+    """A KV pool and request rows on the GPU; hands out contexts for (row, new tokens) batches."""
+
+    def __init__(self, num_kv_heads, head_dim, dtype, num_slots=20000, max_context=6000, rows=16,
+                 backend="triton"):
+        self.backend = backend
+        self.pool = KVPool(num_slots, 1, num_kv_heads, head_dim, dtype, DEV)
+        self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=DEV)
+        self.free = torch.randperm(num_slots, device="cpu") + 1  # scattered slots
+        self.lens = [0] * rows
+
+    def context(self, rows, extend_lens) -> ForwardContext:
+        prefix = [self.lens[r] for r in rows]
+        locs, positions = [], []
+        for r, p, n in zip(rows, prefix, extend_lens):
+            slots, self.free = self.free[:n], self.free[n:]
+            self.req_to_token[r, p:p + n] = slots.to(DEV, torch.int32)
+            self.lens[r] = p + n
+            locs.append(slots)
+            positions.append(torch.arange(p, p + n))
+        t = lambda v: torch.tensor(v, dtype=torch.int64, device=DEV)  # noqa: E731
+        starts = [sum(extend_lens[:i]) for i in range(len(rows))]
+        return ForwardContext(
+            positions=torch.cat(positions).to(DEV), out_cache_loc=torch.cat(locs).to(DEV),
+            req_pool_indices=t(rows), req_to_token=self.req_to_token, prefix_lens=t(prefix),
+            extend_lens=t(extend_lens), seq_lens=t([p + n for p, n in zip(prefix, extend_lens)]),
+            extend_start_loc=t(starts), kv_pool=self.pool, prefix_lens_cpu=prefix,
+            extend_lens_cpu=list(extend_lens), attention_backend=self.backend)
+
+
+def run_both(attention_fn, contexts, ctx, q_heads, window=None, causal=True):
+    """(attention_fn's output, the float32 torch reference) on random q, k, v for ctx."""
+    tokens, dtype = ctx.num_tokens, contexts.pool.dtype
+    kv_heads, head_dim = contexts.pool.num_kv_heads, contexts.pool.head_dim
+    q = torch.randn(tokens, q_heads, head_dim, dtype=dtype, device=DEV)
+    k = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
+    v = torch.randn(tokens, kv_heads, head_dim, dtype=dtype, device=DEV)
+    out = attention_fn(q, k, v, ctx, 0, head_dim ** -0.5, window, causal)
+    ref = attention_torch(q.float(), k.float(), v.float(), as_float(ctx, contexts), 0,
+                          head_dim ** -0.5, window, causal)
+    return out, ref
+
+
+def as_float(ctx, contexts):
+    """The same context over a float32 copy of the pool (the reference in higher precision)."""
+    pool32 = KVPool(1, 1, contexts.pool.num_kv_heads, contexts.pool.head_dim, torch.float32, DEV)
+    pool32.k_buffers = [contexts.pool.k_buffers[0].float()]
+    pool32.v_buffers = [contexts.pool.v_buffers[0].float()]
+    pool32.dtype = torch.float32
+    return ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
+                             "attn_metadata": None})
+
+
+def rope_inputs(positions, head_dim, dtype, qk_norm):
+    """Llama-style rotation inputs for positions (with random per-head norms when qk_norm)."""
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEV).float() / head_dim))
+    cos, sin = rope_cos_sin(positions, inv_freq, 1.0)
+    if not qk_norm:
+        return RopeInputs(cos, sin)
+    q_w, k_w = torch.randn(2, head_dim, dtype=dtype, device=DEV)
+    return RopeInputs(cos, sin, q_w, k_w, 1e-6)
