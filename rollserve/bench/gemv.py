@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rollserve.bench.kernel_profile import cuda_time_ms
 from rollserve.bench.offline import device_name, git_commit, kernel_switches, now_iso, write_json
 
-MODELS = ("llama-3.2-1b", "llama-3.1-8b")
+MODELS = ("llama-3.2-1b", "llama-3.1-8b", "qwen3-0.6b")
 CALLS = 20
 ROTATE_BYTES = 200 * 2**20
 FUSIONS = {"qkv": "norm", "gate_up": "norm_silu"}  # what the decoder layer fuses into each GEMV

@@ -23,10 +23,15 @@ def load(folder: str) -> dict:
     return out
 
 
+def backend_label(backend) -> str:
+    """' (flashinfer)' for runs on another attention backend than the default triton."""
+    return f" ({backend})" if backend not in (None, "triton") else ""
+
+
 def one_batch_rows(name: str, report: dict):
-    shape = report["shape"]
+    shape = report["shape"] + backend_label(report.get("attention_backend"))
     for r in report["results"]:
-        target = TARGET_FRACTION.get(shape) if r["batch_size"] == 1 else None
+        target = TARGET_FRACTION.get(report["shape"]) if r["batch_size"] == 1 else None
         verdict = "" if target is None else (
             f"target >= {target:.0%} of roofline: {'met' if r['fraction_of_roofline'] >= target else 'missed'}")
         yield (f"one_batch {shape} bs={r['batch_size']} decode", f"{r['decode_tok_s']:.1f} tok/s",
@@ -43,7 +48,8 @@ def one_batch_rows(name: str, report: dict):
 def offline_rows(name: str, report: dict):
     ours = report["results"][0]
     label = f"offline {report['shape']} {report['dataset']} {report['num_prompts']} prompts " \
-            f"({report['mean_input_len']:.0f} in / {report['mean_output_len']:.0f} out)"
+            f"({report['mean_input_len']:.0f} in / {report['mean_output_len']:.0f} out)" \
+            + backend_label(report.get("engine_args", {}).get("attention_backend"))
     note = f"total {ours['total_tok_s']:.0f} tok/s"
     if "ratio_output_tok_s" in report:
         base = report["results"][1]

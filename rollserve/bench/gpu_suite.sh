@@ -118,7 +118,8 @@ for stage in $STAGES; do
     attn_bench)  # the decode-attention config sweep
       step decode_attention 240 $PY -m rollserve.bench.decode_attention --out "$OUT/decode_attention.json" ;;
     gemv_sweep)  # every candidate GEMV config at M = 1, plain and fused
-      step gemv_sweep 300 $PY -m rollserve.bench.gemv --m 1 --sweep --out "$OUT/gemv_sweep.json" ;;
+      step gemv_sweep 300 $PY -m rollserve.bench.gemv --m 1 --sweep --models ${GEMV_MODELS:-llama-3.2-1b llama-3.1-8b} \
+        --out "$OUT/gemv_sweep.json" ;;
     attn_tests)  # the decode-attention config tests alone (fast check of a kernel change)
       step attn_tests 200 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/kernels/test_decode_attention_configs.py ;;
     gemv)

@@ -230,6 +230,7 @@ def main(argv=None) -> dict:
                              disable_cuda_graph=args.disable_cuda_graph,
                              enable_torch_compile=args.enable_torch_compile)
     runner = ModelRunner(server_args, model_path)
+    attention_backend = runner.attention_backend
     sizes = weight_bytes(runner.model)
     rows = []
     for batch in args.batch_size:
@@ -250,6 +251,7 @@ def main(argv=None) -> dict:
     torch.cuda.empty_cache()
     report = {"benchmark": "one_batch", "shape": args.shape or model_path, "date": now_iso(),
               "device": device_name(), "commit": git_commit(), "dtype": args.dtype,
+              "attention_backend": attention_backend,
               "cuda_graph": not args.disable_cuda_graph, "torch_compile": args.enable_torch_compile,
               "copy_bandwidth_tb_s": round(bandwidth / 1e12, 3), "param_bytes": sizes["all_params"],
               "switches": kernel_switches(), "results": rows}
