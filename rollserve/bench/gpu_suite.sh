@@ -132,7 +132,7 @@ for stage in $STAGES; do
       done ;;
     ab)  # one_batch bs=1/8 with each decode-path switch off in turn, kernels profiled
       for shape in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
-        for switch in none ROLLSERVE_DISABLE_PDL ROLLSERVE_GEMV_FUSION; do
+        for switch in ${AB_SWITCHES:-none ROLLSERVE_DISABLE_PDL ROLLSERVE_GEMV_FUSION}; do
           step "ab_${shape}_$switch" 200 env "${switch/none/ROLLSERVE_AB}=1" $PY -m rollserve.bench.one_batch \
             --shape "$shape" --batch-size 1 8 --input-len 512 --output-len 64 --profile-kernels \
             --output-file "$OUT/ab_${shape}_$switch.json"
