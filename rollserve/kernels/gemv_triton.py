@@ -22,7 +22,6 @@ autotuning, so a first call inside CUDA-graph capture is safe.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -45,16 +44,7 @@ class GemvConfig:
 
 
 # Measured overrides, keyed by (M_PAD, N, K, silu_mul, norm); the heuristic serves the rest.
-# The hidden-1024 shapes (Qwen3-0.6B's qkv, o, gate_up, down) are the best of the H100 sweep
-# in bench/results/2026-11-26-gpu-h100-session4/call2_h100_gemv_sweep.json: 3.7 / 2.2 / 4.6 /
-# 3.3 us against the heuristic's 4.4 / 2.8 / 5.5 / 3.4. ROLLSERVE_DISABLE_GEMV_TUNED=1: heuristic only.
-TUNED: Dict[Tuple[int, int, int, bool, bool], GemvConfig] = {} if os.environ.get(
-    "ROLLSERVE_DISABLE_GEMV_TUNED", "0") == "1" else {
-    (1, 4096, 1024, False, False): GemvConfig(block_n=4, block_k=1024, num_warps=4, num_stages=4),
-    (1, 1024, 2048, False, False): GemvConfig(block_n=1, block_k=2048, num_warps=4, num_stages=4),
-    (1, 6144, 1024, False, False): GemvConfig(block_n=4, block_k=512, num_warps=4, num_stages=4),
-    (1, 1024, 3072, False, False): GemvConfig(block_n=1, block_k=2048, num_warps=4, num_stages=4),
-}
+TUNED: Dict[Tuple[int, int, int, bool, bool], GemvConfig] = {}
 
 
 @triton.jit
