@@ -30,8 +30,6 @@ if torch.cuda.is_available():  # real decode shapes only where they run fast
     SHAPES += [(1, 3072, 2048), (4, 2048, 8192), (8, 16384, 2048), (7, 4096, 14336)]
 
 
-
-
 def rand(*shape, dtype, scale=1.0):
     return torch.randn(*shape, dtype=dtype, device=DEV) * scale
 
