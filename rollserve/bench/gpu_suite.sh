@@ -16,6 +16,7 @@
 # beside triton, the ShareGPT-like run on it; scripts/flashinfer_device.sh makes flashinfer
 # importable there), `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
 # `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
+# `sharegpt_sglang_lengths` (that run on lengths with the means of SGLang's ShareGPT run),
 # `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
@@ -80,6 +81,12 @@ for stage in $STAGES; do
       step offline_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
         --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
         --output-file "$OUT/offline_llama-3.1-8b_sharegpt.json" ;;
+    sharegpt_sglang_lengths)  # the same run with medians 182 / 99: 231,507 in and 126,620 out
+      # tokens, near the 233,369 / 126,886 of SGLang's 1000-prompt ShareGPT run (its PR #1968)
+      step offline_llama-3.1-8b_sharegpt_sglang_lengths 300 $PY -m rollserve.bench.offline \
+        --shape llama-3.1-8b --dataset sharegpt-like --input-median 182 --output-median 99 \
+        --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --output-file "$OUT/offline_llama-3.1-8b_sharegpt_sglang_lengths.json" ;;
     profile_8b_sharegpt)  # the ShareGPT-like run with PROFILE_STEPS steps from PROFILE_START profiled
       start=${PROFILE_START:-300}
       step "profile_llama-3.1-8b_sharegpt_$start" 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \

@@ -9,8 +9,8 @@ transformers baseline on the same model, in one run, side by side.
 
 Datasets (token ids drawn at random): `random`, every prompt input-len long and asking
 for output-len tokens; `sharegpt-like`, input and output lengths each drawn from a
-log-normal with median 200 and sigma 0.7, clipped to [4, 2048] (mean ~250, the shape of
-ShareGPT conversations' lengths); `uniform`, both uniform in [--min-len, --max-len] (the
+log-normal with median 200 (--input-median, --output-median) and sigma 0.7, clipped to
+[4, 2048] (mean ~250, the shape of ShareGPT conversations' lengths); `uniform`, both uniform in [--min-len, --max-len] (the
 nano-vllm / mini-sglang workload is 256 sequences, 100..1024). Every request ignores EOS.
 """
 
@@ -45,12 +45,14 @@ def workload(args, vocab: int) -> Tuple[List[List[int]], List[int]]:
         return random_prompts(args.num_prompts, args.input_len, vocab, args.seed), \
             [args.output_len] * args.num_prompts
     if args.dataset == "sharegpt-like":
-        def draw() -> int:
-            return min(2048, max(4, int(rng.lognormvariate(math.log(200), 0.7))))
+        def draw(median: int) -> int:
+            return min(2048, max(4, int(rng.lognormvariate(math.log(median), 0.7))))
+        medians = (args.input_median, args.output_median)
     else:
-        def draw() -> int:
+        def draw(_) -> int:
             return rng.randint(args.min_len, args.max_len)
-    lengths = [(draw(), draw()) for _ in range(args.num_prompts)]
+        medians = (None, None)
+    lengths = [(draw(medians[0]), draw(medians[1])) for _ in range(args.num_prompts)]
     prompts = [[rng.randrange(100, vocab - 1) for _ in range(n_in)] for n_in, _ in lengths]
     return prompts, [n_out for _, n_out in lengths]
 
@@ -192,6 +194,8 @@ def main(argv=None) -> dict:
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--input-median", type=int, default=200, help="sharegpt-like dataset")
+    p.add_argument("--output-median", type=int, default=200, help="sharegpt-like dataset")
     p.add_argument("--min-len", type=int, default=100, help="uniform dataset")
     p.add_argument("--max-len", type=int, default=1024, help="uniform dataset")
     p.add_argument("--temperature", type=float, default=0.0)
