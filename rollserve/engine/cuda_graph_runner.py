@@ -110,11 +110,12 @@ class CudaGraphRunner:
         logger.info("captured decode CUDA graphs for batch sizes %s in %.1fs", self.sizes,
                     time.perf_counter() - start)
 
-    def _plan(self, bs: int, seq_lens: List[int]) -> None:
-        """Backends that plan per batch on the host (flashinfer) plan for the inputs of size bs."""
+    def _plan(self, bs: int, seq_lens) -> None:
+        """Backends that plan per batch on the host (flashinfer) plan for the inputs of size bs
+        (seq_lens: bs ints, a list or an array)."""
         metadata = self.contexts[bs].attn_metadata
         if hasattr(metadata, "before_replay"):
-            metadata.before_replay(self.contexts[bs], seq_lens)
+            metadata.before_replay(self.contexts[bs], np.asarray(seq_lens).tolist())
 
     def can_run(self, host: HostBatch, logit_rows_ok: bool) -> bool:
         return logit_rows_ok and len(host.extend_lens) <= self.max_bs and all(
@@ -134,7 +135,7 @@ class CudaGraphRunner:
         staged[_ROWS, :batch] = host.req_pool_indices
         staged[_SEQ_LENS, :batch] = host.positions + 1
         self.inputs[bs].copy_(torch.from_numpy(staged).pin_memory(), non_blocking=True)
-        self._plan(bs, staged[_SEQ_LENS].tolist())
+        self._plan(bs, staged[_SEQ_LENS])
         self.graphs[bs].replay()
         return self.outputs[bs][:batch]
 
