@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional
 
 
 def _add_serve(sub) -> None:
-    from rollserve.engine.config import add_server_args
+    from rollserve.frontend.server_args import add_server_args
 
     parser = sub.add_parser("serve", help="start the HTTP server (SGLang-native and OpenAI API)",
                             description="Start the HTTP server. Flag names follow SGLang's.")
@@ -18,7 +18,7 @@ def _add_serve(sub) -> None:
 
 def _run_serve(namespace: argparse.Namespace) -> int:
     from rollserve.api.server import launch_server
-    from rollserve.engine.config import server_args_from_cli
+    from rollserve.frontend.server_args import server_args_from_cli
 
     return launch_server(server_args_from_cli(namespace))
 

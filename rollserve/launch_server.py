@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rollserve.api.server import launch_server
-from rollserve.engine.config import add_server_args, server_args_from_cli
+from rollserve.frontend.server_args import add_server_args, server_args_from_cli
 
 
 def main() -> None:

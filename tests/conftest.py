@@ -8,7 +8,7 @@ from tests.tiny_models import save_tiny_checkpoint
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     """The embedded SmolLM2 converted to HF format (cached across runs in ~/.cache/rollserve)."""
-    from rollserve.engine.default_model import default_model_path
+    from rollserve.frontend.default_model import default_model_path
 
     return default_model_path()
 

@@ -5,36 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Type, TypeVar
+from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollserve.api.embedding_serving import add_embedding_routes
+from rollserve.api.body import optional_body, parse_body
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
 from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionRequest,
                                     CompletionRequest, GenerateRequest, ProfileRequestBody,
                                     error_body)
 from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
-from rollserve.engine.config import ServerArgs
-from rollserve.engine.encode_manager import pooling_health_check
-from rollserve.engine.request_input import GenerateReqInput
-from rollserve.engine.sampling_params import InvalidRequest
-from rollserve.engine.tokenizer_manager import EngineDeadError, TokenizerManager
+from rollserve.frontend.server_args import ServerArgs
+from rollserve.frontend.encode_manager import pooling_health_check
+from rollserve.frontend.request_input import GenerateReqInput
+from rollserve.core.sampling_params import InvalidRequest
+from rollserve.frontend.tokenizer_manager import EngineDeadError, TokenizerManager
 from rollserve.version import __version__
-from rollserve.weight_sync.http_routes import add_weight_sync_routes
+from rollserve.api.weight_sync_routes import add_weight_sync_routes
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 OPEN_PATHS = {"/health"}  # answered without the API key
 UNLIMITED_BODY_PATHS = {"/update_weights_from_tensor"}  # a trainer's weight buckets are large
-M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -63,29 +61,6 @@ def build_state(args: ServerArgs, tm: TokenizerManager) -> ServerState:
 def error_response(status: int, message: str, param: Optional[str] = None,
                    kind: str = "invalid_request_error") -> JSONBody:
     return JSONBody(error_body(status, message, param, kind), status_code=status)
-
-
-async def parse_body(request: Request, model: Type[M]) -> M:
-    """JSON whatever the Content-Type says (curl -d sends a form type), then the
-    pydantic model; a wrong type answers 422 naming the field."""
-    try:
-        data = json.loads(await request.body())
-    except ValueError:
-        raise ApiError(400, "the request body is not valid JSON", "body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        parts, param = [], None
-        for err in e.errors():
-            loc = [str(p) for p in err.get("loc", ())] or ["body"]
-            param = param or loc[0]
-            parts.append(f"{'.'.join(loc)}: {err.get('msg')}")
-        raise ApiError(422, "; ".join(parts), param)
-
-
-async def optional_body(request: Request, model: Type[M]) -> M:
-    """parse_body for models whose fields all have defaults: the body may be left out."""
-    return model() if not (await request.body()).strip() else await parse_body(request, model)
 
 
 # ---- generation: one path for every endpoint ----------------------------------------------------
@@ -241,7 +216,7 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/get_model_info")
     async def get_model_info():
-        return tm.model_info()
+        return await tm.model_info()
 
     @app.get("/get_server_info")
     async def get_server_info():

@@ -13,15 +13,15 @@ from fastapi import FastAPI, Request
 from rollserve.api.protocol import (ApiError, ClassifyRequest, EmbeddingData, EmbeddingRequest,
                                     EmbeddingResponse, EmbeddingUsage, EncodeRequest)
 from rollserve.api.sse import JSONBody, until_disconnect
-from rollserve.engine.encode_input import EncodeReqInput
-from rollserve.engine.encode_manager import RequestAborted
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.frontend.encode_input import EncodeReqInput
+from rollserve.frontend.encode_manager import RequestAborted
+from rollserve.core.sampling_params import InvalidRequest
 
 OPENAI_PARAM_NAMES = {"text": "input", "input_ids": "input"}
 
 
 def add_embedding_routes(app: FastAPI, state) -> None:
-    from rollserve.api.app import parse_body  # app.py calls this function once it is loaded
+    from rollserve.api.body import parse_body
 
     tm = state.tm
 

@@ -21,9 +21,9 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
                                     PromptTokensDetails, SamplingFields, TokenLogprob,
                                     TopLogprob, Usage, error_body)
 from rollserve.api.sse import DONE, sse_event
-from rollserve.engine.request_input import GenerateReqInput
-from rollserve.engine.sampling_params import InvalidRequest
-from rollserve.engine.tokenizer_manager import EngineDeadError
+from rollserve.frontend.request_input import GenerateReqInput
+from rollserve.core.sampling_params import InvalidRequest
+from rollserve.frontend.tokenizer_manager import EngineDeadError
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20

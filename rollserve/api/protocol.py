@@ -61,7 +61,7 @@ class ProfileRequestBody(BaseModel):
     profile_prefix: str = ""
 
 
-# ---- weight sync (rollserve/weight_sync/http_routes.py), SGLang's names ----------------------
+# ---- weight sync (rollserve/api/weight_sync_routes.py), SGLang's names ----------------------
 class UpdateWeightsFromDiskRequest(BaseModel):
     model_path: str
     load_format: Optional[str] = None

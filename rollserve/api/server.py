@@ -18,8 +18,8 @@ from typing import List, Optional
 
 import uvicorn
 
-from rollserve.engine.config import ServerArgs
-from rollserve.engine.logging_setup import configure_logging
+from rollserve.frontend.server_args import ServerArgs
+from rollserve.core.logging_setup import configure_logging
 
 logger = logging.getLogger("rollserve.server")
 
@@ -64,18 +64,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def launch_server(args: ServerArgs) -> int:
     """Runs until stopped; returns the process exit code."""
     from rollserve.api.app import build_state, create_app
-    from rollserve.engine.tokenizer_manager import TokenizerManager
-    from rollserve.rollout.engine import resolve_model_path
+    from rollserve.frontend.tokenizer_manager import TokenizerManager
+    from rollserve.frontend.startup import resolve_server_args
 
     configure_logging(args.log_level, prefix="server")
     _stop_on_sigterm_while_loading()
     sock = bind_socket(args.host, args.port)
     if not args.model_path:
         logger.info("no --model-path: serving the embedded default model")
-    args.model_path = resolve_model_path(args)
-    logger.info("model: %s; starting the scheduler and detokenizer processes", args.model_path)
     try:
-        tm = TokenizerManager(args, args.model_path)
+        args = resolve_server_args(args)
+        logger.info("model: %s; starting the scheduler and detokenizer processes", args.model_path)
+        tm = TokenizerManager(args)
     except Exception as e:  # no tokenizer there, or the scheduler failed (its log says why)
         logger.error("cannot start: %s: %s", type(e).__name__, e)
         sock.close()

@@ -50,7 +50,7 @@ def build_reward_model(out_dir: str) -> str:
     """SmolLM2-135M (the embedded default model) with a seeded random 1-label score head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rollserve.engine.default_model import default_model_path
+    from rollserve.frontend.default_model import default_model_path
 
     source = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -136,8 +136,8 @@ def _figures(name: str, elapsed: float, items: int, tokens: int) -> dict:
 def bench_task(task: str, model_path: str, args) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
-    from rollserve.engine.embedding_model import pooling_spec
-    from rollserve.engine.model_loader import resolve_dtype
+    from rollserve.executor.pooling_model import pooling_spec
+    from rollserve.executor.model_loader import resolve_dtype
 
     hf_config = AutoConfig.from_pretrained(model_path)
     spec = pooling_spec(model_path, is_embedding=True, hf_config=hf_config)
@@ -187,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews CPU timings
 
-    from rollserve.engine.embedding_model import default_embedding_model_path
+    from rollserve.executor.pooling_model import default_embedding_model_path
 
     tasks = ["encode", "classify"] if args.task == "both" else [args.task]
     temp_dir = None

@@ -59,7 +59,7 @@ for stage in $STAGES; do
     tests)
       step gpu_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_triton_kernels.py tests/kernels/test_gemv_triton.py tests/kernels/test_decode_attention_configs.py \
-        tests/engine/test_gpu_engine.py ;;
+        tests/test_gpu_engine.py ;;
     one_batch)
       step one_batch_llama-3.2-1b 200 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
@@ -106,7 +106,7 @@ for stage in $STAGES; do
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
     fi_tests)  # the flashinfer backend's kernel and engine tests (where flashinfer is installed)
       step flashinfer_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider -k flashinfer \
-        tests/kernels/test_attention_flashinfer.py tests/engine/test_gpu_engine.py ;;
+        tests/kernels/test_attention_flashinfer.py tests/test_gpu_engine.py ;;
     fi_bench)  # one_batch on --attention-backend flashinfer and on triton, in the same run
       for shape in ${FI_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
         for backend in flashinfer triton; do

@@ -227,8 +227,8 @@ def main(argv=None) -> dict:
 
     from transformers import AutoConfig
 
-    from rollserve.engine.config import ServerArgs
-    from rollserve.rollout.engine import resolve_model_path
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.frontend.startup import resolve_model_path
 
     if args.shape:
         from rollserve.bench.synthetic_model import materialize

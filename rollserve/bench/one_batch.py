@@ -38,8 +38,8 @@ def copy_bandwidth(device, gib: float = 1.0) -> float:
 
 
 def _requests(runner, batch: int, input_len: int, seed: int):
-    from rollserve.engine.request import Req
-    from rollserve.engine.sampling_params import SamplingParams
+    from rollserve.scheduler.request import Req
+    from rollserve.core.sampling_params import SamplingParams
 
     gen = torch.Generator().manual_seed(seed)
     reqs = []
@@ -52,7 +52,7 @@ def _requests(runner, batch: int, input_len: int, seed: int):
 
 
 def _prefill_batch(runner, reqs):
-    from rollserve.engine.schedule_batch import BatchEntry, ScheduleBatch
+    from rollserve.core.batch import BatchEntry, ScheduleBatch
 
     entries = []
     for req in reqs:
@@ -66,8 +66,8 @@ def _prefill_batch(runner, reqs):
 
 def _decode_batch(runner, reqs):
     """One new token per request, named by placeholder (the token being sampled on the GPU)."""
-    from rollserve.engine.forward_batch import placeholder_for
-    from rollserve.engine.schedule_batch import BatchEntry, ScheduleBatch
+    from rollserve.executor.forward_batch import placeholder_for
+    from rollserve.core.batch import BatchEntry, ScheduleBatch
 
     slots = runner.allocator.alloc(len(reqs))
     entries = [BatchEntry(r, r.kv_len, [placeholder_for(r.req_pool_idx)], s, sample=True,
@@ -216,8 +216,8 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("one_batch needs a CUDA device")
     from rollserve.bench.synthetic_model import materialize
-    from rollserve.engine.config import ServerArgs
-    from rollserve.engine.model_runner import ModelRunner
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.executor.model_runner import ModelRunner
 
     model_path = args.model_path or materialize(args.shape, tempfile.mkdtemp(prefix="rollserve-shape-"))
     load_format = args.load_format or ("dummy" if args.shape else "auto")
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
                              attention_backend=args.attention_backend,
                              disable_cuda_graph=args.disable_cuda_graph,
                              enable_torch_compile=args.enable_torch_compile)
-    runner = ModelRunner(server_args, model_path)
+    runner = ModelRunner(server_args.executor_config())
     attention_backend = runner.attention_backend
     sizes = weight_bytes(runner.model)
     rows = []

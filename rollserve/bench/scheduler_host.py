@@ -47,25 +47,26 @@ def tiny_model_dir() -> str:
 
 
 def make_scheduler(path: str, args):
-    from rollserve.engine.config import ServerArgs
-    from rollserve.engine.model_runner import ModelRunner
-    from rollserve.engine.overlap_scheduler import OverlapScheduler
-    from rollserve.engine.scheduler import Scheduler
-    from rollserve.engine.tokenizer import eos_token_ids, load_tokenizer
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.executor.model_runner import ModelRunner
+    from rollserve.scheduler.overlap_scheduler import OverlapScheduler
+    from rollserve.scheduler.scheduler import Scheduler
+    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
 
     server_args = ServerArgs(model_path=path, device=args.device, dtype="float32",
                              max_total_tokens=args.num_requests * (args.max_len * 2 + 8),
                              max_running_requests=args.num_requests,
                              context_length=2 * args.max_len + 8)
-    runner = ModelRunner(server_args, path)
+    config = server_args.scheduler_config()
+    runner = ModelRunner(config.executor)
     tokenizer = load_tokenizer(path)
     cls = Scheduler if args.no_overlap else OverlapScheduler
-    return cls(server_args, runner, tokenizer, eos_token_ids(path, tokenizer))
+    return cls(config, runner, tokenizer, eos_token_ids(path, tokenizer))
 
 
 def add_requests(scheduler, args) -> None:
-    from rollserve.engine.io import TokenizedGenerateReq
-    from rollserve.engine.sampling_params import SamplingParams
+    from rollserve.core.io import TokenizedGenerateReq
+    from rollserve.core.sampling_params import SamplingParams
 
     rng = random.Random(0)
     for i in range(args.num_requests):

@@ -68,7 +68,7 @@ def weight_spec(model_path: str, dtype: torch.dtype) -> Dict[str, Tuple[tuple, t
     """HF name -> (shape, dtype) of every tensor the engine's model loads (built on meta)."""
     from transformers import AutoConfig
 
-    from rollserve.engine.models import get_model_class
+    from rollserve.executor.models import get_model_class
 
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
@@ -222,7 +222,7 @@ def bench_model(label: str, model_path: str, engine_kwargs: dict, args, workdir:
 def _engine_dtype(engine, model_path: str) -> torch.dtype:
     from transformers import AutoConfig
 
-    from rollserve.engine.model_loader import resolve_dtype
+    from rollserve.executor.model_loader import resolve_dtype
 
     args = engine.server_args
     return resolve_dtype(AutoConfig.from_pretrained(model_path), args.dtype, args.resolved_device())
@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
         for label in args.models:
             print(f"{label}:", flush=True)
             if label == "default":
-                from rollserve.engine.default_model import default_model_path
+                from rollserve.frontend.default_model import default_model_path
 
                 rows += bench_model(label, default_model_path(), {}, args, workdir)
             else:

@@ -14,7 +14,7 @@ import os
 import shlex
 from typing import Iterator, List, Optional
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 
 logger = logging.getLogger("rollserve.eval")
 
@@ -238,7 +238,7 @@ def _print_checkpoint(console, checkpoint, rows: List[dict]) -> None:
 
 # ---- entry point ------------------------------------------------------------------------------
 def run_eval(ns) -> int:
-    from rollserve.engine.logging_setup import configure_logging
+    from rollserve.core.logging_setup import configure_logging
 
     configure_logging("warning", prefix="eval")
     logging.getLogger("rollserve.eval").setLevel(logging.INFO)

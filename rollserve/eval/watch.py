@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.report import ResultsLog, result_row
 from rollserve.eval.runner import run_tasks
 from rollserve.eval.tasks.base import EvalContext, Task, TaskResult

@@ -30,7 +30,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: Optional[torch.Tensor] = None):
     """On CUDA the Triton kernel, which writes the new residual into `residual` in place."""
     if use_triton(x):
-        from rollserve.kernels.norm_triton import rms_norm_triton
+        from rollserve.kernels.norm_triton import rms_norm_triton, triton_supports
 
-        return rms_norm_triton(x, weight, eps, residual)
+        if triton_supports(x, weight):
+            return rms_norm_triton(x, weight, eps, residual)
     return rms_norm_torch(x, weight, eps, residual)

@@ -40,16 +40,18 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, heads, stride_xt,
     tl.store(out_ptr + row.to(tl.int64) * dim + cols, (normed * weight).to(x.dtype), mask=mask)
 
 
+def triton_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The layouts the kernel takes: [T, D] or [T, H, D] with a contiguous last dim, weight in x's dtype."""
+    return x.stride(-1) == 1 and x.dim() in (2, 3) and weight.dtype == x.dtype
+
+
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
                     residual: Optional[torch.Tensor] = None):
     """Same contract as rms_norm_torch; with `residual`, the sum is written into `residual`
     in place and returned as the new residual. x may be a strided [T, D] or [T, H, D] view
     whose last dim is contiguous (Qwen3's per-head q/k norm)."""
+    assert triton_supports(x, weight), "rms_norm dispatches other layouts to the torch reference"
     dim = x.shape[-1]
-    if x.stride(-1) != 1 or x.dim() not in (2, 3) or weight.dtype != x.dtype:
-        from rollserve.kernels.norm import rms_norm_torch
-
-        return rms_norm_torch(x, weight, eps, residual)
     heads = x.shape[1] if x.dim() == 3 else 1
     stride_h = x.stride(1) if x.dim() == 3 else 0
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -6,7 +6,7 @@ bisection over the float bit patterns (positive floats order like their bits, so
 whose strictly-larger survivors hold less than top_p of the survivors' mass;
 min_p against the largest probability; then the exponential race argmax(p / E)
 with the caller's Exp(1) noise E. Same decisions as the sort-based reference
-(engine.sampler.filtered_weights) up to float ties, and no host synchronization.
+(kernels.sampling.filtered_weights) up to float ties, and no host synchronization.
 """
 
 from __future__ import annotations

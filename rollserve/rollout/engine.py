@@ -12,37 +12,26 @@ import queue
 import threading
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
-from rollserve.engine.config import ServerArgs
-from rollserve.engine.encode_input import EncodeReqInput
-from rollserve.engine.request_input import GenerateReqInput
-from rollserve.engine.tokenizer_manager import TokenizerManager
+from rollserve.frontend.server_args import ServerArgs
+from rollserve.frontend.startup import resolve_server_args
+from rollserve.frontend.encode_input import EncodeReqInput
+from rollserve.frontend.request_input import GenerateReqInput
+from rollserve.frontend.tokenizer_manager import TokenizerManager
 from rollserve.version import __version__
 from rollserve.weight_sync.engine_api import WeightSyncMixin
 
 _DONE = object()
 
 
-def resolve_model_path(args: ServerArgs) -> str:
-    if args.model_path:
-        return args.model_path
-    if args.is_embedding:  # the embedded all-MiniLM-L6-v2
-        from rollserve.engine.embedding_model import default_embedding_model_path
-
-        return default_embedding_model_path()
-    from rollserve.engine.default_model import default_model_path
-
-    return default_model_path()
-
-
 class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/engine_api.py
     def __init__(self, model_path: Optional[str] = None, **server_args):
-        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **server_args)
-        self.server_args.model_path = resolve_model_path(self.server_args)
+        self.server_args = resolve_server_args(ServerArgs.from_kwargs(model_path=model_path,
+                                                                      **server_args))
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="rollserve-engine-loop",
                                         daemon=True)
         self._thread.start()
-        self.tokenizer_manager = TokenizerManager(self.server_args, self.server_args.model_path)
+        self.tokenizer_manager = TokenizerManager(self.server_args)
         self.tokenizer = self.tokenizer_manager.tokenizer
         self._closed = False
 
@@ -146,7 +135,7 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
         return self._call(self.tokenizer_manager.flush_cache())
 
     def start_profile(self, **fields) -> dict:
-        """torch.profiler over the scheduler's steps (fields: rollserve.engine.profiler.ProfileRequest)."""
+        """torch.profiler over the scheduler's steps (fields: rollserve.scheduler.profiler.ProfileRequest)."""
         return self._call(self.tokenizer_manager.rpc("start_profile", **fields))
 
     def stop_profile(self) -> dict:
@@ -168,7 +157,7 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
         return {**self.server_args.public_dict(), **load, "version": __version__}
 
     def get_model_info(self) -> dict:
-        return self.tokenizer_manager.model_info()
+        return self._call(self.tokenizer_manager.model_info())
 
     def _call(self, coro):
         if self._closed:

@@ -1,8 +1,8 @@
 """The front process's half of weight sync, shared by rollserve.Engine and the HTTP routes.
 
 Each call is one control call to the scheduler (run between two forward steps, see
-service.py); on success the front's copy of weight_version (shown by
-/get_model_info) follows the scheduler's (stamped on every result).
+service.py). The scheduler owns weight_version (stamped on every result); the front
+asks it when /get_model_info needs it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from typing import List, Optional, Sequence
 from rollserve.weight_sync.distributed import DEFAULT_GROUP_NAME
 
 
-def _update_response(tm, result: dict) -> dict:
-    if result.get("success") and result.get("weight_version") is not None:
-        tm.weight_version = result["weight_version"]
+def _update_response(result: dict) -> dict:
     return {"success": bool(result.get("success")), "message": result.get("message", ""),
             "num_paused_requests": int(result.get("num_paused_requests", 0))}
 
@@ -31,7 +29,7 @@ async def update_weights_from_disk(tm, model_path: str, load_format: Optional[st
                           abort_all_requests=abort_all_requests, weight_version=weight_version)
     if result.get("success"):
         tm.model_path = model_path  # as SGLang: /get_model_info names the checkpoint now served
-    return _update_response(tm, result)
+    return _update_response(result)
 
 
 async def update_weights_from_tensor(tm, serialized_named_tensors: Sequence[str],
@@ -42,7 +40,7 @@ async def update_weights_from_tensor(tm, serialized_named_tensors: Sequence[str]
                           serialized_named_tensors=list(serialized_named_tensors),
                           load_format=load_format, flush_cache=flush_cache,
                           abort_all_requests=abort_all_requests, weight_version=weight_version)
-    return _update_response(tm, result)
+    return _update_response(result)
 
 
 async def init_weights_update_group(tm, master_address: str, master_port: int, rank_offset: int,
@@ -65,7 +63,7 @@ async def update_weights_from_distributed(tm, names: List[str], dtypes: List[str
                           group_name=group_name, flush_cache=flush_cache,
                           abort_all_requests=abort_all_requests, weight_version=weight_version,
                           load_format=load_format)
-    return _update_response(tm, result)
+    return _update_response(result)
 
 
 async def destroy_weights_update_group(tm, group_name: str = DEFAULT_GROUP_NAME) -> dict:

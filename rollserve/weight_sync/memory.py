@@ -25,7 +25,6 @@ What happens to the memory depends on where the engine runs:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -33,10 +32,10 @@ from typing import Dict, Iterable, List, Optional, Set
 
 import torch
 
+from rollserve.executor.memory_saver import KV_CACHE, WEIGHTS, MemorySaver
+
 logger = logging.getLogger(__name__)
 
-WEIGHTS = "weights"
-KV_CACHE = "kv_cache"
 TAGS = (WEIGHTS, KV_CACHE)
 
 
@@ -49,40 +48,6 @@ def parse_tags(tags: Optional[Iterable[str]]) -> List[str]:
     if unknown:
         raise ValueError(f"unknown memory tag(s) {unknown}; the tags are {list(TAGS)}")
     return tags
-
-
-def _import_torch_memory_saver():
-    try:
-        from torch_memory_saver import torch_memory_saver
-    except ImportError:
-        return None
-    return torch_memory_saver
-
-
-class MemorySaver:
-    """Where tagged allocations are made: a torch_memory_saver region when it is in use."""
-
-    def __init__(self, enabled: bool, device: torch.device):
-        self.tms = _import_torch_memory_saver() if enabled and device.type == "cuda" else None
-        if enabled and self.tms is None:
-            logger.warning("--enable-memory-saver: torch_memory_saver is not usable here "
-                           "(%s); release/resume will free and re-allocate instead",
-                           "not installed" if device.type == "cuda" else "not on CUDA")
-        if self.tms is not None:
-            try:  # the in-process allocator: no LD_PRELOAD needed; must be set before a region
-                self.tms.hook_mode = "torch"
-            except (AttributeError, AssertionError):  # versions without it, or already set up
-                pass
-
-    def region(self, tag: str):
-        if self.tms is None:
-            return contextlib.nullcontext()
-        try:
-            return self.tms.region(tag=tag, enable_cpu_backup=(tag == WEIGHTS))
-        except TypeError:  # versions before CPU backup: released weights come back undefined
-            logger.warning("this torch_memory_saver keeps no CPU backup: after a release of "
-                           "'weights', push weights again before generating")
-            return self.tms.region(tag=tag)
 
 
 class MemoryOccupation:
@@ -123,7 +88,7 @@ class MemoryOccupation:
             self._allocate_kv()
         self.released.discard(tag)
         if not self.released and self._graphs_dropped:
-            from rollserve.engine.cuda_graph_runner import make_graph_runner
+            from rollserve.executor.cuda_graph_runner import make_graph_runner
 
             self.runner.graph_runner = make_graph_runner(self.runner)
             self._graphs_dropped = False

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from rollserve.engine.models.weights import checkpoint_targets
+from rollserve.executor.models.weights import checkpoint_targets
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags

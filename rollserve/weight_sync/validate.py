@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from rollserve.engine.model_loader import _safetensors_files
+from rollserve.executor.model_loader import _safetensors_files
 
 Spec = Dict[str, Tuple[Tuple[int, ...], torch.dtype]]  # name -> (shape, dtype), see checkpoint_spec
 MAX_NAMES_SHOWN = 5

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tests.api.conftest import start_server, stop_server
 from tests.api.test_errors import assert_error
-from tests.engine.test_embedding import save_tiny_pooling_checkpoint
+from tests.executor.test_pooling_model import save_tiny_pooling_checkpoint
 
 pytestmark = pytest.mark.slow
 ATOL = 1e-5

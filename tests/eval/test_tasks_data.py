@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval import scorers
 from rollserve.eval.tasks import BUILTIN_TASKS, load_tasks
 from rollserve.eval.tasks import builtin_data as data

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.report import ResultsLog, plot_metrics, result_row, write_csv
 from rollserve.eval.tasks.base import TaskResult
 from rollserve.eval.watch import (DEFAULT_PATTERNS, Checkpoint, Completeness, compile_patterns,

@@ -3,9 +3,10 @@ torch reference over a float32 copy of that pool (shared by the backends' kernel
 
 import torch
 
-from rollserve.engine.forward_context import ForwardContext
-from rollserve.engine.kv_pool import KVPool
-from rollserve.kernels.attention import attention_torch
+from rollserve.core.forward_context import ForwardContext
+from rollserve.executor.kv_pool import KVPool
+from rollserve.executor.attention.registry import create_attention_backend
+from rollserve.executor.attention.torch_native import TorchNativeBackend, attention_torch
 from rollserve.kernels.rotary import RopeInputs, rope_cos_sin
 
 DEV = "cuda"
@@ -16,8 +17,8 @@ class PoolContexts:
 
     def __init__(self, num_kv_heads, head_dim, dtype, num_slots=20000, max_context=6000, rows=16,
                  backend="triton"):
-        self.backend = backend
         self.pool = KVPool(num_slots, 1, num_kv_heads, head_dim, dtype, DEV)
+        self.backend = create_attention_backend(backend, DEV, num_kv_heads)
         self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=DEV)
         self.free = torch.randperm(num_slots, device="cpu") + 1  # scattered slots
         self.lens = [0] * rows
@@ -38,7 +39,7 @@ class PoolContexts:
             req_pool_indices=t(rows), req_to_token=self.req_to_token, prefix_lens=t(prefix),
             extend_lens=t(extend_lens), seq_lens=t([p + n for p, n in zip(prefix, extend_lens)]),
             extend_start_loc=t(starts), kv_pool=self.pool, prefix_lens_cpu=prefix,
-            extend_lens_cpu=list(extend_lens), attention_backend=self.backend)
+            extend_lens_cpu=list(extend_lens), attn_backend=self.backend)
 
 
 def run_both(attention_fn, contexts, ctx, q_heads, window=None, causal=True):
@@ -60,7 +61,8 @@ def as_float(ctx, contexts):
     pool32.k_buffers = [contexts.pool.k_buffers[0].float()]
     pool32.v_buffers = [contexts.pool.v_buffers[0].float()]
     pool32.dtype = torch.float32
-    return ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
+    return ForwardContext(**{**ctx.__dict__, "kv_pool": pool32,
+                             "attn_backend": TorchNativeBackend(DEV, pool32.num_kv_heads),
                              "attn_metadata": None})
 
 

@@ -18,9 +18,9 @@ if not (torch.cuda.is_available() or INTERPRET):
 triton = pytest.importorskip("triton")
 
 from rollserve.bench.decode_attention import sweep_configs  # noqa: E402
-from rollserve.engine.forward_context import ForwardContext  # noqa: E402
-from rollserve.engine.kv_pool import KVPool  # noqa: E402
-from rollserve.kernels.attention import attention_torch  # noqa: E402
+from rollserve.core.forward_context import ForwardContext  # noqa: E402
+from rollserve.executor.kv_pool import KVPool  # noqa: E402
+from rollserve.executor.attention.torch_native import TorchNativeBackend, attention_torch  # noqa: E402
 from rollserve.kernels.decode_attention_triton import (DecodeConfig, arrival_counters,  # noqa: E402
                                                        decode_attention_triton, decode_config)
 from tests.kernels.checks import rel_err  # noqa: E402
@@ -60,7 +60,7 @@ def _decode_batch(lengths, num_kv_heads, head_dim):
         req_to_token=req_to_token, prefix_lens=seq_lens - 1, extend_lens=torch.ones_like(seq_lens),
         seq_lens=seq_lens, extend_start_loc=t(range(batch)), kv_pool=pool,
         prefix_lens_cpu=[n - 1 for n in lengths], extend_lens_cpu=[1] * batch,
-        attention_backend="torch_native")
+        attn_backend=TorchNativeBackend(DEV, pool.num_kv_heads))
     return pool, ctx
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from rollserve.kernels.activation import silu_and_mul
-from rollserve.kernels.attention import attention
+from rollserve.executor.attention.base import attention
 from rollserve.kernels.norm import rms_norm
 from rollserve.kernels.rotary import apply_rotary, compute_inv_freq, rope_cos_sin, rope_parameters
-from tests.engine.model_harness import KVHarness
+from tests.executor.model_harness import KVHarness
 
 
 # ---------------------------------------------------------------- rmsnorm

@@ -12,13 +12,13 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 triton = pytest.importorskip("triton")
 
-from rollserve.engine.forward_context import ForwardContext  # noqa: E402
-from rollserve.engine.kv_pool import KVPool  # noqa: E402
-from rollserve.engine.sampling_params import SamplingParams  # noqa: E402
+from rollserve.core.forward_context import ForwardContext  # noqa: E402
+from rollserve.executor.kv_pool import KVPool  # noqa: E402
+from rollserve.core.sampling_params import SamplingParams  # noqa: E402
 from rollserve.kernels.activation import silu_and_mul_torch  # noqa: E402
 from rollserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
-from rollserve.kernels.attention import attention_torch  # noqa: E402
-from rollserve.kernels.attention_triton import attention_triton  # noqa: E402
+from rollserve.executor.attention.torch_native import TorchNativeBackend, attention_torch  # noqa: E402
+from rollserve.executor.attention.triton import attention_triton  # noqa: E402
 from rollserve.kernels.dispatch import interpreting  # noqa: E402
 from rollserve.kernels.kv_store_triton import kv_store_triton  # noqa: E402
 from rollserve.kernels.norm import rms_norm_torch  # noqa: E402
@@ -132,7 +132,7 @@ def test_non_causal_extend():
 
 def test_decode_replays_in_a_cuda_graph():
     """Metadata fixed at capture; sequence lengths and slots change between replays."""
-    from rollserve.kernels.attention_triton import decode_metadata
+    from rollserve.executor.attention.triton import decode_metadata
 
     contexts = PoolContexts(8, 128, torch.bfloat16)
     rows = [0, 1, 2]
@@ -253,7 +253,8 @@ def _decode_reference(q, k_cache, v_cache, ctx, window=None):
     pool32 = KVPool(1, 1, k_cache.shape[1], k_cache.shape[2], torch.float32, DEV)
     pool32.k_buffers, pool32.v_buffers = [k_cache.float()], [v_cache.float()]
     loc = ctx.out_cache_loc
-    ctx32 = ForwardContext(**{**ctx.__dict__, "kv_pool": pool32, "attention_backend": "torch_native",
+    ctx32 = ForwardContext(**{**ctx.__dict__, "kv_pool": pool32,
+                              "attn_backend": TorchNativeBackend(DEV, pool32.num_kv_heads),
                               "attn_metadata": None})
     return attention_torch(q.float(), pool32.k_buffers[0][loc], pool32.v_buffers[0][loc], ctx32, 0,
                            q.shape[-1] ** -0.5, window)

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rollserve
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 
 pytestmark = pytest.mark.slow
 

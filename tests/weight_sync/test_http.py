@@ -97,7 +97,7 @@ def test_tensor_update_in_buckets(http, ckpts, reference):
 
 
 def test_one_bucket_over_the_body_limit_is_accepted(http, ckpts, reference):
-    from rollserve.engine.config import ServerArgs
+    from rollserve.frontend.server_args import ServerArgs
 
     assert update_from_disk(http, ckpts["A"], "small").status_code == 200
     payload = serialize_named_tensors(list(state_dict_of(ckpts["B"]).items()))

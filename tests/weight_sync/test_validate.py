@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from rollserve.engine.model_loader import load_model
+from rollserve.executor.model_loader import load_model
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_tensor_infos
 from tests.tiny_models import save_tiny_checkpoint

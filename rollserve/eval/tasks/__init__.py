@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.tasks import builtin_data as data
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.generation import GenerationTask

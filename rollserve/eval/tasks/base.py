@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 
 
 @dataclass

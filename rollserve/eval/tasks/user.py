@@ -19,7 +19,7 @@ import json
 import os
 from typing import List, Optional, Tuple
 
-from rollserve.engine.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.tasks.base import Task
 from rollserve.eval.tasks.generation import ANSWER_RULES, GenerationTask
 from rollserve.eval.tasks.multiple_choice import MultipleChoiceTask

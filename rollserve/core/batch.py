@@ -1,0 +1,38 @@
+"""What one forward step computes: for each request, a run of new tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List
+
+import torch
+
+
+
+@dataclass
+class BatchEntry:
+    req: Any  # the scheduler's Req; the executor reads only its req_pool_idx
+    start: int  # tokens of the request already in the KV pool
+    tokens: List[int]  # new tokens computed this step (positions start, start+1, ...)
+    slots: torch.Tensor  # KV slot of each new token
+    sample: bool  # the last new token's logits give the request's next token
+    logit_rows: List[int] = field(default_factory=list)  # offsets (within tokens) whose logits are needed
+    is_decode: bool = False
+
+    @property
+    def completes_prompt(self) -> bool:
+        """After this step every token the request holds has its KV (evaluate before
+        the sampled token is appended)."""
+        return self.start + len(self.tokens) == self.req.seq_len
+
+
+@dataclass
+class ScheduleBatch:
+    entries: List[BatchEntry]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e.tokens) for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)

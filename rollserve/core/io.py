@@ -1,0 +1,87 @@
+"""Messages between the processes (tokenizer manager -> scheduler -> detokenizer ->
+tokenizer manager). Small dataclasses sent pickled over ZeroMQ; no tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from rollserve.core.sampling_params import SamplingParams
+
+
+@dataclass
+class TokenizedGenerateReq:
+    rid: str
+    input_ids: List[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no input logprobs
+    top_logprobs_num: int = 0
+    stream: bool = False
+
+
+@dataclass
+class AbortReq:
+    rid: Optional[str] = None
+    abort_all: bool = False
+
+
+@dataclass
+class RpcReq:
+    """A control call run by the scheduler between steps: `Scheduler.rpc_<method>(**kwargs)`."""
+
+    rpc_id: int
+    method: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RpcResult:
+    rpc_id: int
+    result: Dict[str, Any]
+
+
+@dataclass
+class TokenOutput:
+    """What one request produced since its previous TokenOutput."""
+
+    rid: str
+    new_ids: List[int]
+    finished_reason: Optional[Dict[str, Any]]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    weight_version: str
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    trim_stop: Optional[str] = None  # stop string to cut from the text when finished
+    hold_back_chars: int = 0  # text not streamed yet because a stop string may start there
+    # logprob deltas: (logprob, token_id); top entries: list of (logprob, token_id)
+    input_token_logprobs: Optional[List[Tuple[Optional[float], int]]] = None
+    input_top_logprobs: Optional[List[Optional[List[Tuple[float, int]]]]] = None
+    output_token_logprobs: Optional[List[Tuple[float, int]]] = None
+    output_top_logprobs: Optional[List[List[Tuple[float, int]]]] = None
+    text_delta: str = ""  # filled by the detokenizer
+
+
+@dataclass
+class TokenizedEmbeddingReq:
+    """Encode or classify one input: prefilled, pooled, answered with one EmbeddingOutput."""
+
+    rid: str
+    input_ids: List[int]
+
+
+@dataclass
+class EmbeddingOutput:
+    rid: str
+    embedding: Optional[List[float]]  # embedding or classifier scores; None when aborted
+    finished_reason: Optional[Dict[str, Any]]
+    prompt_tokens: int
+    cached_tokens: int
+    weight_version: str
+
+
+@dataclass
+class BatchTokenOutput:
+    outputs: List[TokenOutput]  # and EmbeddingOutput, which the detokenizer passes through

@@ -1,0 +1,56 @@
+"""The attention backends by name: the one place that maps --attention-backend to a class.
+
+A new backend is one file with an AttentionBackend subclass and one entry here."""
+
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+
+from rollserve.executor.attention.base import AttentionBackend
+from rollserve.executor.attention.torch_native import TorchNativeBackend
+from rollserve.kernels.dispatch import interpreting, triton_available
+
+
+def _triton() -> Type[AttentionBackend]:
+    from rollserve.executor.attention.triton import TritonBackend  # imports triton
+
+    return TritonBackend
+
+
+def _flashinfer() -> Type[AttentionBackend]:
+    from rollserve.executor.attention.flashinfer import FlashInferBackend
+
+    return FlashInferBackend
+
+
+BACKENDS = {"torch_native": lambda: TorchNativeBackend, "triton": _triton, "flashinfer": _flashinfer}
+ATTENTION_BACKENDS = tuple(BACKENDS)
+
+
+def select_attention_backend(requested: Optional[str], device: torch.device) -> str:
+    """The backend a runner on `device` uses: triton by default on CUDA, torch_native elsewhere.
+
+    Raises ValueError naming --attention-backend when the request cannot run here.
+    """
+    on_cuda = torch.device(device).type == "cuda" or interpreting()
+    if requested is None:
+        return "triton" if on_cuda and triton_available() else "torch_native"
+    if requested not in BACKENDS:
+        raise ValueError(f"attention_backend: must be one of {ATTENTION_BACKENDS}, got {requested!r}")
+    if requested == "triton" and not (on_cuda and triton_available()):
+        raise ValueError("attention_backend: triton needs a CUDA device and the triton package")
+    if requested == "flashinfer":
+        from rollserve.executor.attention.flashinfer import flashinfer_importable
+
+        if not flashinfer_importable():
+            raise ValueError("attention_backend: flashinfer is not installed "
+                             "(pip install flashinfer-python), or use triton, the default on CUDA")
+        if torch.device(device).type != "cuda" or not triton_available():
+            raise ValueError("attention_backend: flashinfer needs a CUDA device and the triton package")
+    return requested
+
+
+def create_attention_backend(name: str, device: torch.device, num_kv_heads: int) -> AttentionBackend:
+    return BACKENDS[name]()(device, num_kv_heads)

@@ -1,0 +1,30 @@
+"""What the executor (model runner, KV pool, CUDA graphs) is built from: the fields it reads
+and nothing else, frozen once the server has resolved them (frontend/server_args.py makes it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    model_path: str
+    device: str = "cpu"  # resolved: "cuda" or "cpu", never None
+    dtype: str = "auto"
+    load_format: str = "auto"
+    trust_remote_code: bool = False
+    is_embedding: bool = False  # a pooling (embedding / reward) model: no sampling, no graphs
+    context_length: Optional[int] = None  # None: the config's max_position_embeddings
+    # memory
+    mem_fraction_static: Optional[float] = None
+    max_total_tokens: Optional[int] = None
+    max_running_requests: Optional[int] = None
+    enable_memory_saver: bool = False
+    # GPU path
+    attention_backend: Optional[str] = None  # None: triton on CUDA, torch_native on CPU
+    cuda_graph_max_bs: Optional[int] = None
+    cuda_graph_bs: Optional[Tuple[int, ...]] = None
+    disable_cuda_graph: bool = False
+    enable_torch_compile: bool = False
+    torch_compile_max_bs: int = 32

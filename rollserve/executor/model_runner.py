@@ -1,0 +1,117 @@
+"""Owns the model and the KV memory; turns a ScheduleBatch into logits.
+
+Builds one ForwardContext per forward (positions, slot mapping, sequence and
+prefix lengths) and hands it to the model explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from transformers import AutoConfig
+
+from rollserve.executor.config import ExecutorConfig
+from rollserve.executor.cuda_graph_runner import make_graph_runner
+from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
+from rollserve.executor.forward_batch import build_context, host_batch
+from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
+from rollserve.executor.model_loader import load_model, resolve_dtype
+from rollserve.executor.layers.common import RotaryEmbedding
+from rollserve.core.batch import ScheduleBatch
+from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
+from rollserve.kernels.dispatch import host_to_device
+from rollserve.executor.memory_saver import MemorySaver
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_MEM_FRACTION = 0.1
+CUDA_DEFAULT_MEM_FRACTION = 0.85
+
+
+@dataclass
+class ForwardOutput:
+    logits: Optional[torch.Tensor]  # [sum of len(entry.logit_rows)] x vocab, float32
+    row_offsets: List[int]  # entry i's logits are logits[row_offsets[i] : row_offsets[i+1]]
+    hidden: Optional[torch.Tensor] = None  # pooling models: those rows' hidden states, not logits
+
+
+class ModelRunner:
+    def __init__(self, config: ExecutorConfig):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.hf_config = AutoConfig.from_pretrained(config.model_path, trust_remote_code=config.trust_remote_code)
+        self.dtype = resolve_dtype(self.hf_config, config.dtype, self.device.type)
+        self.context_len = config.context_length or getattr(self.hf_config, "max_position_embeddings", 4096)
+        logger.info("loading weights from %s (%s, %s)", config.model_path, self.dtype, self.device)
+        self.pooling = pooling_spec(config.model_path, config.is_embedding, self.hf_config)  # None: generation
+        load = load_model if self.pooling is None else load_pooling_model
+        self.memory_saver = MemorySaver(config.enable_memory_saver, self.device)
+        with self.memory_saver.region("weights"):  # release_memory_occupation's tags
+            self.model = load(config.model_path, self.dtype, str(self.device), config.load_format)
+        self.vocab_size = self.model.vocab_size
+        for module in self.model.modules():  # rope tables cover every position the pool can hold
+            if isinstance(module, RotaryEmbedding):
+                module.cache_positions(self.context_len + 1)
+        self._init_memory()
+        self.attention_backend = select_attention_backend(config.attention_backend, self.device)
+        self.attn_backend = create_attention_backend(self.attention_backend, self.device,
+                                                     self.kv_pool.num_kv_heads)
+        # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
+        self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
+        self.graph_runner = make_graph_runner(self)  # decode CUDA graphs; None on CPU or when disabled
+
+    def _init_memory(self) -> None:
+        m = self.model
+        per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
+        self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(per_token)
+        default_reqs = 1024 if self.device.type == "cuda" else 256
+        self.max_running_requests = min(self.config.max_running_requests or default_reqs,
+                                        self.max_total_tokens)
+        with self.memory_saver.region("kv_cache"):
+            self.kv_pool = KVPool(self.max_total_tokens, m.num_layers, m.num_kv_heads, m.head_dim,
+                                  self.dtype, self.device)
+        self.req_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
+        self.allocator = SlotAllocator(self.max_total_tokens)
+        logger.info("KV pool: %d tokens (%.1f MiB), %d request rows, context length %d",
+                    self.max_total_tokens, self.max_total_tokens * per_token / 2**20,
+                    self.max_running_requests, self.context_len)
+
+    def _profile_kv_tokens(self, bytes_per_token: int) -> int:
+        if self.device.type == "cuda":
+            fraction = self.config.mem_fraction_static or CUDA_DEFAULT_MEM_FRACTION
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = total * fraction - (total - free)
+        else:
+            fraction = self.config.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
+            budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * fraction
+        tokens = int(budget // bytes_per_token)
+        if tokens < self.context_len // 4:
+            raise RuntimeError(
+                f"mem_fraction_static={fraction} leaves room for only {max(tokens, 0)} KV tokens; "
+                "raise --mem-fraction-static or set --max-total-tokens")
+        return tokens
+
+    def forward(self, batch: ScheduleBatch) -> ForwardOutput:
+        self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
+        host = host_batch(batch)
+        if self.graph_runner is not None and self.pooling is None and self.graph_runner.can_run(
+                host, all(e.logit_rows == [0] for e in batch.entries)):
+            with torch.inference_mode():
+                logits = self.graph_runner.replay(host)
+            return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
+        ctx, input_ids = build_context(host, self)
+        with torch.inference_mode():
+            hidden = self.model(input_ids, ctx.positions, ctx)
+            rows, offsets = [], [0]
+            for entry, start in zip(batch.entries, host.starts):
+                rows.extend(start + r for r in entry.logit_rows)
+                offsets.append(len(rows))
+            index = host_to_device(torch.tensor(rows, dtype=torch.int64), self.device)
+            if self.pooling is not None:
+                return ForwardOutput(None, offsets, hidden=hidden.index_select(0, index))
+            logits = self.model.compute_logits(hidden.index_select(0, index)).float()
+        return ForwardOutput(logits=logits, row_offsets=offsets)

@@ -1,0 +1,100 @@
+"""The native /generate request (SGLang's GenerateReqInput) and its normalisation
+into one validated item per prompt."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple, Union
+
+from rollserve.core.sampling_params import MAX_TOP_LOGPROBS, InvalidRequest, SamplingParams
+
+
+@dataclass
+class GenerateReqInput:
+    text: Optional[Union[str, List[str]]] = None
+    input_ids: Optional[Union[List[int], List[List[int]]]] = None
+    sampling_params: Optional[Union[dict, List[dict]]] = None
+    rid: Optional[Union[str, List[str]]] = None
+    return_logprob: Union[bool, List[bool]] = False
+    logprob_start_len: Union[int, List[int]] = -1
+    top_logprobs_num: Union[int, List[int]] = 0
+    return_text_in_logprobs: bool = False
+    stream: bool = False
+
+
+@dataclass
+class PromptItem:
+    """One prompt of a request (before expansion into n samples)."""
+
+    index: int
+    rid: str
+    text: Optional[str]
+    input_ids: Optional[List[int]]
+    sampling_params: SamplingParams
+    return_logprob: bool
+    logprob_start_len: int
+    top_logprobs_num: int
+    extra: dict = field(default_factory=dict)
+
+
+def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
+    """Returns the prompt items and whether the request was a batch."""
+    if (req.text is None) == (req.input_ids is None):
+        raise InvalidRequest("text", "give exactly one of text or input_ids")
+    if req.text is not None:
+        prompts, is_batch = _as_list(req.text, "text", lambda v: isinstance(v, str))
+    else:
+        prompts, is_batch = _as_list(req.input_ids, "input_ids", _is_id_list)
+    n = len(prompts)
+    if n == 0:
+        raise InvalidRequest("text" if req.text is not None else "input_ids", "the batch is empty")
+    params = _per_item(req.sampling_params, n, "sampling_params", dict, default={})
+    rids = _per_item(req.rid, n, "rid", str, default=None)
+    logprob = _per_item(req.return_logprob, n, "return_logprob", bool, default=False)
+    starts = _per_item(req.logprob_start_len, n, "logprob_start_len", int, default=-1)
+    tops = _per_item(req.top_logprobs_num, n, "top_logprobs_num", int, default=0)
+    items = []
+    for i in range(n):
+        if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest("top_logprobs_num", f"must be in [0, {MAX_TOP_LOGPROBS}]")
+        if starts[i] < -1:
+            raise InvalidRequest("logprob_start_len", "must be >= -1")
+        items.append(PromptItem(
+            index=i, rid=rids[i] or uuid.uuid4().hex,
+            text=prompts[i] if req.text is not None else None,
+            input_ids=list(prompts[i]) if req.input_ids is not None else None,
+            sampling_params=SamplingParams.from_dict(params[i]),
+            return_logprob=logprob[i], logprob_start_len=starts[i], top_logprobs_num=tops[i]))
+    return items, is_batch
+
+
+def _is_id_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _as_list(value, name: str, is_single) -> Tuple[list, bool]:
+    if is_single(value):
+        return [value], False
+    if isinstance(value, list) and all(is_single(v) for v in value):
+        return list(value), True
+    kind = "a string or a list of strings" if name == "text" else \
+        "a list of token ids or a list of such lists"
+    raise InvalidRequest(name, f"must be {kind}")
+
+
+def _per_item(value, n: int, name: str, kind, default) -> list:
+    if value is None:
+        return [default] * n
+    if isinstance(value, list) and kind is not list:
+        if len(value) != n:
+            raise InvalidRequest(name, f"has {len(value)} entries for {n} prompts")
+        values = value
+    else:
+        values = [value] * n
+    for v in values:
+        ok = v is None or (isinstance(v, kind) and not (kind is int and isinstance(v, bool)))
+        if not ok:
+            raise InvalidRequest(name, f"must be of type {kind.__name__}, got {v!r}")
+    return [default if v is None else v for v in values]

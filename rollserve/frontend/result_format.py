@@ -1,0 +1,84 @@
+"""Accumulates a request's outputs and shapes them as SGLang's /generate results:
+{text, output_ids, meta_info: {id, finish_reason, prompt_tokens, completion_tokens,
+cached_tokens, e2e_latency, weight_version, *_logprobs}}."""
+
+from __future__ import annotations
+
+import time
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from rollserve.core.io import TokenizedGenerateReq, TokenOutput
+
+
+class ResultBuilder:
+    def __init__(self, msg: TokenizedGenerateReq, tokenizer, text_in_logprobs: bool):
+        self.msg = msg
+        self.tokenizer = tokenizer
+        self.text_in_logprobs = text_in_logprobs
+        self.start = time.perf_counter()
+        self.text = ""
+        self.output_ids: List[int] = []
+        self.last: Optional[TokenOutput] = None
+        self.first_token_latency: Optional[float] = None
+        self.logprobs: Dict[str, list] = {"input_token_logprobs": [], "input_top_logprobs": [],
+                                          "output_token_logprobs": [], "output_top_logprobs": []}
+
+    def add(self, out: TokenOutput) -> None:
+        self.text += out.text_delta
+        self.output_ids.extend(out.new_ids)
+        if out.new_ids and self.first_token_latency is None:
+            self.first_token_latency = time.perf_counter() - self.start
+        self.last = out
+        if self.msg.return_logprob:
+            for key in self.logprobs:
+                self.logprobs[key].extend(getattr(out, key) or [])
+
+    def result(self, index: Optional[int] = None) -> Dict[str, Any]:
+        out = self.last
+        meta: Dict[str, Any] = {
+            "id": self.msg.rid,
+            "finish_reason": out.finished_reason if out else None,
+            "prompt_tokens": len(self.msg.input_ids),
+            "completion_tokens": len(self.output_ids),
+            "cached_tokens": out.cached_tokens if out else 0,
+            "e2e_latency": time.perf_counter() - self.start,
+            "weight_version": out.weight_version if out else None,
+        }
+        if self.first_token_latency is not None:
+            meta["ttft"] = self.first_token_latency
+        if self.msg.return_logprob:
+            meta.update(self._formatted_logprobs())
+        result = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
+        if index is not None:
+            result["index"] = index
+        return result
+
+    def _formatted_logprobs(self) -> Dict[str, list]:
+        def entry(pair):
+            logprob, token = pair
+            text = self.tokenizer.decode([token]) if self.text_in_logprobs else None
+            return [logprob, token, text]
+
+        def top(entries):
+            return None if entries is None else [entry(p) for p in entries]
+
+        lp = self.logprobs
+        formatted = {
+            "input_token_logprobs": [entry(p) for p in lp["input_token_logprobs"]],
+            "output_token_logprobs": [entry(p) for p in lp["output_token_logprobs"]],
+        }
+        if self.msg.top_logprobs_num > 0:
+            formatted["input_top_logprobs"] = [top(e) for e in lp["input_top_logprobs"]]
+            formatted["output_top_logprobs"] = [top(e) for e in lp["output_top_logprobs"]]
+        return formatted
+
+
+@dataclass
+class ReqState:
+    """Results of one sample as they arrive from the detokenizer."""
+
+    builder: ResultBuilder
+    finished: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)

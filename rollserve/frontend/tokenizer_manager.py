@@ -1,0 +1,289 @@
+"""The front process's side of the engine: tokenize, send to the scheduler, wait
+for results and shape them as SGLang does. Used by the HTTP server (inside
+uvicorn's event loop) and by the in-process Engine (in a loop thread of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Dict, List, Optional
+
+import zmq
+import zmq.asyncio
+
+from rollserve.frontend.server_args import ServerArgs
+from rollserve.frontend.startup import detect_pooling
+from rollserve.frontend.encode_manager import CLASSIFICATION, EMBEDDING, run_encode, wrong_model_error
+from rollserve.core.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
+                                 TokenizedGenerateReq, TokenOutput)
+from rollserve.frontend.processes import EngineProcesses, start_engine_processes
+from rollserve.frontend.request_input import GenerateReqInput, PromptItem, normalize
+from rollserve.core.sampling_params import InvalidRequest
+from rollserve.core.tokenizer import load_tokenizer
+from rollserve.frontend.result_format import ReqState, ResultBuilder
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class TokenizerManager:
+    def __init__(self, args: ServerArgs):
+        """`args` resolved by frontend.startup.resolve_server_args (model path, pooling)."""
+        self.args = args
+        self.model_path = args.model_path
+        self.tokenizer_path = args.tokenizer_path or args.model_path
+        self.tokenizer = load_tokenizer(self.tokenizer_path, args.chat_template,
+                                        args.trust_remote_code)
+        self.pooling = detect_pooling(args)  # embedding / reward model; None: generation
+        self.is_generation = self.pooling is None
+        self.procs: EngineProcesses = start_engine_processes(args)
+        info = self.procs.info
+        self.context_len: int = info["context_length"]
+        self.max_total_num_tokens: int = info["max_total_num_tokens"]
+        self.max_req_input_len: int = info["max_req_input_len"]
+        self.states: Dict[str, ReqState] = {}
+        self.rpc_futures: Dict[int, asyncio.Future] = {}
+        self.rpc_ids = itertools.count()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.dead_reason: Optional[str] = None
+        self.closing = False
+
+    # ---- event-loop plumbing ---------------------------------------------------------
+    def _ensure_started(self) -> None:
+        """Create the sockets and background tasks in the running loop (first call)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self.zmq_context = context = zmq.asyncio.Context()
+        context.setsockopt(zmq.LINGER, 0)  # never block exit on messages nobody will read
+        self.send_sock = context.socket(zmq.PUSH)
+        self.send_sock.connect(self.procs.ports["scheduler"])
+        self.recv_sock = context.socket(zmq.PULL)
+        self.recv_sock.bind(self.procs.ports["tokenizer"])
+        self._tasks = [loop.create_task(self._receive_loop()), loop.create_task(self._watch_children())]
+
+    async def _receive_loop(self) -> None:
+        while True:
+            msg = await self.recv_sock.recv_pyobj()
+            if isinstance(msg, BatchTokenOutput):
+                for out in msg.outputs:
+                    self._on_output(out)
+            elif isinstance(msg, RpcResult):
+                future = self.rpc_futures.pop(msg.rpc_id, None)
+                if future is not None and not future.done():
+                    future.set_result(msg.result)
+
+    def _on_output(self, out: TokenOutput) -> None:
+        state = self.states.get(out.rid)
+        if state is None:
+            return  # the client went away and the request was already dropped
+        state.builder.add(out)
+        state.finished = out.finished_reason is not None
+        state.event.set()
+
+    async def _watch_children(self) -> None:
+        while self.dead_reason is None:
+            await asyncio.sleep(0.5)
+            if not self.procs.alive() and not self.closing:
+                self.dead_reason = "the scheduler or detokenizer process died"
+                logger.error(self.dead_reason)
+                for state in self.states.values():
+                    state.event.set()
+                for future in self.rpc_futures.values():
+                    if not future.done():
+                        future.set_exception(EngineDeadError(self.dead_reason))
+
+    # ---- generation ------------------------------------------------------------------------
+    async def generate(self, obj: GenerateReqInput) -> AsyncIterator[Any]:
+        """Yields the final result (dict, or list for a batch or n > 1) once, or with
+        stream=True one dict per update (cumulative text, with `index` for batches)."""
+        self._ensure_started()
+        self._check_alive()
+        if not self.is_generation:
+            raise wrong_model_error(self.pooling, "generation", self.model_path)
+        items, is_batch = normalize(obj)
+        samples = [await self._prepare(item, obj.return_text_in_logprobs) for item in items]
+        expanded = [s for group in samples for s in group]
+        as_list = is_batch or len(expanded) > 1
+        try:
+            if obj.stream:
+                async for chunk in self._stream(expanded, as_list):
+                    yield chunk
+            else:
+                yield await self._collect(expanded, as_list)
+        finally:
+            self._abort_unfinished(expanded)
+
+    async def _prepare(self, item: PromptItem, text_in_logprobs: bool) -> List["_Sample"]:
+        ids = self._tokenize(item)
+        params = item.sampling_params
+        params.normalize_and_validate(vocab_size=len(self.tokenizer))
+        n = params.n
+        if n > 1 and not self.args.disable_radix_cache:
+            await self._warm_prefix(ids)
+        out = []
+        for k in range(n):
+            sample_params = params if n == 1 else _with(params, n=1, seed=None if params.seed is None
+                                                        else params.seed + k)
+            rid = item.rid if n == 1 else f"{item.rid}-{k}"
+            out.append(_Sample(index=item.index * n + k, rid=rid, msg=TokenizedGenerateReq(
+                rid=rid, input_ids=ids, sampling_params=sample_params,
+                return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
+                top_logprobs_num=item.top_logprobs_num), text_in_logprobs=text_in_logprobs))
+        return out
+
+    def _tokenize(self, item: PromptItem) -> List[int]:
+        field_name = "text" if item.text is not None else "input_ids"
+        ids = self.tokenizer.encode(item.text) if item.text is not None else item.input_ids
+        if not ids:
+            raise InvalidRequest(field_name, "the prompt is empty")
+        vocab = len(self.tokenizer)
+        if item.input_ids is not None and any(t < 0 or t >= vocab for t in ids):
+            raise InvalidRequest("input_ids", f"token ids must be in [0, {vocab})")
+        limit = self.max_req_input_len
+        if len(ids) > limit:
+            if not self.args.allow_auto_truncate:
+                raise InvalidRequest(field_name, (
+                    f"the prompt has {len(ids)} tokens, over the maximum input length {limit} "
+                    f"(context length {self.context_len}, KV pool {self.max_total_num_tokens})"))
+            ids = ids[:limit]
+        if item.logprob_start_len >= len(ids):
+            raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")
+        return ids
+
+    async def _warm_prefix(self, ids: List[int]) -> None:
+        """For n > 1: prefill the prompt once so that the n samples share it."""
+        from rollserve.core.sampling_params import SamplingParams
+
+        rid = f"warm-{next(self.rpc_ids)}-{time.monotonic_ns()}"
+        sample = _Sample(-1, rid, TokenizedGenerateReq(rid=rid, input_ids=ids,
+                                                        sampling_params=SamplingParams(max_new_tokens=0)))
+        await self._collect([sample], as_list=False)
+
+    def _submit(self, samples: List["_Sample"], stream: bool) -> None:
+        for s in samples:
+            s.msg.stream = stream
+            self.states[s.rid] = ReqState(ResultBuilder(s.msg, self.tokenizer, s.text_in_logprobs))
+            self.send_sock.send_pyobj(s.msg)
+            if self.args.log_requests:
+                logger.info("request %s: %d prompt tokens, %s", s.rid, len(s.msg.input_ids),
+                            s.msg.sampling_params)
+
+    async def _collect(self, samples: List["_Sample"], as_list: bool):
+        self._submit(samples, stream=False)
+        results = []
+        for s in samples:
+            state = self.states[s.rid]
+            while not state.finished:
+                await state.event.wait()
+                state.event.clear()
+                self._check_alive()
+            results.append(state.builder.result(index=s.index if as_list else None))
+            self.states.pop(s.rid, None)
+        return results if as_list else results[0]
+
+    async def _stream(self, samples: List["_Sample"], as_list: bool):
+        self._submit(samples, stream=True)
+        pending = {s.rid: s for s in samples}
+        while pending:
+            waiters = {asyncio.ensure_future(self.states[rid].event.wait()): rid for rid in pending}
+            try:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the consumer goes away mid-wait
+                for task in waiters:
+                    task.cancel()
+            self._check_alive()
+            for task in done:
+                rid = waiters[task]
+                state = self.states[rid]
+                state.event.clear()
+                yield state.builder.result(index=pending[rid].index if as_list else None)
+                if state.finished:
+                    self.states.pop(rid, None)
+                    del pending[rid]
+
+    def _abort_unfinished(self, samples: List["_Sample"]) -> None:
+        for s in samples:
+            state = self.states.pop(s.rid, None)
+            if state is not None and not state.finished and self.dead_reason is None:
+                self.send_sock.send_pyobj(AbortReq(rid=s.rid))
+
+    def _check_alive(self) -> None:
+        if self.dead_reason is not None:
+            raise EngineDeadError(self.dead_reason)
+
+    # ---- embedding and classification (rollserve.frontend.encode_manager) ---------------------
+    async def encode(self, obj) -> Any:
+        """Embeddings of obj's inputs (an EncodeReqInput): a dict, or a list for a batch."""
+        return await run_encode(self, obj, EMBEDDING)
+
+    async def classify(self, obj) -> Any:
+        """Classifier (reward) scores of obj's inputs or conversations."""
+        return await run_encode(self, obj, CLASSIFICATION)
+
+    # ---- control -------------------------------------------------------------------------
+    async def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
+        self._ensure_started()
+        self.send_sock.send_pyobj(AbortReq(rid=rid, abort_all=abort_all))
+
+    async def rpc(self, method: str, **kwargs) -> dict:
+        self._ensure_started()
+        self._check_alive()
+        rpc_id = next(self.rpc_ids)
+        future = asyncio.get_running_loop().create_future()
+        self.rpc_futures[rpc_id] = future
+        self.send_sock.send_pyobj(RpcReq(rpc_id, method, kwargs))
+        return await future
+
+    async def flush_cache(self) -> dict:
+        return await self.rpc("flush_cache")
+
+    async def get_load(self) -> dict:
+        return await self.rpc("get_info")
+
+    async def model_info(self) -> dict:
+        """/get_model_info; weight_version is asked of the scheduler, its only owner."""
+        info = await self.rpc("get_info")
+        return {
+            "model_path": self.model_path,
+            "tokenizer_path": self.tokenizer_path,
+            "is_generation": self.is_generation,
+            "weight_version": info.get("weight_version"),
+            "context_length": self.context_len,
+        }
+
+    def shutdown(self) -> None:
+        """Stops the processes and closes the sockets; not to be called from the loop's own thread."""
+        self.closing = True
+        self.procs.stop()
+        if self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
+        elif self._loop is not None:
+            self.zmq_context.destroy(linger=0)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.zmq_context.destroy(linger=0)
+
+
+@dataclass
+class _Sample:
+    index: int
+    rid: str
+    msg: TokenizedGenerateReq
+    text_in_logprobs: bool = False
+
+
+def _with(params, **changes):
+    return dataclasses.replace(params, **changes)

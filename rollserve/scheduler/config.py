@@ -1,0 +1,37 @@
+"""What the scheduler process is built from: its own fields plus the executor's, frozen once
+the server has resolved them (frontend/server_args.py makes it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from rollserve.executor.config import ExecutorConfig
+
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "random")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    executor: ExecutorConfig
+    tokenizer_path: str
+    max_prefill_tokens: int = 16384
+    chunked_prefill_size: Optional[int] = None  # None: the default for the device; -1: off
+    schedule_policy: str = "fcfs"
+    schedule_conservativeness: float = 1.0
+    disable_radix_cache: bool = False
+    random_seed: Optional[int] = None
+    stream_interval: int = 1
+    disable_overlap_schedule: bool = False
+    decode_log_interval: int = 40
+    watchdog_timeout: float = 300.0
+    log_level: str = "info"
+    weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after
+
+    @property
+    def model_path(self) -> str:
+        return self.executor.model_path
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.executor.trust_remote_code

@@ -1,0 +1,130 @@
+"""Which KV slots each request holds, and their hand-over to and from the radix tree.
+
+Invariant: a running request's slots are req_to_token[row, :kv_len]. The first
+`tree_len` of them belong to the radix tree and are locked through `last_node`;
+the rest are the request's own and go back to the allocator (or into the tree)
+when it finishes or is retracted.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from rollserve.executor.kv_pool import ReqToTokenPool, SlotAllocator
+from rollserve.scheduler.radix_cache import RadixCache
+from rollserve.scheduler.request import Req
+
+
+class KVManager:
+    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, use_radix_cache: bool):
+        self.allocator = allocator
+        self.req_pool = req_pool
+        self.tree: Optional[RadixCache] = RadixCache(allocator) if use_radix_cache else None
+
+    # ---- capacity -------------------------------------------------------------
+    def available_slots(self) -> int:
+        """Slots free now or freeable by evicting unlocked tree nodes."""
+        evictable = self.tree.evictable_size() if self.tree else 0
+        return self.allocator.available() + evictable
+
+    def alloc_slots(self, n: int) -> Optional[torch.Tensor]:
+        short = n - self.allocator.available()
+        if short > 0 and self.tree is not None:
+            self.tree.evict(short)
+        return self.allocator.alloc(n)
+
+    def used_slots(self) -> int:
+        return self.allocator.num_slots - self.allocator.available()
+
+    # ---- request life cycle -----------------------------------------------------
+    def admit(self, req: Req) -> bool:
+        """Give the request a row and reuse its longest cached prefix. False if no row."""
+        row = self.req_pool.alloc()
+        if row is None:
+            return False
+        req.req_pool_idx = row
+        req.kv_len = req.tree_len = 0
+        req.last_node = None
+        if self.tree is not None:
+            match = self.tree.match_prefix(self._matchable(req))
+            n = len(match.slots)
+            if n:
+                self.req_pool.write(row, 0, match.slots)
+            self.tree.inc_lock_ref(match.last_node)
+            req.last_node, req.kv_len, req.tree_len = match.last_node, n, n
+            req.cached_tokens = max(req.cached_tokens, n)
+        return True
+
+    def append_slots(self, req: Req, slots: torch.Tensor) -> None:
+        self.req_pool.write(req.req_pool_idx, req.kv_len, slots)
+        req.kv_len += slots.numel()
+
+    def append_one_slot_each(self, reqs: List[Req], slots: torch.Tensor) -> None:
+        """append_slots(reqs[i], slots[i:i+1]) for every i, in one table write (decode steps)."""
+        self.req_pool.write_each([r.req_pool_idx for r in reqs], [r.kv_len for r in reqs], slots)
+        for req in reqs:
+            req.kv_len += 1
+
+    def cache_unfinished(self, req: Req) -> None:
+        """After a prefill chunk: share the computed prefix through the tree."""
+        if self.tree is not None:
+            self._insert_and_relock(req, relock=True)
+
+    def release(self, req: Req) -> None:
+        """The request is done (finished or aborted): keep its KV in the tree, free the rest."""
+        if req.req_pool_idx is None:
+            return
+        if self.tree is not None:
+            self._insert_and_relock(req, relock=False)
+        else:
+            self.allocator.free(self.req_pool.slots(req.req_pool_idx, req.kv_len))
+        self._drop_row(req)
+
+    def retract(self, req: Req) -> None:
+        """Give back everything the request holds; it will be prefilled again later."""
+        own = self.req_pool.slots(req.req_pool_idx, req.kv_len)[req.tree_len:]
+        self.allocator.free(own)
+        if self.tree is not None and req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        self._drop_row(req)
+
+    def flush(self) -> None:
+        if self.tree is not None:
+            self.tree.reset()
+
+    # ---- helpers ----------------------------------------------------------------
+    @staticmethod
+    def _matchable(req: Req):
+        """Prefix that may come from the cache: at least one token must be computed
+        (its logits give the next token), and prompt positions whose logprobs were
+        asked for must be computed too."""
+        fill = req.fill_ids
+        limit = len(fill) - 1
+        if req.wants_input_logprobs:
+            limit = min(limit, max(0, req.logprob_start_len - 1))
+        return fill[:max(0, limit)]
+
+    def _insert_and_relock(self, req: Req, relock: bool) -> None:
+        key = req.fill_ids[:req.kv_len]
+        own = self.req_pool.slots(req.req_pool_idx, req.kv_len)
+        self.tree.insert(key, own.clone())
+        match = self.tree.match_prefix(key)
+        tree_slots = match.slots
+        # Where the tree already held these tokens under other slots, ours are duplicates.
+        duplicate = own[: len(tree_slots)] != tree_slots
+        self.allocator.free(own[: len(tree_slots)][duplicate])
+        if relock:
+            self.req_pool.write(req.req_pool_idx, 0, tree_slots)
+            self.tree.inc_lock_ref(match.last_node)
+        if req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        req.last_node = match.last_node if relock else None
+        req.tree_len = len(tree_slots) if relock else 0
+
+    def _drop_row(self, req: Req) -> None:
+        self.req_pool.free(req.req_pool_idx)
+        req.req_pool_idx = None
+        req.kv_len = req.tree_len = 0
+        req.last_node = None

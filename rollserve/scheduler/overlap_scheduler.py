@@ -1,0 +1,119 @@
+"""Overlap scheduling: the CPU builds and launches step i+1 while the GPU still runs step i,
+then processes step i's results (stop checks, outputs, radix-cache inserts).
+
+Step i+1's decode inputs are the tokens step i is still sampling: each decode entry
+names its request's slot in `runner.future_tokens` (a placeholder id), which the
+sampling of step i fills on the GPU before step i+1 reads it (same stream). The
+cost: a request that finishes at step i has already been given one more decode in
+step i+1, whose result is dropped (its KV slot is freed with the request).
+
+The pipeline drains (step i is processed before step i+1 is built) whenever the
+next batch depends on step i's tokens on the host: penalties, per-request seeds and
+min_new_tokens read the output so far, and retraction needs settled requests. Control
+calls (weight updates, cache flushes) drain it too, so they always run between steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Set
+
+import torch
+
+from rollserve.executor.forward_batch import placeholder_for
+from rollserve.core.io import TokenOutput
+from rollserve.executor.model_runner import ForwardOutput
+from rollserve.scheduler.request import Req
+from rollserve.core.batch import ScheduleBatch
+from rollserve.scheduler.scheduler import LaunchedSampling, Scheduler
+from rollserve.kernels.dispatch import host_to_device
+
+
+@dataclass
+class InFlight:
+    batch: ScheduleBatch
+    result: ForwardOutput
+    sampling: LaunchedSampling
+    sampled_reqs: Set[int]  # id() of each request whose next token is being sampled
+
+
+def output_dependent(req: Req) -> bool:
+    """Whether sampling the request's next token needs its latest token on the host."""
+    p = req.sampling_params
+    return (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+            or p.seed is not None or len(req.output_ids) + 1 == p.min_new_tokens)
+
+
+class OverlapScheduler(Scheduler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_flight: Optional[InFlight] = None
+        self._resolved: dict = {}  # the step being processed: entry index -> (token, logprobs)
+
+    def has_work(self) -> bool:
+        return self.in_flight is not None or super().has_work()
+
+    def step(self) -> List[TokenOutput]:
+        outputs = self._release_aborted()
+        if self.in_flight is not None and not self._can_overlap():
+            outputs.extend(self.drain())
+        batch = self._build_batch()
+        outputs.extend(self.stats.drain_pending())
+        launched = self._launch(batch) if batch is not None else None
+        outputs.extend(self.drain())
+        self.in_flight = launched
+        return outputs
+
+    def drain(self) -> List[TokenOutput]:
+        """Processes the step in flight, if any (waits for its GPU work)."""
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
+            return []
+        self._resolved = in_flight.sampling.resolve()
+        outputs = self._process_result(in_flight.batch, in_flight.result)
+        self.stats.record_step(in_flight.batch)
+        return outputs
+
+    def _can_overlap(self) -> bool:
+        pending = self.in_flight.sampled_reqs
+        if any(id(r) in pending and output_dependent(r) for r in self.running):
+            return False
+        return self.kv.available_slots() >= len(self.running)  # no retraction this step
+
+    def _launch(self, batch: ScheduleBatch) -> InFlight:
+        result = self.runner.forward(batch)
+        if self.pooler is not None:
+            return InFlight(batch, result, LaunchedSampling([], None, {}), set())
+        sampling = self._launch_sampling(batch, result)
+        if sampling.picks:
+            rows = torch.tensor([e.req.req_pool_idx for _, e in sampling.picks], dtype=torch.int64)
+            self.runner.future_tokens[host_to_device(rows, self.runner.device)] = sampling.next_ids
+        return InFlight(batch, result, sampling, {id(e.req) for _, e in sampling.picks})
+
+    def _sample(self, batch: ScheduleBatch, result: ForwardOutput):
+        return self._resolved  # sampled at launch, resolved by drain()
+
+    def _decoding_requests(self) -> List[Req]:
+        pending = self.in_flight.sampled_reqs if self.in_flight is not None else set()
+        return [r for r in self.running if not (id(r) in pending and self._finishes_by_length(r))]
+
+    def _decode_input(self, req: Req) -> int:
+        return placeholder_for(req.req_pool_idx)  # the token step i is still sampling
+
+    def _finishes_by_length(self, req: Req) -> bool:
+        """The token in flight will end the request by length: no point decoding after it."""
+        return (len(req.output_ids) + 1 >= req.sampling_params.max_new_tokens
+                or req.seq_len + 1 >= self.runner.context_len)
+
+    def _after_step(self, req: Req, prompt_done: bool, outputs: List[TokenOutput]) -> None:
+        if req.finished and req.req_pool_idx is None:
+            return  # finished and released while this step was in flight
+        super()._after_step(req, prompt_done, outputs)
+
+
+def make_scheduler(config, runner, tokenizer, eos_token_ids) -> Scheduler:
+    """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one."""
+    overlap = (runner.device.type == "cuda" and not config.disable_overlap_schedule
+               and getattr(runner, "pooling", None) is None)
+    cls = OverlapScheduler if overlap else Scheduler
+    return cls(config, runner, tokenizer, eos_token_ids)

@@ -1,0 +1,157 @@
+"""The scheduler's own process: receive requests over ZeroMQ, step the batch,
+send token outputs to the detokenizer."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from rollserve.scheduler.config import SchedulerConfig
+from rollserve.core.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
+                                 TokenizedEmbeddingReq, TokenizedGenerateReq)
+from rollserve.core.logging_setup import configure_logging, exit_with_parent
+from rollserve.executor.model_runner import ModelRunner
+from rollserve.scheduler.overlap_scheduler import make_scheduler
+from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
+from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+from rollserve.weight_sync.service import WeightSyncService
+
+logger = logging.getLogger(__name__)
+
+
+class SchedulerProcess:
+    def __init__(self, config: SchedulerConfig, ports: dict):
+        self.config = config
+        tokenizer = load_tokenizer(config.tokenizer_path, trust_remote_code=config.trust_remote_code)
+        self.runner = ModelRunner(config.executor)
+        self.scheduler = make_scheduler(config, self.runner, tokenizer,
+                                        eos_token_ids(config.model_path, tokenizer))
+        context = zmq.Context(2)
+        context.setsockopt(zmq.LINGER, 0)
+        self.recv = context.socket(zmq.PULL)
+        self.recv.bind(ports["scheduler"])
+        self.send = context.socket(zmq.PUSH)
+        self.send.connect(ports["detokenizer"])
+        self.paused = False
+        self.last_step_start = None  # for the watchdog
+        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
+        self.profiler = StepProfiler()
+
+    def ready_info(self) -> dict:
+        return {"status": "ready", "pid": os.getpid(), **self.scheduler.info()}
+
+    def loop(self) -> None:
+        threading.Thread(target=self._watchdog, daemon=True).start()
+        while True:
+            self._receive(block=not self.scheduler.has_work() or self._held())
+            if self._held():  # again: what was just received may pause or release
+                continue
+            self.last_step_start = time.monotonic()
+            busy = self.scheduler.has_work()
+            outputs = self.scheduler.step()
+            self.last_step_start = None
+            if busy:  # a profile's num_steps counts steps that ran something
+                self.profiler.on_step()
+            if outputs:
+                self.send.send_pyobj(BatchTokenOutput(outputs))
+
+    def _held(self) -> bool:
+        return self.paused or self.weight_sync.holds_generation()
+
+    def _receive(self, block: bool) -> None:
+        if block and not self.recv.poll(timeout=1000):
+            return
+        while True:
+            try:
+                msg = self.recv.recv_pyobj(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(msg)
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
+            self.scheduler.add_request(msg)
+        elif isinstance(msg, AbortReq):
+            outputs = self.scheduler.abort(msg.rid, msg.abort_all)
+            if outputs:
+                self.send.send_pyobj(BatchTokenOutput(outputs))
+        elif isinstance(msg, RpcReq):
+            self.send.send_pyobj(RpcResult(msg.rpc_id, self._rpc(msg)))
+        else:
+            logger.error("unknown message %r", type(msg))
+
+    def _send_outputs(self, outputs) -> None:
+        if outputs:
+            self.send.send_pyobj(BatchTokenOutput(outputs))
+
+    def _rpc(self, msg: RpcReq) -> dict:
+        handler = (getattr(self, "rpc_" + msg.method, None)
+                   or getattr(self.weight_sync, "rpc_" + msg.method, None))
+        if handler is None:
+            return {"success": False, "message": f"unknown control call {msg.method!r}"}
+        self._send_outputs(self.scheduler.drain())  # control calls run between steps
+        try:
+            return handler(**msg.kwargs)
+        except Exception as e:  # a bad control call must not kill the scheduler
+            logger.exception("control call %s failed", msg.method)
+            return {"success": False, "message": f"{type(e).__name__}: {e}"}
+
+    # ---- control calls -------------------------------------------------------------
+    def rpc_flush_cache(self) -> dict:
+        return self.scheduler.flush_cache()
+
+    def rpc_get_info(self) -> dict:
+        return {"success": True, **self.scheduler.info()}
+
+    def rpc_start_profile(self, **fields) -> dict:
+        return self.profiler.start(ProfileRequest(**fields))
+
+    def rpc_stop_profile(self) -> dict:
+        return self.profiler.stop()
+
+    def rpc_pause_generation(self) -> dict:
+        self.paused = True
+        return {"success": True, "message": "generation paused"}
+
+    def rpc_continue_generation(self) -> dict:
+        self.paused = False
+        return {"success": True, "message": "generation continued"}
+
+    def _watchdog(self) -> None:
+        timeout = self.config.watchdog_timeout
+        while True:
+            time.sleep(min(5.0, timeout / 4))
+            started = self.last_step_start
+            if started is not None and time.monotonic() - started > timeout:
+                logger.error("watchdog: a forward step has run for over %.0fs; exiting", timeout)
+                os._exit(3)
+
+
+def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe) -> None:
+    configure_logging(config.log_level, prefix="scheduler")
+    exit_with_parent()
+    try:
+        proc = SchedulerProcess(config, ports)
+    except Exception as e:
+        ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}",
+                         "traceback": traceback.format_exc()})
+        return
+    ready_pipe.send(proc.ready_info())
+    ready_pipe.close()
+    # Objects alive now (model, tokenizer, libraries) live as long as the process: frozen,
+    # the collector stops rescanning them on every full pass (CPU, tiny model, 800
+    # running requests: host time per step 41 -> 34 ms).
+    gc.collect()
+    gc.freeze()
+    try:
+        proc.loop()
+    except Exception:
+        logger.exception("scheduler crashed")
+        os._exit(1)

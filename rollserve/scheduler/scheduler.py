@@ -1,0 +1,466 @@
+"""Continuous batching: which requests run in the next forward step.
+
+Each step builds one batch holding a decode token for every running request
+plus prefill chunks of waiting requests (chunked prefill keeps a long prompt
+from stalling the decodes). No tensor math here beyond bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Optional, Tuple
+
+import torch
+
+from rollserve.scheduler.config import SchedulerConfig
+from rollserve.core.io import TokenizedEmbeddingReq, TokenizedGenerateReq, TokenOutput
+from rollserve.scheduler.kv_manager import KVManager
+from rollserve.executor.model_runner import ForwardOutput, ModelRunner
+from rollserve.scheduler.policy import SchedulePolicy
+from rollserve.scheduler.pooler import EmbeddingReq, Pooler
+from rollserve.scheduler.request import Req
+from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
+                                      gather_token_logprobs, top_logprobs)
+from rollserve.core.batch import BatchEntry, ScheduleBatch
+from rollserve.scheduler.stop_checker import StopChecker
+from rollserve.kernels.dispatch import HostCopy, host_to_device
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, runner: ModelRunner, tokenizer, eos_token_ids):
+        self.config = config
+        self.runner = runner
+        self.pooler = Pooler.for_runner(runner)  # embedding / reward models; None for generation
+        use_cache = not config.disable_radix_cache and (
+            self.pooler is None or self.pooler.spec.allows_prefix_cache)
+        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
+        self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
+        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.stop_checker = StopChecker(tokenizer, self.eos_token_ids, runner.context_len)
+        chunk = config.chunked_prefill_size
+        if chunk is None:
+            chunk = 8192 if runner.device.type == "cuda" else 2048
+        no_chunks = chunk == -1 or (self.pooler is not None and not self.pooler.spec.allows_chunking)
+        self.chunk_size = None if no_chunks else chunk
+        # share of each running request's remaining max_new_tokens kept free for its decode
+        self.new_token_ratio = min(1.0, 0.3 * config.schedule_conservativeness)
+        self.waiting: Deque[Req] = deque()
+        self.running: List[Req] = []
+        self.prefilling: Optional[Req] = None  # the request whose prompt is half done
+        self.weight_version = config.weight_version
+        self.stats = SchedulerStats(config.decode_log_interval)
+
+    # ---- requests in ---------------------------------------------------------------
+    def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
+        cls = EmbeddingReq if isinstance(msg, TokenizedEmbeddingReq) else Req
+        self.waiting.append(cls.from_message(msg))
+
+    def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
+        """Abort queued requests now; running ones are marked and released next step."""
+        def hit(req: Req) -> bool:
+            # the n samples of one request run as rid-0 .. rid-{n-1}
+            if abort_all or req.rid == rid:
+                return True
+            head, _, k = req.rid.rpartition("-")
+            return head == rid and k.isdigit()
+
+        outputs = []
+        for req in [r for r in self.waiting if hit(r)]:
+            self.waiting.remove(req)
+            req.finish("abort", message="aborted by request")
+            outputs.append(req.take_output(self.weight_version))
+        for req in self._active():
+            if hit(req):
+                req.finish("abort", message="aborted by request")
+        return outputs
+
+    def drain(self) -> List[TokenOutput]:
+        """Finishes any step still in flight (the overlap scheduler's); nothing to do here."""
+        return []
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.prefilling)
+
+    def num_requests(self) -> int:
+        return len(self.waiting) + len(self._active())
+
+    def _active(self) -> List[Req]:
+        return self.running + ([self.prefilling] if self.prefilling else [])
+
+    # ---- one step ----------------------------------------------------------------------
+    def step(self) -> List[TokenOutput]:
+        """Run one forward over the next batch; return the outputs to send."""
+        outputs = self._release_aborted()
+        batch = self._build_batch()
+        outputs.extend(self.stats.drain_pending())
+        if batch is None:
+            return outputs
+        result = self.runner.forward(batch)
+        outputs.extend(self._process_result(batch, result))
+        self.stats.record_step(batch)
+        return outputs
+
+    def _release_aborted(self) -> List[TokenOutput]:
+        outputs = []
+        for req in [r for r in self._active() if r.finished]:
+            self._remove_active(req)
+            self.kv.release(req)
+            outputs.append(req.take_output(self.weight_version))
+        return outputs
+
+    def _remove_active(self, req: Req) -> None:
+        if req is self.prefilling:
+            self.prefilling = None
+        else:
+            self.running.remove(req)
+
+    # ---- batch building -----------------------------------------------------------------
+    def _build_batch(self) -> Optional[ScheduleBatch]:
+        entries = self._decode_entries()
+        entries.extend(self._prefill_entries())
+        return ScheduleBatch(entries) if entries else None
+
+    def _decode_entries(self) -> List[BatchEntry]:
+        self._ensure_decode_slots()
+        reqs = self._decoding_requests()
+        if not reqs:
+            return []
+        slots = self.kv.alloc_slots(len(reqs))
+        entries = [BatchEntry(req, req.kv_len, [self._decode_input(req)], slot, sample=True,
+                              logit_rows=[0], is_decode=True)
+                   for req, slot in zip(reqs, slots.split(1))]
+        self.kv.append_one_slot_each(reqs, slots)
+        return entries
+
+    def _decoding_requests(self) -> List[Req]:
+        return list(self.running)
+
+    def _decode_input(self, req: Req) -> int:
+        """The token a decode step feeds: the request's newest one."""
+        return req.fill_ids[-1]
+
+    def _ensure_decode_slots(self) -> None:
+        """Retract the newest running requests until every other one gets a slot."""
+        while self.running and self.kv.available_slots() < len(self.running):
+            if len(self.running) == 1:
+                req = self.running.pop()
+                req.finish("abort", message="the KV cache is too small for this request")
+                self.kv.release(req)
+                self.stats.pending_outputs.append(req.take_output(self.weight_version))
+                return
+            req = self.running.pop()
+            self.kv.retract(req)
+            self.waiting.appendleft(req)
+            logger.info("retracted %s (KV pool full); requeued", req.rid)
+
+    def _prefill_entries(self) -> List[BatchEntry]:
+        budget = self.config.max_prefill_tokens
+        if self.chunk_size:
+            budget = min(budget, self.chunk_size)
+        # decode slots of this step are already allocated; keep room for later decodes
+        free = self.kv.available_slots() - self._decode_reserve(self.running)
+        entries = []
+        if self.prefilling is not None:
+            entry = self._prefill_chunk(self.prefilling, budget, free)
+            if entry is None:
+                return []
+            entries.append(entry)
+            budget -= len(entry.tokens)
+            free -= len(entry.tokens)
+            if not entry.completes_prompt:
+                return entries
+        order = self.policy.order(list(self.waiting))
+        for req in order:
+            if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
+                break
+            reserve = int(req.remaining_new_tokens * self.new_token_ratio)
+            idle = not self.running and not entries
+            if free - reserve <= 0 and not idle:
+                break
+            reserve = 0 if idle else reserve
+            if not self.kv.admit(req):
+                break
+            entry = self._prefill_chunk(req, budget, free - reserve)
+            if entry is None:
+                self.kv.retract(req)
+                break
+            self.waiting.remove(req)
+            entries.append(entry)
+            budget -= len(entry.tokens)
+            free -= len(entry.tokens) + reserve
+            if not entry.completes_prompt:
+                self.prefilling = req  # partial prompt: the next step continues it
+                break
+        return entries
+
+    def _decode_reserve(self, reqs: List[Req]) -> int:
+        return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
+
+    def _prefill_chunk(self, req: Req, budget: int, free: int) -> Optional[BatchEntry]:
+        """The next run of the request's prompt that fits the budgets; None if none fits."""
+        remaining = req.seq_len - req.kv_len
+        n = min(remaining, budget, free)
+        if n < remaining and not self.chunk_size and budget < remaining:
+            n = min(remaining, free)  # chunking disabled: the whole prompt or nothing
+        if n <= 0:
+            return None
+        if n < remaining and self.pooler is not None and not self.pooler.spec.allows_chunking:
+            return None  # an encoder's input runs whole, in one forward
+        slots = self.kv.alloc_slots(n)
+        if slots is None:
+            return None
+        start = req.kv_len
+        tokens = req.fill_ids[start:start + n]
+        self.kv.append_slots(req, slots)
+        done = start + n == req.seq_len
+        rows = (self.pooler.rows(req, start, n) if self.pooler is not None
+                else self._input_logprob_rows(req, start, n))
+        sample = done and req.sampling_params.max_new_tokens > 0
+        if sample and (n - 1) not in rows:
+            rows.append(n - 1)
+        return BatchEntry(req, start, tokens, slots, sample=sample, logit_rows=rows)
+
+    @staticmethod
+    def _input_logprob_rows(req: Req, start: int, n: int) -> List[int]:
+        """Offsets in this chunk whose logits score the next prompt token."""
+        if not req.wants_input_logprobs or req.output_ids:
+            return []
+        first = max(req.logprob_start_len, 1) - 1
+        last = len(req.input_ids) - 2
+        return [p - start for p in range(max(first, start), min(last, start + n - 1) + 1)]
+
+    # ---- results -------------------------------------------------------------------------
+    def _process_result(self, batch: ScheduleBatch, result: ForwardOutput) -> List[TokenOutput]:
+        if self.pooler is not None:
+            return self._process_pooled(batch, result)
+        sampled = self._sample(batch, result)
+        outputs: List[TokenOutput] = []
+        for i, entry in enumerate(batch.entries):
+            req = entry.req
+            if req.wants_input_logprobs and not req.output_ids:  # slicing costs ~5us a row
+                self._record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
+            prompt_done = entry.completes_prompt
+            if i in sampled:
+                self._append_token(req, *sampled[i])
+            elif prompt_done and req.sampling_params.max_new_tokens == 0:
+                req.finish("length", length=0)
+            self._after_step(req, prompt_done, outputs)
+        return outputs
+
+    def _sample(self, batch: ScheduleBatch, result: ForwardOutput) -> Dict[int, Tuple[int, Optional[torch.Tensor]]]:
+        """Entry index -> (next token, its row of log-probabilities when the request wants them)."""
+        return self._launch_sampling(batch, result).resolve()
+
+    def _launch_sampling(self, batch: ScheduleBatch, result: ForwardOutput) -> "LaunchedSampling":
+        """Queues the sampling kernels; the host learns the tokens only at resolve()."""
+        picks = [(i, e) for i, e in enumerate(batch.entries) if e.sample and not e.req.finished]
+        if not picks:
+            return LaunchedSampling([], None, {})
+        rows = [result.row_offsets[i + 1] - 1 for i, _ in picks]
+        logits = result.logits
+        if rows != list(range(logits.shape[0])):
+            logits = logits[host_to_device(torch.tensor(rows, dtype=torch.int64), logits.device)]
+        wants = [k for k, (_, e) in enumerate(picks) if e.req.return_logprob]
+        logprobs = compute_logprobs(logits[wants]) if wants else None  # before sampling edits logits
+        row_logprobs = dict(zip(wants, logprobs)) if wants else {}
+        sampling_rows = [SamplingRow(e.req.sampling_params, e.req.input_ids, e.req.output_ids,
+                                     self.eos_token_ids) for _, e in picks]
+        return LaunchedSampling(picks, self.sampler.sample(logits, sampling_rows), row_logprobs)
+
+    def _append_token(self, req: Req, token: int, logprobs: Optional[torch.Tensor]) -> None:
+        if req.finished:
+            return
+        req.output_ids.append(token)
+        if req.first_token_time is None:
+            req.first_token_time = time.monotonic()
+        if logprobs is not None:
+            req.pending_output_logprobs.append((float(logprobs[token]), token))
+            if req.top_logprobs_num > 0:
+                req.pending_output_top.append(_top_list(logprobs.view(1, -1), req.top_logprobs_num)[0])
+        self.stop_checker.check(req)
+
+    def _record_input_logprobs(self, entry: BatchEntry, logits: torch.Tensor) -> None:
+        req = entry.req
+        if not req.wants_input_logprobs or req.output_ids:
+            return
+        if entry.start == 0 and req.logprob_start_len == 0:
+            req.pending_input_logprobs.append((None, req.input_ids[0]))
+            if req.top_logprobs_num > 0:
+                req.pending_input_top.append(None)
+        n_prompt_rows = sum(1 for r in entry.logit_rows if entry.start + r <= len(req.input_ids) - 2)
+        if n_prompt_rows == 0:
+            return
+        logprobs = compute_logprobs(logits[:n_prompt_rows])
+        targets = [req.input_ids[entry.start + r + 1] for r in entry.logit_rows[:n_prompt_rows]]
+        values = gather_token_logprobs(logprobs, torch.tensor(targets, device=logprobs.device))
+        req.pending_input_logprobs.extend(zip(values.tolist(), targets))
+        if req.top_logprobs_num > 0:
+            req.pending_input_top.extend(_top_list(logprobs, req.top_logprobs_num))
+
+    def _process_pooled(self, batch: ScheduleBatch, result: ForwardOutput) -> list:
+        self.pooler.absorb(batch, result)  # finishes the requests whose input is complete
+        outputs: list = []
+        for entry in batch.entries:
+            self._after_step(entry.req, entry.completes_prompt, outputs)
+        return outputs
+
+    def _after_step(self, req: Req, prompt_done: bool, outputs: List[TokenOutput]) -> None:
+        if req.finished:
+            if req is self.prefilling or req in self.running:
+                self._remove_active(req)
+            self.kv.release(req)
+            outputs.append(req.take_output(self.weight_version))
+            return
+        if prompt_done:
+            if req is self.prefilling:
+                self.prefilling = None
+            if req not in self.running:
+                self.kv.cache_unfinished(req)
+                self.running.append(req)
+        else:
+            self.kv.cache_unfinished(req)
+        if req.stream and self._stream_due(req):
+            outputs.append(req.take_output(self.weight_version))
+
+    def _stream_due(self, req: Req) -> bool:
+        new = len(req.output_ids) - req.sent_output_len
+        return new >= self.config.stream_interval or (new > 0 and req.sent_output_len == 0)
+
+    # ---- control ---------------------------------------------------------------------------
+    def flush_cache(self) -> dict:
+        if self.has_work():
+            return {"success": False,
+                    "message": f"cache not flushed: {self.num_requests()} requests are running or queued"}
+        self.kv.flush()
+        return {"success": True, "message": "cache flushed"}
+
+    # weight updates and memory release (rollserve/weight_sync/service.py) call these between steps
+    def num_active_requests(self) -> int:
+        return len(self._active())
+
+    def abort_all_now(self) -> List[TokenOutput]:
+        """Abort every request and release the running ones now; returns their outputs."""
+        return self.abort(None, abort_all=True) + self._release_aborted()
+
+    def drop_all_kv(self) -> int:
+        """Reuse no KV from now on: running requests go back to the front of the queue with
+        their tokens kept (their KV is recomputed), and the prefix cache is emptied.
+        Returns how many requests were running."""
+        active = self._active()
+        for req in reversed(active):
+            self.kv.retract(req)
+            if not req.output_ids:  # mid-prompt: what it gathered from the prompt is redone
+                req.pending_input_logprobs.clear()
+                req.pending_input_top.clear()
+                if isinstance(req, EmbeddingReq):
+                    req.pooled, req.pooled_rows = None, 0
+            self.waiting.appendleft(req)
+        self.running, self.prefilling = [], None
+        self.kv.flush()
+        return len(active)
+
+    def info(self) -> dict:
+        tree = self.kv.tree
+        return {
+            "max_total_num_tokens": self.runner.max_total_tokens,
+            "max_running_requests": self.runner.max_running_requests,
+            "context_length": self.runner.context_len,
+            "max_req_input_len": min(self.runner.context_len, self.runner.max_total_tokens) - 1,
+            "num_running_reqs": len(self._active()),
+            "num_queued_reqs": len(self.waiting),
+            "kv_used_tokens": self.kv.used_slots(),
+            "kv_cached_tokens": tree.total_size() if tree else 0,
+            "weight_version": self.weight_version,
+            **self.stats.snapshot(),
+        }
+
+
+@dataclass
+class LaunchedSampling:
+    picks: List[Tuple[int, BatchEntry]]  # (entry index, entry) of each sampled row
+    next_ids: Optional[torch.Tensor]  # [len(picks)] on the device, maybe still being computed
+    row_logprobs: Dict[int, torch.Tensor]
+    host_ids: Optional[HostCopy] = None
+
+    def __post_init__(self):
+        if self.next_ids is not None:
+            self.host_ids = HostCopy(self.next_ids)  # queued right behind the sampling kernels
+
+    def resolve(self) -> Dict[int, Tuple[int, Optional[torch.Tensor]]]:
+        if not self.picks:
+            return {}
+        next_ids = self.host_ids.wait().tolist()  # waits for this step's kernels only
+        return {i: (t, self.row_logprobs.get(k)) for k, ((i, _), t) in enumerate(zip(self.picks, next_ids))}
+
+
+def _top_list(logprobs: torch.Tensor, k: int):
+    values, ids = top_logprobs(logprobs, k)
+    return [list(zip(v, i)) for v, i in zip(values.tolist(), ids.tolist())]
+
+
+class SchedulerStats:
+    """Counters for /get_server_info and /metrics."""
+
+    def __init__(self, decode_log_interval: int = 0):
+        self.decode_log_interval = decode_log_interval
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.cached_tokens = 0
+        self.last_gen_throughput = 0.0
+        self.pending_outputs: List[TokenOutput] = []
+        self._window_start = time.monotonic()
+        self._window_tokens = 0
+        self._decode_steps = 0
+        self._log_start = time.monotonic()
+        self._log_tokens = 0
+
+    def record_step(self, batch: ScheduleBatch) -> None:
+        decodes = sum(1 for e in batch.entries if e.is_decode)
+        self.generation_tokens += sum(1 for e in batch.entries if e.sample)
+        self.prompt_tokens += batch.num_tokens - decodes
+        self._window_tokens += decodes
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= 1.0:
+            self.last_gen_throughput = self._window_tokens / elapsed
+            self._window_start, self._window_tokens = time.monotonic(), 0
+        if self.decode_log_interval:
+            if decodes < len(batch.entries):
+                self._log_prefill(batch, decodes)
+            if decodes:
+                self._log_decode(batch, decodes)
+
+    @staticmethod
+    def _log_prefill(batch: ScheduleBatch, decodes: int) -> None:
+        """SGLang's 'Prefill batch' line (every step that computes prompt tokens)."""
+        new_seqs = sum(1 for e in batch.entries if not e.is_decode and e.start == e.req.cached_tokens)
+        logger.info("Prefill batch. #new-seq: %d, #new-token: %d, #running-req: %d", new_seqs,
+                    batch.num_tokens - decodes, decodes)
+
+    def _log_decode(self, batch: ScheduleBatch, decodes: int) -> None:
+        """SGLang's periodic 'Decode batch' line: the running batch and the generation rate
+        over the last decode_log_interval decode steps."""
+        self._decode_steps += 1
+        self._log_tokens += decodes
+        if self._decode_steps % self.decode_log_interval:
+            return
+        now = time.monotonic()
+        rate = self._log_tokens / max(now - self._log_start, 1e-9)
+        logger.info("Decode batch. #running-req: %d, #new-token: %d, #step: %d, "
+                    "gen throughput (token/s): %.2f", decodes, batch.num_tokens - decodes,
+                    self._decode_steps, rate)
+        self._log_start, self._log_tokens = now, 0
+
+    def drain_pending(self) -> List[TokenOutput]:
+        out, self.pending_outputs = self.pending_outputs, []
+        return out
+
+    def snapshot(self) -> dict:
+        return {"prompt_tokens_total": self.prompt_tokens,
+                "generation_tokens_total": self.generation_tokens,
+                "last_gen_throughput": round(self.last_gen_throughput, 3)}
