@@ -146,7 +146,7 @@ def build_rollouts(prompt_ids, groups, rewards_per_group) -> List[Rollout]:
 def run(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rollserve.engine.default_model import default_model_path
+    from rollserve.frontend.default_model import default_model_path
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
