@@ -28,7 +28,7 @@ class AbortReq:
 
 @dataclass
 class RpcReq:
-    """A control call run by the scheduler between steps: `Scheduler.rpc_<method>(**kwargs)`."""
+    """A control call run by the scheduler process between steps, by name from its registry."""
 
     rpc_id: int
     method: str

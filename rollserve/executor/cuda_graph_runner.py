@@ -22,6 +22,9 @@ import torch
 
 from rollserve.executor.forward_batch import HostBatch, resolve_placeholders
 from rollserve.core.forward_context import ForwardContext
+from rollserve.executor.attention.base import AttentionBackend
+from rollserve.executor.config import ExecutorConfig
+from rollserve.executor.kv_pool import KVPool
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +42,16 @@ def capture_sizes(max_bs: int, explicit: Optional[List[int]] = None) -> List[int
 
 
 class CudaGraphRunner:
-    def __init__(self, runner, sizes: List[int], compile_max_bs: int = 0):
-        self.runner = runner
+    def __init__(self, model, kv_pool: KVPool, req_to_token: torch.Tensor, future_tokens: torch.Tensor,
+                 attn_backend: AttentionBackend, sizes: List[int], compile_max_bs: int = 0):
+        self.model = model
+        self.kv_pool = kv_pool
+        self.req_to_token = req_to_token
+        self.future_tokens = future_tokens  # the runner's latest sampled token per request row
+        self.attn_backend = attn_backend
         self.sizes = sizes
         self.max_bs = sizes[-1]
-        self.device = runner.device
+        self.device = future_tokens.device
         self.inputs = {bs: self._empty_inputs(bs) for bs in sizes}
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[int, torch.Tensor] = {}
@@ -54,8 +62,8 @@ class CudaGraphRunner:
     def _metadata(self, bs: int):
         """The attention metadata of size bs, fixed at capture (backends that plan_per_replay
         plan it again before each replay)."""
-        max_slots = self.runner.kv_pool.num_slots + 1 + self.max_bs
-        return self.runner.attn_backend.capture_metadata(bs, max_slots)
+        max_slots = self.kv_pool.num_slots + 1 + self.max_bs
+        return self.attn_backend.capture_metadata(bs, max_slots)
 
     def _empty_inputs(self, bs: int) -> torch.Tensor:
         inputs = torch.zeros(5, bs, dtype=torch.int64, device=self.device)
@@ -66,16 +74,16 @@ class CudaGraphRunner:
         ints = self.inputs[bs]
         return ForwardContext(
             positions=ints[_POSITIONS], out_cache_loc=ints[_SLOTS], req_pool_indices=ints[_ROWS],
-            req_to_token=self.runner.req_pool.req_to_token,
+            req_to_token=self.req_to_token,
             # a decode token's position is the number of tokens before it in the pool
             prefix_lens=ints[_POSITIONS], extend_lens=torch.ones(bs, dtype=torch.int64, device=self.device),
             seq_lens=ints[_SEQ_LENS],
-            extend_start_loc=torch.arange(bs, device=self.device), kv_pool=self.runner.kv_pool,
+            extend_start_loc=torch.arange(bs, device=self.device), kv_pool=self.kv_pool,
             prefix_lens_cpu=[0] * bs, extend_lens_cpu=[1] * bs,
-            attn_backend=self.runner.attn_backend, attn_metadata=metadata)
+            attn_backend=self.attn_backend, attn_metadata=metadata)
 
     def _forward_fn(self, compiled: bool):
-        model = self.runner.model
+        model = self.model
 
         def decode(input_ids, positions, ctx):
             return model.compute_logits(model(input_ids, positions, ctx))
@@ -85,7 +93,7 @@ class CudaGraphRunner:
         return decode
 
     def _run_model(self, bs: int) -> torch.Tensor:
-        input_ids = resolve_placeholders(self.inputs[bs][_INPUT_IDS], self.runner.future_tokens)
+        input_ids = resolve_placeholders(self.inputs[bs][_INPUT_IDS], self.future_tokens)
         ctx = self.contexts[bs]
         return self.forward_fns[bs](input_ids, ctx.positions, ctx)
 
@@ -110,7 +118,7 @@ class CudaGraphRunner:
     def _plan(self, bs: int, seq_lens) -> None:
         """Backends that plan per batch on the host (flashinfer) plan for the inputs of size bs
         (seq_lens: bs ints, a list or an array)."""
-        backend = self.runner.attn_backend
+        backend = self.attn_backend
         if backend.plans_per_replay:
             backend.prepare_for_replay(self.contexts[bs], np.asarray(seq_lens).tolist())
 
@@ -137,18 +145,7 @@ class CudaGraphRunner:
         return self.outputs[bs][:batch]
 
 
-def make_graph_runner(runner) -> Optional[CudaGraphRunner]:
-    """The runner's decode graphs, or None where they cannot or should not be used."""
-    args = runner.config
-    if runner.device.type != "cuda" or args.disable_cuda_graph:
-        return None
-    if not runner.attn_backend.supports_cuda_graph or runner.pooling is not None:
-        logger.info("CUDA graphs need the triton or flashinfer attention backend and a generation "
-                    "model; not captured")
-        return None
-    max_bs = min(args.cuda_graph_max_bs or DEFAULT_MAX_BS, runner.max_running_requests)
-    sizes = [s for s in capture_sizes(max_bs, args.cuda_graph_bs) if s <= runner.max_running_requests]
-    if not sizes:
-        return None
-    compile_max_bs = args.torch_compile_max_bs if args.enable_torch_compile else 0
-    return CudaGraphRunner(runner, sizes, compile_max_bs)
+def graph_sizes(config: ExecutorConfig, max_running_requests: int) -> List[int]:
+    """The decode batch sizes to capture under `config` (empty: none fit)."""
+    max_bs = min(config.cuda_graph_max_bs or DEFAULT_MAX_BS, max_running_requests)
+    return [s for s in capture_sizes(max_bs, config.cuda_graph_bs) if s <= max_running_requests]

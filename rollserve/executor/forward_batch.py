@@ -68,24 +68,25 @@ def resolve_placeholders(input_ids: torch.Tensor, future_tokens: torch.Tensor) -
     return torch.where(input_ids < 0, future_tokens[(-input_ids - 1).clamp_(min=0)], input_ids)
 
 
-def build_context(host: HostBatch, runner) -> tuple:
-    """(ForwardContext, input_ids [T] on the device) for the runner's model."""
+def build_context(host: HostBatch, device: torch.device, future_tokens: torch.Tensor,
+                  req_to_token: torch.Tensor, kv_pool, attn_backend) -> tuple:
+    """(ForwardContext, input_ids [T] on the device) for one eager forward over kv_pool."""
     num_tokens, batch = host.input_ids.size, len(host.extend_lens)
     seq_lens = [p + n for p, n in zip(host.prefix_lens, host.extend_lens)]
     packed = np.concatenate([host.input_ids, host.positions, host.out_cache_loc,
                              np.asarray(host.req_pool_indices + host.prefix_lens + host.extend_lens
                                         + seq_lens + host.starts, dtype=np.int64)])
-    device_ints = host_to_device(torch.from_numpy(packed), runner.device)
+    device_ints = host_to_device(torch.from_numpy(packed), device)
     tokens = device_ints[:3 * num_tokens].view(3, num_tokens)
     per_req = device_ints[3 * num_tokens:].view(5, batch)
     input_ids = tokens[0]
     if host.has_placeholders:
-        input_ids = resolve_placeholders(input_ids, runner.future_tokens)
+        input_ids = resolve_placeholders(input_ids, future_tokens)
     ctx = ForwardContext(
         positions=tokens[1], out_cache_loc=tokens[2], req_pool_indices=per_req[0],
-        req_to_token=runner.req_pool.req_to_token, prefix_lens=per_req[1], extend_lens=per_req[2],
-        seq_lens=per_req[3], extend_start_loc=per_req[4], kv_pool=runner.kv_pool,
+        req_to_token=req_to_token, prefix_lens=per_req[1], extend_lens=per_req[2],
+        seq_lens=per_req[3], extend_start_loc=per_req[4], kv_pool=kv_pool,
         prefix_lens_cpu=host.prefix_lens, extend_lens_cpu=host.extend_lens,
-        attn_backend=runner.attn_backend)
-    ctx.attn_metadata = runner.attn_backend.prepare_metadata(ctx)
+        attn_backend=attn_backend)
+    ctx.attn_metadata = attn_backend.prepare_metadata(ctx)
     return ctx, input_ids

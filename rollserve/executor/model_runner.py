@@ -15,12 +15,12 @@ import torch
 from transformers import AutoConfig
 
 from rollserve.executor.config import ExecutorConfig
-from rollserve.executor.cuda_graph_runner import make_graph_runner
+from rollserve.executor.cuda_graph_runner import CudaGraphRunner, graph_sizes
 from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
 from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.executor.model_loader import load_model, resolve_dtype
-from rollserve.executor.layers.common import RotaryEmbedding
+from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
 from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
 from rollserve.kernels.dispatch import host_to_device
@@ -62,7 +62,29 @@ class ModelRunner:
                                                      self.kv_pool.num_kv_heads)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
-        self.graph_runner = make_graph_runner(self)  # decode CUDA graphs; None on CPU or when disabled
+        self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
+        self.capture_cuda_graphs()
+
+    def capture_cuda_graphs(self) -> None:
+        """(Re)captures the decode graphs where they can and should be used (after start-up, and
+        after a memory resume that moved the weights or the KV pool)."""
+        self.graph_runner = None
+        config = self.config
+        if self.device.type != "cuda" or config.disable_cuda_graph:
+            return
+        if not self.attn_backend.supports_cuda_graph or self.pooling is not None:
+            logger.info("CUDA graphs need a backend that supports them and a generation model; "
+                        "not captured")
+            return
+        sizes = graph_sizes(config, self.max_running_requests)
+        if sizes:
+            compile_max_bs = config.torch_compile_max_bs if config.enable_torch_compile else 0
+            self.graph_runner = CudaGraphRunner(self.model, self.kv_pool, self.req_pool.req_to_token,
+                                                self.future_tokens, self.attn_backend, sizes,
+                                                compile_max_bs)
+
+    def drop_cuda_graphs(self) -> None:
+        self.graph_runner = None
 
     def _init_memory(self) -> None:
         m = self.model
@@ -103,7 +125,8 @@ class ModelRunner:
             with torch.inference_mode():
                 logits = self.graph_runner.replay(host)
             return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
-        ctx, input_ids = build_context(host, self)
+        ctx, input_ids = build_context(host, self.device, self.future_tokens, self.req_pool.req_to_token,
+                                       self.kv_pool, self.attn_backend)
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

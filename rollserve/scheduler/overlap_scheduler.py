@@ -22,9 +22,10 @@ import torch
 
 from rollserve.executor.forward_batch import placeholder_for
 from rollserve.core.io import TokenOutput
-from rollserve.executor.model_runner import ForwardOutput
+from rollserve.executor.model_runner import ForwardOutput, ModelRunner
 from rollserve.scheduler.request import Req
 from rollserve.core.batch import ScheduleBatch
+from rollserve.scheduler.config import SchedulerConfig
 from rollserve.scheduler.scheduler import LaunchedSampling, Scheduler
 from rollserve.kernels.dispatch import host_to_device
 
@@ -81,9 +82,7 @@ class OverlapScheduler(Scheduler):
         return self.kv.available_slots() >= len(self.running)  # no retraction this step
 
     def _launch(self, batch: ScheduleBatch) -> InFlight:
-        result = self.runner.forward(batch)
-        if self.pooler is not None:
-            return InFlight(batch, result, LaunchedSampling([], None, {}), set())
+        result = self.runner.forward(batch)  # a generation model: make_scheduler says so
         sampling = self._launch_sampling(batch, result)
         if sampling.picks:
             rows = torch.tensor([e.req.req_pool_idx for _, e in sampling.picks], dtype=torch.int64)
@@ -111,9 +110,9 @@ class OverlapScheduler(Scheduler):
         super()._after_step(req, prompt_done, outputs)
 
 
-def make_scheduler(config, runner, tokenizer, eos_token_ids) -> Scheduler:
+def make_scheduler(config: SchedulerConfig, runner: ModelRunner, tokenizer, eos_token_ids) -> Scheduler:
     """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one."""
     overlap = (runner.device.type == "cuda" and not config.disable_overlap_schedule
-               and getattr(runner, "pooling", None) is None)
+               and runner.pooling is None)
     cls = OverlapScheduler if overlap else Scheduler
     return cls(config, runner, tokenizer, eos_token_ids)

@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from rollserve.executor.model_runner import ModelRunner
 from rollserve.executor.pooling_model import PoolingSpec
 from rollserve.core.io import EmbeddingOutput, TokenizedEmbeddingReq
 from rollserve.scheduler.request import Req
@@ -46,10 +47,18 @@ class Pooler:
         self.spec = spec
 
     @classmethod
-    def for_runner(cls, runner) -> Optional["Pooler"]:
+    def for_runner(cls, runner: ModelRunner) -> Optional["Pooler"]:
         """The runner's pooler, or None when it runs a generation model."""
-        spec = getattr(runner, "pooling", None)
+        spec = runner.pooling
         return None if spec is None else cls(runner.model, spec)
+
+    @property
+    def allows_prefix_cache(self) -> bool:
+        return self.spec.allows_prefix_cache
+
+    @property
+    def allows_chunking(self) -> bool:
+        return self.spec.allows_chunking
 
     def rows(self, req: Req, start: int, n: int) -> List[int]:
         """Offsets within the chunk [start, start + n) whose hidden states the pooling reads."""

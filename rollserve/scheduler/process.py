@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable, Dict
 
 import zmq
 
@@ -43,6 +43,7 @@ class SchedulerProcess:
         self.last_step_start = None  # for the watchdog
         self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
         self.profiler = StepProfiler()
+        self.control_calls = self._control_calls()
 
     def ready_info(self) -> dict:
         return {"status": "ready", "pid": os.getpid(), **self.scheduler.info()}
@@ -91,9 +92,22 @@ class SchedulerProcess:
         if outputs:
             self.send.send_pyobj(BatchTokenOutput(outputs))
 
+    def _control_calls(self) -> Dict[str, Callable[..., dict]]:
+        """Every control call the front end may send, by name: this process's own and the
+        weight-sync service's. A new call is one method plus one entry here."""
+        calls = {
+            "flush_cache": self.scheduler.flush_cache,
+            "get_info": self.get_info,
+            "start_profile": self.start_profile,
+            "stop_profile": self.profiler.stop,
+            "pause_generation": self.pause_generation,
+            "continue_generation": self.continue_generation,
+        }
+        calls.update(self.weight_sync.control_calls())
+        return calls
+
     def _rpc(self, msg: RpcReq) -> dict:
-        handler = (getattr(self, "rpc_" + msg.method, None)
-                   or getattr(self.weight_sync, "rpc_" + msg.method, None))
+        handler = self.control_calls.get(msg.method)
         if handler is None:
             return {"success": False, "message": f"unknown control call {msg.method!r}"}
         self._send_outputs(self.scheduler.drain())  # control calls run between steps
@@ -104,23 +118,17 @@ class SchedulerProcess:
             return {"success": False, "message": f"{type(e).__name__}: {e}"}
 
     # ---- control calls -------------------------------------------------------------
-    def rpc_flush_cache(self) -> dict:
-        return self.scheduler.flush_cache()
-
-    def rpc_get_info(self) -> dict:
+    def get_info(self) -> dict:
         return {"success": True, **self.scheduler.info()}
 
-    def rpc_start_profile(self, **fields) -> dict:
+    def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))
 
-    def rpc_stop_profile(self) -> dict:
-        return self.profiler.stop()
-
-    def rpc_pause_generation(self) -> dict:
+    def pause_generation(self) -> dict:
         self.paused = True
         return {"success": True, "message": "generation paused"}
 
-    def rpc_continue_generation(self) -> dict:
+    def continue_generation(self) -> dict:
         self.paused = False
         return {"success": True, "message": "generation continued"}
 

@@ -20,6 +20,7 @@ from rollserve.core.io import TokenizedEmbeddingReq, TokenizedGenerateReq, Token
 from rollserve.scheduler.kv_manager import KVManager
 from rollserve.executor.model_runner import ForwardOutput, ModelRunner
 from rollserve.scheduler.policy import SchedulePolicy
+from rollserve.scheduler.output_modes import GenerationOutputs, OutputMode
 from rollserve.scheduler.pooler import EmbeddingReq, Pooler
 from rollserve.scheduler.request import Req
 from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
@@ -36,8 +37,8 @@ class Scheduler:
         self.config = config
         self.runner = runner
         self.pooler = Pooler.for_runner(runner)  # embedding / reward models; None for generation
-        use_cache = not config.disable_radix_cache and (
-            self.pooler is None or self.pooler.spec.allows_prefix_cache)
+        self.outputs: OutputMode = self.pooler or GenerationOutputs()
+        use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
         self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
         self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
         self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed)
@@ -46,7 +47,7 @@ class Scheduler:
         chunk = config.chunked_prefill_size
         if chunk is None:
             chunk = 8192 if runner.device.type == "cuda" else 2048
-        no_chunks = chunk == -1 or (self.pooler is not None and not self.pooler.spec.allows_chunking)
+        no_chunks = chunk == -1 or not self.outputs.allows_chunking
         self.chunk_size = None if no_chunks else chunk
         # share of each running request's remaining max_new_tokens kept free for its decode
         self.new_token_ratio = min(1.0, 0.3 * config.schedule_conservativeness)
@@ -210,7 +211,7 @@ class Scheduler:
             n = min(remaining, free)  # chunking disabled: the whole prompt or nothing
         if n <= 0:
             return None
-        if n < remaining and self.pooler is not None and not self.pooler.spec.allows_chunking:
+        if n < remaining and not self.outputs.allows_chunking:
             return None  # an encoder's input runs whole, in one forward
         slots = self.kv.alloc_slots(n)
         if slots is None:
@@ -219,21 +220,11 @@ class Scheduler:
         tokens = req.fill_ids[start:start + n]
         self.kv.append_slots(req, slots)
         done = start + n == req.seq_len
-        rows = (self.pooler.rows(req, start, n) if self.pooler is not None
-                else self._input_logprob_rows(req, start, n))
+        rows = self.outputs.rows(req, start, n)
         sample = done and req.sampling_params.max_new_tokens > 0
         if sample and (n - 1) not in rows:
             rows.append(n - 1)
         return BatchEntry(req, start, tokens, slots, sample=sample, logit_rows=rows)
-
-    @staticmethod
-    def _input_logprob_rows(req: Req, start: int, n: int) -> List[int]:
-        """Offsets in this chunk whose logits score the next prompt token."""
-        if not req.wants_input_logprobs or req.output_ids:
-            return []
-        first = max(req.logprob_start_len, 1) - 1
-        last = len(req.input_ids) - 2
-        return [p - start for p in range(max(first, start), min(last, start + n - 1) + 1)]
 
     # ---- results -------------------------------------------------------------------------
     def _process_result(self, batch: ScheduleBatch, result: ForwardOutput) -> List[TokenOutput]:

@@ -5,6 +5,6 @@
     tensor_transport.py  buckets for update_weights_from_tensor (CUDA IPC, safetensors bytes or file)
     distributed.py       the trainer <-> engine torch.distributed group and its broadcasts
     memory.py            release/resume_memory_occupation (tags "weights", "kv_cache")
-    service.py           the scheduler process's control calls (rpc_*), run between steps
+    service.py           the scheduler process's control calls (CONTROL_CALLS), run between steps
     control.py           the front process's calls, shared by Engine (engine_api.py) and HTTP (http_routes.py)
 """

@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Set
 import torch
 
 from rollserve.executor.memory_saver import KV_CACHE, WEIGHTS, MemorySaver
+from rollserve.executor.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def parse_tags(tags: Optional[Iterable[str]]) -> List[str]:
 class MemoryOccupation:
     """The scheduler process's record of what is released, and the release itself."""
 
-    def __init__(self, runner, saver: MemorySaver):
+    def __init__(self, runner: ModelRunner, saver: MemorySaver):
         self.runner = runner
         self.saver = saver
         self.released: Set[str] = set()
@@ -88,14 +89,12 @@ class MemoryOccupation:
             self._allocate_kv()
         self.released.discard(tag)
         if not self.released and self._graphs_dropped:
-            from rollserve.executor.cuda_graph_runner import make_graph_runner
-
-            self.runner.graph_runner = make_graph_runner(self.runner)
+            self.runner.capture_cuda_graphs()
             self._graphs_dropped = False
 
     def _drop_graphs(self) -> None:
-        if getattr(self.runner, "graph_runner", None) is not None:
-            self.runner.graph_runner = None
+        if self.runner.graph_runner is not None:
+            self.runner.drop_cuda_graphs()
             self._graphs_dropped = True
 
     def _free_kv(self) -> None:

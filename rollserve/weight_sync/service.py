@@ -1,4 +1,4 @@
-"""The scheduler process's weight-sync control calls (`rpc_<name>`), run between steps.
+"""The scheduler process's weight-sync control calls (CONTROL_CALLS), run between steps.
 
 Every update has the same shape: describe and validate everything (nothing is
 written if anything is wrong: the old weights keep serving, whole), then stop the
@@ -14,10 +14,11 @@ or by the ones that were running.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 import torch
 
+from rollserve.executor.model_runner import ModelRunner
 from rollserve.executor.models.weights import checkpoint_targets
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
@@ -28,8 +29,24 @@ from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_
 logger = logging.getLogger(__name__)
 
 
+CONTROL_CALLS = ("update_weights_from_disk", "update_weights_from_tensor", "update_weights_from_distributed", "init_weights_update_group", "destroy_weights_update_group", "get_weights_by_name", "release_memory_occupation", "resume_memory_occupation")
+
+
+class GenerationControl(Protocol):
+    """What an update needs of the scheduler (scheduler/scheduler.py implements it)."""
+
+    weight_version: str  # the scheduler owns it; an update with a new label sets it
+
+    def abort_all_now(self) -> list: ...  # finishes every request as aborted; their outputs
+
+    def num_active_requests(self) -> int: ...
+
+    def drop_all_kv(self) -> int: ...  # running requests requeued (KV recomputed), cache emptied
+
+
 class WeightSyncService:
-    def __init__(self, runner, scheduler, send_outputs: Callable[[list], None]):
+    def __init__(self, runner: ModelRunner, scheduler: GenerationControl,
+                 send_outputs: Callable[[list], None]):
         self.runner = runner
         self.scheduler = scheduler
         self.send_outputs = send_outputs
@@ -40,12 +57,16 @@ class WeightSyncService:
     def model(self):
         return self.runner.model
 
+    def control_calls(self) -> dict:
+        """This service's control calls by name (the scheduler process's registry takes them)."""
+        return {name: getattr(self, name) for name in CONTROL_CALLS}
+
     def holds_generation(self) -> bool:
         """True while memory is released: no forward step may run."""
         return bool(self.memory.released)
 
     # ---- the three update paths --------------------------------------------------------------
-    def rpc_update_weights_from_disk(self, model_path: str, load_format: Optional[str] = None,
+    def update_weights_from_disk(self, model_path: str, load_format: Optional[str] = None,
                                      flush_cache: bool = True, abort_all_requests: bool = False,
                                      weight_version: Optional[str] = None) -> dict:
         def prepare():
@@ -55,7 +76,7 @@ class WeightSyncService:
         return self._update(prepare, f"from {model_path}", flush_cache, abort_all_requests,
                             weight_version)
 
-    def rpc_update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
+    def update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
                                        flush_cache: bool = True, abort_all_requests: bool = False,
                                        weight_version: Optional[str] = None) -> dict:
         def prepare():
@@ -75,7 +96,7 @@ class WeightSyncService:
 
         return self._update(prepare, "from tensors", flush_cache, abort_all_requests, weight_version)
 
-    def rpc_update_weights_from_distributed(self, names: Sequence[str], dtypes: Sequence,
+    def update_weights_from_distributed(self, names: Sequence[str], dtypes: Sequence,
                                             shapes: Sequence[Sequence[int]],
                                             group_name: str = distributed.DEFAULT_GROUP_NAME,
                                             flush_cache: bool = True, abort_all_requests: bool = False,
@@ -99,7 +120,7 @@ class WeightSyncService:
                             weight_version)
 
     # ---- the distributed group -----------------------------------------------------------------
-    def rpc_init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
+    def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
                                       world_size: int,
                                       group_name: str = distributed.DEFAULT_GROUP_NAME,
                                       backend: Optional[str] = None) -> dict:
@@ -115,7 +136,7 @@ class WeightSyncService:
         return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
                                             f"{rank_offset} of {world_size}"}
 
-    def rpc_destroy_weights_update_group(self, group_name: str = distributed.DEFAULT_GROUP_NAME) -> dict:
+    def destroy_weights_update_group(self, group_name: str = distributed.DEFAULT_GROUP_NAME) -> dict:
         if group_name not in self.groups:
             return {"success": False, "message": f"no group named {group_name!r}"}
         group, _ = self.groups.pop(group_name)
@@ -128,7 +149,7 @@ class WeightSyncService:
         return self.groups[group_name]
 
     # ---- inspection and memory -----------------------------------------------------------------
-    def rpc_get_weights_by_name(self, name: str, truncate_size: int = 100) -> dict:
+    def get_weights_by_name(self, name: str, truncate_size: int = 100) -> dict:
         if WEIGHTS in self.memory.released:
             return {"success": False, "message": "the weights are released; resume them first"}
         targets = getattr(self.model, "_targets", None) or checkpoint_targets(self.model)
@@ -140,7 +161,7 @@ class WeightSyncService:
         flat = value.detach().reshape(-1)[:max(0, int(truncate_size))]
         return {"success": True, "values": flat.float().cpu().tolist()}
 
-    def rpc_release_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
+    def release_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
         tags = parse_tags(tags)
         requeued = 0
         if KV_CACHE in tags and KV_CACHE not in self.memory.released:
@@ -151,7 +172,7 @@ class WeightSyncService:
         return {"success": True, "message": f"released {tags}; {requeued} running requests were "
                                             "requeued; requests wait until resume_memory_occupation"}
 
-    def rpc_resume_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
+    def resume_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:
         tags = parse_tags(tags)
         for tag in tags:
             self.memory.resume(tag)
@@ -169,7 +190,7 @@ class WeightSyncService:
             if WEIGHTS in self.memory.released:
                 raise WeightUpdateError("the weights are released; call resume_memory_occupation "
                                         "with tags ['weights'] first")
-            if getattr(self.runner, "pooling", None) is not None:
+            if self.runner.pooling is not None:
                 raise WeightUpdateError("weight updates support generation models only")
             write = prepare()
         except WeightUpdateError as e:

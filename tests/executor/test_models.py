@@ -262,7 +262,7 @@ def test_rope_table_rows_equal_the_computed_cos_sin():
     """ModelRunner tabulates cos/sin for the context length; a forward gathers rows of it."""
     from transformers import LlamaConfig
 
-    from rollserve.executor.layers.common import RotaryEmbedding
+    from rollserve.executor.layers.rotary import RotaryEmbedding
 
     config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=512,
                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

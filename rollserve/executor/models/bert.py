@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
-from rollserve.executor.layers.common import FusedLinear, default_dtype
+from rollserve.executor.layers.linear import FusedLinear
+from rollserve.executor.layers.utils import default_dtype
 from rollserve.executor.models.weights import checkpoint_spec, checkpoint_targets, load_named_tensors
 from rollserve.executor.attention.base import attention
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
-from rollserve.executor.layers.common import default_dtype, head_dim_of
+from rollserve.executor.layers.utils import default_dtype, head_dim_of
 from rollserve.executor.models.llama import LlamaAttention, LlamaModel
 from rollserve.executor.models.qwen2 import Qwen2Attention
 from rollserve.executor.models.qwen3 import Qwen3Attention

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
-from rollserve.executor.layers.common import (FusedLinear, RMSNorm, RotaryEmbedding, default_dtype,
-                                            head_dim_of, norm_then_linear, sliding_window_of)
+from rollserve.executor.layers.linear import FusedLinear, norm_then_linear
+from rollserve.executor.layers.norm import RMSNorm
+from rollserve.executor.layers.rotary import RotaryEmbedding
+from rollserve.executor.layers.utils import default_dtype, head_dim_of, sliding_window_of
 from rollserve.executor.models.weights import checkpoint_spec, checkpoint_targets, load_named_tensors
 from rollserve.kernels.linear import linear
 from rollserve.executor.attention.base import attention

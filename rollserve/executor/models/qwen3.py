@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rollserve.executor.layers.common import RMSNorm
+from rollserve.executor.layers.norm import RMSNorm
 from rollserve.executor.models.llama import LlamaAttention, LlamaForCausalLM
 from rollserve.kernels.rotary import RopeInputs
 

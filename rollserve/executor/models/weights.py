@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from rollserve.executor.layers.common import FusedLinear
+from rollserve.executor.layers.linear import FusedLinear
 
 Target = Tuple[nn.Parameter, Optional[slice]]  # parameter, rows of it (None: all of it)
 
