@@ -8,7 +8,8 @@
 #
 # OUT_DIR defaults to bench/results/<date>-gpu; STAGES default to all of:
 #   tests one_batch offline_1b offline_8b offline_qwen3 weight_sync
-# and on request `profile_8b_sharegpt` (that run with a torch.profiler trace and op table
+# and on request `core_figures` (bs 1/8/64 on 1B and 8B, offline 1B, ShareGPT-like 8B: the
+# A/B set for a refactor, run from each tree's root), `profile_8b_sharegpt` (that run with a torch.profiler trace and op table
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `attn_bench` / `gemv_sweep` (config sweeps of decode attention and of the one-row GEMV),
@@ -59,7 +60,7 @@ for stage in $STAGES; do
     tests)
       step gpu_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_triton_kernels.py tests/kernels/test_gemv_triton.py tests/kernels/test_decode_attention_configs.py \
-        tests/test_gpu_engine.py ;;
+        tests/executor/test_gpu_engine.py ;;
     one_batch)
       step one_batch_llama-3.2-1b 200 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 8 32 128 --input-len 512 --output-len 64 --hf-baseline \
@@ -96,6 +97,19 @@ for stage in $STAGES; do
     prefill_8b)  # one 8192-token prefill of 32 prompts (the ShareGPT run's chunk), 8B shape
       step prefill_llama-3.1-8b 200 $PY -m rollserve.bench.one_batch --shape llama-3.1-8b \
         --batch-size 32 32 --input-len 256 --output-len 4 --output-file "$OUT/prefill_llama-3.1-8b.json" ;;
+    core_figures)  # the figures a no-behaviour-change refactor must keep, for an A/B of two trees
+      # (run the suite from each tree's root): bs 1/8/64 on the 1B and 8B shapes, offline 1B,
+      # the ShareGPT-like 8B run
+      for shape in llama-3.2-1b llama-3.1-8b; do
+        step "one_batch_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" \
+          --batch-size 1 8 64 --input-len 512 --output-len 64 --output-file "$OUT/one_batch_$shape.json"
+      done
+      step offline_llama-3.2-1b 200 $PY -m rollserve.bench.offline --shape llama-3.2-1b \
+        --num-prompts 256 --input-len 512 --output-len 256 --context-length 4096 --skip-transformers \
+        --output-file "$OUT/offline_llama-3.2-1b.json"
+      step offline_llama-3.1-8b_sharegpt 300 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+        --dataset sharegpt-like --num-prompts 1000 --context-length 8192 --skip-transformers \
+        --output-file "$OUT/offline_llama-3.1-8b_sharegpt.json" ;;
     offline_qwen3)
       step offline_qwen3-0.6b_nanovllm 200 $PY -m rollserve.bench.offline --shape qwen3-0.6b \
         --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \
@@ -106,7 +120,7 @@ for stage in $STAGES; do
         --output-file "$OUT/one_batch_llama-3.2-1b_compiled.json" ;;
     fi_tests)  # the flashinfer backend's kernel and engine tests (where flashinfer is installed)
       step flashinfer_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider -k flashinfer \
-        tests/kernels/test_attention_flashinfer.py tests/test_gpu_engine.py ;;
+        tests/executor/attention/test_flashinfer.py tests/executor/test_gpu_engine.py ;;
     fi_bench)  # one_batch on --attention-backend flashinfer and on triton, in the same run
       for shape in ${FI_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
         for backend in flashinfer triton; do
