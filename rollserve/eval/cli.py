@@ -46,6 +46,8 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                                             "else the first checkpoint, else the default model)")
     group.add_argument("--server-args", default="",
                        help="extra flags for the launched server, e.g. \"--max-total-tokens 20000\"")
+    group.add_argument("--launch-port", type=int,
+                       help="port of the launched server on 127.0.0.1 (default: a free one)")
     group.add_argument("--api-key", default=os.environ.get("ROLLSERVE_API_KEY"))
     group.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     group.add_argument("--tokenizer", help="tokenizer folder (default: the server's)")
@@ -67,7 +69,17 @@ def _add_task_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float,
                        help="default: 0 for --n 1, else 1.0")
     group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--max-new-tokens", type=int, help="default: the task's own")
+    group.add_argument("--max-new-tokens", "--max-gen-toks", type=int, dest="max_new_tokens",
+                       help="generation length (default: the row's max_gen_toks, else the task's)")
+    group.add_argument("--stop", action="append",
+                       help="stop string for generation tasks, repeatable (default: the row's "
+                            "stop/until, else the task's; user tasks: \"\\n\\n\" and the few-shot "
+                            "question label)")
+    group.add_argument("--apply-chat-template", action="store_true",
+                       help="send generation prompts as one user turn of the tokenizer's chat "
+                            "template (lm-eval's --apply_chat_template)")
+    group.add_argument("--system-instruction",
+                       help="system turn of the chat template (without it: a prefix of the prompt)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--batch-size", type=int, default=32, help="prompts per client call")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -86,6 +98,13 @@ def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--once", action="store_true", help="score what is there, then exit")
     group.add_argument("--baseline", help="model folder scored first, as step 0")
     group.add_argument("--max-checkpoints", type=int, help="exit after this many checkpoints")
+    group.add_argument("--order", choices=("oldest", "newest"), default="oldest",
+                       help="which checkpoint of a backlog goes first (default: %(default)s)")
+    group.add_argument("--every", type=int, default=1,
+                       help="score every k-th checkpoint by step, counted from the oldest")
+    group.add_argument("--allow-shared-server", action="store_true",
+                       help="load checkpoints into a --server that has served other traffic or "
+                            "carries a weight_version this watcher did not set")
     group.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
                        default="offline")
     group.add_argument("--wandb-project", default="rollserve-eval")
@@ -100,21 +119,29 @@ def _settings(ns):
     from rollserve.eval.tasks.base import EvalSettings
 
     return EvalSettings(limit=ns.limit, n=ns.n, temperature=ns.temperature, top_p=ns.top_p,
-                        max_new_tokens=ns.max_new_tokens, seed=ns.seed, batch_size=ns.batch_size)
+                        max_new_tokens=ns.max_new_tokens, seed=ns.seed, batch_size=ns.batch_size,
+                        stop=ns.stop, apply_chat_template=ns.apply_chat_template,
+                        system_instruction=ns.system_instruction)
 
 
 @contextlib.contextmanager
-def open_clients(ns, model_path: Optional[str]) -> Iterator[tuple]:
-    """(policy client, reward client or None); a launched server stops on exit."""
+def open_clients(ns, model_path: Optional[str], output_dir: str) -> Iterator[tuple]:
+    """(policy client, reward client or None); a launched server (its log in
+    OUTPUT_DIR/server.log) stops on exit, and with this process if it dies."""
+    from rollserve.eval.server_process import owned_server
     from rollserve.rollout.client import RolloutClient
 
     if bool(ns.server) == bool(ns.launch):
         raise InvalidRequest("server", "give --server URL or --launch (one of them)")
+    if ns.launch_port is not None and not ns.launch:
+        raise InvalidRequest("launch_port", "only applies with --launch")
     kwargs = dict(api_key=ns.api_key, timeout=ns.timeout, progress=False)
     with contextlib.ExitStack() as stack:
         if ns.launch:
-            client = stack.enter_context(RolloutClient.launch(
-                model_path, server_args=shlex.split(ns.server_args), **kwargs))
+            url = stack.enter_context(owned_server(
+                model_path, shlex.split(ns.server_args), output_dir=output_dir,
+                port=ns.launch_port, api_key=ns.api_key))
+            client = stack.enter_context(RolloutClient(url, **kwargs))
         else:
             urls = [u.strip() for u in ns.server.split(",") if u.strip()]
             client = stack.enter_context(RolloutClient(urls, **kwargs))
@@ -150,7 +177,7 @@ def cmd_run(ns) -> int:
     from rollserve.eval.runner import run_tasks
 
     tasks = _load_tasks(ns)
-    with open_clients(ns, ns.model_path) as (client, reward):
+    with open_clients(ns, ns.model_path, os.path.abspath(ns.output_dir)) as (client, reward):
         ctx = _context(ns, client, reward)
         results = run_tasks(ctx, tasks, console=make_console(stderr=True),
                             progress=not ns.no_progress)
@@ -172,43 +199,71 @@ def cmd_run(ns) -> int:
 
 # ---- eval watch -------------------------------------------------------------------------------
 def cmd_watch(ns) -> int:
+    from rollserve.eval.checkpoints import DEFAULT_PATTERNS, select
     from rollserve.eval.console import history_table, make_console
-    from rollserve.eval.report import ResultsLog, WandbLogger
-    from rollserve.eval.watch import DEFAULT_PATTERNS, WatchOptions, Watcher
+    from rollserve.eval.report import ResultsLog
+    from rollserve.eval.server_guard import SharedServerError
+    from rollserve.eval.server_process import output_lock
+    from rollserve.eval.wandb_sync import WandbSync
+    from rollserve.eval.watch import WatchOptions, Watcher
 
     root = os.path.abspath(ns.checkpoint_dir)
     if not os.path.isdir(root):
         raise InvalidRequest("checkpoint_dir", f"{root} is not a folder")
     tasks = _load_tasks(ns)
+    select([], order=ns.order, every=ns.every)  # bad values fail before a server starts
     options = WatchOptions(checkpoint_dir=root,
                            output_dir=os.path.abspath(ns.output_dir or os.path.join(root, "eval")),
                            patterns=ns.pattern or DEFAULT_PATTERNS, marker=ns.marker,
                            poll_interval=ns.poll_interval, once=ns.once, baseline=ns.baseline,
-                           max_checkpoints=ns.max_checkpoints)
-    console = make_console()
-    wandb = WandbLogger(options.output_dir, project=ns.wandb_project,
-                        run_name=ns.wandb_run_name or os.path.basename(root),
-                        tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
-                        config={"tasks": ns.tasks, "limit": ns.limit, "n": ns.n,
-                                "temperature": ns.temperature, "checkpoint_dir": root},
-                        samples_per_task=ns.samples_per_task)
-    try:
-        with open_clients(ns, _launch_model(ns, options)) as (client, reward):
-            watcher = Watcher(_context(ns, client, reward), tasks, options, wandb=wandb,
-                              console=make_console(stderr=True), progress=not ns.no_progress,
-                              on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows))
-            watcher.run()
-    except KeyboardInterrupt:
-        ResultsLog(options.output_dir).redraw()  # the stop may have cut the last redraw short
-        console.print("stopped")
-        return 130
-    finally:
-        wandb.finish()
+                           max_checkpoints=ns.max_checkpoints, order=ns.order, every=ns.every,
+                           allow_shared_server=ns.allow_shared_server)
+    console, bars = make_console(), make_console(stderr=True)
     log = ResultsLog(options.output_dir)
+    code = 0
+    with output_lock(options.output_dir), _log_through(bars):
+        wandb = WandbSync(log, project=ns.wandb_project,
+                          run_name=ns.wandb_run_name or os.path.basename(root),
+                          tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
+                          config={"tasks": ns.tasks, "limit": ns.limit, "n": ns.n,
+                                  "temperature": ns.temperature, "checkpoint_dir": root},
+                          samples_per_task=ns.samples_per_task)
+        try:
+            with open_clients(ns, _launch_model(ns, options), options.output_dir) as (client, reward):
+                Watcher(_context(ns, client, reward), tasks, options, wandb=wandb, console=bars,
+                        progress=not ns.no_progress,
+                        on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows)).run()
+        except KeyboardInterrupt:
+            code = 130
+        except SharedServerError as e:
+            logger.error("%s", e)
+            code = 1
+        finally:
+            wandb.finish()
+    log.redraw()  # a stop may have cut the last redraw short
     console.print(history_table(log.read(), title=f"eval of {root}"))
     console.print(f"results: {log.path('results.jsonl')}, {log.path('results.csv')}, "
-                  f"{log.path('metrics.png')}")
-    return 0
+                  f"{log.path('metrics.png')}" + (f"; wandb: {wandb.folder}" if wandb.folder else ""))
+    if code == 130:
+        console.print("stopped (Ctrl-C); a restart resumes where this left off")
+    return code
+
+
+@contextlib.contextmanager
+def _log_through(console) -> Iterator[None]:
+    """The watcher's log lines go through the console that draws the progress bars."""
+    from rollserve.eval.console import ConsoleLogHandler
+
+    handler = ConsoleLogHandler(console)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    eval_logger = logging.getLogger("rollserve.eval")
+    saved = eval_logger.handlers[:], eval_logger.propagate
+    eval_logger.handlers[:] = [handler]
+    eval_logger.propagate = False
+    try:
+        yield
+    finally:
+        eval_logger.handlers[:], eval_logger.propagate = saved
 
 
 def _launch_model(ns, options) -> Optional[str]:
@@ -216,24 +271,32 @@ def _launch_model(ns, options) -> Optional[str]:
         return ns.model_path
     if options.baseline:
         return options.baseline
-    from rollserve.eval.watch import compile_patterns, discover, model_dir
+    from rollserve.eval.checkpoints import compile_patterns, discover, model_dir
+    from rollserve.eval.completeness import COMPLETE, weights_state
 
     found = discover(options.checkpoint_dir, compile_patterns(options.patterns),
                      exclude=[options.output_dir])
-    return model_dir(found[0].path) if found else None
+    loadable = [c for c in found if weights_state(c.path)[0] == COMPLETE]
+    return model_dir(loadable[0].path) if loadable else None
 
 
 def _print_checkpoint(console, checkpoint, rows: List[dict]) -> None:
-    from rollserve.eval.console import format_value
+    from rich.markup import escape
 
-    parts = [f"{row['task']}/{k}={format_value(v)}" for row in rows if row["status"] == "ok"
+    from rollserve.eval.console import format_value
+    from rollserve.eval.report import OK, STATUS_LABELS
+
+    parts = [f"{row['task']}/{k}={format_value(v)}" for row in rows if row["status"] == OK
              for k, v in row["metrics"].items()]
-    errors = {}  # error -> tasks (a failed load fails every task with one error)
+    errors = {}  # (cause, error) -> tasks (a failed load fails every task with one error)
     for row in rows:
-        if row["status"] != "ok":
-            errors.setdefault(row["error"], []).append(row["task"])
-    parts += [f"[red]{','.join(tasks)} failed: {error}[/red]" for error, tasks in errors.items()]
-    console.print(f"{checkpoint.name} (step {checkpoint.step}): " + "  ".join(parts))
+        if row["status"] != OK:
+            errors.setdefault((STATUS_LABELS.get(row["status"], row["status"]), row["error"]),
+                              []).append(row["task"])
+    parts += [f"[red]{','.join(tasks)} {cause}: {escape(str(error))}[/red]"
+              for (cause, error), tasks in errors.items()]
+    console.print(f"{checkpoint.name} (step {checkpoint.step}): " + "  ".join(parts),
+                  markup=True, highlight=False)
 
 
 # ---- entry point ------------------------------------------------------------------------------

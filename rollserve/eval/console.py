@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from typing import Iterator, List, Optional, Sequence
 
@@ -11,7 +12,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from rollserve.eval.report import metric_names
+from rollserve.eval.report import OK, STATUS_LABELS, metric_names, standing_rows
 from rollserve.eval.tasks.base import TaskResult
 
 
@@ -55,11 +56,13 @@ def results_table(results: Sequence[TaskResult], title: Optional[str] = None) ->
 
 
 def history_table(rows: List[dict], title: Optional[str] = None) -> Table:
-    """One row per checkpoint, one column per task/metric (from results.jsonl rows)."""
-    tasks = sorted({row["task"] for row in rows})
+    """One row per checkpoint, one column per task/metric: the row that stands for each
+    (checkpoint, task) in results.jsonl (a retried incomplete write shows its score)."""
+    standing = standing_rows(rows)
+    tasks = sorted({row["task"] for row in standing})
     columns = [(task, name) for task in tasks
-               for name in metric_names(r for r in rows if r["task"] == task)]
-    any_failed = any(row.get("status") != "ok" for row in rows)
+               for name in metric_names(r for r in standing if r["task"] == task and r["status"] == OK)]
+    any_failed = any(row.get("status") != OK for row in standing)
     table = Table(title=title, caption="errors: in results.jsonl / results.csv" if any_failed else None)
     table.add_column("step", justify="right")
     table.add_column("checkpoint", no_wrap=True)
@@ -67,12 +70,40 @@ def history_table(rows: List[dict], title: Optional[str] = None) -> Table:
         table.add_column(f"{task}\n{name}", justify="right")
     table.add_column("status", no_wrap=True)
     by_checkpoint = {}
-    for row in rows:
+    for row in standing:
         by_checkpoint.setdefault((row["step"], row["checkpoint"]), {})[row["task"]] = row
     for (step, checkpoint), per_task in sorted(by_checkpoint.items()):
-        failed = sum(r.get("status") != "ok" for r in per_task.values())
-        values = [format_value(per_task.get(task, {}).get("metrics", {}).get(name))
+        values = [format_value(per_task[task]["metrics"].get(name))
+                  if task in per_task and per_task[task]["status"] == OK else ""
                   for task, name in columns]
-        status = "ok" if not failed else f"[red]failed ({failed} of {len(per_task)})[/red]"
-        table.add_row(str(step), checkpoint, *values, status)
+        table.add_row(str(step), checkpoint, *values, checkpoint_status(per_task.values()))
     return table
+
+
+def checkpoint_status(rows) -> str:
+    """'ok', or the causes of the tasks without a score, e.g. 'incomplete write (2 of 2)'."""
+    rows = list(rows)
+    causes = {}
+    for row in rows:
+        if row.get("status") != OK:
+            label = STATUS_LABELS.get(row.get("status"), str(row.get("status")))
+            causes[label] = causes.get(label, 0) + 1
+    if not causes:
+        return "ok"
+    return ", ".join(f"[red]{label} ({n} of {len(rows)})[/red]" for label, n in causes.items())
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Log records through the rich console, so they print above live progress bars
+    instead of tearing them."""
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            style = "red" if record.levelno >= logging.WARNING else "dim"
+            self.console.print(self.format(record), style=style, markup=False, highlight=False)
+        except Exception:
+            self.handleError(record)

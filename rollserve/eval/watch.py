@@ -1,159 +1,37 @@
-"""`eval watch`: find checkpoint folders as trainers name them, wait until each is
-complete, load it into the running server (update_weights_from_disk with
-weight_version = its step), score the tasks, record the rows; resume from results.jsonl.
+"""`eval watch`: find checkpoint folders as trainers name them (checkpoints.py), wait until
+each is completely written (completeness.py), load it into the server the watcher owns
+(server_guard.py) with update_weights_from_disk, score the tasks, and record one row per
+task in results.jsonl (report.py), mirrored to wandb (wandb_sync.py).
 
-Complete means: the marker file exists (with --marker), else config.json and the weights
-(every shard an index names) are there and the folder's files (names, sizes, mtimes) are
-the same on two polls in a row.
+What is tried when follows from the rows already recorded (attempts.py), so a restart,
+also after kill -9, scores exactly what is missing: every completed checkpoint once, an
+incomplete write again once it changes, a broken checkpoint never again unless rewritten.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from rollserve.core.sampling_params import InvalidRequest
-from rollserve.eval.report import ResultsLog, result_row
+from rollserve.eval.attempts import Attempts, looks_incomplete
+from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_patterns, discover,
+                                        model_dir, select)
+from rollserve.eval.completeness import (CHANGING, COMPLETE, INCOMPLETE, NOT_READY, NOT_SCORABLE,
+                                         Completeness, State, digest, fingerprint)
+from rollserve.eval.report import (FAILED, MISMATCH, OK, STATUS_LABELS, TASK_FAILED, ResultsLog,
+                                   result_row)
+from rollserve.eval.report import INCOMPLETE as INCOMPLETE_ROW
+from rollserve.eval.report import NOT_SCORABLE as NOT_SCORABLE_ROW
 from rollserve.eval.runner import run_tasks
-from rollserve.eval.tasks.base import EvalContext, Task, TaskResult
+from rollserve.eval.server_guard import ServerGuard, SharedServerError
+from rollserve.eval.tasks.base import EvalContext, Task
 from rollserve.rollout.errors import RolloutError
 
 logger = logging.getLogger("rollserve.eval")
-
-# transformers' Trainer: checkpoint-500; verl / OpenRLHF: global_step_500 or global_step500;
-# others: step_500
-DEFAULT_PATTERNS = (r"checkpoint-(\d+)", r"global_step_?(\d+)", r"step_(\d+)")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    name: str  # the folder's name: the key results are recorded under
-    path: str
-
-
-def compile_patterns(patterns: Sequence[str]) -> List[re.Pattern]:
-    compiled = []
-    for pattern in patterns:
-        try:
-            regex = re.compile(pattern)
-        except re.error as e:
-            raise InvalidRequest("pattern", f"{pattern!r} is not a regular expression: {e}")
-        if regex.groups < 1:
-            raise InvalidRequest("pattern", f"{pattern!r} needs a group that captures the step, "
-                                            r"e.g. 'ckpt_(\d+)'")
-        compiled.append(regex)
-    return compiled
-
-
-def step_of(name: str, patterns: Sequence[re.Pattern]) -> Optional[int]:
-    """The step in a folder name, if the whole name matches one of the patterns."""
-    for regex in patterns:
-        match = regex.fullmatch(name)
-        if match:
-            value = match.groupdict().get("step") or match.group(1)
-            if value is not None and value.isdigit():
-                return int(value)
-    return None
-
-
-def discover(root: str, patterns: Sequence[re.Pattern], exclude: Sequence[str] = ()) -> List[Checkpoint]:
-    """Checkpoint folders directly under root, by step."""
-    skip = {os.path.realpath(p) for p in exclude}
-    found = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if not entry.is_dir() or os.path.realpath(entry.path) in skip:
-            continue
-        step = step_of(entry.name, patterns)
-        if step is not None:
-            found.append(Checkpoint(step, entry.name, os.path.abspath(entry.path)))
-    return sorted(found, key=lambda c: (c.step, c.name))
-
-
-def fingerprint(path: str) -> tuple:
-    """(relative path, size, mtime) of every file below `path`; () if there are none."""
-    files = []
-    for folder, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(folder, name)
-            try:
-                st = os.stat(full)
-            except FileNotFoundError:  # renamed away while we looked: not stable
-                continue
-            files.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(files))
-
-
-def model_dir(path: str, max_depth: int = 3) -> str:
-    """The folder holding config.json and weights: the checkpoint itself or, for
-    trainers that nest it (e.g. global_step_N/actor/huggingface), a subfolder."""
-    candidates = []
-    for folder, dirs, names in os.walk(path):
-        depth = os.path.relpath(folder, path).count(os.sep) + (folder != path)
-        if depth > max_depth:
-            dirs[:] = []
-            continue
-        if "config.json" in names and any(n.endswith(WEIGHT_SUFFIXES) for n in names):
-            candidates.append((depth, folder))
-    return min(candidates)[1] if candidates else path
-
-
-def has_weights(path: str) -> bool:
-    """config.json and weight files are there, and every shard a *.index.json names."""
-    folder = model_dir(path)
-    try:
-        names = set(os.listdir(folder))
-    except FileNotFoundError:
-        return False
-    if "config.json" not in names or not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
-        return False
-    for index in (n for n in names if n.endswith(".index.json")):
-        try:
-            with open(os.path.join(folder, index)) as f:
-                shards = set(json.load(f).get("weight_map", {}).values())
-        except (OSError, ValueError):
-            return False  # still being written
-        if not shards <= names:
-            return False
-    return True
-
-
-COMPLETE, CHANGING, NOT_READY = "complete", "changing", "not ready"
-
-
-class Completeness:
-    """Has a checkpoint finished being written? With a marker: the marker file exists.
-    Otherwise: its weights are all there and no file changed since the last look.
-    state() says COMPLETE, CHANGING (first look, or files changed since the last), or
-    NOT_READY (no marker yet, or stable files without config.json and weights)."""
-
-    def __init__(self, marker: Optional[str] = None):
-        self.marker = marker
-        self.seen: Dict[str, tuple] = {}
-
-    def state(self, checkpoint: Checkpoint) -> str:
-        if self.marker:
-            marked = os.path.exists(os.path.join(checkpoint.path, self.marker))
-            return COMPLETE if marked else NOT_READY
-        current = fingerprint(checkpoint.path)
-        stable = bool(current) and self.seen.get(checkpoint.path) == current
-        self.seen[checkpoint.path] = current
-        if not stable:
-            return CHANGING
-        return COMPLETE if has_weights(checkpoint.path) else NOT_READY
-
-    def check(self, checkpoint: Checkpoint) -> bool:
-        return self.state(checkpoint) == COMPLETE
+BASELINE = "baseline"
 
 
 @dataclass
@@ -165,7 +43,10 @@ class WatchOptions:
     poll_interval: float = 30.0
     once: bool = False
     baseline: Optional[str] = None  # scored first, as step 0
-    max_checkpoints: Optional[int] = None  # stop after scoring this many (tests, smoke runs)
+    max_checkpoints: Optional[int] = None  # stop after loading this many (tests, smoke runs)
+    order: str = "oldest"  # or "newest": a backlog from the latest step down
+    every: int = 1  # score every k-th checkpoint (by step, from the oldest known)
+    allow_shared_server: bool = False  # load into a server that serves others too
 
 
 @dataclass
@@ -173,7 +54,7 @@ class Watcher:
     ctx: EvalContext
     tasks: Sequence[Task]
     options: WatchOptions
-    wandb: object = None  # a report.WandbLogger or None
+    wandb: object = None  # a wandb_sync.WandbSync or None
     console: object = None
     progress: bool = True
     on_checkpoint: Optional[Callable[[Checkpoint, List[dict]], None]] = None
@@ -183,21 +64,44 @@ class Watcher:
         self.log = ResultsLog(self.options.output_dir)
         self.patterns = compile_patterns(self.options.patterns)
         self.completeness = Completeness(self.options.marker)
-        self.scored = 0
-        self.noted: set = set()  # checkpoints already reported as not ready
+        self.scored = 0  # checkpoints loaded (or refused by the server) in this run
+        self.noted: Dict[str, str] = {}  # checkpoint -> the state last reported for it
+        self.guard: Optional[ServerGuard] = None
+        if self.ctx.client is not None:
+            self.guard = ServerGuard(self.ctx.client, self.options.output_dir,
+                                     allow_shared=self.options.allow_shared_server)
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         """Score checkpoints until stopped (or, with once, until none is left); returns
-        how many checkpoints were scored in this run."""
+        how many checkpoints were loaded in this run."""
+        self.start()
         if self.options.baseline:
-            self.score(Checkpoint(0, "baseline", os.path.abspath(self.options.baseline)))
+            path = os.path.abspath(self.options.baseline)
+            checkpoint, files = Checkpoint(0, BASELINE, path), digest(fingerprint(path))
+            todo = self._due(checkpoint, files)
+            if todo:
+                self.score(checkpoint, todo, files)
         while not self._enough():
-            waiting = self.poll()
-            if self._enough() or (self.options.once and not waiting):
+            scored, waiting = self.poll()
+            if self._enough():
+                break
+            if scored:  # look again at once: a newer checkpoint may have arrived meanwhile
+                continue
+            if self.options.once and not waiting:
                 break
             time.sleep(self._interval())
         return self.scored
+
+    def start(self) -> None:
+        """Before anything is loaded: refuse a server that is not ours, bring wandb level
+        with results.jsonl, redraw what a kill may have left stale."""
+        if self.guard is not None:
+            self.guard.check_server()
+        if self.wandb is not None:
+            self.wandb.sync()
+        if self.log.read():
+            self.log.redraw()
 
     def _enough(self) -> bool:
         limit = self.options.max_checkpoints
@@ -207,71 +111,118 @@ class Watcher:
         # --once only waits to see that the files stopped changing
         return min(self.options.poll_interval, 2.0) if self.options.once else self.options.poll_interval
 
-    def poll(self) -> List[Checkpoint]:
-        """Scores every complete checkpoint not recorded yet; returns those whose
-        files are still changing (--once waits for them, not for NOT_READY ones)."""
-        done = self.log.done()
+    def poll(self) -> tuple:
+        """Looks at every checkpoint and scores the first one due (in --order); returns
+        (whether one was loaded, the checkpoints whose files are still changing)."""
+        rows = self.log.read()
+        attempts = Attempts(rows, self.options.poll_interval)
+        found = discover(self.options.checkpoint_dir, self.patterns, exclude=[self.options.output_dir])
+        recorded = {(r["step"], r["checkpoint"]) for r in rows if r["checkpoint"] != BASELINE}
+        chosen = select(found, order=self.options.order, every=self.options.every,
+                        recorded=recorded)
+        shared_steps = {c.step for c in found if sum(o.step == c.step for o in found) > 1}
         waiting = []
-        for checkpoint in discover(self.options.checkpoint_dir, self.patterns,
-                                   exclude=[self.options.output_dir]):
-            if all((checkpoint.name, t.name) in done for t in self.tasks):
+        for checkpoint in chosen:
+            if all(attempts.finished(checkpoint.name, t.name) for t in self.tasks):
                 continue
             state = self.completeness.state(checkpoint)
-            if state == CHANGING:
+            if state.kind == CHANGING:
                 waiting.append(checkpoint)
-            if state != COMPLETE:
-                self._note_not_ready(checkpoint, state)
                 continue
-            self.score(checkpoint)
-            if self._enough():
-                break
-        return waiting
+            if checkpoint.step in shared_steps and state.kind in (NOT_READY, NOT_SCORABLE):
+                continue  # e.g. OpenRLHF's DeepSpeed global_stepN beside global_stepN_hf
+            if state.kind == NOT_READY:
+                self._note(checkpoint, state)
+            elif state.kind in (INCOMPLETE, NOT_SCORABLE):
+                self._record_state(checkpoint, state, attempts)
+            elif state.kind == COMPLETE:
+                todo = [t for t in self.tasks if attempts.due(checkpoint.name, t.name, state.files)]
+                if todo:
+                    self.score(checkpoint, todo, state.files)
+                    return True, waiting
+        return False, waiting
 
-    def _note_not_ready(self, checkpoint: Checkpoint, state: str) -> None:
-        if state == NOT_READY and checkpoint.name not in self.noted:
-            self.noted.add(checkpoint.name)
-            why = (f"no {self.options.marker} file yet" if self.options.marker
-                   else "its files are stable but hold no config.json with weights")
-            logger.warning("%s is not scored (yet): %s", checkpoint.name, why)
+    def _note(self, checkpoint: Checkpoint, state: State) -> None:
+        if self.noted.get(checkpoint.name) != state.detail:
+            self.noted[checkpoint.name] = state.detail
+            logger.warning("%s is not scored (yet): %s", checkpoint.name, state.detail)
 
-    # ---- one checkpoint -----------------------------------------------------------------------
-    def score(self, checkpoint: Checkpoint) -> None:
-        done = self.log.done()
-        todo = [t for t in self.tasks if (checkpoint.name, t.name) not in done]
+    def _record_state(self, checkpoint: Checkpoint, state: State, attempts: Attempts) -> None:
+        """An incomplete write or a layout the server cannot load: recorded once per state
+        of the folder's files, never loaded."""
+        status = INCOMPLETE_ROW if state.kind == INCOMPLETE else NOT_SCORABLE_ROW
+        todo = []
+        for task in self.tasks:
+            last = attempts.recorded_state(checkpoint.name, task.name)
+            if attempts.finished(checkpoint.name, task.name):
+                continue
+            if last and last.get("status") == status and last.get("files") == state.files:
+                continue
+            todo.append(task)
+        self._note(checkpoint, state)
         if not todo:
             return
-        error = self._load(checkpoint)
-        if error is not None:
-            self._record_failure(checkpoint, todo, error)
-            return
-        rows, results = [], []
-        version = str(checkpoint.step)
-        for task in todo:
-            try:
-                result = run_tasks(self.ctx, [task], console=self.console,
-                                   progress=self.progress, label=f"{checkpoint.name} ")[0]
-            except RolloutError as e:  # the server refused a request of this task
-                if e.status is None:
-                    raise
-                rows.append(result_row(checkpoint.step, checkpoint.name, checkpoint.path,
-                                       task.name, error=str(e), weight_version=version))
-                self.log.append(rows[-1:])
-                continue
-            row = result_row(checkpoint.step, checkpoint.name, checkpoint.path, task.name,
-                             result=result, weight_version=version)
-            self.log.append([row])  # each task as it finishes: a kill loses at most one
-            self.log.write_samples(os.path.join(checkpoint.name, task.name), [result])
-            rows.append(row)
-            results.append(result)
-        self._after(checkpoint, rows, results)
+        rows = [result_row(checkpoint.step, checkpoint.name, checkpoint.path, t.name,
+                           error=state.detail, status=status, files=state.files) for t in todo]
+        self._record(rows)
+        self._after(checkpoint, rows)
 
-    def _load(self, checkpoint: Checkpoint) -> Optional[str]:
+    def _due(self, checkpoint: Checkpoint, files: str) -> List[Task]:
+        attempts = Attempts(self.log.read(), self.options.poll_interval)
+        return [t for t in self.tasks if attempts.due(checkpoint.name, t.name, files)]
+
+    # ---- one checkpoint -----------------------------------------------------------------------
+    def score(self, checkpoint: Checkpoint, todo: Sequence[Task], files: str) -> None:
+        self.scored += 1
+        version = self.guard.version_for(checkpoint.step) if self.guard else str(checkpoint.step)
+        error = self._load(checkpoint, version)
+        if error is not None:
+            status = INCOMPLETE_ROW if looks_incomplete(error) else FAILED
+            logger.warning("%s failed to load (%s): %s", checkpoint.name, STATUS_LABELS[status], error)
+            rows = [result_row(checkpoint.step, checkpoint.name, checkpoint.path, t.name,
+                               error=error, status=status, weight_version_set=version, files=files)
+                    for t in todo]
+            self._record(rows)
+            self._after(checkpoint, rows)
+            return
+        rows = []
+        try:
+            for task in todo:
+                rows.append(self._score_task(checkpoint, task, version, files))
+        finally:
+            if rows:
+                self._after(checkpoint, rows)
+
+    def _score_task(self, checkpoint: Checkpoint, task: Task, version: str, files: str) -> dict:
+        self.ctx.weight_versions.clear()
+        common = dict(weight_version_set=version, files=files)
+        try:
+            result = run_tasks(self.ctx, [task], console=self.console, progress=self.progress,
+                               label=f"{checkpoint.name} ")[0]
+        except RolloutError as e:  # the server refused a request of this task
+            if e.status is None:
+                raise
+            row = result_row(checkpoint.step, checkpoint.name, checkpoint.path, task.name,
+                             error=str(e), status=TASK_FAILED, **common)
+            self._record([row])
+            return row
+        seen = self.ctx.weight_versions
+        mismatch = self.guard.judge(version, seen) if self.guard else None
+        row = result_row(checkpoint.step, checkpoint.name, checkpoint.path, task.name,
+                         result=result, error=mismatch, status=MISMATCH if mismatch else OK,
+                         weight_version=ServerGuard.reported(seen), **common)
+        self.log.write_samples(checkpoint.name, result)  # before the row: wandb reads them
+        self._record([row])  # each task as it finishes: a kill loses at most the one running
+        if mismatch and not self.options.allow_shared_server:
+            raise SharedServerError(f"{checkpoint.name}/{task.name}: {mismatch}")
+        return row
+
+    def _load(self, checkpoint: Checkpoint, version: str) -> Optional[str]:
         """None when the server now serves the checkpoint, else why not."""
         path = model_dir(checkpoint.path)
         logger.info("loading %s (step %d) from %s", checkpoint.name, checkpoint.step, path)
         try:
-            answer = self.ctx.client.update_weights_from_disk(
-                path, weight_version=str(checkpoint.step))
+            answer = self.ctx.client.update_weights_from_disk(path, weight_version=version)
         except RolloutError as e:
             if e.status is None:  # no server answered: not the checkpoint's fault
                 raise
@@ -280,20 +231,13 @@ class Watcher:
             return str(answer.get("message") or answer)
         return None
 
-    def _record_failure(self, checkpoint: Checkpoint, todo: Sequence[Task], error: str) -> None:
-        logger.warning("%s failed to load, skipped: %s", checkpoint.name, error)
-        rows = [result_row(checkpoint.step, checkpoint.name, checkpoint.path, t.name, error=error)
-                for t in todo]
+    def _record(self, rows: List[dict]) -> None:
         self.log.append(rows)
         if self.wandb is not None:
-            self.wandb.log_failure(checkpoint.step, checkpoint.name, error)
-        self._after(checkpoint, rows, [])
+            for row in rows:
+                self.wandb.log_row(row)
 
-    def _after(self, checkpoint: Checkpoint, rows: List[dict], results: List[TaskResult]) -> None:
-        self.scored += 1
+    def _after(self, checkpoint: Checkpoint, rows: List[dict]) -> None:
         self.log.redraw()
-        if self.wandb is not None and results:
-            self.wandb.log_checkpoint(checkpoint.step, results)
         if self.on_checkpoint is not None:
             self.on_checkpoint(checkpoint, rows)
-

@@ -68,8 +68,9 @@ def test_watch_launch_scores_checkpoints_and_stops_its_server(tmp_path, eval_mod
                     "--wandb-mode", "disabled", "--no-progress")
     assert code == 0
     rows = ResultsLog(str(root / "eval")).read()
+    token = json.loads((root / "eval" / "server_claim.json").read_text())["token"]
     assert [(r["checkpoint"], r["status"], r["weight_version"]) for r in rows] == [
-        ("checkpoint-1", "ok", "1"), ("checkpoint-2", "ok", "2")]
+        ("checkpoint-1", "ok", f"1@eval-{token}"), ("checkpoint-2", "ok", f"2@eval-{token}")]
     assert rows[0]["metrics"]["perplexity"] != rows[1]["metrics"]["perplexity"]
     alive = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
     assert alive <= children_before  # the launched server and its processes are gone

@@ -4,18 +4,29 @@ import json
 import os
 
 import pytest
+import torch
 
 from rollserve.core.sampling_params import InvalidRequest
-from rollserve.eval.report import ResultsLog, plot_metrics, result_row, write_csv
+from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_patterns, discover,
+                                        model_dir, step_of)
+from rollserve.eval.completeness import Completeness
+from rollserve.eval.plot import plot_metrics
+from rollserve.eval.report import ResultsLog, latest_rows, result_row, write_csv
 from rollserve.eval.tasks.base import TaskResult
-from rollserve.eval.watch import (DEFAULT_PATTERNS, Checkpoint, Completeness, compile_patterns,
-                                  discover, model_dir, step_of)
 
 
 def touch(path, content=b"x"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(content)
+
+
+def write_weights(path, rows=4):
+    """A real (tiny) safetensors file."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({"w": torch.ones(rows, 4)}, path)
 
 
 def test_step_of_default_patterns():
@@ -55,9 +66,9 @@ def test_completeness_needs_two_equal_looks(tmp_path):
     assert not check.check(ckpt)  # empty: never complete
     touch(os.path.join(ckpt.path, "config.json"), b"{}")
     assert not check.check(ckpt) and not check.check(ckpt)  # stable, but no weights yet
-    touch(os.path.join(ckpt.path, "model.safetensors"), b"abc")
+    write_weights(os.path.join(ckpt.path, "model.safetensors"), rows=2)
     assert not check.check(ckpt)  # first look with weights
-    touch(os.path.join(ckpt.path, "model.safetensors"), b"abcdef")
+    write_weights(os.path.join(ckpt.path, "model.safetensors"), rows=8)
     assert not check.check(ckpt)  # grew since the last look
     assert check.check(ckpt)      # unchanged: complete
 
@@ -68,16 +79,17 @@ def test_completeness_waits_for_every_indexed_shard(tmp_path):
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
                             "b": "model-00002-of-00002.safetensors"}}
     touch(str(tmp_path / "model.safetensors.index.json"), json.dumps(index).encode())
-    touch(str(tmp_path / "model-00001-of-00002.safetensors"))
+    write_weights(str(tmp_path / "model-00001-of-00002.safetensors"))
     check = Completeness()
     assert not check.check(ckpt) and not check.check(ckpt)
-    touch(str(tmp_path / "model-00002-of-00002.safetensors"))
+    write_weights(str(tmp_path / "model-00002-of-00002.safetensors"))
     assert not check.check(ckpt) and check.check(ckpt)
 
 
 def test_completeness_with_marker(tmp_path):
     ckpt = Checkpoint(1, "step_1", str(tmp_path))
-    touch(str(tmp_path / "model.safetensors"))
+    touch(str(tmp_path / "config.json"), b"{}")
+    write_weights(str(tmp_path / "model.safetensors"))
     check = Completeness(marker="DONE")
     assert not check.check(ckpt) and not check.check(ckpt)
     touch(str(tmp_path / "DONE"), b"")
@@ -106,20 +118,21 @@ def _result(task, **metrics):
 
 def test_results_log_resume_keys_csv_and_png(tmp_path):
     log = ResultsLog(str(tmp_path))
-    assert log.read() == [] and log.done() == set()
+    assert log.read() == [] and latest_rows(log.read()) == {}
     log.append([result_row(2, "checkpoint-2", "/c/2", "facts", result=_result("facts", acc=0.5)),
                 result_row(1, "checkpoint-1", "/c/1", "facts", result=_result("facts", acc=0.25))])
     log.append([result_row(3, "checkpoint-3", "/c/3", "facts", error="HTTP 400: bad tensor")])
     with open(log.path("results.jsonl"), "a") as f:
         f.write('{"step": 4, "checkpoint": "checkpoint-4", "ta')  # killed mid-write
-    assert log.done() == {("checkpoint-1", "facts"), ("checkpoint-2", "facts"),
-                          ("checkpoint-3", "facts")}
+    assert set(latest_rows(log.read())) == {("checkpoint-1", "facts"), ("checkpoint-2", "facts"),
+                                            ("checkpoint-3", "facts")}
     log.append([result_row(5, "checkpoint-5", "/c/5", "facts", result=_result("facts", acc=1.0))])
     assert [r["step"] for r in log.read()] == [2, 1, 3, 5]  # the cut line stays skipped
     log.redraw()
     with open(log.path("results.csv")) as f:
         lines = f.read().splitlines()
-    assert lines[0].startswith("step,checkpoint,task,status,num_examples,seconds,weight_version,acc")
+    assert lines[0].startswith("step,checkpoint,task,status,num_examples,seconds,weight_version,"
+                               "weight_version_set,acc,superseded,error")
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "5"]
     assert "failed" in lines[3] and "bad tensor" in lines[3]
     with open(log.path("metrics.png"), "rb") as f:
@@ -154,7 +167,7 @@ def test_once_does_not_wait_for_folders_that_never_become_loadable(tmp_path, cap
     watcher = Watcher(EvalContext(client=None), load_tasks("facts"), options, progress=False)
     assert watcher.run() == 0  # nothing loadable: never calls the server
     assert time.monotonic() - start < 5
-    assert watcher.noted == {"checkpoint-1", "checkpoint-2"}
+    assert set(watcher.noted) == {"checkpoint-1", "checkpoint-2"}
     marked = WatchOptions(str(tmp_path), str(tmp_path / "eval"), marker="DONE", once=True)
     assert Watcher(EvalContext(client=None), load_tasks("facts"), marked, progress=False).run() == 0
 
@@ -172,6 +185,6 @@ def test_history_table_one_row_per_checkpoint():
     console.print(history_table(rows, title="eval"))
     text = console.export_text()
     assert "0.2500" in text and "1234.5" in text
-    assert "failed (2 of 2)" in text and "errors: in results.jsonl" in text
+    assert "broken checkpoint (2 of 2)" in text and "errors: in results.jsonl" in text
     assert [line.split("│")[1].strip() for line in text.splitlines()
             if line.startswith("│")] == ["1", "2"]

@@ -14,10 +14,11 @@ from collections import Counter
 
 import pytest
 
-from rollserve.eval.report import ResultsLog, WandbLogger
+from rollserve.eval.report import ResultsLog
 from rollserve.eval.runner import run_tasks
 from rollserve.eval.tasks import load_tasks
 from rollserve.eval.tasks.base import EvalContext, EvalSettings
+from rollserve.eval.wandb_sync import WandbSync
 from rollserve.eval.watch import WatchOptions, Watcher
 from tests.eval.conftest import WEIGHTS, broken_copy, perturbed_copy
 
@@ -44,12 +45,13 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
             ppl = run_tasks(ctx, load_tasks("perplexity"), progress=False)[0]
             at_failure["perplexity"] = ppl.metrics["perplexity"]
 
-    wandb = WandbLogger(out, project="test", run_name="e2e", tags=["ci"], mode="offline")
+    wandb = WandbSync(ResultsLog(out), project="test", run_name="e2e", tags=["ci"], mode="offline")
+    # the session's server has served other tests: shared on purpose
     options = WatchOptions(checkpoint_dir=str(root), output_dir=out, poll_interval=0.2,
-                           once=True, baseline=eval_model_dir)
+                           once=True, baseline=eval_model_dir, allow_shared_server=True)
+    watcher = Watcher(ctx, tasks, options, wandb=wandb, progress=False, on_checkpoint=after)
     try:
-        scored = Watcher(ctx, tasks, options, wandb=wandb, progress=False,
-                         on_checkpoint=after).run()
+        scored = watcher.run()
     finally:
         wandb.finish()
     assert scored == 4
@@ -62,7 +64,7 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
     assert {r["status"] for r in broken} == {"failed"}
     assert "down_proj" in broken[0]["error"] and "400" in broken[0]["error"]
     # the refused checkpoint left checkpoint-1's weights serving
-    assert at_failure["version"] == "1"
+    assert at_failure["version"] == watcher.guard.version_for(1) == "1@eval-" + watcher.guard.token
     assert at_failure["perplexity"] == pytest.approx(
         by[("checkpoint-1", "perplexity")]["metrics"]["perplexity"], rel=1e-6)
 
@@ -70,8 +72,8 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
            for c in ("baseline", "checkpoint-1", "global_step_3")]
     assert len(set(ppl)) == 3, ppl  # the weights changed between checkpoints
     assert [by[(c, "facts")]["step"] for c in ("baseline", "checkpoint-1", "global_step_3")] == [0, 1, 3]
-    assert by[("global_step_3", "facts")]["weight_version"] == "3"
-    assert client.get_model_info()["weight_version"] == "3"
+    assert by[("global_step_3", "facts")]["weight_version"] == watcher.guard.version_for(3)
+    assert client.get_model_info()["weight_version"] == watcher.guard.version_for(3)
 
     with open(os.path.join(out, "results.csv")) as f:
         assert len(f.read().splitlines()) == 1 + 12
@@ -91,7 +93,8 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
 def _start_watch(root, out, server_url, log_path):
     cmd = [sys.executable, "-m", "rollserve.cli", "eval", "watch", str(root), "--server",
            server_url, "--tasks", "perplexity,facts", "--limit", "3", "--poll-interval", "0.3",
-           "--output-dir", out, "--wandb-mode", "disabled", "--no-progress"]
+           "--output-dir", out, "--wandb-mode", "disabled", "--no-progress",
+           "--allow-shared-server"]
     return subprocess.Popen(cmd, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
 
 

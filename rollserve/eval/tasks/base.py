@@ -4,8 +4,9 @@ tokenizer, progress), and the result it returns."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from rollserve.core.sampling_params import InvalidRequest
 
@@ -18,7 +19,10 @@ class EvalSettings:
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # None: the task's own default
     seed: Optional[int] = 0
-    batch_size: int = 32                 # prompts per client call (progress moves per call)
+    batch_size: int = 32                 # requests in flight at once (progress moves per request)
+    stop: Optional[Sequence[str]] = None  # None: each generation task's own stop strings
+    apply_chat_template: bool = False    # generation prompts as one user turn of the chat template
+    system_instruction: Optional[str] = None  # system turn (or, without a template, a prefix)
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -33,6 +37,8 @@ class EvalSettings:
             raise InvalidRequest("max_new_tokens", "must be >= 1")
         if self.batch_size < 1:
             raise InvalidRequest("batch_size", "must be >= 1")
+        if self.stop is not None and not all(isinstance(x, str) and x for x in self.stop):
+            raise InvalidRequest("stop", "stop strings must be non-empty")
 
     def sampling_temperature(self) -> float:
         if self.temperature is not None:
@@ -56,13 +62,15 @@ class TaskResult:
 @dataclass
 class EvalContext:
     """What a task may use: the policy server's client, an optional reward-model
-    client, the tokenizer (loaded on first use), and a progress callback."""
+    client, the tokenizer (loaded on first use), and a progress callback. Every response's
+    weight_version is counted in `weight_versions` (the watcher checks them)."""
 
     client: Any  # RolloutClient
     settings: EvalSettings = field(default_factory=EvalSettings)
     tokenizer_path: Optional[str] = None  # default: the server's tokenizer_path
     reward_client: Any = None
     advance: Callable[[int], None] = lambda n: None
+    weight_versions: Counter = field(default_factory=Counter)
 
     @functools.cached_property
     def model_info(self) -> dict:
@@ -82,6 +90,30 @@ class EvalContext:
     @property
     def context_length(self) -> int:
         return int(self.model_info.get("context_length") or 2048)
+
+    @functools.cached_property
+    def request_pool(self):
+        """Threads that keep settings.batch_size requests in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(self.settings.batch_size, thread_name_prefix="eval-request")
+
+    def render_prompt(self, text: str) -> str:
+        """A generation prompt as sent: with apply_chat_template, one user turn (after the
+        system instruction) and the assistant's generation prompt, as lm-eval renders a
+        prompt without fewshot_as_multiturn; without it, the system instruction (if any)
+        and a blank line before the text."""
+        s = self.settings
+        if not s.apply_chat_template:
+            return f"{s.system_instruction}\n\n{text}" if s.system_instruction else text
+        messages = ([{"role": "system", "content": s.system_instruction}]
+                    if s.system_instruction else []) + [{"role": "user", "content": text}]
+        tokenizer = self.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequest("apply_chat_template",
+                                 f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')} has "
+                                 "no chat template")
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 class Task:

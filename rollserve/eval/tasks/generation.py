@@ -24,8 +24,12 @@ ANSWER_RULES: Dict[str, AnswerRule] = {
 
 @dataclass
 class GenerationTask(Task):
+    """rows: {"id", "prompt", "answer"} and optionally "stop" (a list) and "max_new_tokens"
+    of their own. Stop strings: --stop, else the row's, else the task's; generation
+    length: --max-new-tokens, else the row's, else the task's."""
+
     name: str
-    rows: List[dict]  # {"id", "prompt", "answer"}
+    rows: List[dict]
     scorer: str = "math"
     stop: List[str] = field(default_factory=list)
     max_new_tokens: int = 128
@@ -38,23 +42,31 @@ class GenerationTask(Task):
     def size(self, settings: EvalSettings) -> int:
         return len(settings.take(self.rows))
 
+    def request_params(self, row: dict, settings: EvalSettings) -> dict:
+        stop = settings.stop if settings.stop is not None else row.get("stop", self.stop)
+        return {"stop": list(stop or []),
+                "max_new_tokens": settings.max_new_tokens or row.get("max_new_tokens")
+                or self.max_new_tokens}
+
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         start = time.perf_counter()
         rows = ctx.settings.take(self.rows)
-        max_new = ctx.settings.max_new_tokens or self.max_new_tokens
-        outputs = generate_texts(ctx, [r["prompt"] for r in rows], max_new_tokens=max_new,
-                                 stop=self.stop)
-        samples = [self._score(row, texts) for row, texts in zip(rows, outputs)]
+        prompts = [ctx.render_prompt(r["prompt"]) for r in rows]
+        params = [self.request_params(r, ctx.settings) for r in rows]
+        outputs = generate_texts(ctx, prompts, max_new_tokens=self.max_new_tokens,
+                                 per_prompt=params)
+        samples = [self._score(row, prompt, p["stop"], texts)
+                   for row, prompt, p, texts in zip(rows, prompts, params, outputs)]
         return TaskResult(task=self.name, kind=self.kind,
                           metrics=self._metrics(samples, ctx.settings.n), samples=samples,
                           num_examples=len(rows), seconds=time.perf_counter() - start)
 
-    def _score(self, row: dict, texts: List[str]) -> dict:
+    def _score(self, row: dict, prompt: str, stop: List[str], texts: List[str]) -> dict:
         answer_of, gold_of = ANSWER_RULES[self.scorer]
         gold = gold_of(str(row["answer"]))
         answers = [answer_of(t) for t in texts]
         correct = [a is not None and a == gold for a in answers]
-        return {"id": row["id"], "prompt": row["prompt"], "target": str(row["answer"]),
+        return {"id": row["id"], "prompt": prompt, "stop": stop, "target": str(row["answer"]),
                 "outputs": texts, "answers": answers, "correct": correct, "gold_key": gold}
 
     @staticmethod

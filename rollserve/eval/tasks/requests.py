@@ -1,10 +1,13 @@
-"""The three kinds of server calls tasks make, all through the RolloutClient, in chunks
-of `settings.batch_size` so the progress bar moves: sampled generations, loglikelihoods
-of continuations (prompt logprobs of a 0-token generation), and reward scores."""
+"""The three kinds of server calls tasks make, all through the RolloutClient: sampled
+generations, loglikelihoods of continuations (prompt logprobs of a 0-token generation),
+and reward scores. Generations and loglikelihoods go one request per prompt,
+settings.batch_size of them in flight, so the progress bar moves per request; the
+weight_version of every response is counted in ctx.weight_versions."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from concurrent.futures import as_completed
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from rollserve.eval.tasks.base import EvalContext
 
@@ -14,9 +17,35 @@ def chunks(items: Sequence, size: int):
         yield items[start:start + size]
 
 
+def each_request(ctx: EvalContext, items: Sequence, call: Callable, units_per_item: float = 1.0) -> list:
+    """call(item) -> a group of Samples, for every item on ctx.request_pool; the groups in
+    item order. Progress advances (units_per_item each, in whole units) and versions are
+    counted as each request finishes; the first failure cancels the requests not started."""
+    futures = {ctx.request_pool.submit(call, item): i for i, item in enumerate(items)}
+    out: list = [None] * len(items)
+    carried = 0.0
+    try:
+        for future in as_completed(futures):
+            group = future.result()
+            out[futures[future]] = group
+            ctx.weight_versions.update(s.weight_version for s in group)
+            carried += units_per_item
+            whole = int(carried + 1e-9)
+            if whole:
+                ctx.advance(whole)
+                carried -= whole
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return out
+
+
 def generate_texts(ctx: EvalContext, prompts: List[str], *, max_new_tokens: int,
-                   stop: Optional[List[str]] = None) -> List[List[str]]:
-    """n sampled completions per prompt (settings.n), in prompt order."""
+                   stop: Optional[List[str]] = None,
+                   per_prompt: Optional[List[dict]] = None) -> List[List[str]]:
+    """n sampled completions per prompt (settings.n), in prompt order. per_prompt[i]
+    overrides sampling params (stop, max_new_tokens) for prompt i."""
     s = ctx.settings
     params = {"max_new_tokens": max_new_tokens, "temperature": s.sampling_temperature(),
               "top_p": s.top_p}
@@ -24,13 +53,17 @@ def generate_texts(ctx: EvalContext, prompts: List[str], *, max_new_tokens: int,
         params["stop"] = list(stop)
     if s.seed is not None:
         params["seed"] = s.seed
-    texts: List[List[str]] = []
-    for part in chunks(prompts, s.batch_size):
-        groups = ctx.client.generate(list(part), n=s.n, sampling_params=params,
-                                     return_logprob=False)
-        texts.extend([sample.text for sample in group] for group in groups)
-        ctx.advance(len(part))
-    return texts
+    requests = [(prompt, {**params, **(per_prompt[i] if per_prompt else {})})
+                for i, prompt in enumerate(prompts)]
+
+    def call(request):
+        prompt, sampling = request
+        if not sampling.get("stop"):
+            sampling.pop("stop", None)
+        return ctx.client.generate([prompt], n=s.n, sampling_params=sampling,
+                                   return_logprob=False)[0]
+
+    return [[sample.text for sample in group] for group in each_request(ctx, requests, call)]
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
@@ -57,28 +90,22 @@ def loglikelihoods(ctx: EvalContext, pairs: List[Tuple[List[int], List[int]]],
                    units_per_pair: float = 1.0) -> List[float]:
     """Sum of log p(continuation | context) for each (context_ids, continuation_ids).
 
-    One /generate call per pair with max_new_tokens 0: the prompt logprobs from
-    logprob_start_len on score input_ids[logprob_start_len:], one entry per token, so
-    the last len(continuation) entries are the continuation's. A chunk shares the
-    smallest context length as its start (the client takes one start per call)."""
-    out: List[float] = []
-    carried = 0.0
-    for part in chunks(pairs, ctx.settings.batch_size):
-        for context, continuation in part:
-            if not context or not continuation:
-                raise ValueError("loglikelihood needs a non-empty context and continuation")
-        start = min(len(context) for context, _ in part)
-        groups = ctx.client.generate(input_ids=[c + k for c, k in part], n=1,
-                                     sampling_params={"max_new_tokens": 0, "temperature": 0},
-                                     return_logprob=True, logprob_start_len=start)
-        for (_, continuation), group in zip(part, groups):
-            out.append(_continuation_logprob(group[0], len(continuation)))
-        carried += len(part) * units_per_pair
-        whole = int(carried)
-        if whole:
-            ctx.advance(whole)
-            carried -= whole
-    return out
+    One /generate call per pair with max_new_tokens 0 and logprob_start_len =
+    len(context): the prompt logprobs from there on score input_ids[len(context):],
+    one entry per token, i.e. the continuation."""
+    for context, continuation in pairs:
+        if not context or not continuation:
+            raise ValueError("loglikelihood needs a non-empty context and continuation")
+
+    def call(pair):
+        context, continuation = pair
+        return ctx.client.generate(input_ids=[context + continuation], n=1,
+                                   sampling_params={"max_new_tokens": 0, "temperature": 0},
+                                   return_logprob=True, logprob_start_len=len(context))[0]
+
+    groups = each_request(ctx, pairs, call, units_per_item=units_per_pair)
+    return [_continuation_logprob(group[0], len(continuation))
+            for (_, continuation), group in zip(pairs, groups)]
 
 
 def _continuation_logprob(sample, length: int) -> float:

@@ -28,9 +28,10 @@ class RewardTask(Task):
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         start = time.perf_counter()
         rows = ctx.settings.take(self.rows)
-        outputs = generate_texts(ctx, [r["prompt"] for r in rows],
+        stop = self.stop if ctx.settings.stop is None else list(ctx.settings.stop)
+        outputs = generate_texts(ctx, [ctx.render_prompt(r["prompt"]) for r in rows],
                                  max_new_tokens=ctx.settings.max_new_tokens or self.max_new_tokens,
-                                 stop=self.stop)
+                                 stop=stop)
         conversations = [conversation(row, text) for row, texts in zip(rows, outputs)
                          for text in texts]
         rewards = iter(reward_scores(ctx, conversations, self.label))

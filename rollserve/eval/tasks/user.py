@@ -3,7 +3,8 @@
 Spec: `[NAME=]PATH[#SCORER]`, e.g. `mydata.jsonl`, `qa=data/qa.parquet#exact_match`.
 The scorer decides the kind of task and the fields each row needs:
 
-- math, exact_match, exact_match_ci -> generation: prompt, answer
+- math, exact_match, exact_match_ci -> generation: prompt, answer; optionally stop (or
+  lm-eval's until: a string or a list) and max_gen_toks (or max_new_tokens)
 - acc (or multiple_choice) -> multiple choice: context (or prompt / question), choices,
   gold (the index of the right choice, or its text)
 - perplexity -> perplexity: text
@@ -11,12 +12,18 @@ The scorer decides the kind of task and the fields each row needs:
 
 Without `#SCORER` it is guessed from the first row: choices -> acc, text -> perplexity,
 answer -> math, otherwise reward. An optional `id` field names each row in the outputs.
+
+Generation defaults follow lm-eval's generate_until: max_gen_toks 256, and stop at the
+few-shot delimiter "\n\n". A few-shot prompt ("Question: ...\nAnswer: 4\n\nQuestion:
+...\nAnswer:") also stops at its question label ("Question:"), since a model that has
+answered goes on writing the next example, and the scorer would read that one's answer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import List, Optional, Tuple
 
 from rollserve.core.sampling_params import InvalidRequest
@@ -29,6 +36,22 @@ from rollserve.eval.tasks.reward import RewardTask
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 MC_SCORERS = ("acc", "multiple_choice")
 USER_SCORERS = (*ANSWER_RULES, *MC_SCORERS, "perplexity", "reward")
+FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default `until` when a task names none
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default max_gen_toks
+LABEL = re.compile(r"([A-Z][A-Za-z ]{0,19}):")  # "Question:", "Q:", "Problem:" at a block's start
+
+
+def default_stop(prompt: str) -> List[str]:
+    """Stop strings for a prompt that names none: the few-shot delimiter, plus the label
+    that opens the last block when an earlier block opens with it too (the format of
+    the examples)."""
+    stop = [FEWSHOT_DELIMITER]
+    blocks = [b.lstrip("\n") for b in prompt.split(FEWSHOT_DELIMITER) if b.strip()]
+    if len(blocks) >= 2:
+        label = LABEL.match(blocks[-1])
+        if label and any(b.startswith(label.group(0)) for b in blocks[:-1]):
+            stop.append(label.group(0))
+    return stop
 
 
 def is_user_spec(spec: str) -> bool:
@@ -85,9 +108,8 @@ def user_task(spec: str) -> Task:
     scorer = scorer or guess_scorer(rows[0])
     fields = _Fields(path)
     if scorer in ANSWER_RULES:
-        return GenerationTask(name, [{"id": fields.id(r, i), "prompt": fields.text(r, i, "prompt"),
-                                      "answer": fields.answer(r, i)} for i, r in enumerate(rows)],
-                              scorer=scorer)
+        return GenerationTask(name, [fields.generation_row(r, i) for i, r in enumerate(rows)],
+                              scorer=scorer, max_new_tokens=DEFAULT_MAX_GEN_TOKS)
     if scorer in MC_SCORERS:
         return MultipleChoiceTask(name, [fields.choice_row(r, i) for i, r in enumerate(rows)])
     if scorer == "perplexity":
@@ -120,6 +142,31 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self.bad(index, "answer", "must be a string or a number")
         return str(value)
+
+    def generation_row(self, row: dict, index: int) -> dict:
+        prompt = self.text(row, index, "prompt")
+        out = {"id": self.id(row, index), "prompt": prompt, "answer": self.answer(row, index),
+               "stop": self.stop(row, index)}
+        if out["stop"] is None:
+            out["stop"] = default_stop(prompt)
+        for field in ("max_gen_toks", "max_new_tokens"):
+            if field in row:
+                value = row[field]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise self.bad(index, field, "must be an integer >= 1")
+                out["max_new_tokens"] = value
+        return out
+
+    def stop(self, row: dict, index: int) -> Optional[List[str]]:
+        for field in ("stop", "until"):
+            if field not in row:
+                continue
+            value = row[field]
+            listed = [value] if isinstance(value, str) else value
+            if not isinstance(listed, list) or not all(isinstance(v, str) and v for v in listed):
+                raise self.bad(index, field, "must be a string or a list of non-empty strings")
+            return list(listed)
+        return None
 
     def choice_row(self, row: dict, index: int) -> dict:
         choices = row.get("choices")
