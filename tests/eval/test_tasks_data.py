@@ -63,7 +63,7 @@ def test_user_tasks_jsonl_each_scorer(tmp_path):
         ("qa", "generation"), ("mine", "generation"), ("mc", "multiple_choice"),
         ("txt", "perplexity"), ("rm", "reward")]
     assert tasks[0].scorer == "math" and tasks[1].scorer == "exact_match"
-    assert tasks[0].rows[0] == {"id": "0", "prompt": "2+2=", "answer": "4"}
+    assert tasks[0].rows[0] == {"id": "0", "prompt": "2+2=", "answer": "4", "stop": ["\n\n"]}
     assert tasks[2].rows[0]["gold"] == 0 and tasks[2].rows[0]["context"] == "Sky?"
     assert tasks[3].rows[0]["id"] == "a"
 

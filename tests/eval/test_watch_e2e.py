@@ -80,7 +80,7 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
     with open(os.path.join(out, "metrics.png"), "rb") as f:
         assert f.read(4) == b"\x89PNG"
     assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "run-*.wandb"))
-    assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "files", "media", "table", "*.json"))
+    assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "files", "media", "table", "*", "*.json"))
     samples = os.path.join(out, "samples", "global_step_3", "facts.jsonl")
     with open(samples) as f:
         assert len(f.readlines()) == 3
