@@ -201,6 +201,7 @@ def cmd_run(ns) -> int:
 def cmd_watch(ns) -> int:
     from rollserve.eval.checkpoints import DEFAULT_PATTERNS, select
     from rollserve.eval.console import history_table, make_console
+    from rollserve.eval.plot import redraw
     from rollserve.eval.report import ResultsLog
     from rollserve.eval.server_guard import SharedServerError
     from rollserve.eval.server_process import output_lock
@@ -220,30 +221,32 @@ def cmd_watch(ns) -> int:
                            allow_shared_server=ns.allow_shared_server)
     console, bars = make_console(), make_console(stderr=True)
     log = ResultsLog(options.output_dir)
-    code = 0
-    with output_lock(options.output_dir), _log_through(bars):
-        wandb = WandbSync(log, project=ns.wandb_project,
-                          run_name=ns.wandb_run_name or os.path.basename(root),
-                          tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
-                          config={"tasks": ns.tasks, "limit": ns.limit, "n": ns.n,
-                                  "temperature": ns.temperature, "checkpoint_dir": root},
-                          samples_per_task=ns.samples_per_task)
+    code, wandb_folder = 0, None
+    with output_lock(options.output_dir), _log_through(bars), contextlib.ExitStack() as stack:
         try:
-            with open_clients(ns, _launch_model(ns, options), options.output_dir) as (client, reward):
-                Watcher(_context(ns, client, reward), tasks, options, wandb=wandb, console=bars,
-                        progress=not ns.no_progress,
-                        on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows)).run()
+            # the server first: a launched one is started before any thread exists
+            client, reward = stack.enter_context(
+                open_clients(ns, _launch_model(ns, options), options.output_dir))
+            wandb = WandbSync(log, project=ns.wandb_project,
+                              run_name=ns.wandb_run_name or os.path.basename(root),
+                              tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
+                              config={"tasks": ns.tasks, "limit": ns.limit, "n": ns.n,
+                                      "temperature": ns.temperature, "checkpoint_dir": root},
+                              samples_per_task=ns.samples_per_task)
+            stack.callback(wandb.finish)
+            wandb_folder = wandb.folder
+            Watcher(_context(ns, client, reward), tasks, options, wandb=wandb, console=bars,
+                    progress=not ns.no_progress,
+                    on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows)).run()
         except KeyboardInterrupt:
             code = 130
         except SharedServerError as e:
             logger.error("%s", e)
             code = 1
-        finally:
-            wandb.finish()
-    log.redraw()  # a stop may have cut the last redraw short
+    redraw(log)  # a stop may have cut the last redraw short
     console.print(history_table(log.read(), title=f"eval of {root}"))
     console.print(f"results: {log.path('results.jsonl')}, {log.path('results.csv')}, "
-                  f"{log.path('metrics.png')}" + (f"; wandb: {wandb.folder}" if wandb.folder else ""))
+                  f"{log.path('metrics.png')}" + (f"; wandb: {wandb_folder}" if wandb_folder else ""))
     if code == 130:
         console.print("stopped (Ctrl-C); a restart resumes where this left off")
     return code

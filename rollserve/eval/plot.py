@@ -20,8 +20,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from rollserve.eval.report import (FAILED, INCOMPLETE, MISMATCH, NOT_SCORABLE, OK, STATUS_LABELS,
-                                   TASK_FAILED, standing_rows)
+from rollserve.eval.report import (FAILED, INCOMPLETE, METRICS_PNG, MISMATCH, NOT_SCORABLE, OK,
+                                   RESULTS_CSV, STATUS_LABELS, TASK_FAILED, ResultsLog,
+                                   standing_rows, write_csv)
 
 PERPLEXITY_FAMILY = ("bits_per_byte", "perplexity", "word_perplexity")
 FAMILIES = (("pass@k", re.compile(r"pass@\d+")), ("maj@k", re.compile(r"maj@\d+")))
@@ -182,3 +183,10 @@ def plot_metrics(rows: List[dict], path: str) -> Optional[str]:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def redraw(log: ResultsLog) -> None:
+    """results.csv and metrics.png from the rows of results.jsonl."""
+    rows = log.read()
+    write_csv(rows, log.path(RESULTS_CSV))
+    plot_metrics(rows, log.path(METRICS_PNG))

@@ -1,6 +1,6 @@
 """Where results go: results.jsonl (the record, one row per attempt at a checkpoint and
-task; what a restart resumes from and what wandb is synced from), results.csv and
-metrics.png (redrawn from it), and per-sample outputs under samples/.
+task; what a restart resumes from and what wandb is synced from), results.csv (and
+metrics.png, plot.py) redrawn from it, and per-sample outputs under samples/.
 
 A row's status:
   ok            scored
@@ -138,13 +138,6 @@ class ResultsLog:
 
     def read_samples(self, checkpoint: str, task: str, limit: Optional[int] = None) -> List[dict]:
         return read_jsonl(self.samples_path(checkpoint, task), limit)
-
-    def redraw(self) -> None:
-        from rollserve.eval.plot import plot_metrics
-
-        rows = self.read()
-        write_csv(rows, self.path(RESULTS_CSV))
-        plot_metrics(rows, self.path(METRICS_PNG))
 
 
 def metric_names(rows: Iterable[dict]) -> List[str]:

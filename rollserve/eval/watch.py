@@ -21,6 +21,7 @@ from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_pa
                                         model_dir, select)
 from rollserve.eval.completeness import (CHANGING, COMPLETE, INCOMPLETE, NOT_READY, NOT_SCORABLE,
                                          Completeness, State, digest, fingerprint)
+from rollserve.eval.plot import redraw
 from rollserve.eval.report import (FAILED, MISMATCH, OK, STATUS_LABELS, TASK_FAILED, ResultsLog,
                                    result_row)
 from rollserve.eval.report import INCOMPLETE as INCOMPLETE_ROW
@@ -101,7 +102,7 @@ class Watcher:
         if self.wandb is not None:
             self.wandb.sync()
         if self.log.read():
-            self.log.redraw()
+            redraw(self.log)
 
     def _enough(self) -> bool:
         limit = self.options.max_checkpoints
@@ -238,6 +239,6 @@ class Watcher:
                 self.wandb.log_row(row)
 
     def _after(self, checkpoint: Checkpoint, rows: List[dict]) -> None:
-        self.log.redraw()
+        redraw(self.log)
         if self.on_checkpoint is not None:
             self.on_checkpoint(checkpoint, rows)

@@ -10,7 +10,7 @@ from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_patterns, discover,
                                         model_dir, step_of)
 from rollserve.eval.completeness import Completeness
-from rollserve.eval.plot import plot_metrics
+from rollserve.eval.plot import plot_metrics, redraw
 from rollserve.eval.report import ResultsLog, latest_rows, result_row, write_csv
 from rollserve.eval.tasks.base import TaskResult
 
@@ -128,7 +128,7 @@ def test_results_log_resume_keys_csv_and_png(tmp_path):
                                             ("checkpoint-3", "facts")}
     log.append([result_row(5, "checkpoint-5", "/c/5", "facts", result=_result("facts", acc=1.0))])
     assert [r["step"] for r in log.read()] == [2, 1, 3, 5]  # the cut line stays skipped
-    log.redraw()
+    redraw(log)
     with open(log.path("results.csv")) as f:
         lines = f.read().splitlines()
     assert lines[0].startswith("step,checkpoint,task,status,num_examples,seconds,weight_version,"

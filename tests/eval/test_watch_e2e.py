@@ -21,6 +21,7 @@ from rollserve.eval.tasks.base import EvalContext, EvalSettings
 from rollserve.eval.wandb_sync import WandbSync
 from rollserve.eval.watch import WatchOptions, Watcher
 from tests.eval.conftest import WEIGHTS, broken_copy, perturbed_copy
+from tests.eval.wandb_files import history, newest_offline_run
 
 SETTINGS = EvalSettings(limit=3, max_new_tokens=4)
 
@@ -79,7 +80,15 @@ def test_watch_once_end_to_end(tmp_path, client, eval_model_dir):
         assert len(f.read().splitlines()) == 1 + 12
     with open(os.path.join(out, "metrics.png"), "rb") as f:
         assert f.read(4) == b"\x89PNG"
-    assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "run-*.wandb"))
+    # wandb: one committed history row per results row, the baseline and the failures too
+    logged = {h["eval/row"]: h for h in history(newest_offline_run(out)) if "eval/row" in h}
+    assert set(logged) == {r["id"] for r in rows}
+    for r in rows:
+        h = logged[r["id"]]
+        assert (h["checkpoint_step"], h["eval/checkpoint"], h["eval/status"]) == (
+            r["step"], r["checkpoint"], r["status"])
+        metrics = {k for k in h if "/" in k and not k.startswith(("eval/", f"{r['task']}/samples"))}
+        assert metrics == {f"{r['task']}/{m}" for m in r["metrics"]}  # none for failed rows
     assert glob.glob(os.path.join(out, "wandb", "offline-run-*", "files", "media", "table", "*", "*.json"))
     samples = os.path.join(out, "samples", "global_step_3", "facts.jsonl")
     with open(samples) as f:
