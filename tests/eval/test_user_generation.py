@@ -78,6 +78,7 @@ def smol_client(tmp_path_factory):
             stop_process_tree(proc)
 
 
+@pytest.mark.slow
 def test_fewshot_user_task_stops_after_its_answer(tmp_path, smol_client):
     data = write_rows(tmp_path / "capitals.jsonl",
                       [{"prompt": FEWSHOT + f"Question: {q}\nAnswer:", "answer": a}
@@ -91,6 +92,7 @@ def test_fewshot_user_task_stops_after_its_answer(tmp_path, smol_client):
     assert all(s["stop"] == ["\n\n", "Question:"] for s in result.samples)
 
 
+@pytest.mark.slow
 def test_chat_template_and_system_instruction(tmp_path, smol_client):
     data = write_rows(tmp_path / "chat.jsonl", [{"prompt": "What is the capital of France?",
                                                  "answer": "Paris", "max_gen_toks": 12}])

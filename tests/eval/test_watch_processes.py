@@ -69,8 +69,16 @@ def server_group(out):
 
 
 def all_gone(procs, timeout=45.0):
+    """The pids of `procs` still running after `timeout` (zombies count as gone)."""
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    left = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append((proc.pid, " ".join(proc.cmdline())[:120]))
+        except psutil.NoSuchProcess:
+            pass
+    return left
 
 
 def test_kill_ctrl_c_and_restart_agree_everywhere(tmp_path, eval_server, eval_model_dir):
@@ -87,12 +95,14 @@ def test_kill_ctrl_c_and_restart_agree_everywhere(tmp_path, eval_server, eval_mo
         wait_for(lambda: len(rows_in(out)) >= 3, first, log1)
         group = server_group(out)
         assert len(group) >= 3  # the server and its engine processes
+        descendants = psutil.Process(first.pid).children(recursive=True)  # wandb's too
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     finally:
         if first.poll() is None:
             first.kill()
     assert all_gone(group) == [], "the launched server outlived its watcher"
+    assert all_gone(descendants) == [], "a process of the killed watcher is left"
 
     # 2. Ctrl-C at the terminal (SIGINT to the job's process group)
     log2 = str(tmp_path / "watch2.log")
@@ -101,11 +111,13 @@ def test_kill_ctrl_c_and_restart_agree_everywhere(tmp_path, eval_server, eval_mo
     try:
         wait_for(lambda: len(rows_in(out)) > before, second, log2)
         group = server_group(out)
+        descendants = psutil.Process(second.pid).children(recursive=True)
         os.killpg(second.pid, signal.SIGINT)
         assert second.wait(timeout=90) == 130
     finally:
         if second.poll() is None:
             second.kill()
+    assert all_gone(descendants) == []
     printed = open(log2).read()
     assert "eval of" in printed and "stopped (Ctrl-C)" in printed  # the summary table
     assert "Traceback" not in printed and "CancelledError" not in printed, printed[-3000:]
