@@ -85,6 +85,10 @@ class WandbSync:
         import wandb
 
         self.wandb = wandb
+        # Run our own wandb-core. One inherited from a parent process (WANDB_SERVICE, which
+        # wandb sets for the children of a process that uses it) outlives a killed watcher
+        # and keeps its run open: the restart would be refused ("run ID ... is in use").
+        os.environ.pop("WANDB_SERVICE", None)
         os.makedirs(log.output_dir, exist_ok=True)
         run_id = self._run_id()
         if mode == "offline":

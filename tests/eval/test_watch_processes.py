@@ -44,7 +44,7 @@ def rows_in(out):
     return ResultsLog(str(out)).read()
 
 
-def wait_for(predicate, proc, log_path, timeout=240.0):
+def wait_for(predicate, proc, log_path, timeout=480.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
@@ -128,7 +128,7 @@ def test_kill_ctrl_c_and_restart_agree_everywhere(tmp_path, eval_server, eval_mo
     log3 = str(tmp_path / "watch3.log")
     third = start(watch_cmd(root, out, "--server", eval_server, "--allow-shared-server",
                             "--once"), log3)
-    assert third.wait(timeout=300) == 0, open(log3).read()[-3000:]
+    assert third.wait(timeout=600) == 0, open(log3).read()[-3000:]
 
     rows = rows_in(out)
     expected = {(name, task) for name in ["baseline"] + [f"checkpoint-{s}" for s in STEPS]
