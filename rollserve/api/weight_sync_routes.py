@@ -6,6 +6,8 @@ refused (the message names the bad tensor or file; the old weights keep serving)
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 
 from rollserve.api.protocol import (DestroyWeightsUpdateGroupRequest, GetWeightsByNameRequest,
@@ -32,8 +34,20 @@ def add_weight_sync_routes(app: FastAPI, state) -> None:
         body = await parse_body(request, UpdateWeightsFromDiskRequest)
         return _answer(await control.update_weights_from_disk(tm, **body.model_dump()))
 
+    async def update_weights(request: Request):
+        """SGLang's older name for the disk update, and vLLM's (TRL's) tensor push when the
+        body carries update_info (api/trl_routes.py)."""
+        from rollserve.api.trl_routes import vllm_update_weights
+
+        try:
+            is_vllm = b'"update_info"' in await request.body() and \
+                "update_info" in json.loads(await request.body())
+        except ValueError:
+            is_vllm = False  # parse_body names the problem below
+        return await (vllm_update_weights(state, request) if is_vllm else update_from_disk(request))
+
     app.add_api_route("/update_weights_from_disk", update_from_disk, methods=["POST"])
-    app.add_api_route("/update_weights", update_from_disk, methods=["POST"])  # SGLang's older name
+    app.add_api_route("/update_weights", update_weights, methods=["POST"])
 
     @app.post("/update_weights_from_tensor")
     async def update_from_tensor(request: Request):

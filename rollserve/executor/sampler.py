@@ -15,6 +15,7 @@ not depend on which other rows share the batch or where it sits.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from rollserve.core.sampling_params import SamplingParams
-from rollserve.kernels.sampling import sample_filtered
+from rollserve.kernels.sampling import filtered_probs, sample_filtered
 
 _MASK64 = (1 << 64) - 1
 
@@ -209,9 +210,43 @@ def _splitmix64(x: int) -> int:
 # ---- logprobs (the scheduler formats them; these only compute numbers) ----------------
 
 def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """[N, V] -> float32 log_softmax of the raw logits: temperature 1, no penalties,
-    which is what the trainer's forward pass computes."""
+    """[N, V] -> float32 log_softmax of the logits as they are (prompt tokens' logprobs)."""
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def default_logprob_mode() -> str:
+    """SGLang's convention: log_softmax(logits / temperature) ("scaled"), or the logits
+    before temperature ("raw") when SGLANG_RETURN_ORIGINAL_LOGPROB is set true."""
+    flag = os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "")
+    return "raw" if flag.strip().lower() in ("1", "true", "yes", "on") else "scaled"
+
+
+def compute_sampling_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow],
+                              vocab_size: int, default_mode: str = "scaled") -> torch.Tensor:
+    """[N, >=V] logits of sampled positions -> [N, V] float32 logprobs, per row's mode
+    (row.params.logprob_mode, else `default_mode`), after logit_bias and penalties as
+    SGLang computes them:
+    * scaled: log_softmax(logits / temperature), before top_k/top_p/min_p;
+    * raw: log_softmax(logits), temperature not applied;
+    * sampling: log of the filtered distribution the token was drawn from (excluded
+      tokens at float32's lowest value, not -inf, so that JSON can carry them).
+    Greedy rows (temperature 0) are never scaled; in sampling mode their chosen token
+    has logprob 0."""
+    logits = apply_penalties(logits[:, :vocab_size].float(), rows)
+    modes = [row.params.logprob_mode or default_mode for row in rows]
+    temps = torch.tensor([1.0 if row.params.is_greedy or mode == "raw" else row.params.temperature
+                          for row, mode in zip(rows, modes)], dtype=torch.float32)
+    out = torch.log_softmax(logits / temps.to(logits.device).unsqueeze(1), dim=-1)
+    lowest = torch.finfo(torch.float32).min
+    for i, (row, mode) in enumerate(zip(rows, modes)):
+        if mode != "sampling":
+            continue
+        if row.params.is_greedy:
+            out[i] = torch.full_like(out[i], lowest).index_fill_(0, logits[i].argmax(), 0.0)
+        else:
+            kept = filtered_probs(logits[i:i + 1], [row.params])[0]
+            out[i] = torch.log(kept).clamp_(min=lowest)
+    return out
 
 
 def gather_token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
