@@ -6,6 +6,7 @@ refused (the message names the bad tensor or file; the old weights keep serving)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,14 @@ from rollserve.api.sse import JSONBody
 from rollserve.weight_sync import control
 
 GET_OR_POST = ["GET", "POST"]
+
+
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _answer(result: dict) -> JSONBody:
@@ -52,7 +61,10 @@ def add_weight_sync_routes(app: FastAPI, state) -> None:
     @app.post("/update_weights_from_tensor")
     async def update_from_tensor(request: Request):
         body = await parse_body(request, UpdateWeightsFromTensorRequest)
-        return _answer(await control.update_weights_from_tensor(tm, **body.model_dump()))
+        # SGLang's pickled formats only from this host, and only when the operator said so
+        trusted = state.args.trust_local_pickled_tensors and is_loopback(request)
+        return _answer(await control.update_weights_from_tensor(tm, **body.model_dump(),
+                                                                allow_pickle=trusted))
 
     @app.post("/init_weights_update_group")
     async def init_group(request: Request):

@@ -25,6 +25,7 @@ from rollserve.scheduler.pooler import EmbeddingReq, Pooler
 from rollserve.scheduler.request import Req
 from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
                                       compute_sampling_logprobs, default_logprob_mode,
+                                      load_logit_processor,
                                       gather_token_logprobs, top_logprobs)
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stop_checker import StopChecker
@@ -42,7 +43,8 @@ class Scheduler:
         use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
         self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
         self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
-        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed)
+        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed,
+                               logit_processor=load_logit_processor(config.custom_logit_processor))
         self.logprob_mode = default_logprob_mode()
         self.eos_token_ids = frozenset(eos_token_ids)
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids, runner.context_len)
@@ -264,7 +266,7 @@ class Scheduler:
                                      self.eos_token_ids) for _, e in picks]
         logprobs = compute_sampling_logprobs(  # SGLang's convention (executor/sampler.py)
             logits[wants], [sampling_rows[k] for k in wants], self.sampler.vocab_size,
-            self.logprob_mode) if wants else None
+            self.logprob_mode, self.sampler.logit_processor) if wants else None
         row_logprobs = dict(zip(wants, logprobs)) if wants else {}
         return LaunchedSampling(picks, self.sampler.sample(logits, sampling_rows), row_logprobs)
 
