@@ -47,10 +47,19 @@ def trainer_init(init_info: dict, backend: Optional[str] = None) -> TrainerEndpo
     """Open the trainer's side while the engine runs /init_weight_transfer_engine with the
     same init_info ({master_address, master_port, rank_offset, world_size})."""
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    _leave_group_named(VLLM_GROUP)  # TRL never destroys its side; a new init supersedes it
     group = distributed.init_custom_process_group(
         backend, init_info["master_address"], int(init_info["master_port"]),
         int(init_info["world_size"]), 0, VLLM_GROUP)
     return TrainerEndpoint(group, backend)
+
+
+def _leave_group_named(name: str) -> None:
+    from torch.distributed.distributed_c10d import _world
+
+    for group, group_name in list(_world.pg_names.items()):
+        if group_name == name:
+            distributed.destroy_process_group(group)
 
 
 class _StoreBarrier:
@@ -69,6 +78,7 @@ class LegacyCommunicator:
                  backend: Optional[str] = None,
                  timeout_s: float = distributed.INIT_TIMEOUT_S):
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        _leave_group_named("trl_communicator")
         store = dist.TCPStore(host, int(port), int(world_size), is_master=False,
                               timeout=datetime.timedelta(seconds=timeout_s))
         self.process_group = distributed.group_on_store(
