@@ -65,6 +65,8 @@ _STANDINS = {
     ("sglang.srt.model_executor.model_runner", "LocalSerializedTensor"): LocalSerializedTensor,
     ("sglang.srt.model_executor.weight_updater", "LocalSerializedTensor"): LocalSerializedTensor,
     ("sglang.srt.utils", "LocalSerializedTensor"): LocalSerializedTensor,
+    (__name__, "FlattenedTensorMetadata"): FlattenedTensorMetadata,  # rollserve's own senders
+    (__name__, "LocalSerializedTensor"): LocalSerializedTensor,
 }
 
 
