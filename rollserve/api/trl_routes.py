@@ -24,11 +24,14 @@ from pydantic import BaseModel, Field
 
 from rollserve.api.protocol import ApiError
 from rollserve.api.sse import JSONBody
+from rollserve.executor.sampler import default_logprob_mode
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES
 
 logger = logging.getLogger(__name__)
 PAUSE_MODES = ("abort", "wait", "keep")
+# rollserve's server-wide logprob convention in vLLM's --logprobs-mode words
+VLLM_LOGPROBS_MODES = {"raw": "raw_logprobs", "scaled": "temperature_scaled_logprobs"}
 WAIT_POLL_S = 0.05
 # vLLM SamplingParams names TRL may pass in generation_kwargs -> SGLang's names
 VLLM_SAMPLING_NAMES = {"seed": "seed", "frequency_penalty": "frequency_penalty",
@@ -203,7 +206,10 @@ def add_trl_routes(app: FastAPI, state) -> None:
         info = await tm.rpc("weight_transfer_info")
         return {"vllm_config": {
             "model_config": {"model": tm.model_path, "dtype": info.get("dtype"),
-                             "max_model_len": tm.context_len},
+                             "max_model_len": tm.context_len,
+                             # the server-wide default; a request's logprob_mode "sampling"
+                             # gives vLLM's processed_logprobs (TRL warns on anything else)
+                             "logprobs_mode": VLLM_LOGPROBS_MODES[default_logprob_mode()]},
             "parallel_config": {"tensor_parallel_size": 1, "data_parallel_size": 1,
                                 "world_size": 1},
             # TRL checks this is set before it opens its side of the weight push
