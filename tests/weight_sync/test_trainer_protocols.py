@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import io
-import os
 import sys
-import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +18,8 @@ import httpx
 import pytest
 import torch
 
-from rollserve.api.server import free_port, spawn_server, wait_until_healthy
-from tests.weight_sync.conftest import PROMPT_IDS, hf_greedy, hf_model, state_dict_of
+from rollserve.api.server import free_port
+from tests.weight_sync.conftest import PROMPT_IDS, hf_greedy, hf_model, state_dict_of, tiny_server
 
 MAX_NEW = 8
 NAME = "model.layers.0.self_attn.q_proj.weight"
@@ -29,21 +27,9 @@ NAME = "model.layers.0.self_attn.q_proj.weight"
 
 @pytest.fixture(scope="module")
 def http(ckpts, tmp_path_factory):
-    log = open(os.path.join(tmp_path_factory.mktemp("logs"), "server.log"), "w")
-    proc, url = spawn_server(["--model-path", ckpts["A"], "--max-total-tokens", "4096",
-                              "--log-level", "warning", "--trust-local-pickled-tensors"],
-                             log_file=log)
-    try:
-        wait_until_healthy(url, proc, timeout=120)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-        log.close()
+    with tiny_server(ckpts["A"], tmp_path_factory.mktemp("logs"),
+                     ["--trust-local-pickled-tensors"]) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
