@@ -167,6 +167,10 @@ class OpenAIServing:
         if req.structured_outputs:
             raise ApiError(400, "structured_outputs (regex, JSON or grammar constrained decoding) "
                                 "is not implemented", "structured_outputs")
+        if req.prompt_logprobs is not None:
+            raise ApiError(400, "prompt_logprobs is not implemented; /generate's "
+                                "logprob_start_len and top_logprobs_num give the prompt's",
+                           "prompt_logprobs")
 
     @staticmethod
     def _sampling_params(req: SamplingFields, max_tokens: int) -> dict:

@@ -173,6 +173,7 @@ class SamplingFields(BaseModel):
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
     structured_outputs: Optional[Dict[str, Any]] = None
+    prompt_logprobs: Optional[int] = None  # refused by name when set (not implemented)
     # rollserve: which distribution logprobs describe (core/sampling_params.LOGPROB_MODES)
     logprob_mode: Optional[str] = None
 
