@@ -48,6 +48,8 @@ def test_vllm_client_chat_and_server_queries(trl_client, tokenizer):
     trl_client.reset_prefix_cache()
     with pytest.raises(Exception, match="structured_outputs"):
         trl_client.generate(PROMPTS[:1], max_tokens=2, structured_outputs_regex="[0-9]+")
+    with pytest.raises(Exception, match="prompt_logprobs"):  # distillation's call: not served
+        trl_client.get_sequence_logprobs([[504, 3458, 282]], [1], top_logprobs=2)
 
 
 def test_async_grpo_client_pause_keep_and_resume(server, http):
