@@ -39,12 +39,17 @@ def _checkpoints(out_dir: str) -> List[str]:
     return sorted(names, key=lambda n: int(CHECKPOINT.match(n).group(1)))
 
 
-def sync_weights(client: RolloutClient, model, mode: str, checkpoint: str, version: str) -> dict:
-    """Every replica serves `version` afterwards; raises RolloutError if refused."""
+def sync_weights(client: RolloutClient, model, mode: str, checkpoint: str, version: str,
+                 group=None) -> dict:
+    """Every replica serves `version` afterwards; raises RolloutError if refused.
+    `group`: the DistributedSync of --sync distributed."""
     if mode == "disk":
         return client.update_weights_from_disk(checkpoint, weight_version=version)
-    if mode == "tensor":  # only what training changes: a partial update is allowed
-        named = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    # only what training changes: a partial update is allowed
+    named = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    if mode == "tensor":
         return client.update_weights_from_tensors(named, weight_version=version,
                                                   bucket_bytes=TENSOR_BUCKET_BYTES)
-    raise ValueError(f"--sync must be disk or tensor, got {mode!r}")
+    if mode == "distributed":
+        return group.push(named, version)
+    raise ValueError(f"--sync must be disk, tensor or distributed, got {mode!r}")

@@ -10,6 +10,7 @@ carry the weight_version of the weights it was drawn from.
 
     python examples/training/grpo_arithmetic.py --sync disk
     python examples/training/grpo_arithmetic.py --sync tensor
+    python examples/training/grpo_arithmetic.py --sync distributed   # SGLang-style group
 
 It writes OUT/metrics.jsonl, OUT/reward_curve.png, checkpoints OUT/checkpoint-N and an
 offline wandb run under OUT/wandb; plot_rewards.py draws several runs in one figure.
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from arithmetic_task import Problem, chat_prompt, sample_problems, verifiable_reward  # noqa: E402
 from checkpoints import remove_old_checkpoints, save_checkpoint, sync_weights  # noqa: E402
+from distributed_sync import DistributedSync  # noqa: E402
 from grpo import Rollout, group_advantages, train_step  # noqa: E402
 from plot_rewards import plot  # noqa: E402
 from run_log import RunLog  # noqa: E402
@@ -47,8 +49,10 @@ LOGPROB_TOLERANCE = 1e-2  # trainer vs server on the same weights; far above flo
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", default=None, help="HF folder (default: the embedded SmolLM2)")
-    p.add_argument("--sync", choices=("disk", "tensor"), default="disk",
-                   help="update_weights_from_disk of each checkpoint, or update_weights_from_tensors")
+    p.add_argument("--sync", choices=("disk", "tensor", "distributed"), default="disk",
+                   help="update_weights_from_disk of each checkpoint, update_weights_from_tensors, "
+                        "or a broadcast over a process group opened as SGLang's trainers open it "
+                        "(update_weights_from_distributed)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--group-size", type=int, default=8, help="samples per prompt (GRPO's G)")
@@ -169,6 +173,10 @@ def run(args) -> dict:
         stack.callback(server_log.close)
         client = stack.enter_context(rollout_client(args, model_path, server_log))
         score = stack.enter_context(reward_scorer(args, model_path, out_dir, server_log))
+        group = None
+        if args.sync == "distributed":
+            group = DistributedSync(client)
+            stack.callback(group.close)
         log = stack.enter_context(RunLog(out_dir, vars(args), args.wandb_mode, args.wandb_project,
                                          run_name=f"grpo-{args.sync}"))
         version = client.get_model_info()["weight_version"]
@@ -178,7 +186,7 @@ def run(args) -> dict:
               flush=True)
         for step in range(1, args.steps + 1):
             version = one_step(args, step, version, rng, client, score, policy, ref_model,
-                               optimizer, tokenizer, pad_id, out_dir, log)
+                               optimizer, tokenizer, pad_id, out_dir, log, group)
         if not args.no_eval:
             summary["greedy_accuracy_end"] = greedy_accuracy(client, tokenizer, args.max_new_tokens)
         summary.update(steps=args.steps, sync=args.sync, wall_time_s=round(time.perf_counter() - started, 1),
@@ -190,7 +198,7 @@ def run(args) -> dict:
 
 
 def one_step(args, step, version, rng, client, score, policy, ref_model, optimizer, tokenizer,
-             pad_id, out_dir, log) -> str:
+             pad_id, out_dir, log, group=None) -> str:
     """Rollout, score, train, save, sync; returns the weight_version now served."""
     t0 = time.perf_counter()
     problems = sample_problems(rng, args.prompts_per_step)
@@ -217,7 +225,7 @@ def one_step(args, step, version, rng, client, score, policy, ref_model, optimiz
         checkpoint = save_checkpoint(policy, tokenizer, out_dir, step, args.keep_checkpoints)
     t4 = time.perf_counter()
     new_version = f"step-{step}"
-    sync_weights(client, policy, args.sync, checkpoint, new_version)
+    sync_weights(client, policy, args.sync, checkpoint, new_version, group)
     t5 = time.perf_counter()
     metrics = {
         "reward/mean": sum(rewards) / len(rewards), "reward/exact_answer": sum(exact) / len(exact),

@@ -18,9 +18,9 @@ from rollserve.api.embedding_serving import add_embedding_routes
 from rollserve.api.body import optional_body, parse_body
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
+from rollserve.api.generate_fields import SGLangGenerateRequest
 from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionRequest,
-                                    CompletionRequest, GenerateRequest, ProfileRequestBody,
-                                    error_body)
+                                    CompletionRequest, ProfileRequestBody, error_body)
 from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
 from rollserve.frontend.server_args import ServerArgs
 from rollserve.frontend.encode_manager import pooling_health_check
@@ -29,6 +29,9 @@ from rollserve.core.sampling_params import InvalidRequest
 from rollserve.frontend.tokenizer_manager import EngineDeadError, TokenizerManager
 from rollserve.version import __version__
 from rollserve.api.weight_sync_routes import add_weight_sync_routes
+from rollserve.api.sglang_extra_routes import add_sglang_extra_routes
+from rollserve.api.tokenize_routes import add_tokenize_routes
+from rollserve.api.trl_routes import add_trl_routes
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 OPEN_PATHS = {"/health"}  # answered without the API key
@@ -155,6 +158,9 @@ def create_app(state: ServerState) -> FastAPI:
     _add_openai_routes(app, state)
     add_embedding_routes(app, state)  # /encode, /classify, /v1/embeddings
     add_weight_sync_routes(app, state)  # /update_weights_from_*, memory occupation, ...
+    add_sglang_extra_routes(app, state)  # /v1/loads, weight version, weights checker, ...
+    add_tokenize_routes(app, state)  # /tokenize, /detokenize, /tokenizer_info
+    add_trl_routes(app, state)  # TRL's and vLLM's trainer protocol (api/trl_routes.py)
     return app
 
 
@@ -211,8 +217,8 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/generate")
     async def generate(request: Request):
-        body = await parse_body(request, GenerateRequest)
-        return await run_plan(state, request, NativePlan(GenerateReqInput(**body.model_dump())))
+        body = await parse_body(request, SGLangGenerateRequest)
+        return await run_plan(state, request, NativePlan(GenerateReqInput(**body.engine_fields())))
 
     @app.get("/get_model_info")
     async def get_model_info():
@@ -232,7 +238,7 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/start_profile")
     async def start_profile(request: Request):
         body = await optional_body(request, ProfileRequestBody)
-        result = await tm.rpc("start_profile", **body.model_dump())
+        result = await tm.rpc("start_profile", **body.profiler_fields())
         return JSONBody(result, status_code=200 if result.get("success") else 400)
 
     @app.post("/stop_profile")
@@ -243,8 +249,8 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/abort_request")
     async def abort_request(request: Request):
         body = await parse_body(request, AbortRequest)
-        if not body.rid and not body.abort_all:
-            raise ApiError(400, "give rid or abort_all: true", "rid")
+        if not body.rid and not body.abort_all:  # verl's defaults (rid="", abort_all=False)
+            return {"success": True, "message": "nothing to abort: no rid and abort_all false"}
         await tm.abort(body.rid, body.abort_all)
         return {"success": True}
 

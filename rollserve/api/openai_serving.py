@@ -164,18 +164,28 @@ class OpenAIServing:
     def _check_common(req: SamplingFields) -> None:
         if not 1 <= req.n <= MAX_N:
             raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
+        if req.structured_outputs:
+            raise ApiError(400, "structured_outputs (regex, JSON or grammar constrained decoding) "
+                                "is not implemented", "structured_outputs")
+        if req.prompt_logprobs is not None:
+            raise ApiError(400, "prompt_logprobs is not implemented; /generate's "
+                                "logprob_start_len and top_logprobs_num give the prompt's",
+                           "prompt_logprobs")
 
     @staticmethod
     def _sampling_params(req: SamplingFields, max_tokens: int) -> dict:
         return {
             "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens,
-            "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+            # vLLM's clients (TRL) send top_k 0 for "no top_k"; SGLang's spelling is -1
+            "temperature": req.temperature, "top_p": req.top_p,
+            "top_k": -1 if req.top_k == 0 else req.top_k,
             "min_p": req.min_p, "presence_penalty": req.presence_penalty,
             "frequency_penalty": req.frequency_penalty,
             "repetition_penalty": req.repetition_penalty, "stop": req.stop,
             "stop_token_ids": req.stop_token_ids, "ignore_eos": req.ignore_eos,
             "skip_special_tokens": req.skip_special_tokens, "no_stop_trim": req.no_stop_trim,
             "n": req.n, "seed": req.seed, "logit_bias": req.logit_bias,
+            "logprob_mode": req.logprob_mode,
         }
 
     # ---- chat ----------------------------------------------------------------------------
@@ -205,7 +215,8 @@ class OpenAIServing:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
                         include_usage=include_usage, field_names={"input_ids": "messages",
-                                                                  "max_new_tokens": param})
+                                                                  "max_new_tokens": param},
+                        token_ids=req.return_token_ids, ids_as_tokens=req.return_tokens_as_token_ids)
 
     def render_chat(self, req: ChatCompletionRequest) -> List[int]:
         if not req.messages:
@@ -252,7 +263,9 @@ class OpenAIServing:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return CompletionPlan(obj=obj, id=f"cmpl-{rid}", model=req.model, n=req.n,
                               include_usage=include_usage, echo_texts=echo_texts,
-                              top_logprobs=top, field_names={"input_ids": "prompt"})
+                              top_logprobs=top, field_names={"input_ids": "prompt"},
+                              token_ids=req.return_token_ids,
+                              ids_as_tokens=req.return_tokens_as_token_ids, prompts=prompts)
 
     def _prompt_ids(self, prompt) -> List[List[int]]:
         if isinstance(prompt, str):
@@ -293,28 +306,36 @@ def _message_text(content, index: int) -> str:
 
 
 # ---- logprob shapes ---------------------------------------------------------------------------
-def chat_logprobs(entries: List[list], tops: Optional[List[list]]) -> ChoiceLogprobs:
+def _named(entry: list, ids_as_tokens: bool) -> str:
+    """An engine logprob entry's token as text, or vLLM's "token_id:<id>"."""
+    return f"token_id:{entry[1]}" if ids_as_tokens else entry[2]
+
+
+def chat_logprobs(entries: List[list], tops: Optional[List[list]],
+                  ids_as_tokens: bool = False) -> ChoiceLogprobs:
     """entries: [logprob, token_id, token_text] per output token (engine format)."""
     content = []
-    for i, (logprob, _, text) in enumerate(entries):
+    for i, entry in enumerate(entries):
         top = tops[i] if tops is not None and i < len(tops) and tops[i] else []
+        text = _named(entry, ids_as_tokens)
         content.append(TokenLogprob(
-            token=text, logprob=logprob, bytes=list(text.encode()),
-            top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode()))
-                          for lp, _, t in top]))
+            token=text, logprob=entry[0], bytes=list(text.encode()),
+            top_logprobs=[TopLogprob(token=_named(t, ids_as_tokens), logprob=t[0],
+                                     bytes=list(_named(t, ids_as_tokens).encode())) for t in top]))
     return ChoiceLogprobs(content=content)
 
 
 def completion_logprobs(entries: List[list], tops: Optional[List[Optional[list]]],
-                        offset: int) -> CompletionLogprobs:
+                        offset: int, ids_as_tokens: bool = False) -> CompletionLogprobs:
     out = CompletionLogprobs()
-    for i, (logprob, _, text) in enumerate(entries):
+    for i, entry in enumerate(entries):
         top = tops[i] if tops is not None and i < len(tops) else None
-        out.tokens.append(text)
-        out.token_logprobs.append(logprob)
-        out.top_logprobs.append(None if top is None else {t: lp for lp, _, t in top})
+        out.tokens.append(_named(entry, ids_as_tokens))
+        out.token_logprobs.append(entry[0])
+        out.top_logprobs.append(None if top is None else
+                                {_named(t, ids_as_tokens): t[0] for t in top})
         out.text_offset.append(offset)
-        offset += len(text)
+        offset += len(entry[2] or "")
     return out
 
 
@@ -335,6 +356,8 @@ class ChatPlan(Plan):
     include_usage: bool
     field_names: Dict[str, str] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    token_ids: bool = False
+    ids_as_tokens: bool = False
 
     def response(self, out) -> dict:
         items = sorted(as_list(out), key=lambda r: r.get("index", 0))
@@ -344,14 +367,16 @@ class ChatPlan(Plan):
             logprobs = None
             if self.obj.return_logprob:
                 logprobs = chat_logprobs(meta.get("output_token_logprobs", []),
-                                         meta.get("output_top_logprobs"))
+                                         meta.get("output_top_logprobs"), self.ids_as_tokens)
             choices.append(ChatChoice(index=i, message=AssistantMessage(content=item["text"]),
                                       logprobs=logprobs, finish_reason=finish_reason(meta),
-                                      matched_stop=matched_stop(meta)))
+                                      matched_stop=matched_stop(meta),
+                                      token_ids=item["output_ids"] if self.token_ids else None))
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
                                       choices=choices,
-                                      usage=usage_of([r["meta_info"] for r in items], self.n)
-                                      ).model_dump()
+                                      usage=usage_of([r["meta_info"] for r in items], self.n),
+                                      prompt_token_ids=list(self.obj.input_ids)
+                                      if self.token_ids else None).model_dump()
 
     def _chunk(self, index: int, delta: DeltaMessage, logprobs=None, reason=None) -> bytes:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
@@ -387,7 +412,8 @@ class ChatPlan(Plan):
             entries = meta.get("output_token_logprobs", [])
             tops = meta.get("output_top_logprobs")
             logprobs = chat_logprobs(entries[state.logprobs_sent:],
-                                     tops[state.logprobs_sent:] if tops else None)
+                                     tops[state.logprobs_sent:] if tops else None,
+                                     self.ids_as_tokens)
             state.logprobs_sent = len(entries)
         reason = finish_reason(meta)
         if delta or reason or (logprobs and logprobs.content):
@@ -407,6 +433,9 @@ class CompletionPlan(Plan):
     top_logprobs: Optional[int]
     field_names: Dict[str, str] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    token_ids: bool = False
+    ids_as_tokens: bool = False
+    prompts: Optional[List[List[int]]] = None
 
     def _echo(self, index: int) -> str:
         return self.echo_texts[index // self.n] if self.echo_texts else ""
@@ -419,10 +448,11 @@ class CompletionPlan(Plan):
         prompt = CompletionLogprobs()
         if echo is not None:
             tops_in = meta.get("input_top_logprobs") if self.top_logprobs else None
-            prompt = completion_logprobs(meta.get("input_token_logprobs", []), tops_in, offset)
+            prompt = completion_logprobs(meta.get("input_token_logprobs", []), tops_in, offset,
+                                         self.ids_as_tokens)
             offset += len(echo)
         return _extend(prompt, completion_logprobs(out, tops_out[start:] if tops_out else None,
-                                                   offset))
+                                                   offset, self.ids_as_tokens))
 
     def response(self, out) -> dict:
         items = sorted(as_list(out), key=lambda r: r.get("index", 0))
@@ -432,9 +462,13 @@ class CompletionPlan(Plan):
             logprobs = None
             if self.obj.return_logprob:
                 logprobs = self._logprobs(meta, echo if self.echo_texts else None, 0, 0)
+            ids = self.token_ids
             choices.append(CompletionChoice(index=i, text=echo + item["text"], logprobs=logprobs,
                                             finish_reason=finish_reason(meta),
-                                            matched_stop=matched_stop(meta)))
+                                            matched_stop=matched_stop(meta),
+                                            token_ids=item["output_ids"] if ids else None,
+                                            prompt_token_ids=self.prompts[i // self.n]
+                                            if ids else None))
         return CompletionResponse(id=self.id, created=self.created, model=self.model,
                                   choices=choices,
                                   usage=usage_of([r["meta_info"] for r in items], self.n)

@@ -51,14 +51,30 @@ class AbortRequest(BaseModel):
 
 
 class ProfileRequestBody(BaseModel):
-    """POST /start_profile (SGLang's fields); all optional."""
+    """POST /start_profile (SGLang's fields); all optional, null meaning the default as in
+    SGLang (slime sends every field, null where unset). profile_by_stage is accepted
+    false only: steps are not split into prefill and decode traces."""
     output_dir: Optional[str] = None
     num_steps: Optional[int] = None
-    start_step: int = 0
-    activities: List[str] = ["CPU", "GPU"]
-    with_stack: bool = False
-    record_shapes: bool = False
-    profile_prefix: str = ""
+    start_step: Optional[int] = None
+    activities: Optional[List[str]] = None
+    with_stack: Optional[bool] = None
+    record_shapes: Optional[bool] = None
+    profile_prefix: Optional[str] = None
+    profile_by_stage: Optional[bool] = None
+    profile_id: Optional[str] = None
+    merge_profiles: Optional[bool] = None
+
+    def profiler_fields(self) -> Dict[str, Any]:
+        if self.profile_by_stage:
+            raise ApiError(400, "profile_by_stage: per-stage traces are not implemented",
+                           "profile_by_stage")
+        if self.merge_profiles:
+            raise ApiError(400, "merge_profiles: there is one process to profile, nothing to "
+                                "merge", "merge_profiles")
+        out = self.model_dump(exclude={"profile_by_stage", "profile_id", "merge_profiles"},
+                              exclude_none=True)
+        return out
 
 
 # ---- weight sync (rollserve/api/weight_sync_routes.py), SGLang's names ----------------------
@@ -152,6 +168,14 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     rid: Optional[str] = None
+    # vLLM extensions (TRL's VLLMClient): the prompt's and each choice's token ids, tokens
+    # named "token_id:<id>" in logprobs; structured outputs are refused by name if set
+    return_token_ids: bool = False
+    return_tokens_as_token_ids: bool = False
+    structured_outputs: Optional[Dict[str, Any]] = None
+    prompt_logprobs: Optional[int] = None  # refused by name when set (not implemented)
+    # rollserve: which distribution logprobs describe (core/sampling_params.LOGPROB_MODES)
+    logprob_mode: Optional[str] = None
 
 
 # ---- OpenAI: chat ----------------------------------------------------------------------------
@@ -202,6 +226,7 @@ class ChatChoice(BaseModel):
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str] = None
     matched_stop: Optional[Union[int, str]] = None
+    token_ids: Optional[List[int]] = None  # with return_token_ids
 
 
 class ChatCompletionResponse(BaseModel):
@@ -211,6 +236,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: List[ChatChoice]
     usage: Usage
+    prompt_token_ids: Optional[List[int]] = None  # with return_token_ids
 
 
 class DeltaMessage(BaseModel):
@@ -257,6 +283,8 @@ class CompletionChoice(BaseModel):
     logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
     matched_stop: Optional[Union[int, str]] = None
+    token_ids: Optional[List[int]] = None  # with return_token_ids
+    prompt_token_ids: Optional[List[int]] = None
 
 
 class CompletionResponse(BaseModel):

@@ -6,6 +6,9 @@ refused (the message names the bad tensor or file; the old weights keep serving)
 
 from __future__ import annotations
 
+import ipaddress
+import json
+
 from fastapi import FastAPI, Request
 
 from rollserve.api.protocol import (DestroyWeightsUpdateGroupRequest, GetWeightsByNameRequest,
@@ -17,6 +20,14 @@ from rollserve.api.sse import JSONBody
 from rollserve.weight_sync import control
 
 GET_OR_POST = ["GET", "POST"]
+
+
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _answer(result: dict) -> JSONBody:
@@ -32,13 +43,28 @@ def add_weight_sync_routes(app: FastAPI, state) -> None:
         body = await parse_body(request, UpdateWeightsFromDiskRequest)
         return _answer(await control.update_weights_from_disk(tm, **body.model_dump()))
 
+    async def update_weights(request: Request):
+        """SGLang's older name for the disk update, and vLLM's (TRL's) tensor push when the
+        body carries update_info (api/trl_routes.py)."""
+        from rollserve.api.trl_routes import vllm_update_weights
+
+        try:
+            is_vllm = b'"update_info"' in await request.body() and \
+                "update_info" in json.loads(await request.body())
+        except ValueError:
+            is_vllm = False  # parse_body names the problem below
+        return await (vllm_update_weights(state, request) if is_vllm else update_from_disk(request))
+
     app.add_api_route("/update_weights_from_disk", update_from_disk, methods=["POST"])
-    app.add_api_route("/update_weights", update_from_disk, methods=["POST"])  # SGLang's older name
+    app.add_api_route("/update_weights", update_weights, methods=["POST"])
 
     @app.post("/update_weights_from_tensor")
     async def update_from_tensor(request: Request):
         body = await parse_body(request, UpdateWeightsFromTensorRequest)
-        return _answer(await control.update_weights_from_tensor(tm, **body.model_dump()))
+        # SGLang's pickled formats only from this host, and only when the operator said so
+        trusted = state.args.trust_local_pickled_tensors and is_loopback(request)
+        return _answer(await control.update_weights_from_tensor(tm, **body.model_dump(),
+                                                                allow_pickle=trusted))
 
     @app.post("/init_weights_update_group")
     async def init_group(request: Request):

@@ -9,6 +9,8 @@ from typing import Optional, Union
 
 MAX_N = 128  # samples per prompt in one request
 MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
+# which distribution returned logprobs describe (executor/sampler.py: compute_sampling_logprobs)
+LOGPROB_MODES = ("scaled", "raw", "sampling")
 
 
 class InvalidRequest(ValueError):
@@ -40,6 +42,12 @@ class SamplingParams:
     n: int = 1
     seed: Optional[int] = None
     logit_bias: Optional[dict] = None
+    # SGLang: free-form parameters for a custom logit processor (see the server's
+    # --custom-logit-processor); carried untouched, ignored (with a note) without one
+    custom_params: Optional[dict] = None
+    # rollserve: None follows the server default (SGLang's: "scaled", or "raw" with
+    # SGLANG_RETURN_ORIGINAL_LOGPROB=1); "sampling" is the filtered distribution sampled from
+    logprob_mode: Optional[str] = None
 
     @classmethod
     def from_dict(cls, params: Optional[dict]) -> "SamplingParams":
@@ -97,6 +105,10 @@ class SamplingParams:
             bad("n", f"must be in [1, {MAX_N}]")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             bad("seed", f"must be an integer, got {self.seed!r}")
+        if self.custom_params is not None and not isinstance(self.custom_params, dict):
+            bad("custom_params", f"must be an object, got {type(self.custom_params).__name__}")
+        if self.logprob_mode is not None and self.logprob_mode not in LOGPROB_MODES:
+            bad("logprob_mode", f"must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
         self.temperature = float(self.temperature)
         self._normalize_stop(bad)
         self._normalize_logit_bias(bad, vocab_size)

@@ -15,14 +15,16 @@ not depend on which other rows share the batch or where it sits.
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from rollserve.core.sampling_params import SamplingParams
-from rollserve.kernels.sampling import sample_filtered
+from rollserve.kernels.sampling import filtered_probs, sample_filtered
 
 _MASK64 = (1 << 64) - 1
 
@@ -38,9 +40,11 @@ class SamplingRow:
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, device, base_seed: int | None = None):
+    def __init__(self, vocab_size: int, device, base_seed: int | None = None,
+                 logit_processor: Optional[Callable] = None):
         self.vocab_size = vocab_size
         self.device = torch.device(device)
+        self.logit_processor = logit_processor  # --custom-logit-processor, see apply_custom_processor
         self.generator = torch.Generator(device=self.device)  # rows without a seed
         if base_seed is None:
             self.generator.seed()
@@ -56,7 +60,9 @@ class Sampler:
         if logits.shape[-1] < self.vocab_size:
             raise ValueError(f"logits have {logits.shape[-1]} columns, vocab is {self.vocab_size}")
         # columns past the vocab are lm_head padding, not tokens
-        logits = apply_penalties(logits[:, : self.vocab_size].float(), rows, self.token_arrays)
+        logits = apply_custom_processor(logits[:, : self.vocab_size].float(), rows,
+                                        self.logit_processor)
+        logits = apply_penalties(logits, rows, self.token_arrays)
         self.token_arrays.end_step()
         sampled = [i for i, row in enumerate(rows) if not row.params.is_greedy]
         if not sampled:
@@ -85,6 +91,38 @@ class Sampler:
                 self.row_generator.manual_seed(row_seed(row.params.seed, len(row.output_ids)))
                 uniform[i].uniform_(generator=self.row_generator)
         return uniform.log_().neg_()
+
+
+# ---- custom logit processor (SGLang's custom_params) ------------------------------------------
+
+def load_logit_processor(spec: Optional[str]) -> Optional[Callable]:
+    """"module:attribute" -> the callable (a class is instantiated without arguments).
+    It is the operator's code, named by a server flag; requests only pass parameters."""
+    if not spec:
+        return None
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"custom_logit_processor must be MODULE:ATTRIBUTE, got {spec!r}")
+    target = getattr(importlib.import_module(module_name), attribute)
+    return target() if isinstance(target, type) else target
+
+
+def apply_custom_processor(logits: torch.Tensor, rows: Sequence[SamplingRow],
+                           processor: Optional[Callable]) -> torch.Tensor:
+    """SGLang's contract: processor(logits [n, V], [custom_params of each row]) -> logits,
+    called on the rows whose request set sampling_params.custom_params. Returns `logits`
+    itself when no row does, else a changed copy."""
+    picked = [i for i, row in enumerate(rows) if row.params.custom_params is not None]
+    if processor is None or not picked:
+        return logits
+    logits = logits.clone()
+    index = torch.tensor(picked, dtype=torch.int64, device=logits.device)
+    out = processor(logits[index], [rows[i].params.custom_params for i in picked])
+    if not isinstance(out, torch.Tensor) or out.shape != (len(picked), logits.shape[1]):
+        raise ValueError(f"the custom logit processor must return logits of shape "
+                         f"{(len(picked), logits.shape[1])}")
+    logits[index] = out.to(logits.dtype)
+    return logits
 
 
 # ---- penalties ----------------------------------------------------------------------------
@@ -209,9 +247,45 @@ def _splitmix64(x: int) -> int:
 # ---- logprobs (the scheduler formats them; these only compute numbers) ----------------
 
 def compute_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """[N, V] -> float32 log_softmax of the raw logits: temperature 1, no penalties,
-    which is what the trainer's forward pass computes."""
+    """[N, V] -> float32 log_softmax of the logits as they are (prompt tokens' logprobs)."""
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def default_logprob_mode() -> str:
+    """SGLang's convention: log_softmax(logits / temperature) ("scaled"), or the logits
+    before temperature ("raw") when SGLANG_RETURN_ORIGINAL_LOGPROB is set true."""
+    flag = os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "")
+    return "raw" if flag.strip().lower() in ("1", "true", "yes", "on") else "scaled"
+
+
+def compute_sampling_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow],
+                              vocab_size: int, default_mode: str = "scaled",
+                              processor: Optional[Callable] = None) -> torch.Tensor:
+    """[N, >=V] logits of sampled positions -> [N, V] float32 logprobs, per row's mode
+    (row.params.logprob_mode, else `default_mode`), after logit_bias and penalties as
+    SGLang computes them:
+    * scaled: log_softmax(logits / temperature), before top_k/top_p/min_p;
+    * raw: log_softmax(logits), temperature not applied;
+    * sampling: log of the filtered distribution the token was drawn from (excluded
+      tokens at float32's lowest value, not -inf, so that JSON can carry them).
+    Greedy rows (temperature 0) are never scaled; in sampling mode their chosen token
+    has logprob 0."""
+    logits = apply_custom_processor(logits[:, :vocab_size].float(), rows, processor)
+    logits = apply_penalties(logits, rows)
+    modes = [row.params.logprob_mode or default_mode for row in rows]
+    temps = torch.tensor([1.0 if row.params.is_greedy or mode == "raw" else row.params.temperature
+                          for row, mode in zip(rows, modes)], dtype=torch.float32)
+    out = torch.log_softmax(logits / temps.to(logits.device).unsqueeze(1), dim=-1)
+    lowest = torch.finfo(torch.float32).min
+    for i, (row, mode) in enumerate(zip(rows, modes)):
+        if mode != "sampling":
+            continue
+        if row.params.is_greedy:
+            out[i] = torch.full_like(out[i], lowest).index_fill_(0, logits[i].argmax(), 0.0)
+        else:
+            kept = filtered_probs(logits[i:i + 1], [row.params])[0]
+            out[i] = torch.log(kept).clamp_(min=lowest)
+    return out
 
 
 def gather_token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,15 @@ from typing import Any, Dict, List, Optional
 from rollserve.core.io import TokenizedGenerateReq, TokenOutput
 
 
+CUSTOM_PARAMS_IGNORED = ("ignored: the server has no custom logit processor "
+                         "(start it with --custom-logit-processor MODULE:ATTRIBUTE)")
+
+
 class ResultBuilder:
-    def __init__(self, msg: TokenizedGenerateReq, tokenizer, text_in_logprobs: bool):
+    def __init__(self, msg: TokenizedGenerateReq, tokenizer, text_in_logprobs: bool,
+                 has_logit_processor: bool = False):
         self.msg = msg
+        self.has_logit_processor = has_logit_processor
         self.tokenizer = tokenizer
         self.text_in_logprobs = text_in_logprobs
         self.start = time.perf_counter()
@@ -48,6 +54,8 @@ class ResultBuilder:
         }
         if self.first_token_latency is not None:
             meta["ttft"] = self.first_token_latency
+        if self.msg.sampling_params.custom_params is not None and not self.has_logit_processor:
+            meta["custom_params"] = CUSTOM_PARAMS_IGNORED  # as SGLang, ignored; but said so
         if self.msg.return_logprob:
             meta.update(self._formatted_logprobs())
         result = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}

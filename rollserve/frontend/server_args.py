@@ -54,6 +54,12 @@ class ServerArgs:
     random_seed: Optional[int] = None
     stream_interval: int = 1
     enable_memory_saver: bool = False
+    # update_weights_from_tensor: read SGLang's pickled payloads (verl, slime) when they come
+    # from 127.0.0.1; unpickling is code execution, so only for a trainer on this host you trust
+    trust_local_pickled_tensors: bool = False
+    # SGLang's custom logit processor, as the operator's code: "module:attribute", called with
+    # (logits, [sampling_params.custom_params]) for requests that pass custom_params
+    custom_logit_processor: Optional[str] = None
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
@@ -140,7 +146,8 @@ class ServerArgs:
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
             stream_interval=self.stream_interval, disable_overlap_schedule=self.disable_overlap_schedule,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
-            log_level=self.log_level, weight_version=self.weight_version)
+            log_level=self.log_level, weight_version=self.weight_version,
+            custom_logit_processor=self.custom_logit_processor)
 
     def public_dict(self) -> dict:
         """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
@@ -180,6 +187,12 @@ _HELP = {
     "decode_log_interval": "log the running batch and generation throughput every this many "
                            "decode steps (0: never)",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "custom_logit_processor": "MODULE:ATTRIBUTE of a callable (logits[n, V], [custom_params]) -> "
+                              "logits applied to requests that set sampling_params.custom_params "
+                              "(SGLang's custom logit processor, as server-side code)",
+    "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
+                                   "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
+                                   "runs code, so only with a trainer on this host you trust",
     "enable_memory_saver": "CUDA: allocate weights and KV pool through torch_memory_saver, so "
                            "release/resume_memory_occupation keep their addresses",
 }

@@ -172,7 +172,8 @@ class TokenizerManager:
     def _submit(self, samples: List["_Sample"], stream: bool) -> None:
         for s in samples:
             s.msg.stream = stream
-            self.states[s.rid] = ReqState(ResultBuilder(s.msg, self.tokenizer, s.text_in_logprobs))
+            self.states[s.rid] = ReqState(ResultBuilder(s.msg, self.tokenizer, s.text_in_logprobs,
+                                                        bool(self.args.custom_logit_processor)))
             self.send_sock.send_pyobj(s.msg)
             if self.args.log_requests:
                 logger.info("request %s: %d prompt tokens, %s", s.rid, len(s.msg.input_ids),

@@ -26,6 +26,7 @@ class SchedulerConfig:
     decode_log_interval: int = 40
     watchdog_timeout: float = 300.0
     log_level: str = "info"
+    custom_logit_processor: Optional[str] = None  # "module:attribute", SGLang's custom_params hook
     weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after
 
     @property

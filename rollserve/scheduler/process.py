@@ -21,9 +21,12 @@ from rollserve.executor.model_runner import ModelRunner
 from rollserve.scheduler.overlap_scheduler import make_scheduler
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
 from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import WeightSyncService
+from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 
 logger = logging.getLogger(__name__)
+PAUSE_MODES = ("in_place", "keep", "abort", "retract", "wait")
 
 
 class SchedulerProcess:
@@ -40,9 +43,13 @@ class SchedulerProcess:
         self.send = context.socket(zmq.PUSH)
         self.send.connect(ports["detokenizer"])
         self.paused = False
+        self.draining = False  # pause mode "wait": no new request starts, then pause
+        self.held_requests: list = []  # arrived while draining; submitted at continue
         self.last_step_start = None  # for the watchdog
         self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
         self.profiler = StepProfiler()
+        self.weight_checker = WeightChecker(self.runner, self.scheduler, self._send_outputs)
+        self.trainer_protocols = TrainerProtocols(self.weight_sync)
         self.control_calls = self._control_calls()
 
     def ready_info(self) -> dict:
@@ -62,6 +69,7 @@ class SchedulerProcess:
                 self.profiler.on_step()
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
+            self._finish_draining()
 
     def _held(self) -> bool:
         return self.paused or self.weight_sync.holds_generation()
@@ -78,7 +86,10 @@ class SchedulerProcess:
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
-            self.scheduler.add_request(msg)
+            if self.draining or (self.held_requests and self.paused):
+                self.held_requests.append(msg)
+            else:
+                self.scheduler.add_request(msg)
         elif isinstance(msg, AbortReq):
             outputs = self.scheduler.abort(msg.rid, msg.abort_all)
             if outputs:
@@ -102,8 +113,11 @@ class SchedulerProcess:
             "stop_profile": self.profiler.stop,
             "pause_generation": self.pause_generation,
             "continue_generation": self.continue_generation,
+            "is_paused": self.is_paused,
         }
         calls.update(self.weight_sync.control_calls())
+        calls.update(self.weight_checker.control_calls())  # weights checker, weight version
+        calls.update(self.trainer_protocols.control_calls())  # TRL's weight pushes
         return calls
 
     def _rpc(self, msg: RpcReq) -> dict:
@@ -124,13 +138,37 @@ class SchedulerProcess:
     def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))
 
-    def pause_generation(self) -> dict:
+    def pause_generation(self, mode: str = "in_place") -> dict:
+        """in_place / keep (vLLM's name): running requests stay where they are and go on
+        at continue; abort: they end with finish_reason abort; retract: they go back to the
+        queue and recompute their KV at continue; wait: running and queued requests finish,
+        new ones are held, then generation pauses (is_paused tells when)."""
+        if mode not in PAUSE_MODES:
+            return {"success": False, "message": f"mode must be one of {PAUSE_MODES}, got {mode!r}"}
+        if mode == "wait":
+            self.draining = True
+            self._finish_draining()
+            return {"success": True, "message": "pausing once running requests finish"}
+        if mode == "abort":
+            self._send_outputs(self.scheduler.abort_all_now())
+        elif mode == "retract":
+            self.scheduler.drop_all_kv()
         self.paused = True
         return {"success": True, "message": "generation paused"}
 
     def continue_generation(self) -> dict:
-        self.paused = False
+        self.paused = self.draining = False
+        held, self.held_requests = self.held_requests, []
+        for msg in held:
+            self.scheduler.add_request(msg)
         return {"success": True, "message": "generation continued"}
+
+    def is_paused(self) -> dict:
+        return {"success": True, "is_paused": self.paused}
+
+    def _finish_draining(self) -> None:
+        if self.draining and not self.scheduler.has_work():
+            self.draining, self.paused = False, True
 
     def _watchdog(self) -> None:
         timeout = self.config.watchdog_timeout

@@ -24,6 +24,8 @@ from rollserve.scheduler.output_modes import GenerationOutputs, OutputMode
 from rollserve.scheduler.pooler import EmbeddingReq, Pooler
 from rollserve.scheduler.request import Req
 from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
+                                      compute_sampling_logprobs, default_logprob_mode,
+                                      load_logit_processor,
                                       gather_token_logprobs, top_logprobs)
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stop_checker import StopChecker
@@ -41,7 +43,9 @@ class Scheduler:
         use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
         self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
         self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
-        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed)
+        self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed,
+                               logit_processor=load_logit_processor(config.custom_logit_processor))
+        self.logprob_mode = default_logprob_mode()
         self.eos_token_ids = frozenset(eos_token_ids)
         self.stop_checker = StopChecker(tokenizer, self.eos_token_ids, runner.context_len)
         chunk = config.chunked_prefill_size
@@ -258,10 +262,12 @@ class Scheduler:
         if rows != list(range(logits.shape[0])):
             logits = logits[host_to_device(torch.tensor(rows, dtype=torch.int64), logits.device)]
         wants = [k for k, (_, e) in enumerate(picks) if e.req.return_logprob]
-        logprobs = compute_logprobs(logits[wants]) if wants else None  # before sampling edits logits
-        row_logprobs = dict(zip(wants, logprobs)) if wants else {}
         sampling_rows = [SamplingRow(e.req.sampling_params, e.req.input_ids, e.req.output_ids,
                                      self.eos_token_ids) for _, e in picks]
+        logprobs = compute_sampling_logprobs(  # SGLang's convention (executor/sampler.py)
+            logits[wants], [sampling_rows[k] for k in wants], self.sampler.vocab_size,
+            self.logprob_mode, self.sampler.logit_processor) if wants else None
+        row_logprobs = dict(zip(wants, logprobs)) if wants else {}
         return LaunchedSampling(picks, self.sampler.sample(logits, sampling_rows), row_logprobs)
 
     def _append_token(self, req: Req, token: int, logprobs: Optional[torch.Tensor]) -> None:

@@ -35,11 +35,14 @@ async def update_weights_from_disk(tm, model_path: str, load_format: Optional[st
 async def update_weights_from_tensor(tm, serialized_named_tensors: Sequence[str],
                                      load_format: Optional[str] = None, flush_cache: bool = True,
                                      abort_all_requests: bool = False,
-                                     weight_version: Optional[str] = None) -> dict:
+                                     weight_version: Optional[str] = None,
+                                     allow_pickle: bool = False) -> dict:
+    """allow_pickle: the caller is a trusted local peer (weight_sync/pickled_tensors.py)."""
     result = await tm.rpc("update_weights_from_tensor",
                           serialized_named_tensors=list(serialized_named_tensors),
                           load_format=load_format, flush_cache=flush_cache,
-                          abort_all_requests=abort_all_requests, weight_version=weight_version)
+                          abort_all_requests=abort_all_requests, weight_version=weight_version,
+                          allow_pickle=allow_pickle)
     return _update_response(result)
 
 

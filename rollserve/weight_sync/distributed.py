@@ -3,7 +3,9 @@
 The trainer is rank 0 and hosts the rendezvous store at master_address:master_port;
 the engine's scheduler joins as rank `rank_offset` (one rank: no tensor parallelism
 yet). The group is a process group of its own, with its own store, so it neither
-needs nor disturbs a default group in either process. Backend: NCCL between GPUs,
+needs nor disturbs a default group in either process. The store keys follow SGLang's
+`init_custom_process_group` (PrefixStore(group_name) around the rendezvous store), so
+SGLang's, verl's and slime's trainer helpers join it as they join SGLang. Backend: NCCL between GPUs,
 gloo otherwise (gloo tensors live on the CPU and are copied to the model's device).
 
 One update call is one bucket. Two layouts, chosen by `load_format`:
@@ -34,7 +36,7 @@ def init_custom_process_group(backend: str, master_address: str, master_port: in
                               world_size: int, rank: int, group_name: str = DEFAULT_GROUP_NAME,
                               timeout_s: float = INIT_TIMEOUT_S):
     """Join (rank 0: host) a new process group; blocks until all world_size ranks joined."""
-    from torch.distributed.distributed_c10d import _new_process_group_helper, _world
+    from torch.distributed.distributed_c10d import PrefixStore
     from torch.distributed.rendezvous import rendezvous
 
     if backend not in ("gloo", "nccl"):
@@ -43,6 +45,19 @@ def init_custom_process_group(backend: str, master_address: str, master_port: in
     store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank,
                                               world_size, timeout=timeout))
     store.set_timeout(timeout)
+    # SGLang's layout, which verl's and slime's trainer helpers share: the rendezvous store
+    # wrapped in PrefixStore(group_name) before the group's own "<group_name>/" prefix, so
+    # every key is "<group_name><group_name>/...". Both sides must agree or neither joins.
+    store = PrefixStore(group_name, store)
+    return group_on_store(backend, store, rank, world_size, group_name, timeout_s)
+
+
+def group_on_store(backend: str, store, rank: int, world_size: int, group_name: str,
+                   timeout_s: float = INIT_TIMEOUT_S):
+    """A process group outside the default one, on a store both sides reach."""
+    from torch.distributed.distributed_c10d import _new_process_group_helper, _world
+
+    timeout = datetime.timedelta(seconds=timeout_s)
     # The same private helper SGLang and verl use for a group outside the default one.
     group, _ = _new_process_group_helper(world_size, rank, [], backend, store,
                                          group_name=group_name, timeout=timeout)

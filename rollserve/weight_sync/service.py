@@ -23,6 +23,8 @@ from rollserve.executor.models.weights import checkpoint_targets
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
+from rollserve.weight_sync.pickled_tensors import (FLATTENED_BUCKET, is_pickled_payload,
+                                                   named_tensors_from_pickle)
 from rollserve.weight_sync.tensor_transport import PayloadError, deserialize_named_tensors
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_tensor_infos
 
@@ -78,15 +80,18 @@ class WeightSyncService:
 
     def update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
                                        flush_cache: bool = True, abort_all_requests: bool = False,
-                                       weight_version: Optional[str] = None) -> dict:
+                                       weight_version: Optional[str] = None,
+                                       allow_pickle: bool = False) -> dict:
+        """`allow_pickle`: the front end found the caller trusted (pickled_tensors.py)."""
         def prepare():
-            if load_format not in (None, "direct"):
+            if load_format not in (None, "direct", FLATTENED_BUCKET):
                 raise WeightUpdateError(f"load_format {load_format!r} is not supported for tensors "
-                                        "(None: buckets made by serialize_named_tensors)")
+                                        "(None: buckets made by serialize_named_tensors; "
+                                        "flattened_bucket: SGLang's, from a trusted local peer)")
             named, infos = [], []
             for i, payload in enumerate(serialized_named_tensors):
                 try:
-                    bucket = deserialize_named_tensors(payload)
+                    bucket = self._read_bucket(payload, load_format, allow_pickle)
                 except PayloadError as e:
                     raise WeightUpdateError(f"bucket {i}: {e}") from e
                 named.extend(bucket)
@@ -118,6 +123,17 @@ class WeightSyncService:
 
         return self._update(prepare, f"through group {group_name}", flush_cache, abort_all_requests,
                             weight_version)
+
+    @staticmethod
+    def _read_bucket(payload, load_format, allow_pickle: bool):
+        if load_format != FLATTENED_BUCKET and not is_pickled_payload(payload):
+            return deserialize_named_tensors(payload)
+        if not allow_pickle:
+            raise PayloadError("SGLang's pickled tensor payloads (verl's MultiprocessingSerializer, "
+                               "slime's flattened_bucket) are read only from a trusted peer on this "
+                               "host: start the server with --trust-local-pickled-tensors and send "
+                               "from 127.0.0.1, or use rollserve's pickle-free buckets")
+        return named_tensors_from_pickle(payload, load_format)
 
     # ---- the distributed group -----------------------------------------------------------------
     def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,

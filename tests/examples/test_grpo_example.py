@@ -66,7 +66,8 @@ def read_steps(out_dir: str) -> list:
         return [r for r in map(json.loads, f) if "step" in r]
 
 
-@pytest.mark.parametrize("sync, wandb_mode", [("disk", "offline"), ("tensor", "disabled")])
+@pytest.mark.parametrize("sync, wandb_mode", [("disk", "offline"), ("tensor", "disabled"),
+                                              ("distributed", "disabled")])
 def test_two_grpo_steps(sync, wandb_mode, servers, tiny_models, tmp_path):
     policy_url, reward_url = servers
     with RolloutClient(policy_url) as client:  # start from the weights the trainer loads
@@ -89,6 +90,10 @@ def test_two_grpo_steps(sync, wandb_mode, servers, tiny_models, tmp_path):
     assert steps[1]["logprob_max_abs_diff"] < 1e-4  # drawn from the synced step-1 weights
     checkpoints = sorted(n for n in os.listdir(out_dir) if n.startswith("checkpoint-"))
     assert checkpoints == (["checkpoint-1", "checkpoint-2"] if sync == "disk" else ["checkpoint-2"])
+    if sync == "distributed":  # the group was left at the end: a new one can be opened
+        with RolloutClient(policy_url) as client:
+            with pytest.raises(Exception, match="no group"):
+                client._call("/destroy_weights_update_group", {"group_name": "grpo_weight_sync"})
     trained = load_file(os.path.join(out_dir, "checkpoint-2", "model.safetensors"))
     original = load_file(os.path.join(tiny_models["llama"], "model.safetensors"))
     assert any(not torch.equal(trained[k], original[k]) for k in original)

@@ -412,3 +412,57 @@ def test_gather_and_top_logprobs(device):
     assert torch.equal(logprobs.gather(1, ids), values)
     values, ids = top_logprobs(logprobs, 100)
     assert ids.shape == (4, 32) and sorted(ids[0].tolist()) == list(range(32))
+
+
+# ---- logprob convention (SGLang's) and the custom logit processor ---------------------------------
+
+def test_logprob_modes_follow_sglang_and_offer_the_sampling_distribution(monkeypatch):
+    from rollserve.executor.sampler import compute_sampling_logprobs, default_logprob_mode
+
+    logits = randn(3, 50, seed=4, scale=3.0)
+    rows = [make_row(temperature=0.7), make_row(temperature=0.7, top_k=5),
+            make_row(temperature=0.0)]
+    scaled = compute_sampling_logprobs(logits, rows, 50, "scaled")
+    assert torch.allclose(scaled[0], torch.log_softmax(logits[0] / 0.7, dim=-1), atol=1e-6)
+    assert torch.allclose(scaled[1], torch.log_softmax(logits[1] / 0.7, dim=-1), atol=1e-6)
+    # greedy: logits unscaled
+    assert torch.allclose(scaled[2], torch.log_softmax(logits[2], dim=-1), atol=1e-6)
+    raw = compute_sampling_logprobs(logits, rows, 50, "raw")
+    assert torch.allclose(raw, torch.log_softmax(logits, dim=-1), atol=1e-6)
+    assert (raw[0] - scaled[0]).abs().max() > 0.1  # the two conventions really differ at T=0.7
+    sampling = compute_sampling_logprobs(logits, rows, 50, "sampling")
+    expected = filtered_probs(logits[1:2], [rows[1].params])[0]
+    kept = expected > 0
+    assert kept.sum() == 5 and torch.allclose(sampling[1][kept], expected[kept].log(), atol=1e-5)
+    assert (sampling[1][~kept] == torch.finfo(torch.float32).min).all()
+    assert sampling[2][logits[2].argmax()] == 0.0
+    # a request's own mode wins over the server default
+    mixed = compute_sampling_logprobs(logits, [make_row(temperature=0.7, logprob_mode="raw")],
+                                      50, "scaled")
+    assert torch.allclose(mixed[0], raw[0], atol=1e-6)
+    monkeypatch.setenv("SGLANG_RETURN_ORIGINAL_LOGPROB", "1")
+    assert default_logprob_mode() == "raw"
+    monkeypatch.setenv("SGLANG_RETURN_ORIGINAL_LOGPROB", "false")
+    assert default_logprob_mode() == "scaled"
+
+
+def ban_tokens(logits, params_list):
+    """A custom logit processor with SGLang's signature: bans custom_params["banned"]."""
+    out = logits.clone()
+    for i, params in enumerate(params_list):
+        out[i, params["banned"]] = float("-inf")
+    return out
+
+
+def test_custom_logit_processor_sees_only_rows_with_custom_params():
+    from rollserve.executor.sampler import load_logit_processor
+
+    assert load_logit_processor("tests.executor.test_sampler:ban_tokens") is ban_tokens
+    logits = torch.zeros(2, 8)
+    logits[:, 3] = 5.0
+    sampler = Sampler(8, "cpu", base_seed=0, logit_processor=ban_tokens)
+    rows = [make_row(temperature=0.0, custom_params={"banned": [3]}), make_row(temperature=0.0)]
+    assert sampler.sample(logits, rows).tolist()[1] == 3
+    assert sampler.sample(logits, rows).tolist()[0] != 3
+    with pytest.raises(ValueError):
+        load_logit_processor("no_colon_here")

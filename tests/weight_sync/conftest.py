@@ -3,6 +3,7 @@ broken copies of A, and transformers' greedy answers as the reference."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -92,3 +93,26 @@ def sharded_copy(src: str, dst: str) -> str:
     with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
     return dst
+
+
+@contextlib.contextmanager
+def tiny_server(model_path: str, log_dir, extra_args=()):
+    """An httpx client on a server process serving `model_path` (a tiny checkpoint)."""
+    import httpx
+
+    from rollserve.api.server import spawn_server, wait_until_healthy
+
+    log = open(os.path.join(str(log_dir), "server.log"), "w")
+    proc, url = spawn_server(["--model-path", model_path, "--max-total-tokens", "4096",
+                              "--log-level", "warning", *extra_args], log_file=log)
+    try:
+        wait_until_healthy(url, proc, timeout=120)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            yield client
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except Exception:
+            proc.kill()
+        log.close()

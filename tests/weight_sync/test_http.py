@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import os
 
-import httpx
 import pytest
 import torch
 
-from rollserve.api.server import spawn_server, wait_until_healthy
 from rollserve.weight_sync.tensor_transport import serialize_named_tensors
 from tests.weight_sync.conftest import (PROMPT_IDS, broken_copy, hf_greedy, hf_model,
-                                        state_dict_of)
+                                        state_dict_of, tiny_server)
 
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
 def http(ckpts, tmp_path_factory):
-    log = open(os.path.join(tmp_path_factory.mktemp("logs"), "server.log"), "w")
-    proc, url = spawn_server(["--model-path", ckpts["A"], "--max-total-tokens", "4096",
-                              "--log-level", "warning"], log_file=log)
-    try:
-        wait_until_healthy(url, proc, timeout=120)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-        log.close()
+    with tiny_server(ckpts["A"], tmp_path_factory.mktemp("logs")) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

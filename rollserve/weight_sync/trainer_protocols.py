@@ -1,0 +1,230 @@
+"""The scheduler side of TRL's weight pushes (api/trl_routes.py has the HTTP side).
+
+Two protocols, one staging area:
+* vLLM's weight-transfer engine (TRL's VLLMClient today, and its async GRPO):
+  init_weight_transfer_engine joins a group where the trainer is rank 0 and hosts the
+  rendezvous; start_weight_update opens a staged update; each update_weights call
+  receives the announced tensors (vLLM's packed chunks, or one broadcast per tensor);
+  finish_weight_update applies everything staged at once.
+* `trl vllm-serve` (TRL up to 0.2x): init_communicator makes the engine rank 0 and the
+  store's host, the trainer the last rank; each update_named_param receives one tensor;
+  the update is applied at reset_prefix_cache, which TRL calls right after pushing
+  every parameter (and at close_communicator).
+
+Staging is what makes a push atomic like rollserve's own updates: tensors are received
+(a broadcast must always find its partner, even for a tensor that will be refused),
+kept aside, then validated as a whole against the model and written between two steps
+through WeightSyncService (running requests paused, KV recomputed, version set), or
+refused whole with the old weights serving. Groups are gloo between CPU processes and
+NCCL on CUDA; both halves are rollserve's (weight_sync/trl_trainer.py has the trainer's).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from rollserve.weight_sync import distributed
+from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES, receive_packed
+from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError
+
+logger = logging.getLogger(__name__)
+VLLM_GROUP = "vllm_weight_transfer"
+LEGACY_STORE_PREFIX = "client2server"  # what trl vllm-serve's store-based group uses
+CONTROL_CALLS = ("weight_transfer_info", "vllm_init_transfer", "start_staged_update",
+                 "vllm_update_weights", "finish_staged_update", "trl_init_communicator",
+                 "trl_receive_param", "trl_check_param", "trl_close_communicator")
+
+
+class Staging:
+    """Tensors received for one update, not yet applied."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.named: List[Tuple[str, torch.Tensor]] = []
+        self.errors: List[str] = []
+
+    def add(self, named: Sequence[Tuple[str, torch.Tensor]]) -> None:
+        self.named.extend(named)
+
+
+class TrainerProtocols:
+    def __init__(self, weight_sync):
+        self.weight_sync = weight_sync
+        self.group = None  # (process group, backend, src rank)
+        self.joining: Optional[threading.Thread] = None
+        self.join_error: Optional[str] = None
+        self.staging: Optional[Staging] = None
+        self._store = None
+
+    @property
+    def device(self) -> torch.device:
+        runner = self.weight_sync.runner
+        return runner.device if self.group and self.group[1] == "nccl" else torch.device("cpu")
+
+    def _backend(self, backend: Optional[str]) -> str:
+        backend = backend or ("nccl" if self.weight_sync.runner.device.type == "cuda" else "gloo")
+        if backend not in ("gloo", "nccl"):
+            raise WeightUpdateError(f"backend must be gloo or nccl, got {backend!r}")
+        return backend
+
+    def control_calls(self) -> dict:
+        """This service's control calls by name (the scheduler process's registry takes them)."""
+        return {name: getattr(self, name) for name in CONTROL_CALLS}
+
+    def weight_transfer_info(self) -> dict:
+        runner = self.weight_sync.runner
+        return {"success": True, "dtype": str(runner.dtype),
+                "backend": "nccl" if runner.device.type == "cuda" else "gloo"}
+
+    # ---- vLLM's weight-transfer engine ---------------------------------------------------------
+    def vllm_init_transfer(self, master_address: str, master_port: int, rank_offset: int,
+                               world_size: int, backend: Optional[str] = None) -> dict:
+        if self.group is not None:
+            self._destroy()
+        backend = self._backend(backend)
+        group = distributed.init_custom_process_group(backend, master_address, int(master_port),
+                                                      int(world_size), int(rank_offset),
+                                                      VLLM_GROUP)
+        self.group = (group, backend, 0)
+        return {"success": True, "message": f"joined the weight-transfer group ({backend}) as rank "
+                                            f"{rank_offset} of {world_size}"}
+
+    def start_staged_update(self, source: str) -> dict:
+        if self.staging is not None and self.staging.named:
+            logger.warning("a staged update of %d tensors was dropped by a new start",
+                           len(self.staging.named))
+        self.staging = Staging(source)
+        return {"success": True, "message": "weight update started"}
+
+    def vllm_update_weights(self, names: List[str], dtype_names: List[str],
+                                shapes: List[List[int]], packed: bool = True,
+                                buffer_size_bytes: int = DEFAULT_BUFFER_SIZE_BYTES) -> dict:
+        """Receive one announced bucket into the staging area (opened if none is)."""
+        if self.group is None:
+            return {"success": False, "message": "no weight-transfer group: call "
+                                                 "/init_weight_transfer_engine first"}
+        if not (len(names) == len(dtype_names) == len(shapes)):
+            # the trainer's broadcast cannot be matched; nothing is received, say why
+            return {"success": False, "message": f"names, dtype_names and shapes differ in length "
+                                                 f"({len(names)}, {len(dtype_names)}, {len(shapes)})"}
+        try:
+            dtypes = [distributed.parse_dtype(d) for d in dtype_names]
+        except ValueError as e:
+            return {"success": False, "message": str(e)}
+        group, _, src = self.group
+        if packed:
+            named = receive_packed(group, names, dtypes, shapes, self.device, src,
+                                   int(buffer_size_bytes))
+        else:
+            named = distributed.receive_named_tensors(group, names, dtypes, shapes, self.device,
+                                                      src=src)
+        staging = self.staging or self._open("update_weights")
+        staging.add(named)
+        try:  # judged now too, so the caller learns of a bad tensor at once
+            self.weight_sync._check(_infos(named, "update_weights"))
+        except WeightUpdateError as e:
+            staging.errors.append(str(e))
+            return {"success": False, "message": f"received, but it will be refused: {e}"}
+        return {"success": True, "message": f"received {len(named)} tensors"}
+
+    def finish_staged_update(self, weight_version: Optional[str] = None) -> dict:
+        """Apply everything staged since start as one update (validated whole first)."""
+        staging, self.staging = self.staging, None
+        if staging is None or not staging.named:
+            return {"success": True, "message": "nothing staged: no weights changed",
+                    "num_paused_requests": 0}
+        named, errors = staging.named, staging.errors
+
+        def prepare():
+            if errors:
+                raise WeightUpdateError(errors[0])
+            self.weight_sync._check(_infos(named, staging.source))
+            return lambda: len(self.weight_sync.model.load_weights(named))
+
+        return self.weight_sync._update(prepare, f"through {staging.source}", True, False,
+                                        weight_version)
+
+    # ---- trl vllm-serve (legacy) ----------------------------------------------------------------
+    def trl_init_communicator(self, host: str, port: int, world_size: int,
+                                  backend: Optional[str] = None) -> dict:
+        """Host the group's store and join as rank 0 in a thread: TRL opens its side only
+        after this call has answered."""
+        if self.group is not None or (self.joining and self.joining.is_alive()):
+            self._destroy()
+        backend = self._backend(backend)
+        world_size, port = int(world_size), int(port)
+        if world_size != 2:
+            return {"success": False, "message": f"world_size must be 2 (this engine is one rank, "
+                                                 f"the trainer the other), got {world_size}"}
+        self.join_error = None
+
+        def join():
+            try:
+                store = dist.TCPStore(host or "0.0.0.0", port, world_size, is_master=True,
+                                      timeout=datetime.timedelta(seconds=distributed.INIT_TIMEOUT_S))
+                group = distributed.group_on_store(
+                    backend, dist.PrefixStore(LEGACY_STORE_PREFIX, store), 0, world_size,
+                    "trl_communicator")
+                self.group = (group, backend, world_size - 1)
+                self._store = store  # the trainer's side connects to it; keep it alive
+            except Exception as e:  # reported by the next update_named_param
+                self.join_error = f"{type(e).__name__}: {e}"
+                logger.exception("init_communicator failed")
+
+        self.joining = threading.Thread(target=join, daemon=True, name="trl-communicator")
+        self.joining.start()
+        return {"success": True, "message": f"waiting for the trainer on port {port} ({backend})"}
+
+    def trl_receive_param(self, name: str, dtype: str, shape: List[int]) -> dict:
+        """Receive one tensor the trainer broadcasts right after /update_named_param/ answered."""
+        if self.joining is not None:
+            self.joining.join()
+        if self.group is None:
+            return {"success": False, "message": f"no communicator: {self.join_error or 'call init_communicator'}"}
+        group, _, src = self.group
+        tensor = torch.empty(tuple(shape), dtype=distributed.parse_dtype(dtype), device=self.device)
+        dist.broadcast(tensor, group=group, group_src=src)
+        dist.barrier(group=group)
+        staging = self.staging or self._open("init_communicator")
+        staging.add([(name, tensor)])
+        return {"success": True, "message": f"received {name}"}
+
+    def trl_check_param(self, name: str, dtype: str, shape: List[int]) -> dict:
+        """Judge a tensor before the trainer sends it (so a refusal reaches the client first)."""
+        try:
+            parsed = distributed.parse_dtype(dtype)
+            self.weight_sync._check([TensorInfo(name, tuple(int(n) for n in shape), parsed,
+                                                "update_named_param")])
+        except (ValueError, WeightUpdateError) as e:
+            return {"success": False, "message": str(e)}
+        if self.group is None and not (self.joining and self.joining.is_alive()):
+            return {"success": False, "message": "no communicator: call /init_communicator/ first"}
+        return {"success": True, "message": "ok"}
+
+    def trl_close_communicator(self) -> dict:
+        result = self.finish_staged_update()
+        self._destroy()
+        return result
+
+    def _open(self, source: str) -> Staging:
+        self.staging = Staging(source)
+        return self.staging
+
+    def _destroy(self) -> None:
+        if self.joining is not None:
+            self.joining.join(timeout=1)
+            self.joining = None
+        if self.group is not None:
+            distributed.destroy_process_group(self.group[0])
+            self.group = None
+        self._store = None
+
+
+def _infos(named, source: str) -> List[TensorInfo]:
+    return [TensorInfo(n, tuple(t.shape), t.dtype, source) for n, t in named]
