@@ -17,51 +17,14 @@ ServerArgs field (tests/frontend/test_flag_table.py checks both sides agree).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
+from rollserve.frontend.flag_policy import (IMPLEMENTED, NOOP, REFUSED, FlagPolicy, implemented,
+                                            judge_value, noop, refused)
 from rollserve.frontend.sglang_flags import BY_DEST
 
-IMPLEMENTED, NOOP, REFUSED = "implemented", "no-op", "refused"
-_SGLANG_DEFAULT = object()  # sentinel: report / accept SGLang's default
-
-
-@dataclass(frozen=True)
-class FlagPolicy:
-    kind: str
-    reason: str = ""
-    instead: str = ""
-    accept: Optional[Tuple[Any, ...]] = None  # refused: accepted values (None: SGLang's default)
-    reports: Any = _SGLANG_DEFAULT  # what /get_server_info shows for a flag that is not ours
-
-    def accepts(self, value: Any, sglang_default: Any) -> bool:
-        if self.kind != REFUSED:
-            return True
-        allowed = (sglang_default,) if self.accept is None else self.accept
-        return any(_same(value, ok) for ok in allowed)
-
-    def reported(self, sglang_default: Any) -> Any:
-        return sglang_default if self.reports is _SGLANG_DEFAULT else self.reports
-
-
-def _same(value: Any, ok: Any) -> bool:
-    if isinstance(ok, bool) or ok is None:
-        return value is ok or (ok is None and value in ("None", "null"))
-    return value == ok or str(value) == str(ok)
-
-
-def implemented() -> FlagPolicy:
-    return FlagPolicy(IMPLEMENTED)
-
-
-def noop(why: str) -> FlagPolicy:
-    return FlagPolicy(NOOP, reason=why)
-
-
-def refused(reason: str, instead: str, accept: Optional[Tuple[Any, ...]] = None,
-            reports: Any = _SGLANG_DEFAULT) -> FlagPolicy:
-    return FlagPolicy(REFUSED, reason=reason, instead=instead, accept=accept, reports=reports)
-
+__all__ = ["FLAG_TABLE", "CLI_ONLY", "IMPLEMENTED", "NOOP", "REFUSED", "FlagPolicy", "judge",
+           "policy"]
 
 # ---- shared reasons ------------------------------------------------------------------------------
 _ONE_SERVER_PER_GPU = "start one server per GPU and give RolloutClient all their URLs"
@@ -108,6 +71,17 @@ DISAGG_KNOB = noop("a disaggregation setting; disaggregation is off (--disaggreg
 FP_GEMM_KNOB = noop("only used by FP8/FP4 GEMMs; rollserve runs no quantized GEMMs")
 DEPRECATED_MOE = refused("deprecated in SGLang, and expert parallelism / MoE kernels are not "
                          "implemented here", "leave it out")
+
+PRIORITY_KNOB = noop("priority scheduling is off (--enable-priority-scheduling is refused)")
+DP_ATTN_KNOB = noop("only used with DP attention, which is off")
+OFFLOAD_KNOB = noop("layer offloading is off (--offload-group-size is refused)")
+PDMUX_KNOB = noop("PD multiplexing is off (--enable-pdmux is refused)")
+DOUBLE_SPARSITY_KNOB = noop("double sparsity is off (--enable-double-sparsity is refused)")
+PIECEWISE_KNOB = noop("piecewise CUDA graphs are not used")
+REMOTE_LOADER_KNOB = noop("remote-instance loading is off "
+                            "(--remote-instance-weight-loader-seed-instance-ip is refused)")
+DYNAMIC_TOKENIZER_KNOB = noop("the dynamic batch tokenizer is not used")
+TOKEN_HISTOGRAM_KNOB = noop("token histograms are off (--collect-tokens-histogram is refused)")
 
 _EACH: Dict[str, FlagPolicy] = {
     # Model and tokenizer
@@ -175,10 +149,6 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_priority_scheduling": refused("priority scheduling is not implemented",
                                           "--schedule-policy fcfs|lpm|dfs-weight|random"),
     "abort_on_priority_when_disabled": noop("request priorities are not read, so none is refused"),
-    "schedule_low_priority_values_first": noop("priority scheduling is off "
-                                               "(--enable-priority-scheduling is refused)"),
-    "priority_scheduling_preemption_threshold": noop("priority scheduling is off "
-                                                     "(--enable-priority-scheduling is refused)"),
     "schedule_conservativeness": implemented(),
     "page_size": refused("the KV pool's page size is one token (prefixes of any length are "
                          "shared exactly)", "--page-size 1"),
@@ -188,13 +158,6 @@ _EACH: Dict[str, FlagPolicy] = {
                                       "rollserve does not serve"),
     "radix_eviction_policy": refused("the radix cache evicts the least recently used leaves",
                                      "--radix-eviction-policy lru"),
-    "enable_prefill_delayer": noop("only used with DP attention, which is off"),
-    "prefill_delayer_max_delay_passes": noop("only used with DP attention, which is off"),
-    "prefill_delayer_token_usage_low_watermark": noop("only used with DP attention, which is off"),
-    "prefill_delayer_queue_min_ratio": noop("only used with DP attention, which is off"),
-    "prefill_delayer_max_delay_ms": noop("only used with DP attention, which is off"),
-    "prefill_delayer_forward_passes_buckets": noop("only used with DP attention, which is off"),
-    "prefill_delayer_wait_seconds_buckets": noop("only used with DP attention, which is off"),
     # Runtime options
     "device": implemented(),
     "tp_size": TP,
@@ -244,10 +207,6 @@ _EACH: Dict[str, FlagPolicy] = {
     "bucket_inter_token_latency": METRICS_EXTRA,
     "bucket_e2e_request_latency": METRICS_EXTRA,
     "collect_tokens_histogram": METRICS_EXTRA,
-    "prompt_tokens_buckets": noop("token histograms are off (--collect-tokens-histogram is "
-                                  "refused)"),
-    "generation_tokens_buckets": noop("token histograms are off (--collect-tokens-histogram is "
-                                      "refused)"),
     "gc_warning_threshold_secs": noop("garbage-collection pauses are not timed"),
     "decode_log_interval": implemented(),
     "enable_request_time_stats_logging": noop("each result's meta_info already carries its "
@@ -339,9 +298,6 @@ _EACH: Dict[str, FlagPolicy] = {
     # Offloading
     "cpu_offload_gb": OFFLOAD,
     "offload_group_size": OFFLOAD,
-    "offload_num_in_group": noop("layer offloading is off (--offload-group-size is refused)"),
-    "offload_prefetch_step": noop("layer offloading is off (--offload-group-size is refused)"),
-    "offload_mode": noop("layer offloading is off (--offload-group-size is refused)"),
     "multi_item_scoring_delimiter": refused("multi-item scoring is not implemented",
                                             "score each item with its own request"),
     # Optimization and debug options
@@ -367,7 +323,6 @@ _EACH: Dict[str, FlagPolicy] = {
                                   "--chunked-prefill-size to bound a prefill step"),
     "enable_dp_attention": refused("DP attention is not implemented yet (one device per server)",
                                    _ONE_SERVER_PER_GPU),
-    "enable_dp_lm_head": noop("only used with DP attention, which is off"),
     "enable_two_batch_overlap": refused("two-batch overlap is not implemented",
                                         "leave it out (the overlap scheduler is on by default)"),
     "enable_single_batch_overlap": refused("single-batch overlap is not implemented",
@@ -382,10 +337,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enforce_piecewise_cuda_graph": refused("piecewise CUDA graphs for prefill are not "
                                             "implemented", "decode CUDA graphs "
                                             "(--cuda-graph-max-bs)"),
-    "piecewise_cuda_graph_tokens": noop("piecewise CUDA graphs are not used"),
-    "piecewise_cuda_graph_compiler": noop("piecewise CUDA graphs are not used"),
     "torch_compile_max_bs": implemented(),
-    "piecewise_cuda_graph_max_tokens": noop("piecewise CUDA graphs are not used"),
     "torchao_config": QUANT,
     "enable_nan_detection": refused("NaN detection in the sampler is not implemented",
                                     "leave it out"),
@@ -421,8 +373,6 @@ _EACH: Dict[str, FlagPolicy] = {
     # Dynamic batch tokenizer
     "enable_dynamic_batch_tokenizer": noop("prompts are tokenized as they arrive in the HTTP "
                                            "process; batching them is not needed at this scale"),
-    "dynamic_batch_tokenizer_batch_size": noop("the dynamic batch tokenizer is not used"),
-    "dynamic_batch_tokenizer_batch_timeout": noop("the dynamic batch tokenizer is not used"),
     # Debug tensor dumps
     "debug_tensor_dump_output_folder": refused("tensor dumps are not implemented",
                                                "/start_profile, or the model in Python via "
@@ -447,21 +397,10 @@ _EACH: Dict[str, FlagPolicy] = {
     "remote_instance_weight_loader_seed_instance_ip": refused(
         "loading weights from another running instance is not implemented",
         "/update_weights_from_distributed from the trainer, or the checkpoint on disk"),
-    "remote_instance_weight_loader_seed_instance_service_port": noop(
-        "remote-instance loading is off (--remote-instance-weight-loader-seed-instance-ip is "
-        "refused)"),
-    "remote_instance_weight_loader_send_weights_group_ports": noop(
-        "remote-instance loading is off (--remote-instance-weight-loader-seed-instance-ip is "
-        "refused)"),
-    "remote_instance_weight_loader_backend": noop(
-        "remote-instance loading is off (--remote-instance-weight-loader-seed-instance-ip is "
-        "refused)"),
     "remote_instance_weight_loader_start_seed_via_transfer_engine": refused(
         "serving as a seed for remote-instance loading is not implemented", "leave it out"),
     # PD multiplexing
     "enable_pdmux": refused("PD multiplexing is not implemented", "leave it out"),
-    "pdmux_config_path": noop("PD multiplexing is off (--enable-pdmux is refused)"),
-    "sm_group_num": noop("PD multiplexing is off (--enable-pdmux is refused)"),
     # Configuration file (read by the parser; not a ServerArgs field in SGLang either)
     "config": implemented(),
     # Multi-modal
@@ -496,16 +435,35 @@ _EACH: Dict[str, FlagPolicy] = {
                                     "--max-prefill-tokens or --chunked-prefill-size"),
     "enable_double_sparsity": refused("double sparsity attention is not implemented",
                                       "leave it out"),
-    "ds_channel_config_path": noop("double sparsity is off (--enable-double-sparsity is refused)"),
-    "ds_heavy_channel_num": noop("double sparsity is off (--enable-double-sparsity is refused)"),
-    "ds_heavy_token_num": noop("double sparsity is off (--enable-double-sparsity is refused)"),
-    "ds_heavy_channel_type": noop("double sparsity is off (--enable-double-sparsity is refused)"),
-    "ds_sparse_decode_threshold": noop("double sparsity is off "
-                                       "(--enable-double-sparsity is refused)"),
 }
 
 # Settings of features that are off: many flags share one reason.
 _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
+    PRIORITY_KNOB: (
+        "schedule_low_priority_values_first", "priority_scheduling_preemption_threshold"),
+    DP_ATTN_KNOB: (
+        "enable_prefill_delayer", "prefill_delayer_max_delay_passes",
+        "prefill_delayer_token_usage_low_watermark", "prefill_delayer_queue_min_ratio",
+        "prefill_delayer_max_delay_ms", "prefill_delayer_forward_passes_buckets",
+        "prefill_delayer_wait_seconds_buckets", "enable_dp_lm_head"),
+    OFFLOAD_KNOB: (
+        "offload_num_in_group", "offload_prefetch_step", "offload_mode"),
+    PDMUX_KNOB: (
+        "pdmux_config_path", "sm_group_num"),
+    DOUBLE_SPARSITY_KNOB: (
+        "ds_channel_config_path", "ds_heavy_channel_num", "ds_heavy_token_num",
+        "ds_heavy_channel_type", "ds_sparse_decode_threshold"),
+    PIECEWISE_KNOB: (
+        "piecewise_cuda_graph_tokens", "piecewise_cuda_graph_compiler",
+        "piecewise_cuda_graph_max_tokens"),
+    REMOTE_LOADER_KNOB: (
+        "remote_instance_weight_loader_seed_instance_service_port",
+        "remote_instance_weight_loader_send_weights_group_ports",
+        "remote_instance_weight_loader_backend"),
+    DYNAMIC_TOKENIZER_KNOB: (
+        "dynamic_batch_tokenizer_batch_size", "dynamic_batch_tokenizer_batch_timeout"),
+    TOKEN_HISTOGRAM_KNOB: (
+        "prompt_tokens_buckets", "generation_tokens_buckets"),
     MOE_KNOB: (
         "moe_runner_backend", "flashinfer_mxfp4_moe_precision", "deepep_mode",
         "deepep_dispatcher_output_dtype", "enable_fused_grouped_gemm_combine",
@@ -593,17 +551,4 @@ def policy(dest: str) -> FlagPolicy:
 def judge(dest: str, value: Any) -> Tuple[bool, str]:
     """(accepted, one-line message) for SGLang flag `dest` given with `value`, when rollserve
     does not implement it: a no-op, or refused unless the value is an accepted one."""
-    flag, rule = BY_DEST[dest], FLAG_TABLE[dest]
-    shown = flag.name if flag.type == "bool" and value is True else f"{flag.name} {_show(value)}"
-    if rule.kind == NOOP:
-        return True, f"{shown}: accepted with no effect: {rule.reason}"
-    if rule.accepts(value, flag.default):
-        return True, (f"{shown}: accepted, it asks for what rollserve does (other values are "
-                      f"refused: {rule.reason})")
-    return False, f"{shown}: {rule.reason}; instead: {rule.instead}"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)
+    return judge_value(BY_DEST[dest], FLAG_TABLE[dest], value)
