@@ -27,6 +27,11 @@ __all__ = ["FLAG_TABLE", "CLI_ONLY", "IMPLEMENTED", "NOOP", "REFUSED", "FlagPoli
            "policy"]
 
 # ---- shared reasons ------------------------------------------------------------------------------
+def _off(feature: str, switch: str) -> FlagPolicy:
+    """A knob of a feature whose switch is refused: it has nothing to act on."""
+    return noop(f"{feature} is off ({switch} is refused)")
+
+
 _ONE_SERVER_PER_GPU = "start one server per GPU and give RolloutClient all their URLs"
 TP = refused("tensor parallelism is not implemented yet (one GPU per server)",
              "a model that fits one GPU; " + _ONE_SERVER_PER_GPU)
@@ -71,17 +76,15 @@ DISAGG_KNOB = noop("a disaggregation setting; disaggregation is off (--disaggreg
 FP_GEMM_KNOB = noop("only used by FP8/FP4 GEMMs; rollserve runs no quantized GEMMs")
 DEPRECATED_MOE = refused("deprecated in SGLang, and expert parallelism / MoE kernels are not "
                          "implemented here", "leave it out")
-
-PRIORITY_KNOB = noop("priority scheduling is off (--enable-priority-scheduling is refused)")
+PRIORITY_KNOB = _off("priority scheduling", "--enable-priority-scheduling")
 DP_ATTN_KNOB = noop("only used with DP attention, which is off")
-OFFLOAD_KNOB = noop("layer offloading is off (--offload-group-size is refused)")
-PDMUX_KNOB = noop("PD multiplexing is off (--enable-pdmux is refused)")
-DOUBLE_SPARSITY_KNOB = noop("double sparsity is off (--enable-double-sparsity is refused)")
+OFFLOAD_KNOB = _off("layer offloading", "--offload-group-size")
+PDMUX_KNOB = _off("PD multiplexing", "--enable-pdmux")
+DOUBLE_SPARSITY_KNOB = _off("double sparsity", "--enable-double-sparsity")
 PIECEWISE_KNOB = noop("piecewise CUDA graphs are not used")
-REMOTE_LOADER_KNOB = noop("remote-instance loading is off "
-                            "(--remote-instance-weight-loader-seed-instance-ip is refused)")
+REMOTE_LOADER_KNOB = _off("remote-instance loading", "--remote-instance-weight-loader-seed-instance-ip")
 DYNAMIC_TOKENIZER_KNOB = noop("the dynamic batch tokenizer is not used")
-TOKEN_HISTOGRAM_KNOB = noop("token histograms are off (--collect-tokens-histogram is refused)")
+TOKEN_HISTOGRAM_KNOB = _off("token histograms", "--collect-tokens-histogram")
 
 _EACH: Dict[str, FlagPolicy] = {
     # Model and tokenizer
@@ -199,9 +202,8 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_metrics": implemented(),
     "enable_mfu_metrics": METRICS_EXTRA,
     "enable_metrics_for_all_schedulers": noop("there is one scheduler, and it records the metrics"),
-    "tokenizer_metrics_custom_labels_header": noop("custom metric labels are off "
-                                                   "(--tokenizer-metrics-allowed-custom-labels "
-                                                   "is refused)"),
+    "tokenizer_metrics_custom_labels_header": _off(
+        "custom metric labels", "--tokenizer-metrics-allowed-custom-labels"),
     "tokenizer_metrics_allowed_custom_labels": METRICS_EXTRA,
     "bucket_time_to_first_token": METRICS_EXTRA,
     "bucket_inter_token_latency": METRICS_EXTRA,
@@ -214,10 +216,10 @@ _EACH: Dict[str, FlagPolicy] = {
     "kv_events_config": refused("KV cache event publishing (NVIDIA Dynamo) is not implemented",
                                 "leave it out"),
     "enable_trace": TRACE,
-    "otlp_traces_endpoint": noop("tracing is off (--enable-trace is refused)"),
+    "otlp_traces_endpoint": _off("tracing", "--enable-trace"),
     "export_metrics_to_file": METRICS_EXTRA,
-    "export_metrics_to_file_dir": noop("exporting metrics to files is off "
-                                       "(--export-metrics-to-file is refused)"),
+    "export_metrics_to_file_dir": _off("exporting metrics to files",
+                                       "--export-metrics-to-file"),
     # API related
     "api_key": implemented(),
     "admin_api_key": refused("a separate admin key is not implemented",
@@ -294,7 +296,7 @@ _EACH: Dict[str, FlagPolicy] = {
                               "a dense model that fits the device"),
     # Diffusion LLM
     "dllm_algorithm": refused("diffusion LLMs are not implemented", "an autoregressive model"),
-    "dllm_algorithm_config": noop("diffusion LLMs are off (--dllm-algorithm is refused)"),
+    "dllm_algorithm_config": _off("diffusion LLMs", "--dllm-algorithm"),
     # Offloading
     "cpu_offload_gb": OFFLOAD,
     "offload_group_size": OFFLOAD,
@@ -328,8 +330,8 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_single_batch_overlap": refused("single-batch overlap is not implemented",
                                            "leave it out (the overlap scheduler is on by "
                                            "default)"),
-    "tbo_token_distribution_threshold": noop("two-batch overlap is off "
-                                             "(--enable-two-batch-overlap is refused)"),
+    "tbo_token_distribution_threshold": _off("two-batch overlap",
+                                             "--enable-two-batch-overlap"),
     "enable_torch_compile": implemented(),
     "enable_torch_compile_debug_mode": noop("torch.compile runs with its own defaults"),
     "disable_piecewise_cuda_graph": noop("prefill runs without CUDA graphs already (decode graphs "
@@ -377,8 +379,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "debug_tensor_dump_output_folder": refused("tensor dumps are not implemented",
                                                "/start_profile, or the model in Python via "
                                                "rollserve.Engine"),
-    "debug_tensor_dump_layers": noop("tensor dumps are off (--debug-tensor-dump-output-folder "
-                                     "is refused)"),
+    "debug_tensor_dump_layers": _off("tensor dumps", "--debug-tensor-dump-output-folder"),
     "debug_tensor_dump_input_file": refused("tensor dumps are not implemented", "leave it out"),
     "debug_tensor_dump_inject": refused("tensor injection is not implemented", "leave it out"),
     # PD disaggregation
