@@ -12,7 +12,10 @@ def _add_serve(sub) -> None:
     from rollserve.frontend.server_args import add_server_args
 
     parser = sub.add_parser("serve", help="start the HTTP server (SGLang-native and OpenAI API)",
-                            description="Start the HTTP server. Flag names follow SGLang's.")
+                            description="Start the HTTP server (http://127.0.0.1:30000 by "
+                                        "default). Flag names follow SGLang's; every SGLang flag "
+                                        "is known: implemented, accepted with no effect, or "
+                                        "refused with the reason (docs/server.md has the table).")
     add_server_args(parser)
 
 
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # SGLang's --config FILE: its flags go first, so the command line wins
+        from rollserve.frontend.server_args import expand_config_argv
+
+        argv = expand_config_argv(argv, insert_at=1)
     namespace = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = COMMANDS[namespace.command][1]
     sys.exit(run(namespace))

@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollserve.api.embedding_serving import add_embedding_routes
+from rollserve.api.flush_cache import flush_cache_response
 from rollserve.api.body import optional_body, parse_body
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
@@ -23,6 +24,7 @@ from rollserve.api.protocol import (AbortRequest, ApiError, ChatCompletionReques
                                     CompletionRequest, ProfileRequestBody, error_body)
 from rollserve.api.sse import ClientDisconnected, EventStreamResponse, JSONBody, until_disconnect
 from rollserve.frontend.server_args import ServerArgs
+from rollserve.frontend.server_info import server_info
 from rollserve.frontend.encode_manager import pooling_health_check
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.core.sampling_params import InvalidRequest
@@ -226,14 +228,11 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/get_server_info")
     async def get_server_info():
-        load = await tm.get_load()
-        load.pop("success", None)
-        return {**state.args.public_dict(), **load, "version": __version__}
+        return server_info(state.args, await tm.get_load(), __version__)
 
-    @app.post("/flush_cache")
-    async def flush_cache():
-        result = await tm.flush_cache()
-        return JSONBody(result, status_code=200 if result.get("success") else 400)
+    @app.api_route("/flush_cache", methods=["GET", "POST"])  # slime uses GET, SGLang takes both
+    async def flush_cache(request: Request):
+        return await flush_cache_response(tm, request.query_params.get("timeout"))
 
     @app.post("/start_profile")
     async def start_profile(request: Request):
@@ -268,6 +267,10 @@ def _add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models")
     async def models():
         return serving.models()
+
+    @app.get("/v1/models/{model:path}")  # served names may be paths, slashes included
+    async def model(model: str):
+        return serving.model(model)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):

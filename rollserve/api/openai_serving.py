@@ -21,9 +21,12 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
                                     PromptTokensDetails, SamplingFields, TokenLogprob,
                                     TopLogprob, Usage, error_body)
 from rollserve.api.sse import DONE, sse_event
+from rollserve.core.chat_templates import resolve_chat_template, with_template_stop
+from rollserve.frontend.encode_manager import wrong_model_error
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.frontend.tokenizer_manager import EngineDeadError
+from rollserve.frontend.truncation import truncate_prompt
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
@@ -127,23 +130,40 @@ class OpenAIServing:
         self.tokenizer = tokenizer_manager.tokenizer
         self.model_name = model_name
         self.accepted_names = {model_name, tokenizer_manager.model_path, "default"}
+        template = tokenizer_manager.args.chat_template
+        # a --chat-template's stop strings end chat answers too (SGLang's stop_str)
+        self.template_stop = resolve_chat_template(template).stop if template else ()
 
     def models(self) -> dict:
-        card = ModelCard(id=self.model_name, root=self.tm.model_path,
+        return ModelList(data=[self._card()]).model_dump()
+
+    def model(self, name: str) -> dict:
+        """GET /v1/models/{name}: the served model's card (under any name requests accept)."""
+        self.check_model(name)
+        return self._card().model_dump()
+
+    def _card(self) -> ModelCard:
+        return ModelCard(id=self.model_name, root=self.tm.model_path,
                          max_model_len=self.tm.context_len)
-        return ModelList(data=[card]).model_dump()
+
+    def check_generation(self) -> None:
+        """Chat and completions need a generation model; an embedding or reward model says
+        which endpoints it serves instead (400)."""
+        if not self.tm.is_generation:
+            raise wrong_model_error(self.tm.pooling, "generation", self.tm.model_path)
 
     def check_model(self, name: str) -> None:
         if name not in self.accepted_names:
             raise ApiError(404, f"The model `{name}` does not exist; this server serves "
                                 f"`{self.model_name}`", "model", kind="model_not_found")
 
-    def _check_prompt_len(self, ids: List[int], param: str) -> List[int]:
+    def _check_prompt_len(self, ids: List[int], param: str,
+                          requested: Optional[int] = None) -> List[int]:
         limit = self.tm.max_req_input_len
         if len(ids) <= limit:
             return ids
-        if self.tm.args.allow_auto_truncate:
-            return ids[:limit]
+        if self.tm.args.allow_auto_truncate:  # leaves room for the requested tokens
+            return truncate_prompt(ids, requested, limit)
         raise ApiError(400, f"The prompt has {len(ids)} tokens, over this model's maximum input "
                             f"length of {limit} tokens (context length {self.tm.context_len})", param)
 
@@ -154,6 +174,8 @@ class OpenAIServing:
         if requested < 0:
             raise ApiError(400, f"{param} must be >= 0, got {requested}", param)
         if prompt_len + requested > self.tm.context_len:
+            if self.tm.args.allow_auto_truncate:  # SGLang clips max_new_tokens then
+                return max(room, 1)
             raise ApiError(400, (
                 f"This model's maximum context length is {self.tm.context_len} tokens. However, "
                 f"you requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
@@ -191,6 +213,7 @@ class OpenAIServing:
     # ---- chat ----------------------------------------------------------------------------
     def plan_chat(self, req: ChatCompletionRequest) -> "ChatPlan":
         self.check_model(req.model)
+        self.check_generation()
         self._check_common(req)
         if req.max_completion_tokens is not None:
             requested, param = req.max_completion_tokens, "max_completion_tokens"
@@ -206,10 +229,12 @@ class OpenAIServing:
             raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         if top and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
-        ids = self._check_prompt_len(self.render_chat(req), "messages")
+        ids = self._check_prompt_len(self.render_chat(req), "messages", requested)
         max_tokens = self._max_tokens(requested, len(ids), param)
         rid = req.rid or uuid.uuid4().hex
-        obj = GenerateReqInput(input_ids=ids, sampling_params=self._sampling_params(req, max_tokens),
+        params = self._sampling_params(req, max_tokens)
+        params["stop"] = with_template_stop(req.stop, self.template_stop)
+        obj = GenerateReqInput(input_ids=ids, sampling_params=params,
                                rid=rid, return_logprob=req.logprobs, top_logprobs_num=top,
                                return_text_in_logprobs=True, stream=req.stream)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -239,6 +264,7 @@ class OpenAIServing:
     # ---- completions -------------------------------------------------------------------------
     def plan_completion(self, req: CompletionRequest) -> "CompletionPlan":
         self.check_model(req.model)
+        self.check_generation()
         self._check_common(req)
         if req.suffix:
             raise ApiError(400, "suffix is not supported", "suffix")
@@ -247,7 +273,7 @@ class OpenAIServing:
         top = req.logprobs
         if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ApiError(400, f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "logprobs")
-        prompts = self._prompt_ids(req.prompt)
+        prompts = self._prompt_ids(req.prompt, req.max_tokens)
         max_tokens = min(self._max_tokens(req.max_tokens, len(ids), "max_tokens") for ids in prompts)
         rid = req.rid or uuid.uuid4().hex
         single = len(prompts) == 1
@@ -267,7 +293,7 @@ class OpenAIServing:
                               token_ids=req.return_token_ids,
                               ids_as_tokens=req.return_tokens_as_token_ids, prompts=prompts)
 
-    def _prompt_ids(self, prompt) -> List[List[int]]:
+    def _prompt_ids(self, prompt, requested: Optional[int] = None) -> List[List[int]]:
         if isinstance(prompt, str):
             prompt = [prompt]
         elif prompt and isinstance(prompt[0], int):
@@ -282,7 +308,7 @@ class OpenAIServing:
                 raise ApiError(400, "prompt is empty", "prompt")
             if any(t < 0 or t >= vocab for t in ids):
                 raise ApiError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
-            out.append(self._check_prompt_len(ids, "prompt"))
+            out.append(self._check_prompt_len(ids, "prompt", requested))
         return out
 
     def _echo_texts(self, prompt, ids: List[List[int]]) -> List[str]:

@@ -93,7 +93,8 @@ def launch_server(args: ServerArgs) -> int:
 async def _serve(app, state, sock: socket.socket) -> int:
     args = state.args
     host = f"[{args.host}]" if ":" in args.host else args.host
-    config = uvicorn.Config(app, log_level="warning", access_log=args.log_requests,
+    config = uvicorn.Config(app, log_level=args.log_level_http or "warning",
+                            access_log=args.log_requests,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="off")
     server = _Uvicorn(config, where=f"http://{host}:{args.port}")
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Tokenizer loading, EOS ids and chat templates (shared by every process)."""
+"""Tokenizer loading and EOS ids (shared by every process); chat templates in chat_templates.py."""
 
 from __future__ import annotations
 
@@ -8,42 +8,31 @@ from typing import FrozenSet, List, Optional
 
 from transformers import AutoTokenizer
 
-# Built-in chat templates selectable by name with --chat-template.
-BUILTIN_CHAT_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-        " + '<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-    "llama-2": (
-        "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<<SYS>>\n' + "
-        "message['content'] + '\n<</SYS>>\n\n' }}{% elif message['role'] == 'user' %}{{ '[INST] ' + "
-        "message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + ' ' }}{% endif %}"
-        "{% endfor %}"
-    ),
-    "plain": (
-        "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
-    ),
-}
+from rollserve.core.chat_templates import resolve_chat_template
 
 
-def load_tokenizer(path: str, chat_template: Optional[str] = None, trust_remote_code: bool = False):
+def load_tokenizer(path: str, chat_template: Optional[str] = None, trust_remote_code: bool = False,
+                   hf_chat_template_name: Optional[str] = None):
+    """The tokenizer at `path`; `chat_template` (a built-in name or a file, see
+    core/chat_templates.py) replaces its own, `hf_chat_template_name` picks one of the
+    named templates a tokenizer may ship (SGLang's --hf-chat-template-name)."""
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if hf_chat_template_name:
+        tokenizer.chat_template = named_chat_template(tokenizer, hf_chat_template_name)
     if chat_template:
-        tokenizer.chat_template = resolve_chat_template(chat_template)
+        tokenizer.chat_template = resolve_chat_template(chat_template).jinja
     return tokenizer
 
 
-def resolve_chat_template(name_or_path: str) -> str:
-    if name_or_path in BUILTIN_CHAT_TEMPLATES:
-        return BUILTIN_CHAT_TEMPLATES[name_or_path]
-    if os.path.isfile(name_or_path):
-        with open(name_or_path) as f:
-            return f.read()
-    raise ValueError(
-        f"chat_template: {name_or_path!r} is neither a built-in template "
-        f"({', '.join(BUILTIN_CHAT_TEMPLATES)}) nor a file")
+def named_chat_template(tokenizer, name: str) -> str:
+    templates = tokenizer.chat_template
+    if isinstance(templates, dict) and name in templates:
+        return templates[name]
+    have = sorted(templates) if isinstance(templates, dict) else (["default"] if templates else [])
+    if name == "default" and isinstance(templates, str):
+        return templates
+    raise ValueError(f"hf_chat_template_name: the tokenizer has no chat template named {name!r} "
+                     f"(it has: {', '.join(have) or 'none'})")
 
 
 def eos_token_ids(model_path: str, tokenizer) -> FrozenSet[int]:

@@ -102,6 +102,14 @@ class ModelRunner:
                     self.max_total_tokens, self.max_total_tokens * per_token / 2**20,
                     self.max_running_requests, self.context_len)
 
+    def memory_usage(self) -> dict:
+        """GiB held by the weights and the KV pool, and the pool's size in tokens (the
+        `memory_usage` SGLang reports in /get_server_info's internal_states)."""
+        kv = sum(t.numel() * t.element_size() for t in self.kv_pool.k_buffers + self.kv_pool.v_buffers)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return {"weight": round(weights / 2**30, 3), "kvcache": round(kv / 2**30, 3),
+                "token_capacity": int(self.max_total_tokens)}
+
     def _profile_kv_tokens(self, bytes_per_token: int) -> int:
         if self.device.type == "cuda":
             fraction = self.config.mem_fraction_static or CUDA_DEFAULT_MEM_FRACTION

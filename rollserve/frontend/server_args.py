@@ -1,8 +1,9 @@
 """Every server flag and its default, in one place.
 
-The CLI (`rollserve serve`), `rollserve.Engine(**kwargs)` and /get_server_info
-all read `ServerArgs`. Flag names follow SGLang's so that users can port their
-launch commands unchanged.
+The CLI (`rollserve serve`), `rollserve.Engine(**kwargs)` and /get_server_info all read
+`ServerArgs`. Its fields are the SGLang flags rollserve implements, under SGLang's names;
+every other SGLang flag is known too (frontend/sglang_flags.py) and is accepted as a
+no-op or refused with a reason, as frontend/flag_table.py says.
 
 ServerArgs is frozen: start-up resolves it once (`dataclasses.replace`, e.g. the default
 model path or a pooling model's overrides) and hands each process layer the part it
@@ -13,14 +14,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import os
+import re
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from rollserve.executor.attention.registry import ATTENTION_BACKENDS
 from rollserve.executor.config import ExecutorConfig
+from rollserve.frontend import flag_table
+from rollserve.frontend.sglang_flags import BY_DEST
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class ServerArgs:
     tokenizer_path: Optional[str] = None
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
+    hf_chat_template_name: Optional[str] = None
     dtype: str = "auto"
     context_length: Optional[int] = None
     load_format: str = "auto"
@@ -70,6 +82,7 @@ class ServerArgs:
     torch_compile_max_bs: int = 32
     # observability and robustness
     log_level: str = "info"
+    log_level_http: Optional[str] = None  # uvicorn's own log; None: warning
     log_requests: bool = False
     decode_log_interval: int = 40
     enable_metrics: bool = False
@@ -86,13 +99,12 @@ class ServerArgs:
             if not cond:
                 raise ValueError(f"{name}: {msg}")
 
-        need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        need(self.load_format in LOAD_FORMATS, "load_format",
-             f"must be one of {LOAD_FORMATS}, got {self.load_format!r}")
-        need(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
-             f"must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
-        need(self.attention_backend is None or self.attention_backend in ATTENTION_BACKENDS,
-             "attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            need(value is None or value in choices, name,
+                 f"must be one of {', '.join(choices)}; got {value!r}")
+        need(self.device is None or bool(_DEVICE.match(self.device)), "device",
+             f"must be cuda, cuda:N or cpu; got {self.device!r}")
         need(self.mem_fraction_static is None or 0 < self.mem_fraction_static < 1,
              "mem_fraction_static", "must be in (0, 1)")
         for name in ("max_total_tokens", "max_running_requests", "context_length",
@@ -111,7 +123,33 @@ class ServerArgs:
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         need(self.decode_log_interval >= 0, "decode_log_interval", "must be >= 0")
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
+        need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
+
+    def check_machine(self) -> None:
+        """What can only be checked on this machine, before any process starts: folders
+        exist, the device is there, the attention backend can run, the chat template
+        resolves. Raises ValueError("<field>: ...") naming the flag to change."""
+        from rollserve.core.chat_templates import resolve_chat_template
+        from rollserve.executor.attention.registry import select_attention_backend
+
+        for name in ("model_path", "tokenizer_path"):
+            path = getattr(self, name)
+            if path and not os.path.isdir(path):
+                raise ValueError(f"{name}: {path!r} is not a folder (rollserve loads a local "
+                                 "Hugging Face folder; download it first, e.g. with "
+                                 "`huggingface-cli download REPO --local-dir DIR`)")
+        device = self.resolved_device()
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device: {device} is not available here (torch "
+                                 f"{torch.__version__}, CUDA {torch.version.cuda or 'not built'}"
+                                 "); use --device cpu or leave --device out")
+        select_attention_backend(self.attention_backend, device)
+        if self.chat_template:
+            resolve_chat_template(self.chat_template)
 
     def resolved_device(self) -> str:
         if self.device:
@@ -158,35 +196,73 @@ class ServerArgs:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "ServerArgs":
+        """ServerArgs from keyword arguments, as rollserve.Engine(**kwargs) (and
+        sglang.Engine) take them: SGLang's other flags follow frontend/flag_table.py."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
+        ours = {k: v for k, v in kwargs.items() if k in known}
+        theirs = {k: v for k, v in kwargs.items() if k not in known and k in BY_DEST}
+        unknown = sorted(set(kwargs) - set(ours) - set(theirs))
         if unknown:
-            raise TypeError(
-                f"unknown server argument(s): {', '.join(unknown)}; "
-                f"rollserve does not implement them"
-            )
-        return cls(**kwargs)
+            raise TypeError(f"unknown server argument(s): {', '.join(unknown)}; neither rollserve "
+                            "nor SGLang has them")
+        from rollserve.frontend.sglang_env import check_sglang_environment
+
+        notes, refusals = judge_sglang_values(theirs)
+        env_notes, env_refusals = check_sglang_environment(os.environ)
+        if refusals or env_refusals:
+            raise ValueError("; ".join(refusals + env_refusals))
+        for note in notes + env_notes:
+            logger.info(note)
+        return cls(**ours)
 
 
-_HELP = {
-    "attention_backend": "triton (default on CUDA) | torch_native (default on CPU) | flashinfer",
-    "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 512)",
-    "cuda_graph_bs": "the decode batch sizes to capture, e.g. --cuda-graph-bs 1 2 4 8 16",
-    "disable_overlap_schedule": "run each step's CPU work after its GPU work instead of beside it",
-    "enable_torch_compile": "torch.compile the decode forward for batch sizes <= --torch-compile-max-bs",
-    "model_path": "HF-format model folder; default: the embedded SmolLM2-135M-Instruct",
-    "tokenizer_path": "tokenizer folder; default: the model folder",
-    "served_model_name": "name shown by /v1/models; default: the model path",
-    "chat_template": "a built-in template name or a path to a jinja file",
-    "dtype": "auto picks the config's dtype on CUDA and float32 on CPU",
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
+    "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
+}
+
+# One line of --help for every field; "(default: ...)" is added where the default is a value.
+HELP = {
+    "model_path": "HF-format model folder (default: the embedded SmolLM2-135M-Instruct, or "
+                  "all-MiniLM-L6-v2 with --is-embedding)",
+    "tokenizer_path": "tokenizer folder (default: the model folder)",
+    "served_model_name": "the model name /v1/models shows and requests may use (default: the "
+                         "model path)",
+    "chat_template": "a built-in template name (chatml, qwen, llama-2-chat, llama-3-instruct, "
+                     "llama-4, mistral, gemma-it, deepseek-v3, ...) or a .jinja / SGLang .json "
+                     "file (default: the tokenizer's own)",
+    "hf_chat_template_name": "which of the tokenizer's named chat templates to use (default: "
+                             "its default one)",
+    "dtype": "weights and activations; auto: the config's dtype on CUDA (float32 -> bfloat16), "
+             "float32 on CPU",
+    "context_length": "the model's maximum context length (default: max_position_embeddings "
+                      "of config.json)",
     "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights",
-    "mem_fraction_static": "share of device memory for weights + KV pool",
-    "max_total_tokens": "size of the KV pool in tokens (overrides mem_fraction_static)",
-    "chunked_prefill_size": "max new tokens of one request per prefill step (-1 disables)",
-    "schedule_policy": "fcfs | lpm | dfs-weight | random",
-    "decode_log_interval": "log the running batch and generation throughput every this many "
-                           "decode steps (0: never)",
-    "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "trust_remote_code": "allow custom code in the model folder (transformers' trust_remote_code)",
+    "is_embedding": "serve an embedding or reward model (/encode, /v1/embeddings, /classify)",
+    "host": "the address the HTTP server listens on",
+    "port": "the port the HTTP server listens on",
+    "api_key": "require Authorization: Bearer KEY on every endpoint but /health (default: none)",
+    "max_request_body_bytes": "largest request body accepted (413 above); "
+                              "/update_weights_from_tensor has no limit",
+    "device": "cuda, cuda:N or cpu (default: cuda when available, else cpu)",
+    "mem_fraction_static": "share of device memory for weights + KV pool (default: 0.85 on "
+                           "CUDA; on CPU the KV pool takes 0.1 of the free host memory)",
+    "max_total_tokens": "size of the KV pool in tokens; overrides --mem-fraction-static "
+                        "(default: sized from memory)",
+    "max_running_requests": "most requests decoding at once (default: 1024 on CUDA, 256 on CPU, "
+                            "at most the pool size)",
+    "max_prefill_tokens": "new prompt tokens one prefill step may take",
+    "chunked_prefill_size": "new tokens of one request per prefill step; -1 disables chunking "
+                            "(default: per device)",
+    "schedule_policy": "order of waiting requests: fcfs, lpm (longest prefix match), dfs-weight, "
+                       "random",
+    "schedule_conservativeness": "larger: admit fewer requests, retract less",
+    "disable_radix_cache": "turn off prefix caching",
+    "allow_auto_truncate": "cut over-long prompts (keeping their start) so that max_new_tokens "
+                           "still fits, instead of answering 400",
+    "random_seed": "seed for sampling without a per-request seed (default: random)",
+    "stream_interval": "tokens between two streamed chunks",
     "custom_logit_processor": "MODULE:ATTRIBUTE of a callable (logits[n, V], [custom_params]) -> "
                               "logits applied to requests that set sampling_params.custom_params "
                               "(SGLang's custom logit processor, as server-side code)",
@@ -195,52 +271,178 @@ _HELP = {
                                    "runs code, so only with a trainer on this host you trust",
     "enable_memory_saver": "CUDA: allocate weights and KV pool through torch_memory_saver, so "
                            "release/resume_memory_occupation keep their addresses",
+    "attention_backend": "triton (default on CUDA), torch_native (default on CPU), flashinfer",
+    "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 512)",
+    "cuda_graph_bs": "the decode batch sizes to capture, e.g. --cuda-graph-bs 1 2 4 8 16 "
+                     "(default: up to --cuda-graph-max-bs)",
+    "disable_cuda_graph": "run decode without CUDA graphs",
+    "disable_overlap_schedule": "run each step's CPU work after its GPU work instead of beside it",
+    "enable_torch_compile": "torch.compile the decode forward for batch sizes <= "
+                            "--torch-compile-max-bs",
+    "torch_compile_max_bs": "largest batch size torch.compile covers",
+    "log_level": "log level of every process",
+    "log_level_http": "log level of the HTTP server's own (uvicorn) log (default: warning)",
+    "log_requests": "log every request (id, prompt length, sampling parameters) and the "
+                    "access log",
+    "decode_log_interval": "log the running batch and throughput every this many decode "
+                           "steps (0: never)",
+    "enable_metrics": "serve Prometheus metrics at /metrics",
+    "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "weight_version": "version label of the weights loaded at start (/get_model_info, "
+                      "meta_info)",
 }
 
-# Flags SGLang users may pass that rollserve does not implement (yet): refuse, never ignore.
-UNSUPPORTED_FLAGS = {
-    "--tp-size": "tensor parallelism is not implemented yet",
-    "--tensor-parallel-size": "tensor parallelism is not implemented yet",
-    "--dp-size": "run several servers behind a router for data parallelism",
-    "--data-parallel-size": "run several servers behind a router for data parallelism",
-    "--quantization": "quantization is not implemented",
-    "--kv-cache-dtype": "only the model dtype is supported for the KV cache",
-    "--speculative-algorithm": "speculative decoding is not implemented",
-    "--lora-paths": "LoRA is not implemented",
-}
+
+# ---- the command line ----------------------------------------------------------------------------
+_SGLANG_ATTR = "sglang__"  # namespace attribute prefix of the flags that are not ServerArgs fields
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
-    """Add one --flag-name per ServerArgs field (bools become store_true)."""
+    """Every ServerArgs field as SGLang spells its flag(s), then every other SGLang flag in
+    a group of its own (no effect, or refused unless at its default), then --config."""
+    parser.usage = ("%(prog)s [--model-path PATH] [--host HOST] [--port PORT] [--config YAML] "
+                    "[FLAG ...]  (all flags below)")
+    ours = parser.add_argument_group("rollserve options (SGLang's flags that rollserve implements)")
     for f in dataclasses.fields(ServerArgs):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = {"dest": f.name, "default": f.default, "help": _HELP.get(f.name)}
-        if f.type in ("bool",):
-            parser.add_argument(flag, action="store_true", **kwargs)
+        names = list(BY_DEST[f.name].names) if f.name in BY_DEST else ["--" + f.name.replace("_", "-")]
+        kwargs: Dict[str, Any] = {"dest": f.name, "default": f.default,
+                                  "help": help_with_default(HELP[f.name], f.default)}
+        if f.type == "bool":
+            ours.add_argument(*names, action="store_true", **kwargs)
             continue
         if f.type == "Optional[List[int]]":
-            parser.add_argument(flag, type=int, nargs="+", **kwargs)
+            kwargs.update(type=int, nargs="+", metavar="N")
+        else:
+            kwargs["type"] = {"int": int, "float": float, "Optional[int]": int,
+                              "Optional[float]": float}.get(f.type, str)
+        if f.name in CHOICES:
+            kwargs["choices"] = CHOICES[f.name]
+            if f.name.startswith("log_level"):
+                kwargs["type"] = str.lower  # SGLang takes INFO as well as info
+        ours.add_argument(*names, **kwargs)
+    ours.add_argument("--config", dest="config", default=None, metavar="YAML",
+                      help="read flags from a YAML file (keys are flag names: model-path: ..., "
+                           "tp-size: 1); flags on the command line win")
+    _add_sglang_flags(parser)
+
+
+def help_with_default(text: str, default: Any) -> str:
+    """`text` + " (default: X)" unless it already says or the default is unset."""
+    if "default" in text or default is None:
+        return text
+    if isinstance(default, bool):
+        return f"{text} (default: {'on' if default else 'off'})"
+    return f"{text} (default: {default})"
+
+
+def _add_sglang_flags(parser: argparse.ArgumentParser) -> None:
+    from rollserve.frontend.sglang_flags import SHORT_ALIASES, SGLANG_FLAGS
+
+    groups = {
+        flag_table.NOOP: parser.add_argument_group(
+            "SGLang flags accepted with no effect here (each is logged once at start)"),
+        flag_table.REFUSED: parser.add_argument_group(
+            "SGLang flags refused unless at their default (the default asks for what rollserve "
+            "does)"),
+    }
+    fields = {f.name for f in dataclasses.fields(ServerArgs)}
+    for flag in SGLANG_FLAGS:
+        rule = flag_table.policy(flag.dest)
+        if flag.dest in fields or rule.kind == flag_table.IMPLEMENTED:
             continue
-        kind = {"int": int, "float": float, "Optional[int]": int,
-                "Optional[float]": float}.get(f.type, str)
-        parser.add_argument(flag, type=kind, **kwargs)
-    for flag, why in UNSUPPORTED_FLAGS.items():
-        parser.add_argument(flag, nargs="?", const=True, default=None,
-                            dest="_unsupported_" + flag.strip("-").replace("-", "_"),
-                            help=f"refused: {why}")
+        names = list(flag.names) + [a for a, dest in SHORT_ALIASES.items() if dest == flag.dest]
+        kwargs: Dict[str, Any] = {"dest": _SGLANG_ATTR + flag.dest, "default": argparse.SUPPRESS}
+        if rule.kind == flag_table.NOOP:
+            kwargs["help"] = f"no effect: {rule.reason}"
+        elif flag.type == "bool":  # a switch can only ask for the feature
+            kwargs["help"] = f"refused: {rule.reason}; instead: {rule.instead}"
+        else:
+            accepted = rule.accept if rule.accept is not None else (flag.default,)
+            kwargs["help"] = (f"refused unless {' or '.join(map(_shown, accepted))}: {rule.reason}; "
+                              f"instead: {rule.instead}")
+        if flag.type == "bool":
+            groups[rule.kind].add_argument(*names, action="store_true", **kwargs)
+            continue
+        base = flag.type.removeprefix("list[").rstrip("]")
+        kwargs["type"] = {"int": int, "float": float}.get(base, str)
+        kwargs["metavar"] = flag.dest.upper()
+        if flag.type.startswith("list["):
+            kwargs["nargs"] = "*"
+        if flag.choices:  # as strict as SGLang's own parser
+            kwargs["choices"] = flag.choices
+            kwargs.pop("metavar")
+        groups[rule.kind].add_argument(*names, **kwargs)
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else repr(value) if value == "" else str(value)
+
+
+def judge_sglang_values(values: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """(notes, refusals): one line each for SGLang flags that are not ServerArgs fields."""
+    notes, refusals = [], []
+    for dest, value in values.items():
+        accepted, message = flag_table.judge(dest, value)
+        (notes if accepted else refusals).append(message)
+    return notes, refusals
 
 
 def server_args_from_cli(namespace: argparse.Namespace) -> ServerArgs:
-    refused = [
-        (flag, why) for flag, why in UNSUPPORTED_FLAGS.items()
-        if getattr(namespace, "_unsupported_" + flag.strip("-").replace("-", "_"), None) is not None
-    ]
-    if refused:
-        raise SystemExit("\n".join(f"error: {flag} is not supported: {why}" for flag, why in refused))
+    """ServerArgs from parsed flags, or SystemExit with one line per problem: refused SGLang
+    flags, invalid values, and what cannot work on this machine (all before anything starts)."""
+    from rollserve.core.logging_setup import configure_logging
+    from rollserve.frontend.sglang_env import check_sglang_environment
+
+    theirs = {k[len(_SGLANG_ATTR):]: v for k, v in vars(namespace).items() if k.startswith(_SGLANG_ATTR)}
+    notes, refusals = judge_sglang_values(theirs)
+    env_notes, env_refusals = check_sglang_environment(os.environ)
+    if refusals or env_refusals:
+        raise SystemExit("\n".join(f"error: {line}" for line in refusals + env_refusals))
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(ServerArgs)
               if hasattr(namespace, f.name)}
     try:
-        return ServerArgs(**values)
+        args = ServerArgs(**values)
+        args.check_machine()
     except ValueError as e:
-        raise SystemExit(f"error: --{str(e).split(':')[0].replace('_', '-')}: {str(e).split(':', 1)[1].strip()}")
+        field, _, why = str(e).partition(":")
+        raise SystemExit(f"error: --{field.strip().replace('_', '-')}: {why.strip()}")
+    if not logging.getLogger().handlers:  # the server configures it again, the same way
+        configure_logging(args.log_level, prefix="server")
+    for note in notes + env_notes:
+        logger.info(note)
+    return args
 
+
+def expand_config_argv(argv: List[str], insert_at: int = 0) -> List[str]:
+    """argv with `--config FILE` replaced by the file's flags, placed at `insert_at` (before
+    every command-line flag, so that those win, as in SGLang)."""
+    import yaml
+
+    for i, token in enumerate(argv):
+        if token == "--config" or token.startswith("--config="):
+            path = token.partition("=")[2] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+            rest = argv[:i] + argv[i + (1 if "=" in token else 2):]
+            try:
+                with open(path) as f:
+                    config = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise SystemExit(f"error: --config {path}: {e}")
+            if not isinstance(config, dict):
+                raise SystemExit(f"error: --config {path}: expected a mapping of flag names to values")
+            return rest[:insert_at] + _config_argv(config) + rest[insert_at:]
+    return argv
+
+
+def _config_argv(config: Dict[str, Any]) -> List[str]:
+    out: List[str] = []
+    for key, value in config.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out

@@ -39,8 +39,10 @@ def detect_pooling(args: ServerArgs) -> Optional[PoolingSpec]:
 
 
 def resolve_server_args(args: ServerArgs) -> ServerArgs:
-    """args with the model path filled in and a pooling model's overrides applied."""
+    """args with the model path filled in and a pooling model's overrides applied; raises
+    ValueError naming the flag when the machine cannot run them (args.check_machine)."""
     args = dataclasses.replace(args, model_path=resolve_model_path(args))
+    args.check_machine()
     spec = detect_pooling(args)
     if spec is None:
         return args

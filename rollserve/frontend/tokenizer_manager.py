@@ -26,6 +26,7 @@ from rollserve.frontend.request_input import GenerateReqInput, PromptItem, norma
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.core.tokenizer import load_tokenizer
 from rollserve.frontend.result_format import ReqState, ResultBuilder
+from rollserve.frontend.truncation import truncate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class TokenizerManager:
         self.model_path = args.model_path
         self.tokenizer_path = args.tokenizer_path or args.model_path
         self.tokenizer = load_tokenizer(self.tokenizer_path, args.chat_template,
-                                        args.trust_remote_code)
+                                        args.trust_remote_code, args.hf_chat_template_name)
         self.pooling = detect_pooling(args)  # embedding / reward model; None: generation
         self.is_generation = self.pooling is None
         self.procs: EngineProcesses = start_engine_processes(args)
@@ -155,7 +156,7 @@ class TokenizerManager:
                 raise InvalidRequest(field_name, (
                     f"the prompt has {len(ids)} tokens, over the maximum input length {limit} "
                     f"(context length {self.context_len}, KV pool {self.max_total_num_tokens})"))
-            ids = ids[:limit]
+            ids = truncate_prompt(ids, item.sampling_params.max_new_tokens, limit)
         if item.logprob_start_len >= len(ids):
             raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")
         return ids

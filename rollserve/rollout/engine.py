@@ -13,6 +13,7 @@ import threading
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
 from rollserve.frontend.server_args import ServerArgs
+from rollserve.frontend.server_info import server_info
 from rollserve.frontend.startup import resolve_server_args
 from rollserve.frontend.encode_input import EncodeReqInput
 from rollserve.frontend.request_input import GenerateReqInput
@@ -152,9 +153,9 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
         return self._call(self.tokenizer_manager.rpc("continue_generation"))
 
     def get_server_info(self) -> dict:
-        load = self._call(self.tokenizer_manager.get_load())
-        load.pop("success", None)
-        return {**self.server_args.public_dict(), **load, "version": __version__}
+        """The same dict as the server's /get_server_info (SGLang's keys plus ours)."""
+        return server_info(self.server_args, self._call(self.tokenizer_manager.get_load()),
+                           __version__)
 
     def get_model_info(self) -> dict:
         return self._call(self.tokenizer_manager.model_info())

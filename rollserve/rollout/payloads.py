@@ -184,8 +184,10 @@ def merge_replica_answers(answers: Dict[str, dict]) -> dict:
     success only if all succeeded, and each replica's own answer under `replicas`."""
     first = next(iter(answers.values()))
     merged = dict(first) if isinstance(first, dict) else {"result": first}
+    # a plain-text answer (SGLang's /flush_cache) came with a 2xx: that replica succeeded
+    merged["success"] = all(a.get("success", True) if isinstance(a, dict) else True
+                            for a in answers.values())
     if all(isinstance(a, dict) for a in answers.values()):
-        merged["success"] = all(a.get("success", True) for a in answers.values())
         if "num_paused_requests" in merged:
             merged["num_paused_requests"] = sum(a.get("num_paused_requests", 0)
                                                 for a in answers.values())

@@ -374,6 +374,7 @@ class Scheduler:
             "kv_used_tokens": self.kv.used_slots(),
             "kv_cached_tokens": tree.total_size() if tree else 0,
             "weight_version": self.weight_version,
+            "memory_usage": self.runner.memory_usage(),
             **self.stats.snapshot(),
         }
 

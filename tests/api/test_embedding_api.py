@@ -81,6 +81,15 @@ def close(got, expected):
 
 
 # ---------------------------------------------------------------- embeddings
+def test_chat_and_completions_on_an_embedding_server_say_what_it_serves(emb):
+    name = emb.get("/v1/models").json()["data"][0]["id"]
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                       ("/v1/completions", {"prompt": "hi"})):
+        response = emb.post(path, json={"model": name, **body})
+        assert_error(response, 400, "model", "is for embedding")
+        assert "/v1/embeddings" in response.json()["message"]
+
+
 def test_model_info_says_not_generation(emb, reward):
     for client in (emb, reward):
         assert client.get("/get_model_info").json()["is_generation"] is False

@@ -36,7 +36,8 @@ def test_unsupported_flag_is_refused():
                  ["-m", "rollserve.launch_server", "--kv-cache-dtype", "fp8_e5m2"]):
         done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
         assert done.returncode != 0
-        assert "not supported" in done.stderr
+        flag = argv[-2]
+        assert done.stderr.startswith(f"error: {flag} {argv[-1]}: ") and "; instead: " in done.stderr
 
 
 def test_bad_flag_value_is_refused():
@@ -49,8 +50,8 @@ def test_missing_model_fails_cleanly(tmp_path):
     done = subprocess.run([sys.executable, "-m", "rollserve.launch_server", "--port", str(free_port()),
                            "--model-path", str(tmp_path / "no-such-model")],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert "cannot start" in done.stderr + done.stdout
+    assert done.returncode == 1  # refused before anything starts, in one line
+    assert done.stderr.startswith("error: --model-path: ") and "is not a folder" in done.stderr
 
 
 @pytest.fixture(scope="module")

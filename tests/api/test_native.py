@@ -108,7 +108,7 @@ def test_flush_cache_releases_kv(http):
     http.post("/generate", json={"text": "Cache me if you can", "sampling_params": GREEDY})
     assert idle_server_info(http)["kv_used_tokens"] > 0  # the radix cache keeps the prefix
     response = http.post("/flush_cache")
-    assert response.status_code == 200 and response.json()["success"]
+    assert response.status_code == 200 and response.text.startswith("Cache flushed.")
     assert http.get("/get_server_info").json()["kv_used_tokens"] == 0
 
 

@@ -230,6 +230,13 @@ def test_async_client_respects_the_concurrency_limit(replicas):
 
 
 # ---- weights ------------------------------------------------------------------------------------
+def test_flush_cache_on_every_replica(replicas):
+    with RolloutClient(replicas) as client:
+        answer = client.flush_cache()  # SGLang's plain-text answer from each
+    assert answer["success"] is True and sorted(answer["replicas"]) == sorted(replicas)
+    assert all(text.startswith("Cache flushed.") for text in answer["replicas"].values())
+
+
 def test_weight_updates_reach_every_replica(replicas, tiny_models, tmp_path, default_model_dir):
     other = save_tiny_checkpoint("llama", str(tmp_path / "other"), default_model_dir, seed=11)
     original = list(load_file(os.path.join(tiny_models["llama"], "model.safetensors")).items())

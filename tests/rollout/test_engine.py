@@ -148,6 +148,8 @@ def test_flush_cache_and_server_info(engine):
 def test_auto_truncate(tiny_models):
     with rollserve.Engine(model_path=tiny_models["llama"], context_length=32,
                           allow_auto_truncate=True, max_total_tokens=512) as eng:
-        out = eng.generate(input_ids=list(range(5, 100)), sampling_params={"max_new_tokens": 3})
-    assert out["meta_info"]["prompt_tokens"] == 31
-    assert out["meta_info"]["completion_tokens"] == 1  # the context is full after one token
+        out = eng.generate(input_ids=list(range(5, 100)),
+                           sampling_params={"max_new_tokens": 3, "ignore_eos": True})
+    # the prompt keeps its start and leaves room for the 3 new tokens (context 32)
+    assert out["meta_info"]["prompt_tokens"] == 29
+    assert out["meta_info"]["completion_tokens"] == 3

@@ -1,0 +1,23 @@
+"""docs/server.md's flag table is the one the code generates."""
+
+import os
+
+from rollserve.frontend.flag_docs import BEGIN, DOC, END, flag_table_markdown, replace_table
+from rollserve.frontend.flag_table import FLAG_TABLE
+from rollserve.frontend.sglang_flags import SGLANG_FLAGS
+
+
+def test_docs_table_matches_the_code():
+    with open(DOC) as f:
+        text = f.read()
+    assert replace_table(text, flag_table_markdown()) == text, \
+        "docs/server.md is stale: run python -m rollserve.frontend.flag_docs --write"
+
+
+def test_table_has_a_row_per_flag():
+    table = flag_table_markdown()
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(SGLANG_FLAGS) + 1  # + rollserve's own --max-request-body-bytes
+    assert "| `--tp-size`, `--tensor-parallel-size`, `--tp` | refused unless `1` |" in table
+    assert len(FLAG_TABLE) == len(SGLANG_FLAGS)
+    assert os.path.isfile(DOC) and BEGIN in open(DOC).read() and END in open(DOC).read()
