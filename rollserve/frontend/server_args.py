@@ -265,7 +265,7 @@ HELP = {
     "stream_interval": "tokens between two streamed chunks",
     "custom_logit_processor": "MODULE:ATTRIBUTE of a callable (logits[n, V], [custom_params]) -> "
                               "logits applied to requests that set sampling_params.custom_params "
-                              "(SGLang's custom logit processor, as server-side code)",
+                              "(SGLang's custom logit processor, as server-side code; default: none)",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",
