@@ -11,7 +11,9 @@ from rollserve.executor.models.decoder_embedding import (LlamaEmbeddingModel, Qw
                                                        Qwen3EmbeddingModel)
 from rollserve.executor.models.llama import LlamaForCausalLM
 from rollserve.executor.models.qwen2 import Qwen2ForCausalLM
+from rollserve.executor.models.mixtral import MixtralForCausalLM
 from rollserve.executor.models.qwen3 import Qwen3ForCausalLM
+from rollserve.executor.models.qwen3_moe import Qwen3MoeForCausalLM
 from rollserve.executor.models.sequence_classification import (LlamaForSequenceClassification,
                                                              Qwen2ForSequenceClassification,
                                                              Qwen3ForSequenceClassification)
@@ -21,6 +23,8 @@ MODEL_REGISTRY: Dict[str, Type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
 }
 
 # Embedding and classification (reward) models; their pooling is chosen by
@@ -41,7 +45,8 @@ EMBEDDING_MODEL_OF_CAUSAL_LM = {"LlamaForCausalLM": "LlamaModel", "MistralForCau
 
 # For configs that name no architecture (e.g. converted from GGUF before saving).
 _ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                               "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM"}
 
 
 def get_model_class(hf_config) -> Type[nn.Module]:
