@@ -59,6 +59,7 @@ class ServerArgs:
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
+    disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
@@ -129,7 +130,7 @@ class ServerArgs:
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
-            torch_compile_max_bs=self.torch_compile_max_bs)
+            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -163,6 +164,7 @@ class ServerArgs:
 
 _HELP = {
     "attention_backend": "triton (default on CUDA) | torch_native (default on CPU) | flashinfer",
+    "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent cache",
     "cuda_graph_max_bs": "capture decode CUDA graphs for batch sizes up to this (default 512)",
     "cuda_graph_bs": "the decode batch sizes to capture, e.g. --cuda-graph-bs 1 2 4 8 16",
     "disable_overlap_schedule": "run each step's CPU work after its GPU work instead of beside it",

@@ -13,7 +13,7 @@ _DEEPSEEK = dict(_ATTN, num_key_value_heads=4, intermediate_size=96, moe_interme
                  qk_rope_head_dim=8, v_head_dim=16)
 
 # experts > top-k everywhere; dense first layers, shared experts and grouped routing in DeepSeek
-VARIANTS_ALL = {
+VARIANTS = {
     "qwen3_moe": ("qwen3_moe", dict(_ATTN, num_key_value_heads=2, head_dim=16, intermediate_size=96,
                                     moe_intermediate_size=32, num_experts=6, num_experts_per_tok=2,
                                     norm_topk_prob=True, mlp_only_layers=[1])),
@@ -71,5 +71,3 @@ def save_variant(variant: str, folder: str, seed: int = 0):
     randomize(hf_model, seed)
     hf_model.save_pretrained(folder)
     return hf_model
-
-VARIANTS = {k: v for k, v in VARIANTS_ALL.items() if not k.startswith("deepseek")}

@@ -9,6 +9,7 @@ from torch import nn
 from rollserve.executor.models.bert import BertModel
 from rollserve.executor.models.decoder_embedding import (LlamaEmbeddingModel, Qwen2EmbeddingModel,
                                                        Qwen3EmbeddingModel)
+from rollserve.executor.models.deepseek_v2 import DeepseekV2ForCausalLM, DeepseekV3ForCausalLM
 from rollserve.executor.models.llama import LlamaForCausalLM
 from rollserve.executor.models.qwen2 import Qwen2ForCausalLM
 from rollserve.executor.models.mixtral import MixtralForCausalLM
@@ -25,6 +26,8 @@ MODEL_REGISTRY: Dict[str, Type[nn.Module]] = {
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
     "MixtralForCausalLM": MixtralForCausalLM,
+    "DeepseekV2ForCausalLM": DeepseekV2ForCausalLM,
+    "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,
 }
 
 # Embedding and classification (reward) models; their pooling is chosen by
@@ -46,7 +49,8 @@ EMBEDDING_MODEL_OF_CAUSAL_LM = {"LlamaForCausalLM": "LlamaModel", "MistralForCau
 # For configs that name no architecture (e.g. converted from GGUF before saving).
 _ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                               "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM"}
+                               "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+                               "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 
 
 def get_model_class(hf_config) -> Type[nn.Module]:
