@@ -33,12 +33,12 @@ VARIANTS = {
 }
 
 
-def make_config(model_type: str, **overrides):
+def make_config(model_type: str, vocab_size: int = VOCAB, **overrides):
     from transformers import (DeepseekV2Config, DeepseekV3Config, MixtralConfig, Qwen3MoeConfig)
 
     cls = {"qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig, "deepseek_v2": DeepseekV2Config,
            "deepseek_v3": DeepseekV3Config}[model_type]
-    config = cls(vocab_size=VOCAB, **overrides)
+    config = cls(vocab_size=vocab_size, **overrides)
     config.bos_token_id, config.eos_token_id = 1, 2
     config._attn_implementation = "eager"
     return config
@@ -62,12 +62,18 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
             tensor.copy_(0.15 * noise)
 
 
-def save_variant(variant: str, folder: str, seed: int = 0):
-    """Saves a random `variant` checkpoint into folder; returns the transformers model."""
-    from transformers import AutoModelForCausalLM
+def save_variant(variant: str, folder: str, seed: int = 0, tokenizer_dir: str = None):
+    """Saves a random `variant` checkpoint into folder (with tokenizer_dir's tokenizer, the
+    vocabulary then being the tokenizer's); returns the transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_type, overrides = VARIANTS[variant]
-    hf_model = AutoModelForCausalLM.from_config(make_config(model_type, **overrides)).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else None
+    vocab = len(tokenizer) if tokenizer else VOCAB
+    config = make_config(model_type, vocab_size=vocab, **overrides)
+    hf_model = AutoModelForCausalLM.from_config(config).float().eval()
     randomize(hf_model, seed)
     hf_model.save_pretrained(folder)
+    if tokenizer:
+        tokenizer.save_pretrained(folder)
     return hf_model
