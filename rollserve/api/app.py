@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollserve.api.embedding_serving import add_embedding_routes
+from rollserve.api.expert_distribution_routes import add_expert_distribution_routes
 from rollserve.api.body import optional_body, parse_body
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
@@ -155,6 +156,7 @@ def create_app(state: ServerState) -> FastAPI:
     _add_openai_routes(app, state)
     add_embedding_routes(app, state)  # /encode, /classify, /v1/embeddings
     add_weight_sync_routes(app, state)  # /update_weights_from_*, memory occupation, ...
+    add_expert_distribution_routes(app, state)  # /{start,stop,dump}_expert_distribution_record
     return app
 
 

@@ -20,6 +20,7 @@ from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
 from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.executor.mla_kv_pool import MLAKVPool
+from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
@@ -64,6 +65,8 @@ class ModelRunner:
                                                           mla=self.mla_dims is not None)
         self.attn_backend = create_attention_backend(self.attention_backend, self.device,
                                                      self.kv_pool.num_kv_heads)
+        self.expert_recorder = ExpertDistributionRecorder.for_model(self.model, self.device)  # MoE only
+        self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
@@ -128,13 +131,17 @@ class ModelRunner:
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
-        if self.graph_runner is not None and self.pooling is None and self.graph_runner.can_run(
+        recorder = self.expert_recorder
+        recorder = recorder if recorder is not None and recorder.recording else None
+        if recorder is None and self.graph_runner is not None and self.pooling is None and \
+                self.graph_runner.can_run(
                 host, all(e.logit_rows == [0] for e in batch.entries)):
             with torch.inference_mode():
                 logits = self.graph_runner.replay(host)
             return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
         ctx, input_ids = build_context(host, self.device, self.future_tokens, self.req_pool.req_to_token,
                                        self.kv_pool, self.attn_backend)
+        ctx.moe_recorder = recorder  # the graphs hold no recorder: eager while recording
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

@@ -22,6 +22,7 @@ from rollserve.scheduler.overlap_scheduler import make_scheduler
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
 from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
 from rollserve.weight_sync.service import WeightSyncService
+from rollserve.executor.expert_distribution import expert_distribution_calls
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class SchedulerProcess:
             "continue_generation": self.continue_generation,
         }
         calls.update(self.weight_sync.control_calls())
+        calls.update(expert_distribution_calls(self.scheduler.runner.expert_recorder))
         return calls
 
     def _rpc(self, msg: RpcReq) -> dict:
@@ -119,7 +121,7 @@ class SchedulerProcess:
 
     # ---- control calls -------------------------------------------------------------
     def get_info(self) -> dict:
-        return {"success": True, **self.scheduler.info()}
+        return {"success": True, **self.scheduler.info(), **self.scheduler.runner.model_summary}
 
     def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))

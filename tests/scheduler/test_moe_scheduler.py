@@ -52,3 +52,29 @@ def test_greedy_and_logprobs_with_chunked_prefill_and_radix_cache(moe_models, va
     second = run_all(scheduler, again)[again[0].rid]
     assert second.cached_tokens >= len(prompts[0]) - 1
     assert second.output_ids == results[msgs[0].rid].output_ids
+
+
+def test_expert_distribution_counts_every_routed_token(moe_models, tmp_path):
+    """Counts over the window sum to forwarded tokens x top-k x MoE layers; dense layers count
+    nothing; the dump file holds what the call returns."""
+    folder, hf_model = moe_models["deepseek_v3"]
+    scheduler = make_scheduler(folder, chunked_prefill_size=6)
+    recorder = scheduler.runner.expert_recorder
+    config = hf_model.config
+    run_all(scheduler, [request([5, 6, 7], max_new_tokens=2, temperature=0, ignore_eos=True)])
+    assert recorder.start()["success"]
+    prompts = _prompts(config.vocab_size, 3, [11, 4])
+    msgs = [request(p, max_new_tokens=5, temperature=0, ignore_eos=True) for p in prompts]
+    run_all(scheduler, msgs)
+    recorder.stop()
+    run_all(scheduler, [request([5, 6, 8], max_new_tokens=2, temperature=0, ignore_eos=True)])
+    dump = recorder.dump(str(tmp_path))
+    counts = torch.tensor(dump["logical_count"])
+    forwarded = sum(len(p) + 5 - 1 for p in prompts)  # the last sampled token is not forwarded
+    moe_layers = config.num_hidden_layers - config.first_k_dense_replace
+    assert counts.shape == (config.num_hidden_layers, config.n_routed_experts)
+    assert counts[:config.first_k_dense_replace].sum() == 0
+    assert int(counts.sum()) == forwarded * config.num_experts_per_tok * moe_layers
+    assert (counts[config.first_k_dense_replace:].sum(-1) == forwarded * 2).all()
+    saved = torch.load(dump["path"])
+    assert torch.equal(saved["logical_count"], counts)
