@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rollserve.kernels.moe import moe_align
+from rollserve.kernels.moe_align import moe_align
 
 
 def moe_config(num_tokens: int) -> dict:

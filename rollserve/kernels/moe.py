@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rollserve.kernels.dispatch import use_triton
+from rollserve.kernels.moe_align import moe_align  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -84,30 +85,6 @@ def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         down = F.linear(F.silu(gate) * up, w2[expert])
         out[copies] = (down * flat_weights[copies, None]).to(out.dtype)
     return out.view(num_tokens, top_k, -1).sum(dim=1)
-
-
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(sorted copy ids [P] int32, sentinel = number of copies in the padding; the expert of
-    each BLOCK_M block [P / block_m] int32, -1 for blocks past the last expert's group)."""
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    num_copies = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
-    padded = (counts + block_m - 1) // block_m * block_m
-    padded_end = torch.cumsum(padded, 0)
-    group_start = padded_end - padded
-    count_start = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(flat, stable=True)
-    expert_of = flat[order]
-    rank = torch.arange(num_copies, device=flat.device) - count_start[expert_of]
-    bound = num_copies + num_experts * (block_m - 1)
-    bound = (bound + block_m - 1) // block_m * block_m
-    sorted_ids = torch.full((bound,), num_copies, dtype=torch.int32, device=flat.device)
-    sorted_ids[group_start[expert_of] + rank] = order.to(torch.int32)
-    block_starts = torch.arange(0, bound, block_m, device=flat.device)
-    block_expert = torch.searchsorted(padded_end, block_starts, right=True)
-    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
-    return sorted_ids, block_expert
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
