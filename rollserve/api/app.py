@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollserve.api.embedding_serving import add_embedding_routes
 from rollserve.api.flush_cache import flush_cache_response
+from rollserve.api.expert_distribution_routes import add_expert_distribution_routes
 from rollserve.api.body import optional_body, parse_body
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
@@ -163,6 +164,7 @@ def create_app(state: ServerState) -> FastAPI:
     add_sglang_extra_routes(app, state)  # /v1/loads, weight version, weights checker, ...
     add_tokenize_routes(app, state)  # /tokenize, /detokenize, /tokenizer_info
     add_trl_routes(app, state)  # TRL's and vLLM's trainer protocol (api/trl_routes.py)
+    add_expert_distribution_routes(app, state)  # /{start,stop,dump}_expert_distribution_record
     return app
 
 

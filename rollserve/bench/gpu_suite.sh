@@ -18,7 +18,8 @@
 # importable there), `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
 # `graph_bs512` (the ShareGPT-like run with decode graphs up to batch 512),
 # `sharegpt_sglang_lengths` (that run on lengths with the means of SGLang's ShareGPT run),
-# `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
+# `moe` (issue #19: fused MoE kernel tests and TFLOPS vs a dense GEMM, active-parameter rooflines,
+# one_batch and offline on the Qwen3-30B-A3B and DeepSeek-V2-Lite shapes), `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
 # NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
@@ -114,6 +115,18 @@ for stage in $STAGES; do
       step offline_qwen3-0.6b_nanovllm 200 $PY -m rollserve.bench.offline --shape qwen3-0.6b \
         --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \
         --skip-transformers --output-file "$OUT/offline_qwen3-0.6b_nanovllm.json" ;;
+    moe)  # issue #19: MoE / MLA shapes (dummy weights), their active-parameter rooflines, fused MoE kernel
+      step moe_tests 600 $PY -m pytest -q -m gpu tests/kernels/test_moe.py
+      for shape in qwen3-30b-a3b deepseek-v2-lite; do
+        step moe_roofline_$shape 120 $PY -m rollserve.bench.moe roofline --shape $shape \
+          --batch-size 1 8 32 128 --output-file "$OUT/moe_roofline_$shape.json"
+        step moe_kernel_$shape 300 $PY -m rollserve.bench.moe kernel --shape $shape \
+          --tokens 1 16 256 4096 --output-file "$OUT/moe_kernel_$shape.json"
+        step one_batch_$shape 600 $PY -m rollserve.bench.one_batch --shape $shape \
+          --batch-size 1 8 32 --input-len 512 --output-len 64 --output-file "$OUT/one_batch_$shape.json"
+        step offline_$shape 600 $PY -m rollserve.bench.offline --shape $shape --num-prompts 256 \
+          --input-len 512 --output-len 256 --skip-transformers --output-file "$OUT/offline_$shape.json"
+      done ;;
     compile)
       step one_batch_llama-3.2-1b_compiled 300 $PY -m rollserve.bench.one_batch --shape llama-3.2-1b \
         --batch-size 1 --input-len 512 --output-len 64 --enable-torch-compile \

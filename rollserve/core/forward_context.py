@@ -32,6 +32,7 @@ class ForwardContext:
     extend_lens_cpu: List[int]
     attn_backend: Any = None  # the executor's AttentionBackend (executor/attention/base.py)
     attn_metadata: Any = None  # what attn_backend.prepare_metadata derived for this forward
+    moe_recorder: Any = None  # MoE models report each layer's expert choices here (optional)
 
     @property
     def batch_size(self) -> int:

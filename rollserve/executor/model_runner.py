@@ -19,6 +19,8 @@ from rollserve.executor.cuda_graph_runner import CudaGraphRunner, graph_sizes
 from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
 from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
+from rollserve.executor.mla_kv_pool import MLAKVPool
+from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
@@ -56,10 +58,15 @@ class ModelRunner:
         for module in self.model.modules():  # rope tables cover every position the pool can hold
             if isinstance(module, RotaryEmbedding):
                 module.cache_positions(self.context_len + 1)
+        # MLA models cache one latent per token unless --disable-mla (then expanded K/V)
+        self.mla_dims = None if config.disable_mla else getattr(self.model, "mla_dims", None)
         self._init_memory()
-        self.attention_backend = select_attention_backend(config.attention_backend, self.device)
+        self.attention_backend = select_attention_backend(config.attention_backend, self.device,
+                                                          mla=self.mla_dims is not None)
         self.attn_backend = create_attention_backend(self.attention_backend, self.device,
                                                      self.kv_pool.num_kv_heads)
+        self.expert_recorder = ExpertDistributionRecorder.for_model(self.model, self.device)  # MoE only
+        self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
@@ -88,14 +95,18 @@ class ModelRunner:
 
     def _init_memory(self) -> None:
         m = self.model
-        per_token = KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype)
+        mla = self.mla_dims
+        per_token = (MLAKVPool.latent_bytes_per_token(m.num_layers, mla.latent_dim, self.dtype) if mla
+                     else KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype))
         self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(per_token)
         default_reqs = 1024 if self.device.type == "cuda" else 256
         self.max_running_requests = min(self.config.max_running_requests or default_reqs,
                                         self.max_total_tokens)
         with self.memory_saver.region("kv_cache"):
-            self.kv_pool = KVPool(self.max_total_tokens, m.num_layers, m.num_kv_heads, m.head_dim,
-                                  self.dtype, self.device)
+            self.kv_pool = (MLAKVPool(self.max_total_tokens, m.num_layers, mla.kv_lora_rank,
+                                      mla.qk_rope_head_dim, self.dtype, self.device) if mla else
+                            KVPool(self.max_total_tokens, m.num_layers, m.num_kv_heads, m.head_dim,
+                                   self.dtype, self.device))
         self.req_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
         self.allocator = SlotAllocator(self.max_total_tokens)
         logger.info("KV pool: %d tokens (%.1f MiB), %d request rows, context length %d",
@@ -128,13 +139,17 @@ class ModelRunner:
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
-        if self.graph_runner is not None and self.pooling is None and self.graph_runner.can_run(
+        recorder = self.expert_recorder
+        recorder = recorder if recorder is not None and recorder.recording else None
+        if recorder is None and self.graph_runner is not None and self.pooling is None and \
+                self.graph_runner.can_run(
                 host, all(e.logit_rows == [0] for e in batch.entries)):
             with torch.inference_mode():
                 logits = self.graph_runner.replay(host)
             return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
         ctx, input_ids = build_context(host, self.device, self.future_tokens, self.req_pool.req_to_token,
                                        self.kv_pool, self.attn_backend)
+        ctx.moe_recorder = recorder  # the graphs hold no recorder: eager while recording
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

@@ -102,6 +102,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "trust_remote_code": implemented(),
     "context_length": implemented(),
     "is_embedding": implemented(),
+    "disable_mla": implemented(),
     "revision": refused("--model-path is a local folder; nothing is downloaded",
                         "check the revision out into a folder and pass it as --model-path"),
     "model_impl": refused("rollserve runs its own model implementations (Llama, Mistral, Qwen2, "
@@ -513,7 +514,7 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
     DSA_KNOB: (
         "dsa_prefill_backend", "dsa_decode_backend", "flashinfer_mla_disable_ragged",
         "disable_chunked_prefix_cache", "enable_dsa_prefill_context_parallel",
-        "dsa_prefill_cp_mode", "nsa_prefill", "nsa_decode", "disable_mla", "enable_flashinfer_mla"),
+        "dsa_prefill_cp_mode", "nsa_prefill", "nsa_decode", "enable_flashinfer_mla"),
     KT_KNOB: (
         "kt_method", "kt_cpuinfer", "kt_threadpool_count", "kt_num_gpu_experts",
         "kt_max_deferred_experts_per_token"),

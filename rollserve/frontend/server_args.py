@@ -77,6 +77,7 @@ class ServerArgs:
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
+    disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
@@ -173,7 +174,7 @@ class ServerArgs:
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
-            torch_compile_max_bs=self.torch_compile_max_bs)
+            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -223,6 +224,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent "
+                   "cache (default: off)",
     "model_path": "HF-format model folder (default: the embedded SmolLM2-135M-Instruct, or "
                   "all-MiniLM-L6-v2 with --is-embedding)",
     "tokenizer_path": "tokenizer folder (default: the model folder)",

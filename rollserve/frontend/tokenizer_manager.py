@@ -261,6 +261,8 @@ class TokenizerManager:
             "is_generation": self.is_generation,
             "weight_version": info.get("weight_version"),
             "context_length": self.context_len,
+            **{key: info.get(key) for key in ("architecture", "num_experts", "num_experts_per_tok",
+                                              "num_moe_layers", "mla")},
         }
 
     def shutdown(self) -> None:

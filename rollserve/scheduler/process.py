@@ -24,6 +24,7 @@ from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
 from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
+from rollserve.executor.expert_distribution import expert_distribution_calls
 
 logger = logging.getLogger(__name__)
 PAUSE_MODES = ("in_place", "keep", "abort", "retract", "wait")
@@ -118,6 +119,7 @@ class SchedulerProcess:
         calls.update(self.weight_sync.control_calls())
         calls.update(self.weight_checker.control_calls())  # weights checker, weight version
         calls.update(self.trainer_protocols.control_calls())  # TRL's weight pushes
+        calls.update(expert_distribution_calls(self.scheduler.runner.expert_recorder))
         return calls
 
     def _rpc(self, msg: RpcReq) -> dict:
@@ -133,7 +135,7 @@ class SchedulerProcess:
 
     # ---- control calls -------------------------------------------------------------
     def get_info(self) -> dict:
-        return {"success": True, **self.scheduler.info()}
+        return {"success": True, **self.scheduler.info(), **self.scheduler.runner.model_summary}
 
     def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))

@@ -25,15 +25,28 @@ def _flashinfer() -> Type[AttentionBackend]:
     return FlashInferBackend
 
 
-BACKENDS = {"torch_native": lambda: TorchNativeBackend, "triton": _triton, "flashinfer": _flashinfer}
+def _mla() -> Type[AttentionBackend]:
+    from rollserve.executor.attention.mla import MLABackend
+
+    return MLABackend
+
+
+BACKENDS = {"torch_native": lambda: TorchNativeBackend, "triton": _triton, "flashinfer": _flashinfer,
+            "mla": _mla}
 ATTENTION_BACKENDS = tuple(BACKENDS)
 
 
-def select_attention_backend(requested: Optional[str], device: torch.device) -> str:
-    """The backend a runner on `device` uses: triton by default on CUDA, torch_native elsewhere.
+def select_attention_backend(requested: Optional[str], device: torch.device, mla: bool = False) -> str:
+    """The backend a runner on `device` uses: triton by default on CUDA, torch_native elsewhere;
+    mla whenever the model runs multi-head latent attention over a latent pool (`mla`).
 
     Raises ValueError naming --attention-backend when the request cannot run here.
     """
+    if mla:
+        return "mla"  # the one backend that reads the latent pool (--disable-mla to use others)
+    if requested == "mla":
+        raise ValueError("attention_backend: mla needs a model with multi-head latent attention "
+                         "(DeepSeek-V2/V3) and no --disable-mla")
     on_cuda = torch.device(device).type == "cuda" or interpreting()
     if requested is None:
         return "triton" if on_cuda and triton_available() else "torch_native"

@@ -9,9 +9,12 @@ from torch import nn
 from rollserve.executor.models.bert import BertModel
 from rollserve.executor.models.decoder_embedding import (LlamaEmbeddingModel, Qwen2EmbeddingModel,
                                                        Qwen3EmbeddingModel)
+from rollserve.executor.models.deepseek_v2 import DeepseekV2ForCausalLM, DeepseekV3ForCausalLM
 from rollserve.executor.models.llama import LlamaForCausalLM
 from rollserve.executor.models.qwen2 import Qwen2ForCausalLM
+from rollserve.executor.models.mixtral import MixtralForCausalLM
 from rollserve.executor.models.qwen3 import Qwen3ForCausalLM
+from rollserve.executor.models.qwen3_moe import Qwen3MoeForCausalLM
 from rollserve.executor.models.sequence_classification import (LlamaForSequenceClassification,
                                                              Qwen2ForSequenceClassification,
                                                              Qwen3ForSequenceClassification)
@@ -21,6 +24,10 @@ MODEL_REGISTRY: Dict[str, Type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
+    "MixtralForCausalLM": MixtralForCausalLM,
+    "DeepseekV2ForCausalLM": DeepseekV2ForCausalLM,
+    "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,
 }
 
 # Embedding and classification (reward) models; their pooling is chosen by
@@ -41,7 +48,9 @@ EMBEDDING_MODEL_OF_CAUSAL_LM = {"LlamaForCausalLM": "LlamaModel", "MistralForCau
 
 # For configs that name no architecture (e.g. converted from GGUF before saving).
 _ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+                               "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                               "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+                               "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 
 
 def get_model_class(hf_config) -> Type[nn.Module]:

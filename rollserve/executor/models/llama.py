@@ -94,10 +94,10 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, hf_config, attention_cls: type):
+    def __init__(self, hf_config, attention_cls: type, layer_cls: type = LlamaDecoderLayer):
         super().__init__()
         self.embed_tokens = nn.Embedding(hf_config.vocab_size, hf_config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(hf_config, i, attention_cls)
+        self.layers = nn.ModuleList(layer_cls(hf_config, i, attention_cls)
                                     for i in range(hf_config.num_hidden_layers))
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(hf_config, head_dim_of(hf_config))
@@ -114,6 +114,7 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     attention_cls: type = LlamaAttention
+    layer_cls: type = LlamaDecoderLayer  # MoE models (qwen3_moe.py, mixtral.py) swap the MLP
 
     def __init__(self, hf_config, dtype: torch.dtype):
         super().__init__()
@@ -121,7 +122,7 @@ class LlamaForCausalLM(nn.Module):
         self.dtype = dtype
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         with default_dtype(dtype):
-            self.model = LlamaModel(hf_config, self.attention_cls)
+            self.model = LlamaModel(hf_config, self.attention_cls, self.layer_cls)
             self.lm_head = None if self.tie_word_embeddings else nn.Linear(
                 hf_config.hidden_size, hf_config.vocab_size, bias=False)
         self.num_layers = hf_config.num_hidden_layers

@@ -14,15 +14,25 @@ from torch import nn
 
 from rollserve.executor.layers.linear import FusedLinear
 
-Target = Tuple[nn.Parameter, Optional[slice]]  # parameter, rows of it (None: all of it)
+Target = Tuple[nn.Parameter, Optional[object]]  # parameter, index into it (None: all of it)
 
 
 def checkpoint_targets(model: nn.Module) -> Dict[str, Target]:
-    """HF checkpoint name -> where that tensor goes in `model`."""
+    """HF checkpoint name -> where that tensor goes in `model`.
+
+    A module with a `checkpoint_targets()` method (stacked MoE experts) names its own tensors:
+    {name relative to the module: (parameter, index)}.
+    """
     fused = {name: m for name, m in model.named_modules() if isinstance(m, FusedLinear)}
+    custom = {name: m for name, m in model.named_modules()
+              if name and callable(getattr(m, "checkpoint_targets", None))}
     targets: Dict[str, Target] = {}
+    for prefix, module in custom.items():
+        targets.update({f"{prefix}.{rel}": t for rel, t in module.checkpoint_targets().items()})
     for name, param in model.named_parameters():
         owner, _, leaf = name.rpartition(".")
+        if owner in custom:
+            continue
         if owner not in fused:
             targets[name] = (param, None)
             continue

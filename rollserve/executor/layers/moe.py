@@ -1,0 +1,106 @@
+"""The sparse MoE block: router, routed experts (one [E, 2I, H] gate|up and one [E, H, I] down
+tensor, so the fused kernel reads every expert from one place) and optional shared experts.
+
+Checkpoints name each expert separately (`experts.{e}.gate_proj.weight`, Mixtral's
+`experts.{e}.w1.weight`); `checkpoint_targets` maps those names onto slices of the stacked
+tensors. A recorder on the forward context (ctx.moe_recorder) sees each layer's choices: the
+expert-distribution counters and the routed experts returned for RL read them there.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from rollserve.core.forward_context import ForwardContext
+from rollserve.executor.layers.linear import FusedLinear
+from rollserve.executor.layers.norm import RMSNorm
+from rollserve.kernels.linear import linear
+from rollserve.kernels.activation import silu_and_mul
+from rollserve.kernels.moe import RoutingSpec, fused_moe, select_experts
+
+# checkpoint names of an expert's (gate, up, down) projections
+EXPERT_NAMES = {"default": ("gate_proj", "up_proj", "down_proj"), "mixtral": ("w1", "w3", "w2")}
+
+
+class GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) on already-normed input (dense layers and shared experts)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_up_proj = FusedLinear(hidden_size, {"gate_proj": intermediate_size,
+                                                      "up_proj": intermediate_size}, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = silu_and_mul(linear(x, self.gate_up_proj.weight))
+        return linear(act, self.down_proj.weight)
+
+
+class MoERouter(nn.Module):
+    """The `gate` of the checkpoints: [E, H] logits weight (+ V3's e_score_correction_bias)."""
+
+    def __init__(self, hidden_size: int, num_experts: int, spec: RoutingSpec, correction_bias: bool):
+        super().__init__()
+        self.spec = spec
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        self.e_score_correction_bias = (nn.Parameter(torch.zeros(num_experts, dtype=torch.float32))
+                                        if correction_bias else None)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.nn.functional.linear(x.float(), self.weight.float())
+        return select_experts(logits, self.spec, self.e_score_correction_bias)
+
+
+class RoutedExperts(nn.Module):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
+                 names: Tuple[str, str, str]):
+        super().__init__()
+        self.num_experts, self.intermediate_size, self.names = num_experts, intermediate_size, names
+        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+
+    def checkpoint_targets(self) -> Dict[str, Tuple[nn.Parameter, tuple]]:
+        """Per-expert checkpoint name (relative to this module) -> (stacked parameter, index)."""
+        gate, up, down = self.names
+        size = self.intermediate_size
+        targets = {}
+        for e in range(self.num_experts):
+            targets[f"{e}.{gate}.weight"] = (self.w13_weight, (e, slice(0, size)))
+            targets[f"{e}.{up}.weight"] = (self.w13_weight, (e, slice(size, 2 * size)))
+            targets[f"{e}.{down}.weight"] = (self.w2_weight, (e,))
+        return targets
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return fused_moe(x, self.w13_weight, self.w2_weight, weights, ids)
+
+
+class SparseMoeBlock(nn.Module):
+    """Router + routed experts (+ shared experts, whose output is added)."""
+
+    def __init__(self, hidden_size: int, num_experts: int, intermediate_size: int, spec: RoutingSpec,
+                 layer_id: int, shared_intermediate_size: int = 0, correction_bias: bool = False,
+                 expert_names: Tuple[str, str, str] = EXPERT_NAMES["default"]):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_experts = num_experts
+        self.top_k = spec.top_k
+        self.gate = MoERouter(hidden_size, num_experts, spec, correction_bias)
+        self.experts = RoutedExperts(num_experts, hidden_size, intermediate_size, expert_names)
+        self.shared_experts = (GatedMLP(hidden_size, shared_intermediate_size)
+                               if shared_intermediate_size else None)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor, norm: RMSNorm,
+                ctx: Optional[ForwardContext] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Same contract as LlamaMLP: (block(norm(hidden + residual)), the new residual)."""
+        x, residual = norm(hidden, residual)
+        weights, ids = self.gate(x)
+        recorder = getattr(ctx, "moe_recorder", None)
+        if recorder is not None:
+            recorder.record(self.layer_id, ids)
+        out = self.experts(x, weights.to(x.dtype), ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out, residual

@@ -1,0 +1,43 @@
+"""The routed experts a forward captures equal transformers' router choices (as sets per
+token: top-k order is unspecified), in the compact base64 encoding, for each MoE family."""
+
+import pytest
+import torch
+
+from rollserve.executor.model_loader import load_model
+from rollserve.executor.routed_experts import (capture_for, decode_routed_experts,
+                                               encode_routed_experts)
+from tests.executor.model_harness import ModelHarness
+from tests.executor.moe_checkpoints import VOCAB, save_variant
+
+
+def _transformers_choices(hf_model, tokens):
+    """Per MoE layer, the top-k ids its router returned, [T, K] each, via forward hooks."""
+    choices, hooks = [], []
+    for name, module in hf_model.named_modules():
+        if name.endswith("mlp.gate") or name.endswith("block_sparse_moe.gate"):
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out: choices.append(out[2].reshape(-1, out[2].shape[-1]))))
+    with torch.no_grad():
+        hf_model(torch.tensor([tokens]))
+    for hook in hooks:
+        hook.remove()
+    return torch.stack(choices, dim=1)  # [T, L, K]
+
+
+@pytest.mark.parametrize("variant", ["qwen3_moe", "mixtral", "deepseek_v2_grouped", "deepseek_v3"])
+def test_captured_routing_equals_transformers(tmp_path, variant):
+    hf_model = save_variant(variant, str(tmp_path), seed=5)
+    model = load_model(str(tmp_path), torch.float32, "cpu")
+    harness = ModelHarness(model)
+    tokens = torch.randint(0, VOCAB, (13,), generator=torch.Generator().manual_seed(0)).tolist()
+    capture = capture_for(model)
+    ctx = harness.context([harness.new_request()], [len(tokens)])
+    ctx.moe_recorder = capture
+    with torch.inference_mode():
+        model(torch.tensor(tokens), ctx.positions, ctx)
+    encoded = encode_routed_experts(capture.ids())
+    ours = torch.from_numpy(decode_routed_experts(encoded).copy())
+    expected = _transformers_choices(hf_model, tokens)
+    assert list(ours.shape) == encoded["shape"] == list(expected.shape)
+    assert torch.equal(ours.sort(dim=-1).values, expected.sort(dim=-1).values.to(torch.int32))
