@@ -106,7 +106,7 @@ def tiny_server(model_path: str, log_dir, extra_args=()):
     proc, url = spawn_server(["--model-path", model_path, "--max-total-tokens", "4096",
                               "--log-level", "warning", *extra_args], log_file=log)
     try:
-        wait_until_healthy(url, proc, timeout=120)
+        wait_until_healthy(url, proc, timeout=300)  # a loaded shared CPU can take minutes
         with httpx.Client(base_url=url, timeout=120) as client:
             yield client
     finally:
