@@ -121,7 +121,14 @@ def test_trl_vllm_serve_generate_and_chat(http, tokenizer):
     assert len(out["completion_ids"]) == 4
     assert [len(lp) for lp in out["logprobs"]] == [len(c) for c in out["completion_ids"]]
     seeded = legacy_payload(generation_kwargs={"seed": 7}, n=1)
-    assert http.post("/generate/", json=seeded).json() == http.post("/generate/", json=seeded).json()
+    first, again = (http.post("/generate/", json=seeded).json() for _ in range(2))
+    # Same seed, same tokens. The second call reuses the first one's prefix from the radix
+    # cache, so its logprobs come from a differently shaped forward: equal to fp32 rounding,
+    # not bit for bit (bit-exact repeats are the deterministic mode's promise, not this one's).
+    assert first["completion_ids"] == again["completion_ids"]
+    assert first["prompt_ids"] == again["prompt_ids"]
+    for a, b in zip(first["logprobs"], again["logprobs"]):
+        assert a == pytest.approx(b, abs=1e-4)
     bad = http.post("/generate/", json=legacy_payload(generation_kwargs={"best_of": 3}))
     assert bad.status_code == 400 and "best_of" in bad.text
     messages = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Bye"}]]
