@@ -226,7 +226,8 @@ def benchmark_task(name: str, values: Dict[str, str], data_dir: Optional[str]) -
     opts = Options(name, values)
     strangers = sorted(set(values) - set(BENCHMARK_OPTIONS) - set(SETTING_OPTIONS))
     if strangers:  # before any data is read
-        opts.check_all_read(BENCHMARK_OPTIONS)
+        raise InvalidRequest("tasks", f"{name}: unknown option(s) {strangers}; options: "
+                                      f"{sorted(BENCHMARK_OPTIONS + list(SETTING_OPTIONS))}")
     settings = opts.settings()
     task = BENCHMARKS[name](opts, data_dir)
     opts.check_all_read(BENCHMARK_OPTIONS)
