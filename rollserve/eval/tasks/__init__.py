@@ -59,7 +59,8 @@ def load_tasks(spec: str, data_dir: Optional[str] = None) -> List[Task]:
         raise InvalidRequest("tasks", "name at least one task")
     tasks = []
     for part in names:
-        name, values = split_spec(part) if not is_user_spec(part) else (part, {})
+        head = part.split(":", 1)[0]
+        name, values = split_spec(part) if head in BUILTIN_TASKS or head in BENCHMARKS else (part, {})
         if name in BUILTIN_TASKS:
             opts = Options(name, values)
             task = BUILTIN_TASKS[name]()

@@ -46,6 +46,14 @@ class CodeTask(Task):
         params = [{"stop": stop, "max_new_tokens": ctx.settings.max_new_tokens or self.max_new_tokens}
                   for _ in rows]
         outputs = generate_texts(ctx, prompts, max_new_tokens=self.max_new_tokens, per_prompt=params)
+        samples = self.judge(rows, prompts, stop, outputs)
+        return TaskResult(task=self.name, kind=self.kind,
+                          metrics=code_metrics(samples, ctx.settings.n), samples=samples,
+                          num_examples=len(rows), seconds=time.perf_counter() - start)
+
+    def judge(self, rows: List[dict], prompts: List[str], stop: List[str],
+              outputs: List[List[str]]) -> List[dict]:
+        """Runs every completion's program in the sandbox; one record per problem."""
         programs = [(i, row["program_prefix"] + text + row["program_suffix"])
                     for i, (row, texts) in enumerate(zip(rows, outputs)) for text in texts]
         with ThreadPoolExecutor(self.workers, thread_name_prefix="eval-sandbox") as pool:
@@ -53,15 +61,11 @@ class CodeTask(Task):
         per_row: List[List[sandbox.Outcome]] = [[] for _ in rows]
         for (i, _), outcome in zip(programs, results):
             per_row[i].append(outcome)
-        samples = [{"id": row["id"], "prompt": prompt, "stop": stop, "outputs": texts,
-                    "target": row.get("reference", ""),
-                    "correct": [o.passed for o in outcomes],
-                    "status": [o.status for o in outcomes],
-                    "error": [o.output[-300:] if not o.passed else "" for o in outcomes]}
-                   for row, prompt, texts, outcomes in zip(rows, prompts, outputs, per_row)]
-        return TaskResult(task=self.name, kind=self.kind,
-                          metrics=code_metrics(samples, ctx.settings.n), samples=samples,
-                          num_examples=len(rows), seconds=time.perf_counter() - start)
+        return [{"id": row["id"], "prompt": prompt, "stop": stop, "outputs": texts,
+                 "target": row.get("reference", ""), "correct": [o.passed for o in outcomes],
+                 "status": [o.status for o in outcomes],
+                 "error": [o.output[-300:] if not o.passed else "" for o in outcomes]}
+                for row, prompt, texts, outcomes in zip(rows, prompts, outputs, per_row)]
 
 
 def code_metrics(samples: List[dict], n: int) -> Dict[str, float]:
