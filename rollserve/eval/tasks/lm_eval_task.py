@@ -96,8 +96,8 @@ class LmEvalTask(Task):
         start = time.perf_counter()
         info = ctx.client.get_model_info()  # fresh: the checkpoint just loaded
         ctx.weight_versions[info.get("weight_version")] += 1
-        model = info.get("model_path") or ""
-        tokenizer = ctx.tokenizer_path or info.get("tokenizer_path") or model
+        model = served_model_name(ctx.client)
+        tokenizer = ctx.tokenizer_path or info.get("tokenizer_path") or info.get("model_path")
         s = ctx.settings
         model_args = {"base_url": f"{ctx.client.urls[0]}/v1/completions", "model": model,
                       "tokenizer_backend": "huggingface", "tokenizer": tokenizer,
@@ -126,9 +126,19 @@ class LmEvalTask(Task):
                           seconds=time.perf_counter() - start)
 
 
+def served_model_name(client) -> str:
+    """The name /v1/completions accepts (the server's first model card), which stays the
+    served name when checkpoints are loaded into it."""
+    response = client.http.get(client.urls[0] + "/v1/models")
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
 def _sample(doc: dict) -> dict:
     """One lm-eval sample as our records: prompt, output, target, its metric values."""
     arguments = doc.get("arguments") or []
+    if isinstance(arguments, dict):  # {"gen_args_0": {"arg_0": prompt, ...}, ...}
+        arguments = list(arguments.values())
     first = arguments[0] if arguments else {}
     prompt = first.get("arg_0") if isinstance(first, dict) else (first[0] if first else "")
     responses = doc.get("filtered_resps") or []
@@ -137,6 +147,8 @@ def _sample(doc: dict) -> dict:
         output = output[0] if output else ""
     record = {"id": doc.get("doc_id"), "prompt": str(prompt), "output": str(output),
               "target": str(doc.get("target", ""))}
+    if responses and all(isinstance(r, (list, tuple)) and len(r) == 2 for r in responses):
+        record["loglikelihoods"] = [float(r[0]) for r in responses]  # one per choice
     for metric in doc.get("metrics", []):
         if isinstance(doc.get(metric), (int, float)):
             record[metric] = doc[metric]
