@@ -143,7 +143,7 @@ def mmlu_prompt(row: dict, index: int) -> str:
     head = (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
             if subject else "")
     choices = _field(row, index, "mmlu", "choices")
-    lines = "".join(f"{LETTERS[j]}. {str(c).strip()}\n" for j, c in enumerate(choices))
+    lines = "".join(f"{LETTERS[j]}. {c}\n" for j, c in enumerate(choices))
     return f"{head}{str(_field(row, index, 'mmlu', 'question')).strip()}\n{lines}Answer:"
 
 

@@ -15,9 +15,9 @@ from rollserve.eval import sandbox, scorers, stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import generate_texts
 
-# A completion of a function body ends where the next top-level statement starts
-# (HumanEval's stop sequences).
-HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
+# A completion of a function body ends where the next top-level statement starts: the
+# stop sequences of the Codex paper, which lm-eval's humaneval uses too.
+HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
 @dataclass
