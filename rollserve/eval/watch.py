@@ -3,6 +3,10 @@ each is completely written (completeness.py), load it into the server the watche
 (server_guard.py) with update_weights_from_disk, score the tasks, and record one row per
 task in results.jsonl (report.py), mirrored to wandb (wandb_sync.py).
 
+With several servers (Watcher.more_contexts, `--concurrent-checkpoints`), each server
+takes the next checkpoint due and they score at once; rows, the plot and wandb are
+written under one lock as each task finishes.
+
 What is tried when follows from the rows already recorded (attempts.py), so a restart,
 also after kill -9, scores exactly what is missing: every completed checkpoint once, an
 incomplete write again once it changes, a broken checkpoint never again unless rewritten.
