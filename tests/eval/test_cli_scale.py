@@ -4,8 +4,6 @@ code 2 naming the flag before any server is contacted."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from rollserve.cli import build_parser
@@ -27,31 +25,28 @@ def test_server_given_more_than_once_or_comma_separated():
         url_groups(["u0", "u1"], 3)
 
 
-def _exit_code(caplog, *argv) -> int:
-    with caplog.at_level(logging.ERROR, logger="rollserve.eval"):
-        return run_eval(parse(*argv))
+def _exit_code(capsys, *argv) -> tuple:
+    """(exit code, what was written to stderr)."""
+    code = run_eval(parse(*argv))
+    return code, capsys.readouterr().err
 
 
-def test_bad_flags_exit_2_before_any_server(tmp_path, caplog):
+def test_bad_flags_exit_2_before_any_server(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    unreachable = "http://127.0.0.1:9"  # nothing is contacted: every case fails first
-    assert _exit_code(caplog, "watch", str(run_dir), "--server", unreachable,
-                      "--concurrent-checkpoints", "2") == 2
-    assert "concurrent_checkpoints" in caplog.text
     data = write_bench_data(tmp_path / "data")
-    caplog.clear()
-    assert _exit_code(caplog, "watch", str(run_dir), "--launch", "--concurrent-checkpoints", "2",
-                      "--tasks", "gsm8k", "--data-dir", data) == 2
-    assert "concurrent_checkpoints" in caplog.text
-    caplog.clear()
-    assert _exit_code(caplog, "run", "--server", unreachable, "--tasks", "math500",
-                      "--data-dir", str(tmp_path / "none")) == 2
-    assert "math500: no data found" in caplog.text
-    caplog.clear()
-    assert _exit_code(caplog, "run", "--server", unreachable, "--tasks", "gsm8k",
-                      "--include-path", str(tmp_path)) == 2
-    assert "include_path" in caplog.text
-    caplog.clear()
-    assert _exit_code(caplog, "run", "--server", unreachable, "--tasks", "") == 2
-    assert "name at least one task" in caplog.text
+    unreachable = "http://127.0.0.1:9"  # nothing is contacted: every case fails first
+    cases = [
+        (["watch", str(run_dir), "--server", unreachable, "--concurrent-checkpoints", "2"],
+         "concurrent_checkpoints: 2 checkpoints at once need at least 2 --server URLs"),
+        (["watch", str(run_dir), "--launch", "--concurrent-checkpoints", "2", "--tasks", "gsm8k",
+          "--data-dir", data], "concurrent_checkpoints"),
+        (["run", "--server", unreachable, "--tasks", "math500", "--data-dir", str(tmp_path / "none")],
+         "math500: no data found"),
+        (["run", "--server", unreachable, "--tasks", "gsm8k", "--data-dir", data,
+          "--include-path", str(tmp_path)], "include_path: only applies with --lm-eval-tasks"),
+        (["run", "--server", unreachable, "--tasks", ""], "name at least one task"),
+    ]
+    for argv, message in cases:
+        code, err = _exit_code(capsys, *argv)
+        assert code == 2 and message in err, (argv, err)
