@@ -26,27 +26,8 @@ from rollserve.eval.watch import WatchOptions, Watcher
 from rollserve.rollout.launch import stop_process_tree
 from tests.eval.bench_data import write_bench_data
 from tests.eval.conftest import SERVER_ARGS, perturbed_copy
+from tests.eval.lm_eval_files import MC_DOCS, MC_YAML, write_task
 from tests.eval.wandb_files import history, newest_offline_run
-
-MC_DOCS = [
-    {"question": "What is the capital of France?", "choices": ["Paris", "Tokyo", "Cairo"], "gold": 0},
-    {"question": "What is a baby cat called?", "choices": ["puppy", "kitten", "foal"], "gold": 1},
-    {"question": "What color is snow?", "choices": ["green", "black", "white"], "gold": 2},
-]
-MC_YAML = """task: rs_watch_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list:
-  - metric: acc
-"""
-
 
 def make_run(tmp_path, eval_model_dir, steps=(1, 2, 3)) -> str:
     root = tmp_path / "run"
@@ -58,9 +39,7 @@ def make_run(tmp_path, eval_model_dir, steps=(1, 2, 3)) -> str:
 def lm_eval_files(tmp_path):
     folder = tmp_path / "lm_eval_tasks"
     folder.mkdir()
-    data = folder / "rs_watch_mc.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
-    (folder / "rs_watch_mc.yaml").write_text(MC_YAML.format(data=data))
+    write_task(folder, "rs_mc", MC_YAML, MC_DOCS)
     ours = folder / "ours.jsonl"  # the same questions as our own multiple-choice task
     ours.write_text("".join(json.dumps({"context": f"Question: {d['question']}\nAnswer:",
                                         "choices": d["choices"], "gold": d["gold"]}) + "\n"
@@ -80,7 +59,7 @@ def test_watch_benchmarks_with_bands_and_lm_eval_tasks(tmp_path, client, eval_mo
     data_dir = write_bench_data(tmp_path / "data")
     include, ours = lm_eval_files(tmp_path)
     tasks = load_tasks(f"gsm8k:n=4:temperature=1.0,mmlu,ours={ours}#acc", data_dir=data_dir)
-    tasks += load_lm_eval_tasks("rs_watch_mc", include)
+    tasks += load_lm_eval_tasks("rs_mc", include)
     out = os.path.join(root, "eval")
     ctx = EvalContext(client=client, settings=EvalSettings(limit=3, max_new_tokens=6, batch_size=4))
     wandb = WandbSync(ResultsLog(out), project="test", run_name="bench", mode="offline")
@@ -94,7 +73,7 @@ def test_watch_benchmarks_with_bands_and_lm_eval_tasks(tmp_path, client, eval_mo
     log = ResultsLog(out)
     rows = standing_rows(log.read())
     assert {(r["checkpoint"], r["task"]) for r in rows} == {
-        (f"checkpoint-{s}", t) for s in (1, 2, 3) for t in ("gsm8k", "mmlu", "ours", "lm_eval:rs_watch_mc")}
+        (f"checkpoint-{s}", t) for s in (1, 2, 3) for t in ("gsm8k", "mmlu", "ours", "lm_eval:rs_mc")}
     assert all(r["status"] == OK for r in rows), [r["error"] for r in rows]
 
     # pass@k with n = 4 samples per problem, each metric with its standard error,
@@ -131,14 +110,14 @@ def test_watch_benchmarks_with_bands_and_lm_eval_tasks(tmp_path, client, eval_mo
     # from another checkpoint), and they differ between checkpoints
     per_checkpoint = []
     for step in (1, 2, 3):
-        theirs = log.read_samples(f"checkpoint-{step}", "lm_eval:rs_watch_mc")
+        theirs = log.read_samples(f"checkpoint-{step}", "lm_eval:rs_mc")
         mine = log.read_samples(f"checkpoint-{step}", "ours")
         assert len(theirs) == len(mine) == 3
         for a, b in zip(sorted(theirs, key=lambda s: s["id"]), mine):
             assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=2e-4)
         per_checkpoint.append(mine[0]["loglikelihoods"])
         lm_row = next(r for r in rows if r["checkpoint"] == f"checkpoint-{step}"
-                      and r["task"] == "lm_eval:rs_watch_mc")
+                      and r["task"] == "lm_eval:rs_mc")
         our_row = next(r for r in rows if r["checkpoint"] == f"checkpoint-{step}" and r["task"] == "ours")
         assert lm_row["metrics"]["acc"] == pytest.approx(our_row["metrics"]["acc"])
         assert "acc_stderr" in lm_row["metrics"]

@@ -129,7 +129,8 @@ class Task:
         return dataclasses.replace(settings, **self.overrides) if self.overrides else settings
 
     def size(self, settings: EvalSettings) -> int:
-        raise NotImplementedError
+        """Progress units: by default one per example of `self.rows` taken."""
+        return len(settings.take(getattr(self, "rows")))
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         raise NotImplementedError

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from rollserve.eval import sandbox, scorers, stats
-from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
+from rollserve.eval.tasks.base import EvalContext, Task, TaskResult
 from rollserve.eval.tasks.requests import generate_texts
 
 # A completion of a function body ends where the next top-level statement starts: the
@@ -34,9 +34,6 @@ class CodeTask(Task):
     workers: int = max(1, min(4, (os.cpu_count() or 2)))  # programs run at once
     kind: str = "code"
     overrides: Dict[str, object] = field(default_factory=dict)
-
-    def size(self, settings: EvalSettings) -> int:
-        return len(settings.take(self.rows))
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         start = time.perf_counter()

@@ -39,11 +39,11 @@ def task_manager(names: Sequence[str], include_path: Optional[str]):
         return _MANAGERS[key]
     manager = None
     if include_path:
-        manager = TaskManager(include_path=include_path, include_defaults=False, verbosity="ERROR")
+        manager = TaskManager(include_path=include_path, include_defaults=False)
         if not all(name in manager.all_tasks for name in names):
             manager = None
     if manager is None:
-        manager = TaskManager(include_path=include_path, verbosity="ERROR")
+        manager = TaskManager(include_path=include_path)
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         raise InvalidRequest("lm_eval_tasks", f"lm-eval has no task {unknown}"
