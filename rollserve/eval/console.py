@@ -42,12 +42,12 @@ def format_value(value) -> str:
     return "" if value is None else str(value)
 
 
-def with_stderr(metrics: dict, name: str) -> str:
+def with_stderr(metrics: dict, name: str, separator: str = " ± ") -> str:
     """"0.4000 ± 0.1633" (value and standard error), or the value alone."""
     value = format_value(metrics.get(name))
     stderr = metrics.get(stats.stderr_name(name))
     if isinstance(stderr, (int, float)) and math.isfinite(stderr) and value:
-        return f"{value} ± {format_value(float(stderr))}"
+        return f"{value}{separator}{format_value(float(stderr))}"
     return value
 
 
@@ -93,7 +93,7 @@ def history_table(rows: List[dict], title: Optional[str] = None) -> Table:
     for row in standing:
         by_checkpoint.setdefault((row["step"], row["checkpoint"]), {})[row["task"]] = row
     for (step, checkpoint), per_task in sorted(by_checkpoint.items()):
-        values = [with_stderr(per_task[task]["metrics"], name)
+        values = [with_stderr(per_task[task]["metrics"], name, "±")  # narrow: many columns
                   if task in per_task and per_task[task]["status"] == OK else ""
                   for task, name in columns]
         table.add_row(str(step), checkpoint, *values, checkpoint_status(per_task.values()))

@@ -9,7 +9,7 @@
 * checkpoints without a score are vertical lines, styled by cause (broken checkpoint,
   incomplete write, not scorable, weight_version mismatch, task refused).
 * a metric with a standard error (METRIC_stderr, stats.py) has a shaded band: the 95%
-  interval value +- 1.96 stderr, so a move within the band reads as noise.
+  interval (stats.band), so a move within the band reads as noise.
 Only the row that stands for each (checkpoint, task) is drawn (report.standing_rows).
 """
 
@@ -76,7 +76,8 @@ def metric_bands(rows: Sequence[dict], metric: str, bounded: bool) -> list:
     for row in rows:
         value = row["metrics"].get(metric)
         if _finite(value):
-            interval = stats.band(value, row["metrics"].get(stats.stderr_name(metric)), bounded)
+            interval = stats.band(value, row["metrics"].get(stats.stderr_name(metric)), bounded,
+                                  n=row.get("num_examples"))
             if interval is not None:
                 out.append((row["step"], *interval))
     return out

@@ -7,8 +7,9 @@ apart from noise.
   lm-evaluation-harness reports `acc_stderr`.
 * A corpus-level metric (bits per byte, perplexity) gets a bootstrap over documents.
 Each standard error is stored beside its metric as METRIC_stderr; the bands drawn and
-logged are the normal 95% interval, value +- 1.96 * stderr (clipped to [0, 1] for bounded
-metrics).
+logged are the normal 95% interval, value +- 1.96 * stderr; for bounded metrics widened
+to cover the Wilson interval over the N problems (so 0 of 10 right still has a band)
+and clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -68,12 +69,25 @@ def means_with_stderr(per_example: Dict[str, List[float]]) -> Dict[str, float]:
     return out
 
 
+def wilson(p: float, n: int, z: float = Z95) -> Tuple[float, float]:
+    """The Wilson score interval of a proportion p over n trials."""
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return center - half, center + half
+
+
 def band(value: float, stderr: Optional[float], bounded: bool = False,
-         z: float = Z95) -> Optional[Tuple[float, float]]:
-    """(low, high) of the interval value +- z * stderr; None without a finite stderr."""
+         n: Optional[int] = None, z: float = Z95) -> Optional[Tuple[float, float]]:
+    """(low, high) of the 95% interval value +- z * stderr; None without a finite stderr.
+    For a bounded metric over n problems it also covers the Wilson interval: at 0/10 right
+    the standard error is 0, yet 0 of 10 does not rule out a rate of 0.28."""
     if stderr is None or not isinstance(stderr, (int, float)) or not math.isfinite(stderr):
         return None
     low, high = value - z * stderr, value + z * stderr
     if bounded:
+        if n and 0.0 <= value <= 1.0:
+            w_low, w_high = wilson(value, n, z)
+            low, high = min(low, w_low), max(high, w_high)
         low, high = max(0.0, low), min(1.0, high)
     return low, high

@@ -73,7 +73,8 @@ def history_row(row: dict) -> dict:
         for name, value in metrics.items():
             if stats.is_stderr(name) or not isinstance(value, (int, float)):
                 continue
-            interval = stats.band(value, metrics.get(stats.stderr_name(name)), is_bounded(name))
+            interval = stats.band(value, metrics.get(stats.stderr_name(name)), is_bounded(name),
+                                  n=row.get("num_examples"))
             if interval is not None:
                 payload[f"{task}/{name}_ci95_low"], payload[f"{task}/{name}_ci95_high"] = interval
     return payload

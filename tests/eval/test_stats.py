@@ -32,6 +32,14 @@ def test_band_is_clipped_for_bounded_metrics():
     assert stats.band(0.5, float("nan")) is None and stats.band(0.5, None) is None
 
 
+def test_band_of_a_bounded_metric_covers_the_wilson_interval():
+    # 0 of 10 right: the standard error is 0, the Wilson interval is [0, 0.278]
+    assert stats.band(0.0, 0.0, bounded=True, n=10) == pytest.approx((0.0, 0.2775), abs=1e-3)
+    assert stats.band(1.0, 0.0, bounded=True, n=10) == pytest.approx((0.7225, 1.0), abs=1e-3)
+    # away from the edges the normal interval is the wider one and stands
+    assert stats.band(0.5, 0.16, bounded=True, n=10) == pytest.approx((0.5 - 0.3136, 0.5 + 0.3136))
+
+
 def test_pass_at_k_and_maj_at_k_on_a_hand_computed_case():
     # problem a: 4 samples, 2 right -> pass@2 = 1 - C(2,2)/C(4,2) = 1 - 1/6
     # problem b: 4 samples, none right -> 0; problem c: all right -> 1
