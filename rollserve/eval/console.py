@@ -42,13 +42,20 @@ def format_value(value) -> str:
     return "" if value is None else str(value)
 
 
-def with_stderr(metrics: dict, name: str, separator: str = " ± ") -> str:
-    """"0.4000 ± 0.1633" (value and standard error), or the value alone."""
-    value = format_value(metrics.get(name))
+def with_stderr(metrics: dict, name: str, compact: bool = False) -> str:
+    """"0.4000 ± 0.1633" (value and standard error), or the value alone; compact:
+    "0.400±0.163", for tables with many columns."""
+    fmt = _compact if compact else format_value
+    value = metrics.get(name)
     stderr = metrics.get(stats.stderr_name(name))
-    if isinstance(stderr, (int, float)) and math.isfinite(stderr) and value:
-        return f"{value}{separator}{format_value(float(stderr))}"
-    return value
+    if isinstance(stderr, (int, float)) and math.isfinite(stderr) and isinstance(value, (int, float)):
+        return f"{fmt(float(value))}±{fmt(float(stderr))}" if compact else \
+            f"{fmt(float(value))} ± {fmt(float(stderr))}"
+    return format_value(value)
+
+
+def _compact(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 10 else format_value(value)
 
 
 def shown_metrics(metrics) -> List[str]:
@@ -86,14 +93,14 @@ def history_table(rows: List[dict], title: Optional[str] = None) -> Table:
     table = Table(title=title, caption=caption)
     table.add_column("step", justify="right")
     table.add_column("checkpoint", no_wrap=True)
-    for task, name in columns:
-        table.add_column(f"{task}\n{name}", justify="right")
+    for task, name in columns:  # too narrow: digits fold onto a second line, never cut
+        table.add_column(f"{task}\n{name}", justify="right", overflow="fold")
     table.add_column("status", no_wrap=True)
     by_checkpoint = {}
     for row in standing:
         by_checkpoint.setdefault((row["step"], row["checkpoint"]), {})[row["task"]] = row
     for (step, checkpoint), per_task in sorted(by_checkpoint.items()):
-        values = [with_stderr(per_task[task]["metrics"], name, "±")  # narrow: many columns
+        values = [with_stderr(per_task[task]["metrics"], name, compact=True)
                   if task in per_task and per_task[task]["status"] == OK else ""
                   for task, name in columns]
         table.add_row(str(step), checkpoint, *values, checkpoint_status(per_task.values()))
