@@ -11,6 +11,7 @@ runs with Python's socket module disabled instead; Outcome.network says which.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
 
@@ -109,24 +111,30 @@ def world_runnable(path: str) -> bool:
     return True
 
 
-def interpreter(drop_to_nobody: bool) -> str:
+def interpreter(drop_to_nobody: bool) -> Optional[str]:
     """The Python that runs the program: this one, or, when the program runs as nobody and
     this one lives where nobody cannot reach it (a venv or pyenv under /root), the system's
-    python3. Generated code needs only the standard library."""
+    python3 (generated code needs only the standard library); None when nobody can run
+    none of them."""
     own = os.path.realpath(sys.executable)
     if not drop_to_nobody or world_runnable(own):
         return own
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"):
         if world_runnable(candidate):
             return os.path.realpath(candidate)
-    raise RuntimeError(f"no Python that the nobody user may run: {own} is not reachable by "
-                       "other users and there is no system python3")
+    return None
 
 
 def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     """Runs `source` as a Python program; passed when it exits 0 within the limits."""
     folder = tempfile.mkdtemp(prefix="rollserve-sandbox-")
     uid = _nobody() if os.getuid() == 0 else -1
+    python = interpreter(uid >= 0)
+    if python is None:  # stays root: every limit but the process count still holds
+        _warn_once(f"no Python the nobody user may run ({sys.executable} is not reachable by "
+                   "other users, no system python3): generated code runs as root, without a "
+                   "process limit")
+        uid, python = -1, os.path.realpath(sys.executable)
     try:
         program = os.path.join(folder, "program.py")
         with open(program, "w", encoding="utf-8") as f:
@@ -137,7 +145,7 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
         args = [sys.executable, "-I", "-c", _LAUNCHER, str(limits.memory_mb << 20),
                 str(max(1, int(limits.timeout_s + 1))), str(limits.max_processes),
                 str(limits.max_file_mb << 20), str(uid), program,
-                interpreter(uid >= 0)]
+                python]
         start = time.monotonic()
         proc = subprocess.Popen(args, cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -160,6 +168,15 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
         return Outcome(status, proc.returncode, seconds, text[-limits.max_output_chars:], network)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_warned = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("rollserve.eval").warning("sandbox: %s", message)
 
 
 def _kill_group(pgid: int) -> None:
