@@ -70,7 +70,7 @@ class KVManager:
         """The admitted request's first prefill chunk is in the batch: a retracted request
         no longer needs its queued lock, and what the cache did not give back is redone."""
         self.forget_queued(req)
-        self.recomputed_tokens += max(0, req.retracted_computed - req.kv_len)
+        self.recomputed_tokens += max(0, req.retracted_computed - req.tree_len)  # tree_len: the match
         req.retracted_computed = 0
 
     def append_slots(self, req: Req, slots: torch.Tensor) -> None:
