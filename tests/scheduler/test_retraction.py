@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from rollserve.scheduler.overlap_scheduler import OverlapScheduler
 from rollserve.scheduler.retraction import pick_and_retract, retraction_order
 from rollserve.scheduler.request import Req
 from rollserve.core.sampling_params import SamplingParams
@@ -42,13 +43,16 @@ def assert_idle_and_free(scheduler, pool):
     assert kv.allocator.available() == pool
 
 
-@pytest.mark.parametrize("radix", [True, False])
-def test_greedy_outputs_identical_under_pressure(tiny_models, radix):
+@pytest.mark.parametrize("radix,overlap", [(True, False), (False, False), (True, True)])
+def test_greedy_outputs_identical_under_pressure(tiny_models, radix, overlap):
     msgs = prompts()
     # conservativeness 0.3: the ratio starts at 0.21, so admission over-commits for sure
     reference = outputs(make_scheduler(tiny_models["llama"]), requests(msgs))
     pressured = make_scheduler(tiny_models["llama"], max_total_tokens=POOL,
                                schedule_conservativeness=0.3, disable_radix_cache=not radix)
+    if overlap:  # the overlap scheduler drains its step in flight before retracting
+        pressured = OverlapScheduler(pressured.config, pressured.runner,
+                                     pressured.stop_checker.tokenizer, pressured.eos_token_ids)
     got = outputs(pressured, requests(msgs))
     assert got == reference
     stats = pressured.stats
