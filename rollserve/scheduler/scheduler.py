@@ -211,8 +211,10 @@ class Scheduler:
             reserve = 0 if idle else expected_new_tokens(req, ratio)
             if free - reserve <= 0 and not idle:
                 break
+            before = self.kv.available_slots()
             if not self.kv.admit(req):
                 break
+            free -= before - self.kv.available_slots()  # a matched prefix it locked is no longer evictable
             # admission stops before the pool would run out: the whole prompt must fit too
             fits = idle or req.seq_len - req.kv_len + reserve <= free
             entry = self._prefill_chunk(req, budget, free - reserve) if fits else None
