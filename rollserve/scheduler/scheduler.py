@@ -186,6 +186,9 @@ class Scheduler:
         self.kv.retract_to_cache(req)
 
     def _prefill_entries(self) -> List[BatchEntry]:
+        if self.prefilling is None and (not self.waiting or
+                                        len(self.running) >= self.runner.max_running_requests):
+            return []  # nothing to admit: skip the reserve's walk over the running requests
         budget = self.config.max_prefill_tokens
         if self.chunk_size:
             budget = min(budget, self.chunk_size)
