@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 from typing import List
 
-from rollserve.bench.offline import (device_name, engine_kwargs, git_commit, kernel_switches,
-                                     now_iso, write_json)
+from rollserve.bench.offline import (add_engine_arguments, device_name, engine_kwargs, git_commit,
+                                     kernel_switches, now_iso, resolve_model, write_json)
 
 # get_server_info counters this bench reads; a tree without them (an older commit) reports None
 COUNTERS = ("num_retracted_reqs_total", "retracted_recomputed_tokens_total")
@@ -148,35 +147,12 @@ def main(argv=None) -> dict:
                    help="random stop token ids ending a sample after ~this many tokens")
     p.add_argument("--skip-separate", action="store_true", help="only the grouped run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
-    p.add_argument("--load-format", default=None, help="default: dummy with --shape, else auto")
-    p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--context-length", type=int, default=None)
-    p.add_argument("--max-running-requests", type=int, default=None)
-    p.add_argument("--mem-fraction-static", type=float, default=None)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=None)
-    p.add_argument("--attention-backend", default=None)
+    add_engine_arguments(p)
     p.add_argument("--schedule-conservativeness", type=float, default=None)
-    for flag in ("disable-cuda-graph", "disable-overlap-schedule", "enable-torch-compile"):
-        p.add_argument(f"--{flag}", action="store_true")
     p.add_argument("--output-file", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     args.disable_radix_cache = False  # the separate-requests run turns it off itself
-
-    from transformers import AutoConfig
-
-    from rollserve.frontend.server_args import ServerArgs
-    from rollserve.frontend.startup import resolve_model_path
-
-    if args.shape:
-        from rollserve.bench.synthetic_model import materialize
-
-        args.model_path = materialize(args.shape, tempfile.mkdtemp(prefix="rollserve-shape-"))
-    args.load_format = args.load_format or ("dummy" if args.shape else "auto")
-    args.model_path = resolve_model_path(ServerArgs(model_path=args.model_path))
-    vocab = AutoConfig.from_pretrained(args.model_path).vocab_size
-    prompts, params = workload(args, vocab)
+    prompts, params = workload(args, resolve_model(args))
     rows = [run_mode(args, prompts, params, grouped=True)]
     if not args.skip_separate:
         rows.append(run_mode(args, prompts, params, grouped=False))
