@@ -113,7 +113,10 @@ class TokenizerManager:
         if not self.is_generation:
             raise wrong_model_error(self.pooling, "generation", self.model_path)
         items, is_batch = normalize(obj)
-        samples = [await self._prepare(item, obj.return_text_in_logprobs) for item in items]
+        # concurrently: each prompt with n > 1 is prefilled once first (_warm_prefix), and a
+        # batch of P such prompts must not wait for P prefills one after another (issue #17)
+        samples = await asyncio.gather(*(self._prepare(item, obj.return_text_in_logprobs)
+                                         for item in items))
         expanded = [s for group in samples for s in group]
         as_list = is_batch or len(expanded) > 1
         try:

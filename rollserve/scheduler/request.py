@@ -30,6 +30,8 @@ class Req:
     tree_len: int = 0
     last_node: Any = None
     cached_tokens: int = 0
+    num_retractions: int = 0  # times the KV pool ran full and this request gave its slots back
+    retracted_computed: int = 0  # tokens it had computed when last retracted (0: none since)
     finished_reason: Optional[Dict[str, Any]] = None
     trim_stop: Optional[str] = None
     # outputs produced but not yet sent
