@@ -17,13 +17,19 @@ from pydantic import BaseModel, ValidationError
 from rollserve.api.protocol import ApiError
 
 M = TypeVar("M", bound=BaseModel)
+PARSED_BODY = "json_body"  # where request_guard.py leaves the body it parsed (request.state)
 MAX_JSON_DEPTH = 32  # the deepest real body (chat messages with content parts) is about 5
 
 
 async def parse_body(request: Request, model: Type[M]) -> M:
     """The JSON body (request_guard.py has checked its Content-Type), then the pydantic
     model in strict mode; a wrong type answers 422 naming the field."""
-    return validate_body(load_json(await request.body()), model)
+    parsed = getattr(request.state, PARSED_BODY, _MISSING)
+    data = parsed if parsed is not _MISSING else load_json(await request.body())
+    return validate_body(data, model)
+
+
+_MISSING = object()
 
 
 def load_json(raw: bytes) -> Any:

@@ -17,6 +17,9 @@ from typing import Callable, Dict, Optional
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+
+from rollserve.api.body import PARSED_BODY, load_json
+from rollserve.api.protocol import ApiError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = {"/health"}  # answered without the API key
@@ -28,7 +31,6 @@ READ_ONLY_GET_PATHS = {
     "/v1/models", "/v1/loads", "/get_weight_version", "/weight_info", "/tokenizer_info",
     "/get_world_size", "/get_world_size/", "/server_info", "/is_paused",
 }
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class BodyTooLarge(HTTPException):
@@ -85,20 +87,36 @@ class GuardMiddleware:
         refusal = self._refusal(headers, path, method)
         if refusal is not None:
             return await self.error(*refusal)(scope, receive, send)
-        if path in UNLIMITED_BODY_PATHS:
+        if path in UNLIMITED_BODY_PATHS or not has_body(headers):
             return await self.app(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
+        # Read and check the JSON here, once, for every route: a route that ignores its body
+        # must not act on a malformed one. The parsed value is handed on (api/body.py).
+        chunks, received, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before sending the whole body
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.limit:
+                return await self.error(413, BodyTooLarge(self.limit).detail)(scope, receive, send)
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        if raw.strip():
+            try:
+                scope.setdefault("state", {})[PARSED_BODY] = load_json(raw)
+            except ApiError as e:
+                return await self.error(e.status, e.message, e.param)(scope, receive, send)
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay():  # the body once, then the client's own messages (disconnects)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     def _refusal(self, headers: Dict[str, str], path: str, method: str):
         """(status, message, param, kind) when the request is refused before any route."""
@@ -111,8 +129,7 @@ class GuardMiddleware:
                 return (403, f"cross-site request refused ({why}): {method} {path} changes the "
                              "server's state; call it from a program, not a web page", None,
                         "permission_error")
-        if method not in SAFE_METHODS and has_body(headers) and \
-                not is_json_type(headers.get("content-type", "")):
+        if has_body(headers) and not is_json_type(headers.get("content-type", "")):
             return (415, "request bodies must be JSON: send Content-Type: application/json "
                          f"(got {headers.get('content-type', 'none')!r})", "content-type",
                     "invalid_request_error")

@@ -47,7 +47,15 @@ class ShuttingDownError(EngineDeadError):
 
 # /health and every wait on the scheduler call it stalled after this long without a word
 # from it (it sends a heartbeat every HEARTBEAT_INTERVAL_S); SGLang's variable and default
-STALL_TIMEOUT_S = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT") or 20)
+def _stall_timeout(default: float = 20.0) -> float:
+    try:
+        value = float(os.environ.get("SGLANG_HEALTH_CHECK_TIMEOUT") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+STALL_TIMEOUT_S = _stall_timeout()
 POLL_S = 1.0  # how often a waiting request looks at the heartbeat
 
 
