@@ -28,7 +28,8 @@ from rollserve.frontend.server_info import server_info
 from rollserve.frontend.encode_manager import pooling_health_check
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.core.sampling_params import InvalidRequest
-from rollserve.frontend.tokenizer_manager import EngineDeadError, TokenizerManager
+from rollserve.frontend.tokenizer_manager import (EngineDeadError, EngineStalledError,
+                                                  ShuttingDownError, TokenizerManager)
 from rollserve.version import __version__
 from rollserve.api.weight_sync_routes import add_weight_sync_routes
 from rollserve.api.sglang_extra_routes import add_sglang_extra_routes
@@ -85,6 +86,8 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
 async def run_plan(state: ServerState, request: Request, plan: Plan) -> Response:
     """Submit, then answer once or stream. The first result of a stream is awaited
     before the 200 is sent, so a request the engine rejects still gets a 4xx."""
+    if state.stopping:
+        raise ApiError(503, state.stopping, kind="server_error")
     reason = state.why_dead()
     if reason:
         raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
@@ -136,7 +139,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineDeadError)
     async def engine_dead(_, e: EngineDeadError):
-        return error_response(503, f"the engine is down: {e}", kind="server_error")
+        what = "" if isinstance(e, ShuttingDownError) else (
+            "the engine is not answering: " if isinstance(e, EngineStalledError) else "the engine is down: ")
+        return error_response(503, f"{what}{e}", kind="server_error")
 
     @app.exception_handler(ClientDisconnected)
     async def disconnected(_, e: ClientDisconnected):

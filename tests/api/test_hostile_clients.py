@@ -32,8 +32,7 @@ RAW_BAD_BODIES = {  # (raw body, status) sent as application/json to every POST 
     "lone surrogate": (b'{"text": "a\\udc80b", "model": "m"}', 400),
     "not UTF-8": (b'{"text": "\xff\xfe"}', 400),
 }
-WRONG_TYPES = [[], "x", 7, None, True, {"rid": {"a": 1}, "stream": "yes"},
-               {"text": ["a", 5]}, {"input_ids": [True, False]}]
+WRONG_TYPES = [[], "x", 7, None, True, [{"text": "a"}]]  # no route takes these as its body
 
 
 def routes(http) -> list:
@@ -174,7 +173,7 @@ def _last_text(events: list) -> str:
 
 def test_a_rid_in_flight_cannot_be_reused(server, http, model_name):
     long = {"text": "Write a long story about a dragon.", "rid": "hostile-rid",
-            "sampling_params": {"max_new_tokens": 48, "temperature": 0, "ignore_eos": True}}
+            "sampling_params": {"max_new_tokens": 64, "temperature": 0, "ignore_eos": True}}
     alone = http.post("/generate", json={**long, "rid": None}).json()["text"]
     held = _Stream(server.url, long)
     try:
@@ -187,16 +186,17 @@ def test_a_rid_in_flight_cannot_be_reused(server, http, model_name):
         assert_4xx(openai_route, "same rid on /v1/completions", 400)
         batch = http.post("/generate", json={"text": ["a", "b"], "rid": ["dup", "dup"]})
         assert_4xx(batch, "one rid twice in a batch", 400)
+        http.post("/abort_request", json={"rid": "hostile-rid"})  # seen enough: end it early
     finally:
         events = held.finish()
-    assert _last_text(events) == alone  # nothing of the refused requests leaked in
+    assert alone.startswith(_last_text(events))  # nothing of the refused requests leaked in
     again = http.post("/generate", json={**long, "sampling_params": {"max_new_tokens": 2}})
     assert again.status_code == 200  # once finished, the rid is free again
 
 
 def test_the_samples_of_an_n_request_cannot_be_spelled(server, http):
     body = {"text": "List some fruits:", "rid": "grp",
-            "sampling_params": {"n": 2, "max_new_tokens": 40, "temperature": 0.8, "seed": 3,
+            "sampling_params": {"n": 2, "max_new_tokens": 64, "temperature": 0.8, "seed": 3,
                                 "ignore_eos": True}}
     held = _Stream(server.url, body)
     try:
@@ -205,6 +205,7 @@ def test_the_samples_of_an_n_request_cannot_be_spelled(server, http):
                                                     "sampling_params": {"max_new_tokens": 2}})
             assert_4xx(response, rid, 400)
             assert rid in response.json()["error"]["message"]
+        http.post("/abort_request", json={"rid": "grp"})  # reaches both samples
     finally:
         events = held.finish()
     finals = {}
@@ -213,14 +214,15 @@ def test_the_samples_of_an_n_request_cannot_be_spelled(server, http):
             chunk = json.loads(e[5:])
             finals[chunk["index"]] = chunk
     assert sorted(finals) == [0, 1]
-    assert all(c["meta_info"]["completion_tokens"] == 40 for c in finals.values())
+    assert all(c["meta_info"]["finish_reason"]["type"] == "abort" for c in finals.values())
     # the other way round: a client's "grp-1" in flight blocks an n=2 request named "grp"
     held = _Stream(server.url, {"text": "Hello", "rid": "grp-1",
-                                "sampling_params": {"max_new_tokens": 40, "ignore_eos": True}})
+                                "sampling_params": {"max_new_tokens": 64, "ignore_eos": True}})
     try:
         response = http.post("/generate", json=body)
         assert_4xx(response, "n=2 over a rid in flight", 400)
         assert "grp-1" in response.json()["error"]["message"]
+        http.post("/abort_request", json={"rid": "grp-1"})
     finally:
         held.finish()
     assert idle_server_info(http)["num_running_reqs"] == 0
@@ -229,7 +231,7 @@ def test_the_samples_of_an_n_request_cannot_be_spelled(server, http):
 def test_concurrent_same_rid_one_answer_each(server, http):
     """Many clients race with one rid: each gets its own full answer or a 400, none hangs."""
     body = {"text": "Count to ten:", "rid": "race",
-            "sampling_params": {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}}
+            "sampling_params": {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}}
     expected = http.post("/generate", json={**body, "rid": None}).json()["text"]
     answers = []
 
@@ -237,13 +239,13 @@ def test_concurrent_same_rid_one_answer_each(server, http):
         with httpx.Client(base_url=server.url, timeout=120) as c:
             answers.append(c.post("/generate", json=body))
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
+    threads = [threading.Thread(target=one) for _ in range(4)]
     started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert time.monotonic() - started < 120 and len(answers) == 6
+    assert time.monotonic() - started < 120 and len(answers) == 4
     ok = [a for a in answers if a.status_code == 200]
     assert ok and all(a.status_code in (200, 400) for a in answers)
     assert all(a.json()["text"] == expected for a in ok)
