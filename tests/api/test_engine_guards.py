@@ -1,4 +1,4 @@
-"""Issue #14 on a server of its own, with short limits (a 96-token context, --dist-timeout 3,
+"""Issue #14 on a server of its own, with short limits (a 32-token context, --dist-timeout 3,
 SGLANG_HEALTH_CHECK_TIMEOUT=3, --shutdown-grace-period 2): output capped by the context,
 admin calls that cannot stall generation, /health that sees a stopped scheduler, and a
 SIGTERM that drains and then answers every request with an error. The tests run in order;
@@ -21,7 +21,7 @@ from tests.api.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-CONTEXT = 96
+CONTEXT = 32
 STALL_S = 3
 
 
@@ -44,7 +44,7 @@ def guarded(tmp_path_factory):
 
 @pytest.fixture
 def http(guarded):
-    with httpx.Client(base_url=guarded.url, timeout=60) as client:
+    with httpx.Client(base_url=guarded.url, timeout=300) as client:
         yield client
 
 
@@ -85,7 +85,7 @@ def test_a_group_join_does_not_stall_generation(http, guarded):
     answer = {}
 
     def join():
-        with httpx.Client(base_url=guarded.url, timeout=60) as c:
+        with httpx.Client(base_url=guarded.url, timeout=300) as c:
             answer["response"] = c.post("/init_weights_update_group", json=body)
             answer["at"] = time.monotonic()
 
@@ -96,7 +96,7 @@ def test_a_group_join_does_not_stall_generation(http, guarded):
     generated_at = time.monotonic()
     assert generated.status_code == 200
     assert http.get("/health").status_code == 200
-    joining.join(timeout=60)
+    joining.join(timeout=300)
     response = answer["response"]
     assert response.status_code == 400 and "could not join" in response.json()["message"]
     if answer["at"] - generated_at < 0:
@@ -137,9 +137,9 @@ def test_sigterm_drains_then_answers_each_request_with_an_error(http, guarded):
                 if c.laddr and "rollserve-" in c.laddr}
     assert ipc_dirs and all(os.path.isdir(d) for d in ipc_dirs)
     body = {"text": "Tell a long story.", "stream": True,
-            "sampling_params": {"max_new_tokens": 80, "ignore_eos": True}}
+            "sampling_params": {"max_new_tokens": 20, "ignore_eos": True}}
     lines = []
-    with httpx.Client(base_url=guarded.url, timeout=60) as streaming, \
+    with httpx.Client(base_url=guarded.url, timeout=300) as streaming, \
             streaming.stream("POST", "/generate", json=body) as stream:
         events = stream.iter_lines()
         lines.append(next(line for line in events if line.startswith("data:")))
@@ -148,7 +148,7 @@ def test_sigterm_drains_then_answers_each_request_with_an_error(http, guarded):
         waiting = {}
         plain = threading.Thread(target=lambda: waiting.update(r=httpx.post(
             guarded.url + "/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 4}},
-            timeout=60)))
+            timeout=300)))
         plain.start()
         time.sleep(0.5)
         guarded.proc.send_signal(signal.SIGTERM)
