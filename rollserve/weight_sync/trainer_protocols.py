@@ -170,6 +170,8 @@ class TrainerProtocols:
             self._destroy()
         backend = self._backend(backend)
         world_size, port = int(world_size), int(port)
+        if not 1 <= port <= 65535:
+            return {"success": False, "message": f"port must be in 1..65535, got {port}"}
         if world_size != 2:
             return {"success": False, "message": f"world_size must be 2 (this engine is one rank, "
                                                  f"the trainer the other), got {world_size}"}
