@@ -4,7 +4,8 @@ the API key, cross-site refusal, the body's Content-Type, and the body size limi
 Cross-site requests: a web page can make a browser POST to a server on localhost
 (a `text/plain` form body needs no CORS preflight) or GET a URL (an <img> tag). So a
 state-changing request that a browser marks as coming from another site is refused:
-an `Origin` that is not this server's own host, or `Sec-Fetch-Site: cross-site`.
+an `Origin` that is not this server's own host, or `Sec-Fetch-Site: cross-site` (or
+`same-site`: another port of the same host).
 Programs (curl, Python clients, trainers) send neither header and pass. Request bodies
 are read only as JSON (`application/json` or a `+json` type): a browser cannot send
 that cross-site without a preflight that this server never approves.
@@ -48,8 +49,10 @@ def changes_state(method: str, path: str) -> bool:
 
 def cross_site_reason(headers: Dict[str, str]) -> Optional[str]:
     """Why a browser marked this request as another site's, or None."""
-    if headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return "Sec-Fetch-Site: cross-site"
+    # same-site counts too: another port of this host is another site's page to us
+    fetch_site = headers.get("sec-fetch-site", "").lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {fetch_site}"
     origin = headers.get("origin")
     if origin is None:
         return None

@@ -301,6 +301,8 @@ class TokenizerManager:
         quiet = time.monotonic() - self.last_heard
         if self._loop is None or quiet <= STALL_TIMEOUT_S:
             return None
+        if self.recv_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return None  # messages wait unread: this loop was busy, not the scheduler
         return f"the scheduler process has not answered for {quiet:.0f}s (stopped or stuck)"
 
     def health_problem(self) -> Optional[str]:

@@ -17,6 +17,8 @@ def test_cross_site_requests_are_recognised():
     assert cross_site_reason({**own, "origin": "http://127.0.0.1:30000"}) is None
     assert cross_site_reason({**own, "sec-fetch-site": "same-origin"}) is None
     assert "Sec-Fetch-Site" in cross_site_reason({**own, "sec-fetch-site": "cross-site"})
+    assert cross_site_reason({**own, "sec-fetch-site": "same-site"})  # localhost:3000's page
+    assert cross_site_reason({**own, "sec-fetch-site": "none"}) is None  # typed in the URL bar
     assert "evil" in cross_site_reason({**own, "origin": "https://evil.example"})
     assert cross_site_reason({**own, "origin": "http://127.0.0.1:8080"})  # another port
     assert cross_site_reason({**own, "origin": "null"})  # sandboxed frames, file:// pages
