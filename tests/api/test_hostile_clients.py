@@ -137,6 +137,33 @@ def test_strict_types_on_generation(http, model_name):
     assert http.get("/health").status_code == 200
 
 
+def test_extreme_numbers_are_bounded(http, model_name):
+    """Values at the edges of their types: each a 4xx or a bounded answer, and the engine
+    computes the same afterwards (a bad value must not reach a forward step and crash it).
+    A huge max_new_tokens is test_engine_guards.py's (on a short context)."""
+    before = probe(http)
+    huge = 10 ** 30
+    bodies = [{"sampling_params": {"stop_token_ids": [10 ** 12], "min_new_tokens": 1}},
+              {"sampling_params": {"top_k": huge}}, {"sampling_params": {"seed": huge}},
+              {"sampling_params": {"seed": -huge}}, {"sampling_params": {"n": 10 ** 9}},
+              {"sampling_params": {"temperature": 1e308}},
+              {"sampling_params": {"logit_bias": {str(10 ** 12): 1.0}}},
+              {"logprob_start_len": huge, "return_logprob": True}, {"top_logprobs_num": huge},
+              {"return_logprob": True, "top_logprobs_num": 20, "logprob_start_len": 0}]
+    for extra in bodies:
+        body = {"text": "Hi", **extra}
+        body["sampling_params"] = {"max_new_tokens": 2, **extra.get("sampling_params", {})}
+        response = http.post("/generate", json=body)
+        assert response.status_code < 500, (extra, response.text[:300])
+    for extra in ({"n": huge}, {"logprobs": huge}, {"seed": huge},
+                  {"top_k": huge}, {"stop_token_ids": [huge]}):
+        response = http.post("/v1/completions", json={"model": model_name, "prompt": "Hi",
+                                                       "max_tokens": 2, **extra})
+        assert response.status_code < 500, (extra, response.text[:300])
+    assert http.get("/health").status_code == 200
+    assert probe(http) == before
+
+
 def test_lone_surrogate_in_a_prompt_is_a_400(http, model_name):
     for path, raw in (("/generate", b'{"text": "hi \\ud800 there"}'),
                       ("/v1/completions", b'{"model": "%s", "prompt": "\\udfff"}' % model_name.encode()),
