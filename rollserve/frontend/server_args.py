@@ -78,6 +78,7 @@ class ServerArgs:
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
+    enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
@@ -181,7 +182,8 @@ class ServerArgs:
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
-            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla)
+            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
+            enable_return_routed_experts=self.enable_return_routed_experts)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -232,6 +234,9 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
+                                    "token, so /generate's return_routed_experts can answer them "
+                                    "(meta_info.routed_experts; default: off)",
     "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent "
                    "cache (default: off)",
     "model_path": "HF-format model folder (default: the embedded SmolLM2-135M-Instruct, or "

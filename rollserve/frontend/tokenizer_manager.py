@@ -74,6 +74,7 @@ class TokenizerManager:
         self.context_len: int = info["context_length"]
         self.max_total_num_tokens: int = info["max_total_num_tokens"]
         self.max_req_input_len: int = info["max_req_input_len"]
+        self.routed_experts_on: bool = bool(info.get("routed_experts"))  # MoE + the server flag
         self.states: Dict[str, ReqState] = {}
         self.rpc_futures: Dict[int, asyncio.Future] = {}
         self.rpc_ids = itertools.count()
@@ -196,7 +197,10 @@ class TokenizerManager:
             out.append(_Sample(index=item.index * n + k, rid=rid, msg=TokenizedGenerateReq(
                 rid=rid, input_ids=ids, sampling_params=sample_params,
                 return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
-                top_logprobs_num=item.top_logprobs_num), text_in_logprobs=text_in_logprobs))
+                top_logprobs_num=item.top_logprobs_num,
+                return_routed_experts=item.return_routed_experts,
+                routed_experts_start_len=item.routed_experts_start_len),
+                text_in_logprobs=text_in_logprobs))
         return out
 
     def _tokenize(self, item: PromptItem) -> List[int]:
@@ -216,6 +220,12 @@ class TokenizerManager:
             ids = truncate_prompt(ids, item.sampling_params.max_new_tokens, limit)
         if item.logprob_start_len >= len(ids):
             raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")
+        if item.return_routed_experts and not self.routed_experts_on:
+            raise InvalidRequest("return_routed_experts", (
+                "needs a MoE model served with --enable-return-routed-experts"))
+        if item.routed_experts_start_len > len(ids):
+            raise InvalidRequest("routed_experts_start_len",
+                                 f"must be in [0, the prompt length {len(ids)}]")
         return ids
 
     def _cap_new_tokens(self, params, prompt_len: int) -> None:

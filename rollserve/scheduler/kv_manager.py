@@ -13,14 +13,18 @@ from typing import List, Optional
 import torch
 
 from rollserve.executor.kv_pool import ReqToTokenPool, SlotAllocator
+from rollserve.executor.routed_experts import encode_routed_experts
 from rollserve.scheduler.radix_cache import RadixCache
 from rollserve.scheduler.request import Req
 
 
 class KVManager:
-    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, use_radix_cache: bool):
+    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, use_radix_cache: bool,
+                 routed_experts=None):
         self.allocator = allocator
         self.req_pool = req_pool
+        # executor/routed_experts.py's per-slot rows (--enable-return-routed-experts), else None
+        self.routed_experts = routed_experts
         self.tree: Optional[RadixCache] = RadixCache(allocator) if use_radix_cache else None
 
     # ---- capacity -------------------------------------------------------------
@@ -76,6 +80,11 @@ class KVManager:
         """The request is done (finished or aborted): keep its KV in the tree, free the rest."""
         if req.req_pool_idx is None:
             return
+        if req.return_routed_experts and self.routed_experts is not None:
+            # read while the slots are still the request's: tokens [start, kv_len), where kv_len
+            # is seq_len - 1 for a finished generation (its last token is never forwarded)
+            slots = self.req_pool.slots(req.req_pool_idx, req.kv_len)[req.routed_experts_start_len:]
+            req.routed_experts = encode_routed_experts(self.routed_experts.gather(slots))
         if self.tree is not None:
             self._insert_and_relock(req, relock=False)
         else:

@@ -41,7 +41,7 @@ class Scheduler:
         self.pooler = Pooler.for_runner(runner)  # embedding / reward models; None for generation
         self.outputs: OutputMode = self.pooler or GenerationOutputs()
         use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
-        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
+        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache, runner.routed_experts)
         self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
         self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed,
                                logit_processor=load_logit_processor(config.custom_logit_processor))
@@ -369,6 +369,7 @@ class Scheduler:
             "max_running_requests": self.runner.max_running_requests,
             "context_length": self.runner.context_len,
             "max_req_input_len": min(self.runner.context_len, self.runner.max_total_tokens) - 1,
+            "routed_experts": self.runner.routed_experts is not None,
             "num_running_reqs": len(self._active()),
             "num_queued_reqs": len(self.waiting),
             "kv_used_tokens": self.kv.used_slots(),
