@@ -200,7 +200,11 @@ class SchedulerProcess:
         sock = self.context.socket(zmq.PUSH)
         sock.connect(self.ports["detokenizer"])
         while True:
-            sock.send_pyobj(Heartbeat(os.getpid(), time.monotonic() - self.loop_tick, self.busy_with))
+            try:  # never block: a beat nobody reads yet is simply dropped
+                sock.send_pyobj(Heartbeat(os.getpid(), time.monotonic() - self.loop_tick,
+                                          self.busy_with), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
             time.sleep(HEARTBEAT_INTERVAL_S)
 
     def _watchdog(self) -> None:
