@@ -121,9 +121,12 @@ class DestroyWeightsUpdateGroupRequest(BaseModel):
     group_name: str = "weight_update_group"
 
 
+MAX_TRUNCATE_SIZE = 1 << 20  # values one get_weights_by_name returns (weight_sync/service.py)
+
+
 class GetWeightsByNameRequest(BaseModel):
     name: str
-    truncate_size: int = 100
+    truncate_size: int = Field(100, ge=0, le=MAX_TRUNCATE_SIZE)
 
 
 class MemoryOccupationRequest(BaseModel):

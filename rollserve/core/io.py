@@ -44,6 +44,19 @@ class RpcResult:
     result: Dict[str, Any]
 
 
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass
+class Heartbeat:
+    """Sent by the scheduler process every HEARTBEAT_INTERVAL_S (through the detokenizer,
+    so it vouches for both): the front end calls the engine stalled when these stop."""
+
+    pid: int
+    loop_quiet_s: float = 0.0  # since the scheduler's loop last came round
+    busy_with: Optional[str] = None  # the control call it is running, if any
+
+
 @dataclass
 class TokenOutput:
     """What one request produced since its previous TokenOutput."""

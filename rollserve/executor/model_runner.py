@@ -133,13 +133,30 @@ class ModelRunner:
             budget = total * fraction - (total - free)
         else:
             fraction = self.config.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
-            budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * fraction
+            budget = self._cpu_kv_budget(fraction)
         tokens = int(budget // bytes_per_token)
         if tokens < self.context_len // 4:
             raise RuntimeError(
                 f"mem_fraction_static={fraction} leaves room for only {max(tokens, 0)} KV tokens; "
                 "raise --mem-fraction-static or set --max-total-tokens")
         return tokens
+
+    def _cpu_kv_budget(self, fraction: float) -> float:
+        """Bytes for the KV pool on CPU: a share of the machine's total memory less the
+        weights. Not of the free memory: on a host shared with a trainer or other servers
+        that would size the pool by whatever happened to be free at start."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * page
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        budget = max(total - weights, 0) * fraction
+        free = os.sysconf("SC_AVPHYS_PAGES") * page
+        logger.info("KV pool on CPU: %.2f x (total memory %.1f GiB - weights %.2f GiB) = %.2f GiB "
+                    "(%.1f GiB free now; --max-total-tokens sets the size instead)", fraction,
+                    total / 2**30, weights / 2**30, budget / 2**30, free / 2**30)
+        if budget > free:
+            logger.warning("the KV pool (%.2f GiB) is larger than the free memory (%.2f GiB); "
+                           "the host may swap", budget / 2**30, free / 2**30)
+        return budget
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward

@@ -179,7 +179,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "watchdog_timeout": implemented(),
     "soft_watchdog_timeout": noop("no debug dump is written for slow steps; --watchdog-timeout "
                                   "still stops a hung server"),
-    "dist_timeout": noop("no torch.distributed group is created at start"),
+    "dist_timeout": implemented(),
     "download_dir": noop("nothing is downloaded: --model-path is a local folder"),
     "model_checksum": refused("checksum verification is not implemented",
                               "verify the files before start (e.g. sha256sum)"),

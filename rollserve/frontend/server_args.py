@@ -89,6 +89,11 @@ class ServerArgs:
     decode_log_interval: int = 40
     enable_metrics: bool = False
     watchdog_timeout: float = 300.0
+    # seconds a weight-update group may take to form (init_weights_update_group), and each of
+    # its broadcasts; None: 300 (SGLang's flag: torch.distributed's init timeout)
+    dist_timeout: Optional[int] = None
+    # SIGTERM: seconds in-flight requests get to finish before each is answered with an error
+    shutdown_grace_period: float = 10.0
     # the version label of the weights loaded at start (SGLang's --weight-version); after
     # start-up the scheduler owns the current one
     weight_version: str = "default"
@@ -125,6 +130,8 @@ class ServerArgs:
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         need(self.decode_log_interval >= 0, "decode_log_interval", "must be >= 0")
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
+        need(self.dist_timeout is None or self.dist_timeout > 0, "dist_timeout", "must be positive")
+        need(self.shutdown_grace_period >= 0, "shutdown_grace_period", "must be >= 0")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
 
@@ -187,6 +194,7 @@ class ServerArgs:
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
             stream_interval=self.stream_interval, disable_overlap_schedule=self.disable_overlap_schedule,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
+            dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
             custom_logit_processor=self.custom_logit_processor)
 
@@ -255,7 +263,8 @@ HELP = {
                               "/update_weights_from_tensor has no limit",
     "device": "cuda, cuda:N or cpu (default: cuda when available, else cpu)",
     "mem_fraction_static": "share of device memory for weights + KV pool (default: 0.85 on "
-                           "CUDA; on CPU the KV pool takes 0.1 of the free host memory)",
+                           "CUDA; on CPU the KV pool takes 0.1 of total host memory minus the "
+                           "weights)",
     "max_total_tokens": "size of the KV pool in tokens; overrides --mem-fraction-static "
                         "(default: sized from memory)",
     "max_running_requests": "most requests decoding at once (default: 1024 on CUDA, 256 on CPU, "
@@ -296,6 +305,11 @@ HELP = {
                            "steps (0: never)",
     "enable_metrics": "serve Prometheus metrics at /metrics",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "dist_timeout": "seconds init_weights_update_group waits for the trainer to join (it joins "
+                    "beside generation, not in its way) and each broadcast of the group may take "
+                    "(default: 300)",
+    "shutdown_grace_period": "on SIGTERM, seconds in-flight requests get to finish; then each is "
+                             "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "
                       "meta_info)",
 }

@@ -49,7 +49,9 @@ SGLANG_ENV: Dict[str, EnvSwitch] = {
     "SGLANG_LOGGING_CONFIG_PATH": _refused("logging configuration files are not read",
                                            "--log-level and --log-level-http", accept=("",)),
     "SGLANG_LOG_REQUEST_HEADERS": _noop("--log-requests logs no request headers"),
-    "SGLANG_HEALTH_CHECK_TIMEOUT": _noop("/health_generate waits up to 30 s for its token"),
+    "SGLANG_HEALTH_CHECK_TIMEOUT": EnvSwitch(HONORED, "seconds without a heartbeat from the "
+                                                      "scheduler before /health and waiting "
+                                                      "requests answer 503 (default 20)"),
     "SGLANG_REQ_WAITING_TIMEOUT": _TIMEOUT,
     "SGLANG_REQ_RUNNING_TIMEOUT": _TIMEOUT,
     "SGLANG_CACHE_DIR": _noop("nothing is downloaded or cached by rollserve outside ROLLSERVE_CACHE"),

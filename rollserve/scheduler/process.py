@@ -9,14 +9,15 @@ import os
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any, Callable, Dict
 
 import zmq
 
 from rollserve.scheduler.config import SchedulerConfig
-from rollserve.core.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
-                                 TokenizedEmbeddingReq, TokenizedGenerateReq)
-from rollserve.core.logging_setup import configure_logging, exit_with_parent
+from rollserve.core.io import (HEARTBEAT_INTERVAL_S, AbortReq, BatchTokenOutput, Heartbeat,
+                                 RpcReq, RpcResult, TokenizedEmbeddingReq, TokenizedGenerateReq)
+from rollserve.core.logging_setup import configure_logging, exit_with_parent, ipc_dir_of
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.scheduler.overlap_scheduler import make_scheduler
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
@@ -37,7 +38,8 @@ class SchedulerProcess:
         self.runner = ModelRunner(config.executor)
         self.scheduler = make_scheduler(config, self.runner, tokenizer,
                                         eos_token_ids(config.model_path, tokenizer))
-        context = zmq.Context(2)
+        self.context = context = zmq.Context(2)
+        self.ports = ports
         context.setsockopt(zmq.LINGER, 0)
         self.recv = context.socket(zmq.PULL)
         self.recv.bind(ports["scheduler"])
@@ -47,7 +49,11 @@ class SchedulerProcess:
         self.draining = False  # pause mode "wait": no new request starts, then pause
         self.held_requests: list = []  # arrived while draining; submitted at continue
         self.last_step_start = None  # for the watchdog
-        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
+        self.loop_tick = time.monotonic()  # for the heartbeat
+        self.busy_with = None  # the control call running now
+        self.deferred: list = []  # (rpc_id, Future) of control calls finishing off the loop
+        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs,
+                                             config.dist_timeout)
         self.profiler = StepProfiler()
         self.weight_checker = WeightChecker(self.runner, self.scheduler, self._send_outputs)
         self.trainer_protocols = TrainerProtocols(self.weight_sync)
@@ -58,8 +64,11 @@ class SchedulerProcess:
 
     def loop(self) -> None:
         threading.Thread(target=self._watchdog, daemon=True).start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
         while True:
+            self.loop_tick = time.monotonic()
             self._receive(block=not self.scheduler.has_work() or self._held())
+            self._answer_deferred()
             if self._held():  # again: what was just received may pause or release
                 continue
             self.last_step_start = time.monotonic()
@@ -96,9 +105,18 @@ class SchedulerProcess:
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
         elif isinstance(msg, RpcReq):
-            self.send.send_pyobj(RpcResult(msg.rpc_id, self._rpc(msg)))
+            result = self._rpc(msg)
+            if isinstance(result, Future):  # it waits on someone outside: answered when done
+                self.deferred.append((msg.rpc_id, result))
+            else:
+                self.send.send_pyobj(RpcResult(msg.rpc_id, result))
         else:
             logger.error("unknown message %r", type(msg))
+
+    def _answer_deferred(self) -> None:
+        for item in [d for d in self.deferred if d[1].done()]:
+            self.deferred.remove(item)
+            self.send.send_pyobj(RpcResult(item[0], item[1].result()))
 
     def _send_outputs(self, outputs) -> None:
         if outputs:
@@ -127,11 +145,14 @@ class SchedulerProcess:
         if handler is None:
             return {"success": False, "message": f"unknown control call {msg.method!r}"}
         self._send_outputs(self.scheduler.drain())  # control calls run between steps
+        self.busy_with = msg.method
         try:
             return handler(**msg.kwargs)
         except Exception as e:  # a bad control call must not kill the scheduler
             logger.exception("control call %s failed", msg.method)
             return {"success": False, "message": f"{type(e).__name__}: {e}"}
+        finally:
+            self.busy_with = None
 
     # ---- control calls -------------------------------------------------------------
     def get_info(self) -> dict:
@@ -172,6 +193,20 @@ class SchedulerProcess:
         if self.draining and not self.scheduler.has_work():
             self.draining, self.paused = False, True
 
+    def _heartbeat(self) -> None:
+        """The front end's proof that this process runs (a stopped or frozen process sends
+        none; a step stuck in the loop is the watchdog's). Its own socket: sockets are not
+        shared between threads."""
+        sock = self.context.socket(zmq.PUSH)
+        sock.connect(self.ports["detokenizer"])
+        while True:
+            try:  # never block: a beat nobody reads yet is simply dropped
+                sock.send_pyobj(Heartbeat(os.getpid(), time.monotonic() - self.loop_tick,
+                                          self.busy_with), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            time.sleep(HEARTBEAT_INTERVAL_S)
+
     def _watchdog(self) -> None:
         timeout = self.config.watchdog_timeout
         while True:
@@ -184,7 +219,7 @@ class SchedulerProcess:
 
 def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe) -> None:
     configure_logging(config.log_level, prefix="scheduler")
-    exit_with_parent()
+    exit_with_parent(ipc_dir_of(ports))
     try:
         proc = SchedulerProcess(config, ports)
     except Exception as e:
