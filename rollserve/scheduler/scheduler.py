@@ -29,6 +29,7 @@ from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
                                       gather_token_logprobs, top_logprobs)
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stop_checker import StopChecker
+from rollserve.scheduler import weight_versions
 from rollserve.kernels.dispatch import HostCopy, host_to_device
 
 logger = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ class Scheduler:
         if req.finished:
             return
         req.output_ids.append(token)
+        weight_versions.record_token(req, self.weight_version, self.kv.epoch)
         if req.first_token_time is None:
             req.first_token_time = time.monotonic()
         if logprobs is not None:
@@ -361,6 +363,28 @@ class Scheduler:
         self.running, self.prefilling = [], None
         self.kv.flush()
         return len(active)
+
+    def weights_changed(self, mode: str, flush_cache: bool = True) -> List[TokenOutput]:
+        """The weights were just written: settle the requests in flight as `mode` says
+        (scheduler/weight_versions.py) and start a new weight epoch, so that no KV of the
+        old weights is matched again. flush_cache frees that KV now rather than as it ages.
+        Returns the outputs of requests that ended here."""
+        outputs: List[TokenOutput] = []
+        if mode in ("retract", "restart"):
+            self.drop_all_kv()
+        if mode == "restart":
+            for req in [r for r in self.waiting if r.output_ids]:
+                if weight_versions.can_restart(req):
+                    weight_versions.reset_for_restart(req)
+                    continue
+                self.waiting.remove(req)
+                req.finish("abort", message="weights updated with in_flight_requests='restart', "
+                                            "but this stream had already sent tokens")
+                outputs.append(req.take_output(self.weight_version))
+        self.kv.new_weight_epoch()
+        if flush_cache:
+            self.kv.drop_stale()
+        return outputs
 
     def info(self) -> dict:
         tree = self.kv.tree
