@@ -24,6 +24,8 @@ class ExecutorConfig:
     # GPU path
     attention_backend: Optional[str] = None  # None: triton on CUDA, torch_native on CPU
     disable_mla: bool = False  # MLA models: expanded per-head K/V instead of the latent cache
+    # batch-invariant kernels and attention (kernels/batch_invariant.py); no CUDA graphs
+    enable_deterministic_inference: bool = False
     cuda_graph_max_bs: Optional[int] = None
     cuda_graph_bs: Optional[Tuple[int, ...]] = None
     disable_cuda_graph: bool = False

@@ -30,6 +30,7 @@ from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stop_checker import StopChecker
 from rollserve.scheduler import weight_versions
+from rollserve.scheduler.deterministic import with_default_seed
 from rollserve.kernels.dispatch import HostCopy, host_to_device
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ class Scheduler:
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
         cls = EmbeddingReq if isinstance(msg, TokenizedEmbeddingReq) else Req
-        self.waiting.append(cls.from_message(msg))
+        req = cls.from_message(msg)
+        if self.config.executor.enable_deterministic_inference and cls is Req:
+            req.sampling_params = with_default_seed(req.sampling_params, req.rid,
+                                                    self.config.random_seed)
+        self.waiting.append(req)
 
     def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
         """Abort queued requests now; running ones are marked and released next step."""
