@@ -20,7 +20,9 @@
 # `sharegpt_sglang_lengths` (that run on lengths with the means of SGLang's ShareGPT run),
 # `moe` (issue #19: fused MoE kernel tests and TFLOPS vs a dense GEMM, active-parameter rooflines,
 # one_batch and offline on the Qwen3-30B-A3B and DeepSeek-V2-Lite shapes), `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
-# NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
+# NCCL when there are two GPUs), `profile` (each kernel's time in a bs=1 decode step) and
+# `deterministic` (issue #15: --enable-deterministic-inference against the default mode:
+# throughput, batch invariance, logprob parity with transformers in bf16).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -181,6 +183,11 @@ for stage in $STAGES; do
         step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 8 \
           --input-len 512 --output-len 64 --profile-kernels --output-file "$OUT/profile_$shape.json"
       done ;;
+    deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
+      step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
+        tests/kernels/test_batch_invariant.py
+      step deterministic 900 $PY -m rollserve.bench.deterministic --num-prompts 64 --input-len 256 \
+        --output-len 64 --output-file "$OUT/deterministic.json" ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
         --output-file "$OUT/weight_sync.json" ;;
