@@ -147,7 +147,8 @@ class StreamWatcher:
         self.thread.start()
 
     def _run(self, engine, params):
-        for chunk in engine.generate(input_ids=PROMPT_IDS, sampling_params=params, stream=True):
+        for chunk in engine.generate(input_ids=PROMPT_IDS, sampling_params=params, stream=True,
+                                     return_logprob=True):
             self.last = chunk
             if len(chunk["output_ids"]) >= self.min_tokens:
                 self.started.set()
@@ -170,14 +171,20 @@ def update_mid_request(engine, ckpts, max_new_tokens: int, min_tokens: int = 4,
     return result, watcher.result()
 
 
-def assert_spans_true(ckpts, tokens, spans, names):
-    """Each span's tokens are its checkpoint's greedy choices given every token before them:
-    the answer is exactly what its weight_version_spans claim."""
+def assert_spans_true(ckpts, result, names):
+    """Each span's tokens are its checkpoint's greedy choices given every token before them,
+    and their logprobs that checkpoint's: the answer is exactly what its spans claim."""
+    from rollserve.rollout.parity import trainer_logprobs
+
+    tokens, meta = result["output_ids"], result["meta_info"]
+    spans, logprobs = meta["weight_version_spans"], [e[0] for e in meta["output_token_logprobs"]]
     bounds = [s[0] for s in spans[1:]] + [len(tokens)]
     assert [s[1] for s in spans] == list(names) and spans[0][0] == 0
     for (start, version), end in zip(spans, bounds):
         model = hf_model(ckpts[names[version]])
         assert tokens[start:end] == hf_greedy(model, PROMPT_IDS + tokens[:start], end - start), version
+        theirs = trainer_logprobs(model, [PROMPT_IDS + tokens[:start]], [tokens[start:end]], 0.0)[0]
+        assert torch.allclose(torch.tensor(logprobs[start:end]), torch.tensor(theirs), atol=1e-4)
 
 
 def test_running_request_is_retracted_then_recomputed_with_new_weights(engine, ckpts):
@@ -191,7 +198,7 @@ def test_running_request_is_retracted_then_recomputed_with_new_weights(engine, c
     assert len(tokens) == 120 and meta["stale_kv_tokens"] == 0
     assert 4 <= spans[1][0] < 120
     # the KV computed with A was not reused: after the split, B's greedy choices
-    assert_spans_true(ckpts, tokens, spans, {"a": "A", "mid": "B"})
+    assert_spans_true(ckpts, final, {"a": "A", "mid": "B"})
 
 
 def test_update_waits_for_requests_in_flight_by_default(engine, ckpts, reference):

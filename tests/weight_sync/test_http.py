@@ -188,6 +188,13 @@ def test_openai_results_carry_spans(http, ckpts):
     assert out["choices"][0]["weight_version_spans"] == [[0, "oa"]]
     chunks = _stream(http, "/v1/completions", dict(body, stream=True))
     assert [c["choices"][0]["weight_version_spans"] for c in chunks if c["choices"]][-1] == [[0, "oa"]]
+    chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 0}
+    out = http.post("/v1/chat/completions", json=chat).json()
+    assert out["metadata"] == {"weight_version": "oa"}
+    assert out["choices"][0]["weight_version_spans"] == [[0, "oa"]]
+    chunks = [c for c in _stream(http, "/v1/chat/completions", dict(chat, stream=True)) if c["choices"]]
+    assert chunks[-1]["choices"][0]["weight_version_spans"] == [[0, "oa"]]
 
 
 def test_pause_modes(http, ckpts, reference):
