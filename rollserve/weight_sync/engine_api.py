@@ -37,7 +37,9 @@ class WeightSyncMixin:
                                    in_flight_timeout: Optional[float] = None) -> dict:
         """One bucket of (HF name, tensor) pairs; GPU tensors travel as CUDA IPC handles,
         CPU tensors through a file in shared memory. For a model in several buckets, call
-        once per bucket with flush_cache=False and weight_version=None except the last."""
+        once per bucket with flush_cache=False and weight_version=None except the last, between
+        pause_generation (mode "wait", "retract" or "in_place": what the requests in flight
+        keep) and continue_generation, so that no step runs on half-updated weights."""
         with local_bucket(list(named_tensors)) as payload:
             return self._call(control.update_weights_from_tensor(
                 self.tokenizer_manager, [payload], load_format, flush_cache, abort_all_requests,
