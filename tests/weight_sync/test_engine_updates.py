@@ -4,6 +4,7 @@ memory release, and what happens to requests running during an update."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -322,3 +323,28 @@ def test_release_and_resume_memory(engine, ckpts, reference):
         assert waiting["out"]["output_ids"] == reference["B"], tags
     bad = engine.release_memory_occupation(["gpu"])
     assert not bad["success"] and "unknown memory tag" in bad["message"]
+
+
+def test_updates_queued_behind_a_waiting_one_apply_in_order(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 400)  # long enough to outlast the three calls below
+    assert watcher.started.wait(timeout=60)
+    answers, threads = {}, []
+
+    def later(key, fn):
+        threads.append(threading.Thread(target=lambda: answers.update({key: fn()})))
+        threads[-1].start()
+        time.sleep(0.3)
+
+    later("first", lambda: engine.update_weights_from_disk(ckpts["B"], weight_version="q1"))
+    later("held", lambda: greedy(engine))  # arrives while the first update waits
+    later("second", lambda: engine.update_weights_from_disk(ckpts["A"], weight_version="q2",
+                                                            in_flight_requests="retract"))
+    for thread in threads:
+        thread.join(timeout=120)
+    final = watcher.result()
+    assert final["meta_info"]["weight_version_spans"] == [[0, "a"]]  # finished on A first
+    assert answers["first"]["success"] and answers["second"]["success"]
+    assert answers["held"]["meta_info"]["weight_version"] == "q2"  # ran after both
+    assert answers["held"]["output_ids"] == reference["A"]
+    assert engine.get_model_info()["weight_version"] == "q2"
