@@ -19,6 +19,7 @@ from rollserve.core.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
 from rollserve.core.logging_setup import configure_logging, exit_with_parent
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.scheduler.overlap_scheduler import make_scheduler
+from rollserve.scheduler.scheduler import abort_hits
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
 from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
 from rollserve.weight_sync.checker import WeightChecker
@@ -96,6 +97,7 @@ class SchedulerProcess:
             else:
                 self.scheduler.add_request(msg)
         elif isinstance(msg, AbortReq):
+            self._unhold_aborted(msg)
             outputs = self.scheduler.abort(msg.rid, msg.abort_all)
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
@@ -185,6 +187,14 @@ class SchedulerProcess:
         if self.draining and not self.scheduler.has_work():
             self.draining, self.paused = False, True
             self.weight_sync.pause_mode = "wait"
+
+    def _unhold_aborted(self, msg: AbortReq) -> None:
+        """Held requests (pause wait, an update waiting) that the abort reaches join the queue,
+        where scheduler.abort ends them at once, so their callers get their answer now."""
+        hit = [m for m in self.held_requests if abort_hits(m.rid, msg.rid, msg.abort_all)]
+        for m in hit:
+            self.held_requests.remove(m)
+            self.scheduler.add_request(m)
 
     def _run_pending_updates(self) -> None:
         """Updates waiting for requests in flight run once those finished (or are refused

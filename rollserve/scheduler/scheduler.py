@@ -75,11 +75,7 @@ class Scheduler:
     def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
         """Abort queued requests now; running ones are marked and released next step."""
         def hit(req: Req) -> bool:
-            # the n samples of one request run as rid-0 .. rid-{n-1}
-            if abort_all or req.rid == rid:
-                return True
-            head, _, k = req.rid.rpartition("-")
-            return head == rid and k.isdigit()
+            return abort_hits(req.rid, rid, abort_all)
 
         outputs = []
         for req in [r for r in self.waiting if hit(r)]:
@@ -406,6 +402,15 @@ class Scheduler:
             "memory_usage": self.runner.memory_usage(),
             **self.stats.snapshot(),
         }
+
+
+def abort_hits(req_rid: str, rid: Optional[str], abort_all: bool) -> bool:
+    """Whether an abort of `rid` (or of all) reaches the request req_rid; the n samples of
+    one request run as rid-0 .. rid-{n-1}."""
+    if abort_all or req_rid == rid:
+        return True
+    head, _, k = req_rid.rpartition("-")
+    return head == rid and k.isdigit()
 
 
 @dataclass

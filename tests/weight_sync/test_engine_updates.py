@@ -348,3 +348,25 @@ def test_updates_queued_behind_a_waiting_one_apply_in_order(engine, ckpts, refer
     assert answers["held"]["meta_info"]["weight_version"] == "q2"  # ran after both
     assert answers["held"]["output_ids"] == reference["A"]
     assert engine.get_model_info()["weight_version"] == "q2"
+
+
+def test_request_held_by_a_waiting_update_can_be_aborted(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 400)
+    assert watcher.started.wait(timeout=60)
+    answers = {}
+    update = threading.Thread(target=lambda: answers.update(
+        update=engine.update_weights_from_disk(ckpts["B"], weight_version="ha")))
+    update.start()
+    time.sleep(0.3)
+    held = threading.Thread(target=lambda: answers.update(held=engine.generate(
+        input_ids=PROMPT_IDS, sampling_params=GREEDY, rid="held-by-update")))
+    held.start()
+    time.sleep(0.3)
+    engine.abort("held-by-update")
+    held.join(timeout=10)
+    assert not held.is_alive(), "the aborted request waited for the update"
+    assert answers["held"]["meta_info"]["finish_reason"]["type"] == "abort"
+    assert watcher.thread.is_alive()  # the update is still waiting for it
+    update.join(timeout=120)
+    assert answers["update"]["success"] and watcher.result()["meta_info"]["weight_version"] == "a"
