@@ -170,7 +170,8 @@ def test_swap_under_streams_every_answer_is_what_its_spans_claim(http, ckpts):
     for chunks in streams.values():
         final = chunks[-1]
         tokens, spans = final["output_ids"], final["meta_info"]["weight_version_spans"]
-        assert len(tokens) == n_tokens and spans[0] == [0, "p-a"]
+        # on a slow machine a stream may start after the update: then it is all p-b
+        assert len(tokens) == n_tokens and spans[0][0] == 0
         bounds = [s[0] for s in spans[1:]] + [n_tokens]
         for (start, version), end in zip(spans, bounds):
             assert tokens[start:end] == hf_greedy(models[version], PROMPT_IDS + tokens[:start],
