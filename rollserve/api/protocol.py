@@ -43,6 +43,9 @@ class GenerateRequest(BaseModel):
     top_logprobs_num: Union[int, List[int]] = 0
     return_text_in_logprobs: bool = False
     stream: bool = False
+    # MoE, with --enable-return-routed-experts: meta_info.routed_experts (SGLang's names)
+    return_routed_experts: Union[bool, List[bool]] = False
+    routed_experts_start_len: Union[int, List[int]] = 0
 
 
 class AbortRequest(BaseModel):

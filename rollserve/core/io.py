@@ -18,6 +18,9 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1  # -1: no input logprobs
     top_logprobs_num: int = 0
     stream: bool = False
+    # MoE: answer the expert ids of tokens [routed_experts_start_len, seq_len - 1) when finished
+    return_routed_experts: bool = False
+    routed_experts_start_len: int = 0
 
 
 @dataclass
@@ -64,6 +67,7 @@ class TokenOutput:
     input_top_logprobs: Optional[List[Optional[List[Tuple[float, int]]]]] = None
     output_token_logprobs: Optional[List[Tuple[float, int]]] = None
     output_top_logprobs: Optional[List[List[Tuple[float, int]]]] = None
+    routed_experts: Optional[str] = None  # on the finished output only: SGLang's base64 int32
     text_delta: str = ""  # filled by the detokenizer
 
 

@@ -78,6 +78,7 @@ class ServerArgs:
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
+    enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
     # batch-invariant kernels, per-request sampling seeds (kernels/batch_invariant.py)
     enable_deterministic_inference: bool = False
     disable_overlap_schedule: bool = False
@@ -178,6 +179,7 @@ class ServerArgs:
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
+            enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference)
 
     def scheduler_config(self) -> SchedulerConfig:
@@ -228,6 +230,9 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
+                                    "token, so /generate's return_routed_experts can answer them "
+                                    "(meta_info.routed_experts; default: off)",
     "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent "
                    "cache (default: off)",
     "enable_deterministic_inference": "batch-invariant kernels and attention, a seed per "

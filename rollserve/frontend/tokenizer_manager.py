@@ -50,6 +50,7 @@ class TokenizerManager:
         self.context_len: int = info["context_length"]
         self.max_total_num_tokens: int = info["max_total_num_tokens"]
         self.max_req_input_len: int = info["max_req_input_len"]
+        self.routed_experts_on: bool = bool(info.get("routed_experts"))  # MoE + the server flag
         self.states: Dict[str, ReqState] = {}
         self.rpc_futures: Dict[int, asyncio.Future] = {}
         self.rpc_ids = itertools.count()
@@ -112,7 +113,10 @@ class TokenizerManager:
         if not self.is_generation:
             raise wrong_model_error(self.pooling, "generation", self.model_path)
         items, is_batch = normalize(obj)
-        samples = [await self._prepare(item, obj.return_text_in_logprobs) for item in items]
+        # concurrently: each prompt with n > 1 is prefilled once first (_warm_prefix), and a
+        # batch of P such prompts must not wait for P prefills one after another (issue #17)
+        samples = await asyncio.gather(*(self._prepare(item, obj.return_text_in_logprobs)
+                                         for item in items))
         expanded = [s for group in samples for s in group]
         as_list = is_batch or len(expanded) > 1
         try:
@@ -139,7 +143,10 @@ class TokenizerManager:
             out.append(_Sample(index=item.index * n + k, rid=rid, msg=TokenizedGenerateReq(
                 rid=rid, input_ids=ids, sampling_params=sample_params,
                 return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
-                top_logprobs_num=item.top_logprobs_num), text_in_logprobs=text_in_logprobs))
+                top_logprobs_num=item.top_logprobs_num,
+                return_routed_experts=item.return_routed_experts,
+                routed_experts_start_len=item.routed_experts_start_len),
+                text_in_logprobs=text_in_logprobs))
         return out
 
     def _tokenize(self, item: PromptItem) -> List[int]:
@@ -159,6 +166,12 @@ class TokenizerManager:
             ids = truncate_prompt(ids, item.sampling_params.max_new_tokens, limit)
         if item.logprob_start_len >= len(ids):
             raise InvalidRequest("logprob_start_len", f"must be < the prompt length {len(ids)}")
+        if item.return_routed_experts and not self.routed_experts_on:
+            raise InvalidRequest("return_routed_experts", (
+                "needs a MoE model served with --enable-return-routed-experts"))
+        if item.routed_experts_start_len > len(ids):
+            raise InvalidRequest("routed_experts_start_len",
+                                 f"must be in [0, the prompt length {len(ids)}]")
         return ids
 
     async def _warm_prefix(self, ids: List[int]) -> None:

@@ -14,7 +14,10 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
     each BLOCK_M block [P / block_m] int32, -1 for blocks past the last expert's group)."""
     flat = topk_ids.reshape(-1).to(torch.int64)
     num_copies = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
+    # scatter_add, not bincount: bincount sizes its output from the data (a device-to-host
+    # sync), which CUDA graph capture of a decode step refuses.
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     padded_end = torch.cumsum(padded, 0)
     group_start = padded_end - padded

@@ -43,6 +43,7 @@ def reset_for_restart(req: Req) -> None:
     req.first_token_time = None
     req.weight_version_spans = []
     req.stale_kv_tokens = 0
+    req.retracted_computed = 0  # nothing of it is to be found again: it all starts over
     clear_pending_logprobs(req)
 
 
