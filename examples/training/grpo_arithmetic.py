@@ -40,6 +40,7 @@ from plot_rewards import plot  # noqa: E402
 from run_log import RunLog  # noqa: E402
 
 from rollserve.rollout import RolloutClient, Sample  # noqa: E402
+from rollserve.rollout.parity import logprob_parity  # noqa: E402
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}  # the logprobs are of this policy
 ALL_PROBLEMS = [Problem(a, b) for a in range(10) for b in range(10)]
@@ -213,6 +214,8 @@ def one_step(args, step, version, rng, client, score, policy, ref_model, optimiz
     exact = [verifiable_reward(p, t) for p, t in zip(owners, texts)]
     per_group = [rewards[i:i + args.group_size] for i in range(0, len(rewards), args.group_size)]
     rollouts = build_rollouts(prompt_ids, groups, per_group)
+    # every sample, before the update: the engine's logprobs against this trainer's forward
+    parity = logprob_parity(policy, prompt_ids, groups, temperature=SAMPLING["temperature"])
     t2 = time.perf_counter()
     stats = train_step(policy, optimizer, rollouts, pad_id, args.micro_batch, args.clip,
                        args.kl_coef, ref_model)
@@ -231,6 +234,8 @@ def one_step(args, step, version, rng, client, score, policy, ref_model, optimiz
         "reward/mean": sum(rewards) / len(rewards), "reward/exact_answer": sum(exact) / len(exact),
         "loss": stats.loss, "kl": stats.kl, "clip_fraction": stats.clip_fraction,
         "logprob_max_abs_diff": stats.logprob_max_abs_diff,
+        "parity/mean_abs_diff": parity["mean_abs_diff"], "parity/max_abs_diff": parity["max_abs_diff"],
+        "parity/kl": parity["kl"],
         "trained_sequences": stats.trained_sequences,
         "completion_tokens/mean": sum(s.completion_tokens for g in groups for s in g) / len(texts),
         "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/train_s": t3 - t2,
@@ -238,7 +243,7 @@ def one_step(args, step, version, rng, client, score, policy, ref_model, optimiz
     }
     log.log(step, metrics)
     print(f"step {step:3d}  reward {metrics['reward/mean']:.3f}  exact {metrics['reward/exact_answer']:.3f}"
-          f"  |dlogp| {stats.logprob_max_abs_diff:.1e}  rollout {t1 - t0:.1f}s  train {t3 - t2:.1f}s"
+          f"  |dlogp| {stats.logprob_max_abs_diff:.1e}  kl {parity['kl']:.1e}  rollout {t1 - t0:.1f}s  train {t3 - t2:.1f}s"
           f"  sync({args.sync}) {t5 - t4:.1f}s", flush=True)
     return new_version
 

@@ -51,6 +51,11 @@ def matched_stop(meta: Dict[str, Any]):
     return reason.get("matched") if reason.get("type") == "stop" else None
 
 
+def response_metadata(items: List[dict]) -> Dict[str, Any]:
+    """SGLang's response-level metadata: the weight_version of the (first) result."""
+    return {"weight_version": items[0]["meta_info"].get("weight_version") if items else None}
+
+
 def usage_of(metas: List[Dict[str, Any]], n: int) -> Usage:
     """Prompt and cached tokens count once per prompt, however many samples it had."""
     prompt = cached = 0
@@ -397,15 +402,19 @@ class ChatPlan(Plan):
             choices.append(ChatChoice(index=i, message=AssistantMessage(content=item["text"]),
                                       logprobs=logprobs, finish_reason=finish_reason(meta),
                                       matched_stop=matched_stop(meta),
-                                      token_ids=item["output_ids"] if self.token_ids else None))
+                                      token_ids=item["output_ids"] if self.token_ids else None,
+                                      weight_version_spans=meta.get("weight_version_spans")))
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.model,
                                       choices=choices,
                                       usage=usage_of([r["meta_info"] for r in items], self.n),
                                       prompt_token_ids=list(self.obj.input_ids)
-                                      if self.token_ids else None).model_dump()
+                                      if self.token_ids else None,
+                                      metadata=response_metadata(items)).model_dump()
 
-    def _chunk(self, index: int, delta: DeltaMessage, logprobs=None, reason=None) -> bytes:
-        choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)
+    def _chunk(self, index: int, delta: DeltaMessage, logprobs=None, reason=None,
+               spans=None) -> bytes:
+        choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason,
+                                  weight_version_spans=spans)
         return sse_event(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
                                              choices=[choice]).model_dump())
 
@@ -443,7 +452,8 @@ class ChatPlan(Plan):
             state.logprobs_sent = len(entries)
         reason = finish_reason(meta)
         if delta or reason or (logprobs and logprobs.content):
-            events.append(self._chunk(index, DeltaMessage(content=delta), logprobs, reason))
+            events.append(self._chunk(index, DeltaMessage(content=delta), logprobs, reason,
+                                      meta.get("weight_version_spans")))
         return events
 
 
@@ -494,11 +504,12 @@ class CompletionPlan(Plan):
                                             matched_stop=matched_stop(meta),
                                             token_ids=item["output_ids"] if ids else None,
                                             prompt_token_ids=self.prompts[i // self.n]
-                                            if ids else None))
+                                            if ids else None,
+                                            weight_version_spans=meta.get("weight_version_spans")))
         return CompletionResponse(id=self.id, created=self.created, model=self.model,
                                   choices=choices,
-                                  usage=usage_of([r["meta_info"] for r in items], self.n)
-                                  ).model_dump()
+                                  usage=usage_of([r["meta_info"] for r in items], self.n),
+                                  metadata=response_metadata(items)).model_dump()
 
     async def events(self, results: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         progress: Dict[int, ChoiceProgress] = {}
@@ -536,6 +547,7 @@ class CompletionPlan(Plan):
         if not (text or reason or (logprobs and logprobs.tokens)):
             return None
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason,
-                                  matched_stop=matched_stop(meta))
+                                  matched_stop=matched_stop(meta),
+                                  weight_version_spans=meta.get("weight_version_spans"))
         return sse_event(CompletionResponse(id=self.id, created=self.created, model=self.model,
                                             choices=[choice]).model_dump())

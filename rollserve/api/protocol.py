@@ -81,7 +81,14 @@ class ProfileRequestBody(BaseModel):
 
 
 # ---- weight sync (rollserve/api/weight_sync_routes.py), SGLang's names ----------------------
-class UpdateWeightsFromDiskRequest(BaseModel):
+class InFlightFields(BaseModel):
+    """rollserve's: what an update does to requests in flight (weight_sync/service.py)."""
+
+    in_flight_requests: Optional[Literal["wait", "retract", "in_place", "restart", "abort"]] = None
+    in_flight_timeout: Optional[float] = Field(default=None, ge=0)
+
+
+class UpdateWeightsFromDiskRequest(InFlightFields):
     model_path: str
     load_format: Optional[str] = None
     flush_cache: bool = True
@@ -89,7 +96,7 @@ class UpdateWeightsFromDiskRequest(BaseModel):
     weight_version: Optional[str] = None
 
 
-class UpdateWeightsFromTensorRequest(BaseModel):
+class UpdateWeightsFromTensorRequest(InFlightFields):
     serialized_named_tensors: List[str]  # buckets from weight_sync.tensor_transport
     load_format: Optional[str] = None
     flush_cache: bool = True
@@ -106,7 +113,7 @@ class InitWeightsUpdateGroupRequest(BaseModel):
     backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, gloo on CPU
 
 
-class UpdateWeightsFromDistributedRequest(BaseModel):
+class UpdateWeightsFromDistributedRequest(InFlightFields):
     names: List[str]
     dtypes: List[str]
     shapes: List[List[int]]
@@ -127,6 +134,10 @@ MAX_TRUNCATE_SIZE = 1 << 20  # values one get_weights_by_name returns (weight_sy
 class GetWeightsByNameRequest(BaseModel):
     name: str
     truncate_size: int = Field(100, ge=0, le=MAX_TRUNCATE_SIZE)
+
+
+class PauseGenerationRequest(BaseModel):
+    mode: Literal["abort", "retract", "in_place", "keep", "wait"] = "abort"  # SGLang's default
 
 
 class MemoryOccupationRequest(BaseModel):
@@ -233,6 +244,9 @@ class ChatChoice(BaseModel):
     finish_reason: Optional[str] = None
     matched_stop: Optional[Union[int, str]] = None
     token_ids: Optional[List[int]] = None  # with return_token_ids
+    # rollserve's extension: [first token index, weight_version] per run of tokens one
+    # policy sampled (meta_info.weight_version_spans of /generate; in a stream, the spans so far)
+    weight_version_spans: Optional[List[List[Any]]] = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -243,6 +257,7 @@ class ChatCompletionResponse(BaseModel):
     choices: List[ChatChoice]
     usage: Usage
     prompt_token_ids: Optional[List[int]] = None  # with return_token_ids
+    metadata: Optional[Dict[str, Any]] = None  # SGLang's: {weight_version}
 
 
 class DeltaMessage(BaseModel):
@@ -255,6 +270,7 @@ class ChatStreamChoice(BaseModel):
     delta: DeltaMessage
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[str] = None
+    weight_version_spans: Optional[List[List[Any]]] = None  # as ChatChoice's, so far
 
 
 class ChatCompletionChunk(BaseModel):
@@ -291,6 +307,9 @@ class CompletionChoice(BaseModel):
     matched_stop: Optional[Union[int, str]] = None
     token_ids: Optional[List[int]] = None  # with return_token_ids
     prompt_token_ids: Optional[List[int]] = None
+    # rollserve's extension: [first token index, weight_version] per run of tokens one
+    # policy sampled (meta_info.weight_version_spans of /generate; in a stream, the spans so far)
+    weight_version_spans: Optional[List[List[Any]]] = None
 
 
 class CompletionResponse(BaseModel):
@@ -300,6 +319,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: List[CompletionChoice]
     usage: Optional[Usage] = None
+    metadata: Optional[Dict[str, Any]] = None  # SGLang's: {weight_version}
 
 
 # ---- OpenAI: models ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from rollserve.api.protocol import (ApiError, DestroyWeightsUpdateGroupRequest,
                                     GetWeightsByNameRequest,
                                     InitWeightsUpdateGroupRequest, MemoryOccupationRequest,
+                                    PauseGenerationRequest,
                                     UpdateWeightsFromDiskRequest,
                                     UpdateWeightsFromDistributedRequest,
                                     UpdateWeightsFromTensorRequest)
@@ -87,8 +88,9 @@ def add_weight_sync_routes(app: FastAPI, state) -> None:
         return JSONBody(result["values"]) if result.get("success") else _answer(result)
 
     @app.api_route("/pause_generation", methods=GET_OR_POST)
-    async def pause_generation():
-        return _answer(await tm.rpc("pause_generation"))
+    async def pause_generation(request: Request):
+        body = await optional_body(request, PauseGenerationRequest)
+        return _answer(await tm.rpc("pause_generation", mode=body.mode))
 
     @app.api_route("/continue_generation", methods=GET_OR_POST)
     async def continue_generation():

@@ -75,6 +75,18 @@ def rollout_rows(name: str, report: dict):
         yield label, f"{r['output_tok_s']:.0f} out tok/s", note
 
 
+def deterministic_rows(name: str, report: dict):
+    """bench/deterministic.py: each mode's throughput, batch invariance and HF parity."""
+    for r in report["results"]:
+        par = r.get("parity_vs_transformers") or {}
+        note = (f"probe bitwise equal alone / in batch: {r['probe_logprobs_bitwise_equal']}"
+                + (f"; vs transformers {report['dtype']}: mean |dlogp| {par['mean_abs_diff']:.2e}, "
+                   f"max {par['max_abs_diff']:.2e}, kl {par['kl']:.1e}" if par else ""))
+        yield f"{name} {r['mode']}", f"{r['output_tok_s']:.0f} out tok/s", note
+    yield (f"{name} cost", f"{report['cost_ratio_default_over_deterministic']}x",
+           "default / deterministic throughput (SGLang reports ~1.34x with CUDA graphs)")
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -86,7 +98,8 @@ def main(argv=None) -> None:
         kind = report.get("benchmark")
         rows = one_batch_rows(name, report) if kind == "one_batch" else \
             offline_rows(name, report) if kind == "offline" else \
-            rollout_rows(name, report) if kind == "rollout" else []
+            rollout_rows(name, report) if kind == "rollout" else \
+            deterministic_rows(name, report) if kind == "deterministic" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 

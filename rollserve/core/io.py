@@ -68,6 +68,9 @@ class TokenOutput:
     completion_tokens: int
     cached_tokens: int
     weight_version: str
+    # the whole answer so far, not a delta: [first output index, version] per run of tokens
+    weight_version_spans: List[List[Any]] = field(default_factory=list)
+    stale_kv_tokens: int = 0  # tokens sampled on KV that older weights computed
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     trim_stop: Optional[str] = None  # stop string to cut from the text when finished

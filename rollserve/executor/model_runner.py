@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 from transformers import AutoConfig
 
+from rollserve.kernels import batch_invariant
 from rollserve.executor.config import ExecutorConfig
 from rollserve.executor.cuda_graph_runner import CudaGraphRunner, graph_sizes
 from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
@@ -62,8 +63,11 @@ class ModelRunner:
         # MLA models cache one latent per token unless --disable-mla (then expanded K/V)
         self.mla_dims = None if config.disable_mla else getattr(self.model, "mla_dims", None)
         self._init_memory()
-        self.attention_backend = select_attention_backend(config.attention_backend, self.device,
-                                                          mla=self.mla_dims is not None)
+        self.attention_backend = select_attention_backend(
+            config.attention_backend, self.device, mla=self.mla_dims is not None,
+            deterministic=config.enable_deterministic_inference)
+        if config.enable_deterministic_inference:
+            batch_invariant.enable()  # every linear of this process, from now on
         self.attn_backend = create_attention_backend(self.attention_backend, self.device,
                                                      self.kv_pool.num_kv_heads)
         self.expert_recorder = ExpertDistributionRecorder.for_model(self.model, self.device)  # MoE only

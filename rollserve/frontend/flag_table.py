@@ -40,8 +40,6 @@ MULTI_NODE = refused("multi-node serving is not implemented yet",
                      "one server per node (per GPU), all listed in RolloutClient")
 MULTI_GPU = refused("one server runs on one device; this parallelism is not implemented",
                     _ONE_SERVER_PER_GPU)
-DETERMINISTIC = refused("deterministic (batch-invariant) inference is not implemented yet",
-                        "greedy sampling (temperature 0) or a per-request seed")
 QUANT = refused("quantized weights and activations are not implemented",
                 "a bf16/fp16/fp32 checkpoint (--dtype picks the compute dtype)")
 LORA = refused("LoRA adapters are not implemented",
@@ -372,7 +370,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                     "which costs nothing measurable here"),
     "numa_node": refused("NUMA binding is not implemented", "numactl --cpunodebind=N rollserve "
                          "serve ..."),
-    "enable_deterministic_inference": DETERMINISTIC,
+    "enable_deterministic_inference": implemented(),
     "rl_on_policy_target": refused("matching a trainer's numerics (true on-policy) is not "
                                    "implemented", "compare logprobs in the trainer"),
     "enable_fused_qk_norm_rope": noop("q/k norm and rotary already run in one Triton kernel on CUDA"),

@@ -1,6 +1,10 @@
 """Accumulates a request's outputs and shapes them as SGLang's /generate results:
 {text, output_ids, meta_info: {id, finish_reason, prompt_tokens, completion_tokens,
-cached_tokens, e2e_latency, weight_version, *_logprobs}}."""
+cached_tokens, e2e_latency, weight_version, *_logprobs}}, plus rollserve's provenance:
+weight_version_spans ([first output index, weight_version] per run of tokens sampled
+under one version; every chunk of a stream carries the spans so far) and
+stale_kv_tokens (tokens sampled on KV older weights computed, see
+scheduler/weight_versions.py)."""
 
 from __future__ import annotations
 
@@ -51,6 +55,8 @@ class ResultBuilder:
             "cached_tokens": out.cached_tokens if out else 0,
             "e2e_latency": time.perf_counter() - self.start,
             "weight_version": out.weight_version if out else None,
+            "weight_version_spans": [list(span) for span in out.weight_version_spans] if out else [],
+            "stale_kv_tokens": out.stale_kv_tokens if out else 0,
         }
         if self.first_token_latency is not None:
             meta["ttft"] = self.first_token_latency

@@ -79,6 +79,8 @@ class ServerArgs:
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
+    # batch-invariant kernels, per-request sampling seeds (kernels/batch_invariant.py)
+    enable_deterministic_inference: bool = False
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
@@ -156,7 +158,8 @@ class ServerArgs:
                 raise ValueError(f"device: {device} is not available here (torch "
                                  f"{torch.__version__}, CUDA {torch.version.cuda or 'not built'}"
                                  "); use --device cpu or leave --device out")
-        select_attention_backend(self.attention_backend, device)
+        select_attention_backend(self.attention_backend, device,
+                                 deterministic=self.enable_deterministic_inference)
         if self.chat_template:
             resolve_chat_template(self.chat_template)
 
@@ -183,7 +186,8 @@ class ServerArgs:
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
-            enable_return_routed_experts=self.enable_return_routed_experts)
+            enable_return_routed_experts=self.enable_return_routed_experts,
+            enable_deterministic_inference=self.enable_deterministic_inference)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -239,6 +243,10 @@ HELP = {
                                     "(meta_info.routed_experts; default: off)",
     "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent "
                    "cache (default: off)",
+    "enable_deterministic_inference": "batch-invariant kernels and attention, a seed per "
+                                      "request: the same request gives bitwise the same tokens "
+                                      "and logprobs in any batch, chunking and cache state "
+                                      "(slower; no CUDA graphs) (default: off)",
     "model_path": "HF-format model folder (default: the embedded SmolLM2-135M-Instruct, or "
                   "all-MiniLM-L6-v2 with --is-embedding)",
     "tokenizer_path": "tokenizer folder (default: the model folder)",

@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from rollserve.kernels import batch_invariant
+
 from rollserve.kernels.dispatch import use_triton
 from rollserve.kernels.moe_align import moe_align  # noqa: F401 (re-exported)
 
@@ -81,15 +83,20 @@ def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
             continue
         copies = order[start:start + count]
         start += count
-        gate, up = F.linear(x[copies // top_k], w13[expert]).chunk(2, dim=-1)
-        down = F.linear(F.silu(gate) * up, w2[expert])
+        gate, up = _linear(x[copies // top_k], w13[expert]).chunk(2, dim=-1)
+        down = _linear(F.silu(gate) * up, w2[expert])
         out[copies] = (down * flat_weights[copies, None]).to(out.dtype)
     return out.view(num_tokens, top_k, -1).sum(dim=1)
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # an expert's row count depends on the batch: batch-invariant mode needs the fixed split
+    return batch_invariant.linear(x, weight) if batch_invariant.enabled() else F.linear(x, weight)
+
+
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor) -> torch.Tensor:
-    if use_triton(x):
+    if use_triton(x) and not batch_invariant.enabled():  # its tiles follow the batch
         from rollserve.kernels.fused_moe_triton import fused_moe_triton
 
         return fused_moe_triton(x, w13, w2, topk_weights, topk_ids)

@@ -59,24 +59,30 @@ class AsyncRolloutClient:
     # ---- weights (every replica) -------------------------------------------------------------
     async def update_weights_from_disk(self, model_path: str, *, weight_version: Optional[str] = None,
                                        load_format: Optional[str] = None, flush_cache: bool = True,
-                                       abort_all_requests: bool = False) -> dict:
+                                       abort_all_requests: bool = False,
+                                       in_flight_requests: Optional[str] = None,
+                                       in_flight_timeout: Optional[float] = None) -> dict:
         body = P.disk_update_payload(model_path, weight_version, load_format, flush_cache,
-                                     abort_all_requests)
+                                     abort_all_requests,
+                                     P.in_flight_fields(in_flight_requests, in_flight_timeout))
         return await self._on_every_replica("/update_weights_from_disk", body)
 
     async def update_weights_from_tensors(self, named_tensors, *,
                                           weight_version: Optional[str] = None,
-                                          bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict:
+                                          bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                                          in_flight_requests: Optional[str] = None,
+                                          in_flight_timeout: Optional[float] = None) -> dict:
         """As RolloutClient.update_weights_from_tensors (generation paused across buckets)."""
         named = list(named_tensors)
         if not all(t.is_cuda for _, t in named):
             bucket_bytes = min(bucket_bytes, P.max_bucket_bytes(await self._body_limit()))
+        in_flight = P.in_flight_fields(in_flight_requests, in_flight_timeout)
         hold = len(P.tensor_buckets(named, bucket_bytes)) > 1
         if hold:
-            await self.pause_generation()
+            await self.pause_generation(P.PUSH_PAUSE_MODES[in_flight_requests])
         answer, buckets = {}, 0
         try:
-            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
+            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes, in_flight):
                 answer = await self._on_every_replica("/update_weights_from_tensor", body)
                 buckets += 1
         finally:
@@ -84,8 +90,9 @@ class AsyncRolloutClient:
                 await self.continue_generation()
         return {**answer, "num_buckets": buckets}  # the last bucket's answer
 
-    async def pause_generation(self) -> dict:
-        return await self._on_every_replica("/pause_generation", None)
+    async def pause_generation(self, mode: str = "abort") -> dict:
+        """As RolloutClient.pause_generation."""
+        return await self._on_every_replica("/pause_generation", {"mode": mode})
 
     async def continue_generation(self) -> dict:
         return await self._on_every_replica("/continue_generation", None)

@@ -77,28 +77,38 @@ class RolloutClient:
     # ---- weights (every replica) -------------------------------------------------------------
     def update_weights_from_disk(self, model_path: str, *, weight_version: Optional[str] = None,
                                  load_format: Optional[str] = None, flush_cache: bool = True,
-                                 abort_all_requests: bool = False) -> dict:
+                                 abort_all_requests: bool = False,
+                                 in_flight_requests: Optional[str] = None,
+                                 in_flight_timeout: Optional[float] = None) -> dict:
+        """in_flight_requests: what the update does to requests in flight: None / "wait"
+        (they finish on the old weights first, up to in_flight_timeout seconds), "retract",
+        "in_place", "restart" or "abort" (docs/server.md, weight updates)."""
         body = P.disk_update_payload(model_path, weight_version, load_format, flush_cache,
-                                     abort_all_requests)
+                                     abort_all_requests,
+                                     P.in_flight_fields(in_flight_requests, in_flight_timeout))
         return self._on_every_replica("/update_weights_from_disk", body)
 
     def update_weights_from_tensors(self, named_tensors, *, weight_version: Optional[str] = None,
-                                    bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict:
+                                    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                                    in_flight_requests: Optional[str] = None,
+                                    in_flight_timeout: Optional[float] = None) -> dict:
         """(name, tensor) pairs (e.g. model.named_parameters()), sent in buckets of about
         bucket_bytes; the last bucket flushes the cache and sets weight_version.
 
         With several buckets, generation is paused on every replica from the first bucket
         to the last (and continued afterwards, also when a bucket is refused), so no step
-        runs on a mix of old and new weights."""
+        runs on a mix of old and new weights; the pause's mode follows in_flight_requests
+        (as update_weights_from_disk; None: running requests finish first)."""
         named = list(named_tensors)
         if not all(t.is_cuda for _, t in named):  # host bytes travel in the body: keep under its limit
             bucket_bytes = min(bucket_bytes, P.max_bucket_bytes(self._body_limit()))
+        in_flight = P.in_flight_fields(in_flight_requests, in_flight_timeout)
         hold = len(P.tensor_buckets(named, bucket_bytes)) > 1
         if hold:
-            self.pause_generation()
+            self.pause_generation(P.PUSH_PAUSE_MODES[in_flight_requests])
         answer, buckets = {}, 0
         try:
-            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes):
+            for body in P.tensor_update_payloads(named, weight_version, bucket_bytes, in_flight):
                 answer = self._on_every_replica("/update_weights_from_tensor", body)
                 buckets += 1
         finally:
@@ -106,9 +116,12 @@ class RolloutClient:
                 self.continue_generation()
         return {**answer, "num_buckets": buckets}  # the last bucket's answer
 
-    def pause_generation(self) -> dict:
-        """Every replica stops running forward steps (requests wait) until continue_generation."""
-        return self._on_every_replica("/pause_generation", None)
+    def pause_generation(self, mode: str = "abort") -> dict:
+        """Every replica stops running forward steps until continue_generation. mode, as
+        SGLang's: "abort" (running and queued requests end), "retract" (requeued, KV
+        recomputed at continue), "in_place" (kept with their KV); also "wait" (they finish
+        first, new ones wait)."""
+        return self._on_every_replica("/pause_generation", {"mode": mode})
 
     def continue_generation(self) -> dict:
         return self._on_every_replica("/continue_generation", None)

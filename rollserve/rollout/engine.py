@@ -148,8 +148,10 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
     def abort(self, rid: Optional[str] = None, abort_all: bool = False) -> None:
         self._call(self.tokenizer_manager.abort(rid, abort_all))
 
-    def pause_generation(self) -> dict:
-        return self._call(self.tokenizer_manager.rpc("pause_generation"))
+    def pause_generation(self, mode: str = "abort") -> dict:
+        """SGLang's modes: abort (its default), retract, in_place; also keep (= in_place) and
+        wait (running requests finish first). See SchedulerProcess.pause_generation."""
+        return self._call(self.tokenizer_manager.rpc("pause_generation", mode=mode))
 
     def continue_generation(self) -> dict:
         return self._call(self.tokenizer_manager.rpc("continue_generation"))

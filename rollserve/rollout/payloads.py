@@ -128,14 +128,31 @@ def items_of(body: Any) -> list:
 
 # ---- weight updates -------------------------------------------------------------------------------
 def disk_update_payload(model_path: str, weight_version: Optional[str], load_format: Optional[str],
-                        flush_cache: bool, abort_all_requests: bool) -> dict:
+                        flush_cache: bool, abort_all_requests: bool,
+                        in_flight: Optional[dict] = None) -> dict:
     if not isinstance(model_path, str) or not model_path:
         raise ValueError("model_path: give the checkpoint folder")
     payload = {"model_path": model_path, "flush_cache": flush_cache,
-               "abort_all_requests": abort_all_requests, "weight_version": weight_version}
+               "abort_all_requests": abort_all_requests, "weight_version": weight_version,
+               **(in_flight or {})}
     if load_format is not None:
         payload["load_format"] = load_format
     return payload
+
+
+# the pause a bucketed push holds generation with, by in_flight_requests: nothing may run
+# between buckets, and what is in flight is settled as the mode says (weight_sync/service.py)
+PUSH_PAUSE_MODES = {None: "wait", "wait": "wait", "retract": "retract", "in_place": "in_place",
+                    "restart": "retract", "abort": "abort"}
+
+
+def in_flight_fields(in_flight_requests: Optional[str], in_flight_timeout: Optional[float]) -> dict:
+    """The update body's in-flight fields; left out when not set (the server's defaults)."""
+    if in_flight_requests not in PUSH_PAUSE_MODES:
+        raise ValueError(f"in_flight_requests: one of {sorted(k for k in PUSH_PAUSE_MODES if k)} "
+                         f"or None, got {in_flight_requests!r}")
+    fields = {"in_flight_requests": in_flight_requests, "in_flight_timeout": in_flight_timeout}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def max_bucket_bytes(body_limit: Optional[int]) -> int:
@@ -167,7 +184,7 @@ def tensor_buckets(named_tensors: Sequence[Tuple[str, Any]], bucket_bytes: int) 
 
 
 def tensor_update_payloads(named_tensors, weight_version: Optional[str],
-                           bucket_bytes: int) -> Iterator[dict]:
+                           bucket_bytes: int, in_flight: Optional[dict] = None) -> Iterator[dict]:
     """The /update_weights_from_tensor bodies, serialized one bucket at a time; only
     the last one flushes the cache and sets the weight version."""
     from rollserve.weight_sync.tensor_transport import serialize_named_tensors
@@ -176,7 +193,8 @@ def tensor_update_payloads(named_tensors, weight_version: Optional[str],
     for i, bucket in enumerate(buckets):
         last = i == len(buckets) - 1
         yield {"serialized_named_tensors": [serialize_named_tensors(bucket)],
-               "flush_cache": last, "weight_version": weight_version if last else None}
+               "flush_cache": last, "weight_version": weight_version if last else None,
+               **(in_flight or {})}
 
 
 def merge_replica_answers(answers: Dict[str, dict]) -> dict:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from rollserve.rollout.errors import RolloutError
@@ -23,6 +23,17 @@ class Sample:
     completion_tokens: int
     cached_tokens: int
     meta_info: dict  # the server's raw meta_info
+    # [first output index, weight_version] per run of tokens one policy sampled
+    weight_version_spans: List[List[Any]] = field(default_factory=list)
+    stale_kv_tokens: int = 0  # tokens sampled on KV that older weights computed
+
+    def token_weight_versions(self) -> List[str]:
+        """The weight_version of every output token (spans expanded)."""
+        out: List[str] = []
+        bounds = [s[0] for s in self.weight_version_spans[1:]] + [len(self.output_ids)]
+        for (start, version), end in zip(self.weight_version_spans, bounds):
+            out.extend([version] * (end - start))
+        return out
 
 
 def _logprob_values(entries: Optional[list]) -> Optional[list]:
@@ -42,7 +53,9 @@ def sample_from_result(result: Dict[str, Any], prompt_index: int, sample_index: 
         prompt_tokens=meta.get("prompt_tokens", 0),
         completion_tokens=meta.get("completion_tokens", len(result["output_ids"])),
         cached_tokens=meta.get("cached_tokens", 0),
-        meta_info=meta)
+        meta_info=meta,
+        weight_version_spans=[list(s) for s in meta.get("weight_version_spans") or []],
+        stale_kv_tokens=meta.get("stale_kv_tokens", 0))
 
 
 def group_from_response(body: Any, prompt_index: int, n: int) -> List[Sample]:

@@ -33,6 +33,19 @@ class KVManager:
         self.tree: Optional[RadixCache] = RadixCache(allocator) if use_radix_cache else None
         self.queued_locks: Dict[Req, TreeNode] = {}  # retracted, waiting request -> its lock
         self.recomputed_tokens = 0  # tokens computed again after a retraction lost them
+        self.epoch = 0  # weight epoch: +1 on every weight write (scheduler/weight_versions.py)
+
+    def new_weight_epoch(self) -> None:
+        """The weights changed: KV computed so far is never matched again (it stays cached
+        under its own epoch until evicted or dropped by drop_stale)."""
+        self.epoch += 1
+        if self.tree is not None:
+            self.unlock_queued()  # what retracted requests kept is of the old weights now
+            self.tree.set_epoch(self.epoch)
+
+    def drop_stale(self) -> int:
+        """Free now the cached KV of older weights that no request holds."""
+        return self.tree.drop_other_epochs() if self.tree is not None else 0
 
     # ---- capacity -------------------------------------------------------------
     def available_slots(self) -> int:
@@ -58,6 +71,7 @@ class KVManager:
         req.req_pool_idx = row
         req.kv_len = req.tree_len = 0
         req.last_node = None
+        req.kv_epoch = self.epoch  # its KV, matched or computed from here on, is this epoch's
         if self.tree is not None:
             match = self.tree.match_prefix(self._matchable(req))
             n = len(match.slots)
@@ -176,8 +190,9 @@ class KVManager:
     def _insert_and_relock(self, req: Req, relock: bool) -> None:
         key = req.fill_ids[:req.kv_len]
         own = self.req_pool.slots(req.req_pool_idx, req.kv_len)
-        self.tree.insert(key, own.clone())
-        match = self.tree.match_prefix(key)
+        # under the epoch of its oldest KV: KV kept across an update is never matched later
+        self.tree.insert(key, own.clone(), req.kv_epoch)
+        match = self.tree.match_prefix(key, req.kv_epoch)
         tree_slots = match.slots
         # Where the tree already held these tokens under other slots, ours are duplicates.
         duplicate = own[: len(tree_slots)] != tree_slots

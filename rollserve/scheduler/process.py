@@ -20,15 +20,17 @@ from rollserve.core.io import (HEARTBEAT_INTERVAL_S, AbortReq, BatchTokenOutput,
 from rollserve.core.logging_setup import configure_logging, exit_with_parent, ipc_dir_of
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.scheduler.overlap_scheduler import make_scheduler
+from rollserve.scheduler.scheduler import abort_hits
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
 from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
 from rollserve.weight_sync.checker import WeightChecker
-from rollserve.weight_sync.service import WeightSyncService
+from rollserve.weight_sync.service import DeferredUpdate, WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
 
 logger = logging.getLogger(__name__)
-PAUSE_MODES = ("in_place", "keep", "abort", "retract", "wait")
+# SGLang's three (abort, its default; retract; in_place), vLLM's keep (= in_place) and wait
+PAUSE_MODES = ("abort", "retract", "in_place", "keep", "wait")
 
 
 class SchedulerProcess:
@@ -69,6 +71,7 @@ class SchedulerProcess:
             self.loop_tick = time.monotonic()
             self._receive(block=not self.scheduler.has_work() or self._held())
             self._answer_deferred()
+            self._run_pending_updates()
             if self._held():  # again: what was just received may pause or release
                 continue
             self.last_step_start = time.monotonic()
@@ -80,6 +83,7 @@ class SchedulerProcess:
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
             self._finish_draining()
+            self._run_pending_updates()
 
     def _held(self) -> bool:
         return self.paused or self.weight_sync.holds_generation()
@@ -96,11 +100,13 @@ class SchedulerProcess:
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
-            if self.draining or (self.held_requests and self.paused):
+            if (self.draining or self.weight_sync.holds_new_requests()
+                    or (self.held_requests and self.paused)):
                 self.held_requests.append(msg)
             else:
                 self.scheduler.add_request(msg)
         elif isinstance(msg, AbortReq):
+            self._unhold_aborted(msg)
             outputs = self.scheduler.abort(msg.rid, msg.abort_all)
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
@@ -108,6 +114,9 @@ class SchedulerProcess:
             result = self._rpc(msg)
             if isinstance(result, Future):  # it waits on someone outside: answered when done
                 self.deferred.append((msg.rpc_id, result))
+            elif isinstance(result, DeferredUpdate):  # answered when it runs (_run_pending_updates)
+                result.reply = lambda answer, rpc_id=msg.rpc_id: self.send.send_pyobj(
+                    RpcResult(rpc_id, answer))
             else:
                 self.send.send_pyobj(RpcResult(msg.rpc_id, result))
         else:
@@ -161,11 +170,13 @@ class SchedulerProcess:
     def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))
 
-    def pause_generation(self, mode: str = "in_place") -> dict:
-        """in_place / keep (vLLM's name): running requests stay where they are and go on
-        at continue; abort: they end with finish_reason abort; retract: they go back to the
-        queue and recompute their KV at continue; wait: running and queued requests finish,
-        new ones are held, then generation pauses (is_paused tells when)."""
+    def pause_generation(self, mode: str = "abort") -> dict:
+        """abort (SGLang's default): running and queued requests end with finish_reason
+        abort; in_place / keep (vLLM's name): they stay where they are, KV included, and go
+        on at continue; retract: they go back to the queue and recompute their KV at
+        continue; wait: running and queued requests finish, new ones are held, then
+        generation pauses (is_paused tells when). A weight update while paused treats the
+        requests in flight as the mode says (weight_sync/service.py)."""
         if mode not in PAUSE_MODES:
             return {"success": False, "message": f"mode must be one of {PAUSE_MODES}, got {mode!r}"}
         if mode == "wait":
@@ -177,10 +188,12 @@ class SchedulerProcess:
         elif mode == "retract":
             self.scheduler.drop_all_kv()
         self.paused = True
-        return {"success": True, "message": "generation paused"}
+        self.weight_sync.pause_mode = mode
+        return {"success": True, "message": f"generation paused ({mode})"}
 
     def continue_generation(self) -> dict:
         self.paused = self.draining = False
+        self.weight_sync.pause_mode = None
         held, self.held_requests = self.held_requests, []
         for msg in held:
             self.scheduler.add_request(msg)
@@ -192,6 +205,27 @@ class SchedulerProcess:
     def _finish_draining(self) -> None:
         if self.draining and not self.scheduler.has_work():
             self.draining, self.paused = False, True
+            self.weight_sync.pause_mode = "wait"
+
+    def _unhold_aborted(self, msg: AbortReq) -> None:
+        """Held requests (pause wait, an update waiting) that the abort reaches join the queue,
+        where scheduler.abort ends them at once, so their callers get their answer now."""
+        hit = [m for m in self.held_requests if abort_hits(m.rid, msg.rid, msg.abort_all)]
+        for m in hit:
+            self.held_requests.remove(m)
+            self.scheduler.add_request(m)
+
+    def _run_pending_updates(self) -> None:
+        """Updates waiting for requests in flight run once those finished (or are refused
+        at their timeout); the requests held meanwhile are then let in."""
+        if not self.weight_sync.pending:
+            return
+        self._send_outputs(self.scheduler.drain())
+        self.weight_sync.run_pending()
+        if not self.weight_sync.pending and not (self.paused or self.draining):
+            held, self.held_requests = self.held_requests, []
+            for msg in held:
+                self.scheduler.add_request(msg)
 
     def _heartbeat(self) -> None:
         """The front end's proof that this process runs (a stopped or frozen process sends

@@ -5,6 +5,11 @@ holds it. A request that finds its prompt's prefix here reuses those slots and
 locks the node where its match ended (and so every ancestor) against eviction.
 Unlocked leaves are evicted least recently used first.
 
+Weight epochs: KV depends on the weights that computed it, so the tree keeps one root
+per weight epoch (set_epoch moves lookups to a fresh root after every weight write). A
+prefix cached under other weights is never matched; it stays until evicted like any
+unlocked leaf, or until drop_other_epochs frees it (flush_cache on an update).
+
 Ownership: a slot is either in the allocator's free list, owned by the tree, or
 owned by a request. `insert` copies only the slots of tokens the tree lacked; the
 caller still owns (and must free) its slots for tokens that were already there.
@@ -64,20 +69,53 @@ class MatchResult:
 class RadixCache:
     def __init__(self, allocator: SlotAllocator):
         self.allocator = allocator
+        self.epoch = 0
         self._new_root()
 
     def _new_root(self) -> None:
-        self.root = TreeNode([], _empty_slots(), None)
+        self.roots: Dict[int, TreeNode] = {}
         self._evictable = 0
         self._protected = 0
 
+    @property
+    def root(self) -> TreeNode:
+        """The current epoch's root."""
+        return self._root(self.epoch)
+
+    def _root(self, epoch: Optional[int]) -> TreeNode:
+        epoch = self.epoch if epoch is None else epoch
+        root = self.roots.get(epoch)
+        if root is None:
+            root = self.roots[epoch] = TreeNode([], _empty_slots(), None)
+        return root
+
+    def set_epoch(self, epoch: int) -> None:
+        """New weights: later lookups and inserts (without an explicit epoch) use a new root."""
+        self.epoch = epoch
+        for old in [e for e, r in self.roots.items() if e != epoch and not r.children]:
+            del self.roots[old]
+
+    def drop_other_epochs(self) -> int:
+        """Free every unlocked node cached under other weights. Returns the slots freed."""
+        freed = 0
+        while True:
+            leaves = [n for e, r in self.roots.items() if e != self.epoch
+                      for n in _iter_subtree(r) if not n.children and n.lock_ref == 0]
+            if not leaves:
+                break
+            for leaf in leaves:
+                freed += self._remove_leaf(leaf)
+        self.set_epoch(self.epoch)  # forgets the emptied roots
+        return freed
+
     # ---- lookup and insertion ---------------------------------------------------
-    def match_prefix(self, key: List[int]) -> MatchResult:
-        """Longest cached prefix of key. A match ending inside a node splits it, so
-        that last_node covers exactly the matched tokens (and can be locked alone)."""
+    def match_prefix(self, key: List[int], epoch: Optional[int] = None) -> MatchResult:
+        """Longest prefix of key cached under `epoch` (default: the current one). A match
+        ending inside a node splits it, so that last_node covers exactly the matched
+        tokens (and can be locked alone)."""
         key = list(key)
         now = next(_clock)
-        node, pos, pieces = self.root, 0, []
+        node, pos, pieces = self._root(epoch), 0, []
         while pos < len(key):
             child = node.children.get(key[pos])
             if child is None:
@@ -91,14 +129,14 @@ class RadixCache:
         slots = torch.cat(pieces) if pieces else _empty_slots()
         return MatchResult(slots=slots, last_node=node)
 
-    def insert(self, key: List[int], slots: torch.Tensor) -> int:
-        """Cache key -> slots. Returns how many leading tokens of key the tree already
+    def insert(self, key: List[int], slots: torch.Tensor, epoch: Optional[int] = None) -> int:
+        """Cache key -> slots under `epoch` (default: the current one). Returns how many leading tokens of key the tree already
         held; the caller keeps ownership of slots[:that] (the tree keeps its own)."""
         key = list(key)
         if len(key) != slots.numel():
             raise ValueError(f"key has {len(key)} tokens but {slots.numel()} slots were given")
         now = next(_clock)
-        node, pos = self.root, 0
+        node, pos = self._root(epoch), 0
         while pos < len(key):
             child = node.children.get(key[pos])
             if child is None:
@@ -129,7 +167,7 @@ class RadixCache:
 
     # ---- locking ----------------------------------------------------------------
     def inc_lock_ref(self, node: TreeNode) -> None:
-        while node is not self.root:
+        while node.parent is not None:  # up to its epoch's root
             if node.lock_ref == 0:
                 self._evictable -= len(node.key)
                 self._protected += len(node.key)
@@ -137,7 +175,7 @@ class RadixCache:
             node = node.parent
 
     def dec_lock_ref(self, node: TreeNode) -> None:
-        while node is not self.root:
+        while node.parent is not None:
             if node.lock_ref <= 0:
                 raise RuntimeError(f"dec_lock_ref on unlocked {node!r}")
             if node.lock_ref == 1:
@@ -157,7 +195,7 @@ class RadixCache:
             leaf = heapq.heappop(heap)
             parent = leaf.parent
             freed += self._remove_leaf(leaf)
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+            if parent.parent is not None and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, parent)
         return freed
 
@@ -187,9 +225,14 @@ class RadixCache:
         return self._evictable + self._protected
 
     def iter_nodes(self) -> Iterator[TreeNode]:
-        """Every node but the root, parents before their children."""
-        stack = list(self.root.children.values())
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.children.values())
+        """Every node but the roots (of every epoch), parents before their children."""
+        for root in list(self.roots.values()):
+            yield from _iter_subtree(root)
+
+
+def _iter_subtree(root: TreeNode) -> Iterator[TreeNode]:
+    stack = list(root.children.values())
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.children.values())

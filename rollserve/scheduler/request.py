@@ -42,6 +42,12 @@ class Req:
     pending_output_top: List[List[Tuple[float, int]]] = field(default_factory=list)
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: Optional[float] = None
+    # provenance (scheduler/weight_versions.py): [first output index, weight_version] per run
+    # of tokens sampled under one label; kv_epoch: the weight epoch its oldest KV was computed
+    # under; stale_kv_tokens: tokens sampled while that KV came from older weights
+    weight_version_spans: List[List[Any]] = field(default_factory=list)
+    kv_epoch: int = 0
+    stale_kv_tokens: int = 0
 
     @classmethod
     def from_message(cls, msg: TokenizedGenerateReq) -> "Req":
@@ -96,6 +102,8 @@ class Req:
             completion_tokens=len(self.output_ids),
             cached_tokens=self.cached_tokens,
             weight_version=weight_version,
+            weight_version_spans=[list(span) for span in self.weight_version_spans],
+            stale_kv_tokens=self.stale_kv_tokens,
             skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens,
             trim_stop=None if params.no_stop_trim else self.trim_stop,

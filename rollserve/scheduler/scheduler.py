@@ -31,6 +31,8 @@ from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
                                       gather_token_logprobs, top_logprobs)
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stop_checker import StopChecker
+from rollserve.scheduler import weight_versions
+from rollserve.scheduler.deterministic import with_default_seed
 from rollserve.kernels.dispatch import HostCopy, host_to_device
 
 logger = logging.getLogger(__name__)
@@ -66,16 +68,16 @@ class Scheduler:
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
         cls = EmbeddingReq if isinstance(msg, TokenizedEmbeddingReq) else Req
-        self.waiting.append(cls.from_message(msg))
+        req = cls.from_message(msg)
+        if self.config.executor.enable_deterministic_inference and cls is Req:
+            req.sampling_params = with_default_seed(req.sampling_params, req.rid,
+                                                    self.config.random_seed)
+        self.waiting.append(req)
 
     def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
         """Abort queued requests now; running ones are marked and released next step."""
         def hit(req: Req) -> bool:
-            # the n samples of one request run as rid-0 .. rid-{n-1}
-            if abort_all or req.rid == rid:
-                return True
-            head, _, k = req.rid.rpartition("-")
-            return head == rid and k.isdigit()
+            return abort_hits(req.rid, rid, abort_all)
 
         outputs = []
         for req in [r for r in self.waiting if hit(r)]:
@@ -301,6 +303,7 @@ class Scheduler:
         if req.finished:
             return
         req.output_ids.append(token)
+        weight_versions.record_token(req, self.weight_version, self.kv.epoch)
         if req.first_token_time is None:
             req.first_token_time = time.monotonic()
         if logprobs is not None:
@@ -389,6 +392,28 @@ class Scheduler:
         self.kv.flush()
         return len(active)
 
+    def weights_changed(self, mode: str, flush_cache: bool = True) -> List[TokenOutput]:
+        """The weights were just written: settle the requests in flight as `mode` says
+        (scheduler/weight_versions.py) and start a new weight epoch, so that no KV of the
+        old weights is matched again. flush_cache frees that KV now rather than as it ages.
+        Returns the outputs of requests that ended here."""
+        outputs: List[TokenOutput] = []
+        if mode in ("retract", "restart"):
+            self.drop_all_kv()
+        if mode == "restart":
+            for req in [r for r in self.waiting if r.output_ids]:
+                if weight_versions.can_restart(req):
+                    weight_versions.reset_for_restart(req)
+                    continue
+                self.waiting.remove(req)
+                req.finish("abort", message="weights updated with in_flight_requests='restart', "
+                                            "but this stream had already sent tokens")
+                outputs.append(req.take_output(self.weight_version))
+        self.kv.new_weight_epoch()
+        if flush_cache:
+            self.kv.drop_stale()
+        return outputs
+
     def info(self) -> dict:
         tree = self.kv.tree
         return {
@@ -407,6 +432,15 @@ class Scheduler:
             "memory_usage": self.runner.memory_usage(),
             **self.stats.snapshot(),
         }
+
+
+def abort_hits(req_rid: str, rid: Optional[str], abort_all: bool) -> bool:
+    """Whether an abort of `rid` (or of all) reaches the request req_rid; the n samples of
+    one request run as rid-0 .. rid-{n-1}."""
+    if abort_all or req_rid == rid:
+        return True
+    head, _, k = req_rid.rpartition("-")
+    return head == rid and k.isdigit()
 
 
 @dataclass

@@ -58,7 +58,7 @@ class WeightChecker:
                 for _, p in self._params():
                     noise = torch.rand(p.shape, generator=generator, dtype=torch.float32)
                     p.copy_(noise.to(p.dtype) if p.dtype.is_floating_point else noise.gt(0.5))
-            self.scheduler.drop_all_kv()  # nothing computed with the old weights is reused
+            self.scheduler.weights_changed("retract")  # no KV of the old weights is reused
             return {"success": True, "message": "every parameter was overwritten with random values"}
         if action == "compare":
             return self._compare()

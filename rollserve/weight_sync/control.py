@@ -13,8 +13,11 @@ from rollserve.weight_sync.distributed import DEFAULT_GROUP_NAME
 
 
 def _update_response(result: dict) -> dict:
-    return {"success": bool(result.get("success")), "message": result.get("message", ""),
-            "num_paused_requests": int(result.get("num_paused_requests", 0))}
+    answer = {"success": bool(result.get("success")), "message": result.get("message", ""),
+              "num_paused_requests": int(result.get("num_paused_requests", 0))}
+    if result.get("in_flight_requests"):  # the mode applied (weight_sync/service.py)
+        answer["in_flight_requests"] = result["in_flight_requests"]
+    return answer
 
 
 def _plain(result: dict) -> dict:
@@ -23,10 +26,16 @@ def _plain(result: dict) -> dict:
 
 async def update_weights_from_disk(tm, model_path: str, load_format: Optional[str] = None,
                                    flush_cache: bool = True, abort_all_requests: bool = False,
-                                   weight_version: Optional[str] = None) -> dict:
+                                   weight_version: Optional[str] = None,
+                                   in_flight_requests: Optional[str] = None,
+                                   in_flight_timeout: Optional[float] = None) -> dict:
+    """in_flight_requests / in_flight_timeout: what happens to requests in flight
+    (weight_sync/service.py; None: wait for them, or the pause's mode while paused)."""
     result = await tm.rpc("update_weights_from_disk", model_path=model_path,
                           load_format=load_format, flush_cache=flush_cache,
-                          abort_all_requests=abort_all_requests, weight_version=weight_version)
+                          abort_all_requests=abort_all_requests, weight_version=weight_version,
+                          in_flight_requests=in_flight_requests,
+                          in_flight_timeout=in_flight_timeout)
     if result.get("success"):
         tm.model_path = model_path  # as SGLang: /get_model_info names the checkpoint now served
     return _update_response(result)
@@ -36,13 +45,16 @@ async def update_weights_from_tensor(tm, serialized_named_tensors: Sequence[str]
                                      load_format: Optional[str] = None, flush_cache: bool = True,
                                      abort_all_requests: bool = False,
                                      weight_version: Optional[str] = None,
-                                     allow_pickle: bool = False) -> dict:
+                                     allow_pickle: bool = False,
+                                     in_flight_requests: Optional[str] = None,
+                                     in_flight_timeout: Optional[float] = None) -> dict:
     """allow_pickle: the caller is a trusted local peer (weight_sync/pickled_tensors.py)."""
     result = await tm.rpc("update_weights_from_tensor",
                           serialized_named_tensors=list(serialized_named_tensors),
                           load_format=load_format, flush_cache=flush_cache,
                           abort_all_requests=abort_all_requests, weight_version=weight_version,
-                          allow_pickle=allow_pickle)
+                          allow_pickle=allow_pickle, in_flight_requests=in_flight_requests,
+                          in_flight_timeout=in_flight_timeout)
     return _update_response(result)
 
 
@@ -60,12 +72,15 @@ async def update_weights_from_distributed(tm, names: List[str], dtypes: List[str
                                           flush_cache: bool = True,
                                           abort_all_requests: bool = False,
                                           weight_version: Optional[str] = None,
-                                          load_format: Optional[str] = None) -> dict:
+                                          load_format: Optional[str] = None,
+                                          in_flight_requests: Optional[str] = None,
+                                          in_flight_timeout: Optional[float] = None) -> dict:
     result = await tm.rpc("update_weights_from_distributed", names=list(names),
                           dtypes=[str(d) for d in dtypes], shapes=[list(s) for s in shapes],
                           group_name=group_name, flush_cache=flush_cache,
                           abort_all_requests=abort_all_requests, weight_version=weight_version,
-                          load_format=load_format)
+                          load_format=load_format, in_flight_requests=in_flight_requests,
+                          in_flight_timeout=in_flight_timeout)
     return _update_response(result)
 
 

@@ -14,7 +14,10 @@ or by the ones that were running.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Protocol, Sequence
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Optional, Protocol, Sequence
 
 import torch
 
@@ -29,6 +32,9 @@ from rollserve.weight_sync.tensor_transport import PayloadError, deserialize_nam
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_tensor_infos
 
 logger = logging.getLogger(__name__)
+# what an update does to requests in flight; as scheduler/weight_versions.IN_FLIGHT_MODES
+IN_FLIGHT_MODES = ("wait", "retract", "in_place", "restart", "abort")
+DEFAULT_IN_FLIGHT_TIMEOUT_S = 300.0
 
 
 MAX_TRUNCATE_SIZE = 1 << 20  # get_weights_by_name returns at most this many values
@@ -47,6 +53,24 @@ class GenerationControl(Protocol):
 
     def drop_all_kv(self) -> int: ...  # running requests requeued (KV recomputed), cache emptied
 
+    def has_work(self) -> bool: ...
+
+    def num_requests(self) -> int: ...  # queued and running
+
+    def weights_changed(self, mode: str, flush_cache: bool) -> list: ...  # settles requests
+
+
+@dataclass
+class DeferredUpdate:
+    """An update waiting for the requests in flight to finish (mode wait), or queued
+    behind one that is. The scheduler process runs it between steps (run_pending)."""
+
+    apply: Callable[[], dict]
+    deadline: float
+    wait_idle: bool
+    timeout_s: float
+    reply: Callable[[dict], None] = field(default=lambda answer: None)
+
 
 class WeightSyncService:
     def __init__(self, runner: ModelRunner, scheduler: GenerationControl,
@@ -58,6 +82,8 @@ class WeightSyncService:
         self.send_outputs = send_outputs
         self.memory = MemoryOccupation(runner, runner.memory_saver)
         self.groups: Dict[str, object] = {}
+        self.pause_mode: Optional[str] = None  # the scheduler process sets it while paused
+        self.pending: Deque[DeferredUpdate] = deque()
 
     @property
     def model(self):
@@ -71,21 +97,46 @@ class WeightSyncService:
         """True while memory is released: no forward step may run."""
         return bool(self.memory.released)
 
+    def holds_new_requests(self) -> bool:
+        """True while an update waits for the requests in flight: new ones wait for it."""
+        return bool(self.pending)
+
+    def run_pending(self) -> None:
+        """Apply the deferred updates whose time has come, in order; refuse one whose
+        requests did not finish in time. Called by the scheduler process between steps."""
+        while self.pending:
+            head = self.pending[0]
+            if head.wait_idle and self.scheduler.has_work():
+                if time.monotonic() < head.deadline:
+                    return
+                self.pending.popleft()
+                head.reply(_refused(WeightUpdateError(
+                    f"{self.scheduler.num_requests()} requests in flight did not finish within "
+                    f"in_flight_timeout={head.timeout_s:g}s; retry, or pass in_flight_requests "
+                    f"'retract', 'in_place', 'restart' or 'abort'")))
+                continue
+            self.pending.popleft()
+            head.reply(head.apply())
+
     # ---- the three update paths --------------------------------------------------------------
     def update_weights_from_disk(self, model_path: str, load_format: Optional[str] = None,
                                      flush_cache: bool = True, abort_all_requests: bool = False,
-                                     weight_version: Optional[str] = None) -> dict:
+                                     weight_version: Optional[str] = None,
+                                     in_flight_requests: Optional[str] = None,
+                                     in_flight_timeout: Optional[float] = None) -> dict:
         def prepare():
             files = validate_checkpoint(self.model, model_path, load_format or "auto")
             return lambda: load_checkpoint_files(self.model, files)
 
         return self._update(prepare, f"from {model_path}", flush_cache, abort_all_requests,
-                            weight_version)
+                            weight_version, in_flight_requests, in_flight_timeout)
 
     def update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
                                        flush_cache: bool = True, abort_all_requests: bool = False,
                                        weight_version: Optional[str] = None,
-                                       allow_pickle: bool = False) -> dict:
+                                       allow_pickle: bool = False,
+                                       in_flight_requests: Optional[str] = None,
+                                       in_flight_timeout: Optional[float] = None) -> dict:
         """`allow_pickle`: the front end found the caller trusted (pickled_tensors.py)."""
         def prepare():
             if load_format not in (None, "direct", FLATTENED_BUCKET):
@@ -103,14 +154,17 @@ class WeightSyncService:
             self._check(infos)
             return lambda: len(self.model.load_weights(named))
 
-        return self._update(prepare, "from tensors", flush_cache, abort_all_requests, weight_version)
+        return self._update(prepare, "from tensors", flush_cache, abort_all_requests, weight_version,
+                            in_flight_requests, in_flight_timeout)
 
     def update_weights_from_distributed(self, names: Sequence[str], dtypes: Sequence,
                                             shapes: Sequence[Sequence[int]],
                                             group_name: str = distributed.DEFAULT_GROUP_NAME,
                                             flush_cache: bool = True, abort_all_requests: bool = False,
                                             weight_version: Optional[str] = None,
-                                            load_format: Optional[str] = None) -> dict:
+                                            load_format: Optional[str] = None,
+                                            in_flight_requests: Optional[str] = None,
+                                            in_flight_timeout: Optional[float] = None) -> dict:
         try:
             group, backend = self._group(group_name)
             parsed = _parse_bucket(names, dtypes, shapes, load_format)
@@ -126,7 +180,7 @@ class WeightSyncService:
             return lambda: len(self.model.load_weights(named))
 
         return self._update(prepare, f"through group {group_name}", flush_cache, abort_all_requests,
-                            weight_version)
+                            weight_version, in_flight_requests, in_flight_timeout)
 
     @staticmethod
     def _read_bucket(payload, load_format, allow_pickle: bool):
@@ -229,39 +283,82 @@ class WeightSyncService:
                            type(self.model).__name__, require_all=False)
 
     def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
-                weight_version: Optional[str]) -> dict:
+                weight_version: Optional[str], in_flight_requests: Optional[str] = None,
+                in_flight_timeout: Optional[float] = None):
+        """The answer, or a DeferredUpdate the scheduler process answers later."""
         try:
             if WEIGHTS in self.memory.released:
                 raise WeightUpdateError("the weights are released; call resume_memory_occupation "
                                         "with tags ['weights'] first")
             if self.runner.pooling is not None:
                 raise WeightUpdateError("weight updates support generation models only")
+            mode = self._in_flight_mode(in_flight_requests, abort_all_requests)
+            timeout = _timeout(in_flight_timeout)
             write = prepare()
         except WeightUpdateError as e:
             return _refused(e)
+
+        def apply() -> dict:
+            return self._apply(write, source, mode, flush_cache, weight_version)
+
+        wait = mode == "wait" and self.scheduler.has_work()
+        if wait or self.pending:  # updates apply in the order they came
+            deferred = DeferredUpdate(apply, time.monotonic() + timeout, wait, timeout)
+            self.pending.append(deferred)
+            return deferred
+        return apply()
+
+    def _in_flight_mode(self, requested: Optional[str], abort_all_requests: bool) -> str:
+        if requested is not None and requested not in IN_FLIGHT_MODES:
+            raise WeightUpdateError(f"in_flight_requests must be one of {IN_FLIGHT_MODES}, "
+                                    f"got {requested!r}")
         if abort_all_requests:
+            return "abort"
+        if self.pause_mode is None:
+            return requested or "wait"
+        if requested == "wait" and self.scheduler.has_work():
+            raise WeightUpdateError(
+                f"generation is paused ({self.pause_mode}) with {self.scheduler.num_requests()} "
+                "requests in flight, which cannot finish on the old weights: continue_generation "
+                "first, or pass in_flight_requests 'retract', 'in_place', 'restart' or 'abort'")
+        # paused: nothing runs, so the pause's own mode says what the requests keep
+        return requested or ("in_place" if self.pause_mode in ("in_place", "keep") else "retract")
+
+    def _apply(self, write, source: str, mode: str, flush_cache: bool,
+               weight_version: Optional[str]) -> dict:
+        if mode == "abort":
             self.send_outputs(self.scheduler.abort_all_now())
-            num_paused = 0
-        else:
-            num_paused = self.scheduler.num_active_requests()
+        num_paused = 0 if mode in ("abort", "wait") else self.scheduler.num_requests()
         try:
             count = write()
         except Exception as e:  # validated, so only I/O or device trouble lands here
             logger.exception("weight update %s failed while writing", source)
+            self.scheduler.weights_changed("retract", True)  # whatever was written, KV is void
             return {"success": False, "num_paused_requests": num_paused,
                     "message": f"failed while writing (the weights may be partly updated): "
                                f"{type(e).__name__}: {e}"}
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)  # sources (IPC, buffers) may go away next
-        if flush_cache:
-            self.scheduler.drop_all_kv()
+        self.send_outputs(self.scheduler.weights_changed(mode, flush_cache))
         if weight_version is not None:
             self.scheduler.weight_version = weight_version
-        logger.info("updated %d tensors %s; weight_version %s", count, source,
-                    self.scheduler.weight_version)
+        logger.info("updated %d tensors %s; weight_version %s; in-flight requests: %s", count,
+                    source, self.scheduler.weight_version, mode)
         return {"success": True, "num_paused_requests": num_paused,
-                "weight_version": self.scheduler.weight_version,
+                "weight_version": self.scheduler.weight_version, "in_flight_requests": mode,
                 "message": f"updated {count} tensors {source}"}
+
+
+def _timeout(value: Optional[float]) -> float:
+    if value is None:
+        return DEFAULT_IN_FLIGHT_TIMEOUT_S
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise WeightUpdateError(f"in_flight_timeout must be a number of seconds >= 0, got {value!r}")
+    return value
 
 
 def _refused(e: Exception) -> dict:

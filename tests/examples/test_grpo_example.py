@@ -88,6 +88,7 @@ def test_two_grpo_steps(sync, wandb_mode, servers, tiny_models, tmp_path):
     assert [s["step"] for s in steps] == [1, 2]
     assert all(s["trained_sequences"] > 0 for s in steps)
     assert steps[1]["logprob_max_abs_diff"] < 1e-4  # drawn from the synced step-1 weights
+    assert all(s["parity/max_abs_diff"] < 1e-4 and 0 <= s["parity/kl"] < 1e-8 for s in steps)
     checkpoints = sorted(n for n in os.listdir(out_dir) if n.startswith("checkpoint-"))
     assert checkpoints == (["checkpoint-1", "checkpoint-2"] if sync == "disk" else ["checkpoint-2"])
     if sync == "distributed":  # the group was left at the end: a new one can be opened

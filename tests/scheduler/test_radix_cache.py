@@ -158,6 +158,25 @@ def test_reset_frees_everything():
     assert sorted(alloc.free_slots.tolist()) == list(range(1, 65))
 
 
+def test_prefix_of_other_weights_is_never_matched_and_is_dropped():
+    alloc, tree = fresh()
+    put(tree, alloc, [1, 2, 3, 4])
+    locked = tree.match_prefix([1, 2]).last_node
+    tree.inc_lock_ref(locked)  # a request kept its KV across the update (in_place)
+    tree.set_epoch(1)
+    assert tree.match_prefix([1, 2, 3, 4]).slots.numel() == 0
+    slots, already = put(tree, alloc, [1, 2, 3, 4])  # the new weights' own KV
+    assert already == 0
+    assert tree.match_prefix([1, 2, 3, 4]).slots.tolist() == slots.tolist()
+    # the old epoch's KV is still reachable under its own epoch (the request inserting it)
+    assert tree.match_prefix([1, 2, 3, 4], epoch=0).slots.numel() == 4
+    assert tree.total_size() == 8
+    assert tree.drop_other_epochs() == 2  # [3, 4] of epoch 0; [1, 2] is locked
+    assert tree.match_prefix([1, 2, 3], epoch=0).slots.numel() == 2
+    tree.dec_lock_ref(locked)
+    assert tree.evict(64) == 6 and alloc.available() == 64
+
+
 # ---- property test: ownership of every slot ------------------------------------
 keys = st.lists(st.integers(0, 3), min_size=1, max_size=10)
 NUM_SLOTS = 40

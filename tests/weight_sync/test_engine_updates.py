@@ -4,6 +4,7 @@ memory release, and what happens to requests running during an update."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_disk_update_answers_with_new_weights_and_reuses_no_cache(engine, ckpts,
     assert greedy(engine)["output_ids"] == reference["A"]
     assert greedy(engine)["meta_info"]["cached_tokens"] > 0  # the prompt is cached now
     result = engine.update_weights_from_disk(ckpts["B"], weight_version="b")
-    assert result == {"success": True, "num_paused_requests": 0,
+    assert result == {"success": True, "num_paused_requests": 0, "in_flight_requests": "wait",
                       "message": f"updated 21 tensors from {ckpts['B']}"}
     after = greedy(engine)
     assert after["output_ids"] == reference["B"]  # the stale-cache probe
@@ -147,7 +148,8 @@ class StreamWatcher:
         self.thread.start()
 
     def _run(self, engine, params):
-        for chunk in engine.generate(input_ids=PROMPT_IDS, sampling_params=params, stream=True):
+        for chunk in engine.generate(input_ids=PROMPT_IDS, sampling_params=params, stream=True,
+                                     return_logprob=True):
             self.last = chunk
             if len(chunk["output_ids"]) >= self.min_tokens:
                 self.started.set()
@@ -158,10 +160,11 @@ class StreamWatcher:
         return self.last
 
 
-def update_mid_request(engine, ckpts, max_new_tokens: int, min_tokens: int = 4, **update_kwargs):
+def update_mid_request(engine, ckpts, max_new_tokens: int, min_tokens: int = 4,
+                       pause: str = "retract", **update_kwargs):
     watcher = StreamWatcher(engine, max_new_tokens, min_tokens)
     assert watcher.started.wait(timeout=60)
-    engine.pause_generation()  # so that the update surely finds the request mid-decode
+    engine.pause_generation(pause)  # so that the update surely finds the request mid-decode
     try:
         result = engine.update_weights_from_disk(ckpts["B"], **update_kwargs)
     finally:
@@ -169,20 +172,114 @@ def update_mid_request(engine, ckpts, max_new_tokens: int, min_tokens: int = 4, 
     return result, watcher.result()
 
 
-def test_running_request_is_paused_then_recomputed_with_new_weights(engine, ckpts):
+def assert_spans_true(ckpts, result, names):
+    """Each span's tokens are its checkpoint's greedy choices given every token before them,
+    and their logprobs that checkpoint's: the answer is exactly what its spans claim."""
+    from rollserve.rollout.parity import trainer_logprobs
+
+    tokens, meta = result["output_ids"], result["meta_info"]
+    spans, logprobs = meta["weight_version_spans"], [e[0] for e in meta["output_token_logprobs"]]
+    bounds = [s[0] for s in spans[1:]] + [len(tokens)]
+    assert [s[1] for s in spans] == list(names) and spans[0][0] == 0
+    for (start, version), end in zip(spans, bounds):
+        model = hf_model(ckpts[names[version]])
+        assert tokens[start:end] == hf_greedy(model, PROMPT_IDS + tokens[:start], end - start), version
+        theirs = trainer_logprobs(model, [PROMPT_IDS + tokens[:start]], [tokens[start:end]], 0.0)[0]
+        assert torch.allclose(torch.tensor(logprobs[start:end]), torch.tensor(theirs), atol=1e-4)
+
+
+def test_running_request_is_retracted_then_recomputed_with_new_weights(engine, ckpts):
     serve(engine, ckpts, "A", "a")
     result, final = update_mid_request(engine, ckpts, 120, weight_version="mid")
     assert result["success"] and result["num_paused_requests"] == 1
+    assert result["in_flight_requests"] == "retract"  # the pause's mode
     meta = final["meta_info"]
     assert meta["finish_reason"]["type"] == "length" and meta["weight_version"] == "mid"
-    tokens = final["output_ids"]
-    assert len(tokens) == 120
-    # From its first token unlike A's greedy answer on, every token is B's greedy choice
-    # given the tokens before it: the KV computed with A was not reused.
-    a_tokens = hf_greedy(hf_model(ckpts["A"]), PROMPT_IDS, 120)
-    split = next(i for i, (x, y) in enumerate(zip(tokens, a_tokens)) if x != y)
-    assert 4 <= split < 120
-    assert tokens[split:] == hf_greedy(hf_model(ckpts["B"]), PROMPT_IDS + tokens[:split], 120 - split)
+    tokens, spans = final["output_ids"], meta["weight_version_spans"]
+    assert len(tokens) == 120 and meta["stale_kv_tokens"] == 0
+    assert 4 <= spans[1][0] < 120
+    # the KV computed with A was not reused: after the split, B's greedy choices
+    assert_spans_true(ckpts, final, {"a": "A", "mid": "B"})
+
+
+def test_update_waits_for_requests_in_flight_by_default(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 60)
+    assert watcher.started.wait(timeout=60)
+    result = engine.update_weights_from_disk(ckpts["B"], weight_version="w")
+    final = watcher.result()  # done before the update answered
+    assert result["success"] and result["in_flight_requests"] == "wait", result
+    meta = final["meta_info"]
+    assert final["output_ids"] == hf_greedy(hf_model(ckpts["A"]), PROMPT_IDS, 60)
+    assert meta["weight_version"] == "a" and meta["weight_version_spans"] == [[0, "a"]]
+    after = greedy(engine)
+    assert after["output_ids"] == reference["B"] and after["meta_info"]["weight_version"] == "w"
+
+
+def test_waiting_update_is_refused_at_its_timeout(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 400)
+    assert watcher.started.wait(timeout=60)
+    engine.pause_generation("in_place")  # the request cannot finish
+    try:
+        refused = engine.update_weights_from_disk(ckpts["B"], weight_version="late",
+                                                  in_flight_requests="wait")
+        assert not refused["success"] and "cannot finish on the old weights" in refused["message"]
+    finally:
+        engine.continue_generation()
+    result = engine.update_weights_from_disk(ckpts["B"], weight_version="late",
+                                             in_flight_timeout=0.2)
+    assert not result["success"] and "in_flight_timeout=0.2s" in result["message"], result
+    final = watcher.result()
+    assert final["meta_info"]["weight_version_spans"] == [[0, "a"]]
+    assert final["output_ids"] == hf_greedy(hf_model(ckpts["A"]), PROMPT_IDS, 400)
+    assert engine.get_model_info()["weight_version"] == "a"
+
+
+def test_restart_gives_answers_of_the_new_weights_only(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    out = {}
+    params = dict(GREEDY, max_new_tokens=200)
+    quiet = threading.Thread(target=lambda: out.update(r=greedy(engine, params=params)))
+    quiet.start()  # not streamed: nothing of it has left the engine when the update comes
+    result, streamed = update_mid_request(engine, ckpts, 200, pause="in_place",
+                                          in_flight_requests="restart", weight_version="r")
+    quiet.join(timeout=120)
+    assert result["success"] and result["in_flight_requests"] == "restart"
+    meta = out["r"]["meta_info"]
+    assert meta["weight_version_spans"] == [[0, "r"]] and meta["stale_kv_tokens"] == 0
+    assert out["r"]["output_ids"] == hf_greedy(hf_model(ckpts["B"]), PROMPT_IDS, 200)
+    # a stream already sent tokens of A: it cannot be restarted, it is aborted and says why
+    assert streamed["meta_info"]["finish_reason"]["type"] == "abort"
+    assert "restart" in streamed["meta_info"]["finish_reason"]["message"]
+
+
+def test_in_place_keeps_old_kv_and_says_so(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    result, final = update_mid_request(engine, ckpts, 40, pause="in_place", weight_version="ip")
+    assert result["success"] and result["in_flight_requests"] == "in_place"
+    meta = final["meta_info"]
+    spans, n = meta["weight_version_spans"], len(final["output_ids"])
+    assert [s[1] for s in spans] == ["a", "ip"] and 4 <= spans[1][0] < n
+    assert meta["stale_kv_tokens"] == n - spans[1][0]
+    a_tokens = hf_greedy(hf_model(ckpts["A"]), PROMPT_IDS, 40)
+    assert final["output_ids"][:spans[1][0]] == a_tokens[:spans[1][0]]
+    # the KV of A stays with that request alone: a new one computes its own
+    after = greedy(engine)
+    assert after["output_ids"] == reference["B"] and after["meta_info"]["stale_kv_tokens"] == 0
+
+
+def test_no_flush_update_never_serves_old_kv(engine, ckpts, reference):
+    """The issue's probe: flush_cache=false used to let a later request reuse A's KV."""
+    serve(engine, ckpts, "A", "a")
+    greedy(engine)
+    assert greedy(engine)["meta_info"]["cached_tokens"] > 0
+    assert engine.update_weights_from_disk(ckpts["B"], flush_cache=False,
+                                           weight_version="nf")["success"]
+    after = greedy(engine)
+    assert after["output_ids"] == reference["B"] and after["meta_info"]["cached_tokens"] == 0
+    again = greedy(engine)  # KV of B is cached and matched as usual
+    assert again["output_ids"] == reference["B"] and again["meta_info"]["cached_tokens"] > 0
 
 
 def test_load_during_update_loses_nothing_and_versions_are_right(engine, ckpts):
@@ -205,8 +302,8 @@ def test_load_during_update_loses_nothing_and_versions_are_right(engine, ckpts):
 
 def test_abort_all_requests_aborts_running_requests(engine, ckpts):
     serve(engine, ckpts, "A", "a")
-    result, final = update_mid_request(engine, ckpts, 400, abort_all_requests=True,
-                                       weight_version="ab")
+    result, final = update_mid_request(engine, ckpts, 400, pause="in_place",
+                                       abort_all_requests=True, weight_version="ab")
     assert result["success"] and result["num_paused_requests"] == 0
     assert final["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(final["output_ids"]) < 400
@@ -226,3 +323,50 @@ def test_release_and_resume_memory(engine, ckpts, reference):
         assert waiting["out"]["output_ids"] == reference["B"], tags
     bad = engine.release_memory_occupation(["gpu"])
     assert not bad["success"] and "unknown memory tag" in bad["message"]
+
+
+def test_updates_queued_behind_a_waiting_one_apply_in_order(engine, ckpts, reference):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 400)  # long enough to outlast the three calls below
+    assert watcher.started.wait(timeout=60)
+    answers, threads = {}, []
+
+    def later(key, fn):
+        threads.append(threading.Thread(target=lambda: answers.update({key: fn()})))
+        threads[-1].start()
+        time.sleep(0.3)
+
+    later("first", lambda: engine.update_weights_from_disk(ckpts["B"], weight_version="q1"))
+    later("held", lambda: greedy(engine))  # arrives while the first update waits
+    later("second", lambda: engine.update_weights_from_disk(ckpts["A"], weight_version="q2",
+                                                            in_flight_requests="retract"))
+    for thread in threads:
+        thread.join(timeout=120)
+    final = watcher.result()
+    assert final["meta_info"]["weight_version_spans"] == [[0, "a"]]  # finished on A first
+    assert answers["first"]["success"] and answers["second"]["success"]
+    assert answers["held"]["meta_info"]["weight_version"] == "q2"  # ran after both
+    assert answers["held"]["output_ids"] == reference["A"]
+    assert engine.get_model_info()["weight_version"] == "q2"
+
+
+def test_request_held_by_a_waiting_update_can_be_aborted(engine, ckpts):
+    serve(engine, ckpts, "A", "a")
+    watcher = StreamWatcher(engine, 400)
+    assert watcher.started.wait(timeout=60)
+    answers = {}
+    update = threading.Thread(target=lambda: answers.update(
+        update=engine.update_weights_from_disk(ckpts["B"], weight_version="ha")))
+    update.start()
+    time.sleep(0.3)
+    held = threading.Thread(target=lambda: answers.update(held=engine.generate(
+        input_ids=PROMPT_IDS, sampling_params=GREEDY, rid="held-by-update")))
+    held.start()
+    time.sleep(0.3)
+    engine.abort("held-by-update")
+    held.join(timeout=10)
+    assert not held.is_alive(), "the aborted request waited for the update"
+    assert answers["held"]["meta_info"]["finish_reason"]["type"] == "abort"
+    assert watcher.thread.is_alive()  # the update is still waiting for it
+    update.join(timeout=120)
+    assert answers["update"]["success"] and watcher.result()["meta_info"]["weight_version"] == "a"

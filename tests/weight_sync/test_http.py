@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 
 import pytest
 import torch
@@ -40,6 +43,7 @@ def test_disk_update_and_alias(http, ckpts, reference):
     response = update_from_disk(http, ckpts["B"], "v1")
     assert response.status_code == 200
     assert response.json() == {"success": True, "num_paused_requests": 0,
+                               "in_flight_requests": "wait",
                                "message": f"updated 21 tensors from {ckpts['B']}"}
     out = generate(http)
     assert out["output_ids"] == reference["B"] and out["meta_info"]["weight_version"] == "v1"
@@ -133,3 +137,72 @@ def test_group_calls_without_a_group_are_refused(http):
                          json={"names": ["x"], "dtypes": ["float32"], "shapes": [[1]],
                                "group_name": "none"})
     assert response.status_code == 400 and "init_weights_update_group" in response.json()["message"]
+
+
+def _stream(http, path: str, body: dict) -> list:
+    chunks = []
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data: "):]))
+    return chunks
+
+
+def test_swap_under_streams_every_answer_is_what_its_spans_claim(http, ckpts):
+    """The issue's probe, over HTTP: streams cross an update (pause retract); each answer's
+    spans say where the policy changed, and each chunk's spans agree with the final ones."""
+    assert update_from_disk(http, ckpts["A"], "p-a").status_code == 200
+    n_tokens, streams = 48, {}
+    body = {"input_ids": PROMPT_IDS, "stream": True,
+            "sampling_params": {"temperature": 0, "max_new_tokens": n_tokens, "ignore_eos": True}}
+    threads = [threading.Thread(target=lambda k=k: streams.update({k: _stream(http, "/generate", body)}))
+               for k in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # the streams are decoding (or, on a slow machine, done: spans say so)
+    assert http.post("/pause_generation", json={"mode": "retract"}).status_code == 200
+    assert update_from_disk(http, ckpts["B"], "p-b").json()["in_flight_requests"] == "retract"
+    assert http.post("/continue_generation").status_code == 200
+    for thread in threads:
+        thread.join(timeout=120)
+    models = {"p-a": hf_model(ckpts["A"]), "p-b": hf_model(ckpts["B"])}
+    for chunks in streams.values():
+        final = chunks[-1]
+        tokens, spans = final["output_ids"], final["meta_info"]["weight_version_spans"]
+        # on a slow machine a stream may start after the update: then it is all p-b
+        assert len(tokens) == n_tokens and spans[0][0] == 0
+        bounds = [s[0] for s in spans[1:]] + [n_tokens]
+        for (start, version), end in zip(spans, bounds):
+            assert tokens[start:end] == hf_greedy(models[version], PROMPT_IDS + tokens[:start],
+                                                  end - start)
+        for chunk in chunks:  # the spans so far: the final ones cut at the chunk's length
+            seen = len(chunk["output_ids"])
+            assert chunk["meta_info"]["weight_version_spans"] == [s for s in spans if s[0] < seen]
+
+
+def test_openai_results_carry_spans(http, ckpts):
+    assert update_from_disk(http, ckpts["B"], "oa").status_code == 200
+    body = {"model": "default", "prompt": PROMPT_IDS, "max_tokens": 4, "temperature": 0}
+    out = http.post("/v1/completions", json=body).json()
+    assert out["metadata"] == {"weight_version": "oa"}
+    assert out["choices"][0]["weight_version_spans"] == [[0, "oa"]]
+    chunks = _stream(http, "/v1/completions", dict(body, stream=True))
+    assert [c["choices"][0]["weight_version_spans"] for c in chunks if c["choices"]][-1] == [[0, "oa"]]
+    chat = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 0}
+    out = http.post("/v1/chat/completions", json=chat).json()
+    assert out["metadata"] == {"weight_version": "oa"}
+    assert out["choices"][0]["weight_version_spans"] == [[0, "oa"]]
+    chunks = [c for c in _stream(http, "/v1/chat/completions", dict(chat, stream=True)) if c["choices"]]
+    assert chunks[-1]["choices"][0]["weight_version_spans"] == [[0, "oa"]]
+
+
+def test_pause_modes(http, ckpts, reference):
+    assert update_from_disk(http, ckpts["A"], "pm").status_code == 200
+    bad = http.post("/pause_generation", json={"mode": "freeze"})
+    assert bad.status_code == 422 and "mode" in bad.text
+    for mode in ("abort", "retract", "in_place", "wait"):
+        assert http.post("/pause_generation", json={"mode": mode}).json()["success"], mode
+        assert http.post("/continue_generation").status_code == 200
+    assert generate(http)["output_ids"] == reference["A"]

@@ -31,17 +31,34 @@ def _mla() -> Type[AttentionBackend]:
     return MLABackend
 
 
+def _batch_invariant() -> Type[AttentionBackend]:
+    from rollserve.executor.attention.batch_invariant import BatchInvariantBackend
+
+    return BatchInvariantBackend
+
+
 BACKENDS = {"torch_native": lambda: TorchNativeBackend, "triton": _triton, "flashinfer": _flashinfer,
-            "mla": _mla}
+            "mla": _mla, "batch_invariant": _batch_invariant}
 ATTENTION_BACKENDS = tuple(BACKENDS)
 
 
-def select_attention_backend(requested: Optional[str], device: torch.device, mla: bool = False) -> str:
+def select_attention_backend(requested: Optional[str], device: torch.device, mla: bool = False,
+                             deterministic: bool = False) -> str:
     """The backend a runner on `device` uses: triton by default on CUDA, torch_native elsewhere;
-    mla whenever the model runs multi-head latent attention over a latent pool (`mla`).
+    mla whenever the model runs multi-head latent attention over a latent pool (`mla`);
+    batch_invariant with --enable-deterministic-inference (the only one that is).
 
     Raises ValueError naming --attention-backend when the request cannot run here.
     """
+    if deterministic:
+        if mla:
+            raise ValueError("enable_deterministic_inference: models with multi-head latent "
+                             "attention need --disable-mla (the batch-invariant attention reads "
+                             "per-head K/V)")
+        if requested not in (None, "batch_invariant"):
+            raise ValueError(f"attention_backend: {requested} is not batch-invariant; with "
+                             "--enable-deterministic-inference leave it out (batch_invariant)")
+        return "batch_invariant"
     if mla:
         return "mla"  # the one backend that reads the latent pool (--disable-mla to use others)
     if requested == "mla":
