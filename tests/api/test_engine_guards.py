@@ -143,8 +143,9 @@ def test_sigterm_drains_then_answers_each_request_with_an_error(http, guarded):
             streaming.stream("POST", "/generate", json=body) as stream:
         events = stream.iter_lines()
         lines.append(next(line for line in events if line.startswith("data:")))
-        # paused, the stream cannot finish within the grace period: it must end with an error
-        assert http.post("/pause_generation").status_code == 200
+        # paused in place (kept, not aborted), the stream cannot finish within the grace
+        # period: it must end with an error
+        assert http.post("/pause_generation", json={"mode": "in_place"}).status_code == 200
         waiting = {}
         plain = threading.Thread(target=lambda: waiting.update(r=httpx.post(
             guarded.url + "/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 4}},
