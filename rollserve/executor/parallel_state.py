@@ -140,3 +140,15 @@ def padded_share(total: int, rank: int, size: int) -> Tuple[int, int, int]:
     per = -(-total // size)
     start = min(rank * per, total)
     return start, per, max(0, min(per, total - start))
+
+
+def first_failing_rank(ok: bool) -> Optional[int]:
+    """Every rank says whether its part succeeded; all learn the first rank that did not
+    (None: all did). Weight updates write only when every rank's validation passed."""
+    if _STATE.size == 1:
+        return None if ok else 0
+    import torch.distributed as dist
+
+    flags: List[Any] = [None] * _STATE.size
+    dist.all_gather_object(flags, bool(ok), group=_STATE.cpu_group)
+    return next((r for r, f in enumerate(flags) if not f), None)

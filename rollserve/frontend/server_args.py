@@ -32,6 +32,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_HOST_PORT = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class ServerArgs:
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
+    # parallelism (docs/parallel.md): TP ranks per replica, replicas, nodes
+    tp_size: int = 1
+    dp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: Optional[str] = None
+    dist_timeout: Optional[int] = None
+    base_gpu_id: int = 0
     # observability and robustness
     log_level: str = "info"
     log_level_http: Optional[str] = None  # uvicorn's own log; None: warning
@@ -126,6 +135,20 @@ class ServerArgs:
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
+        for name in ("tp_size", "dp_size", "nnodes"):
+            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(0 <= self.node_rank < self.nnodes, "node_rank",
+             f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
+        need(self.tp_size % self.nnodes == 0, "nnodes",
+             f"must divide tp_size ({self.tp_size}): each node runs tp_size / nnodes ranks")
+        need(self.nnodes == 1 or self.dist_init_addr is not None, "dist_init_addr",
+             "is required with --nnodes > 1 (host:port of node 0, reachable from every node)")
+        need(self.dist_init_addr is None or _HOST_PORT.match(self.dist_init_addr) is not None,
+             "dist_init_addr", f"must be host:port, got {self.dist_init_addr!r}")
+        need(self.nnodes == 1 or self.dp_size == 1, "dp_size",
+             "multi-node serving runs one replica; start a router over the replicas instead")
+        need(self.dist_timeout is None or self.dist_timeout > 0, "dist_timeout", "must be positive")
+        need(self.base_gpu_id >= 0, "base_gpu_id", "must be >= 0")
 
     def check_machine(self) -> None:
         """What can only be checked on this machine, before any process starts: folders
@@ -174,7 +197,9 @@ class ServerArgs:
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
-            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla)
+            torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
+            tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
+            dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -291,6 +316,16 @@ HELP = {
                            "steps (0: never)",
     "enable_metrics": "serve Prometheus metrics at /metrics",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "tp_size": "tensor-parallel ranks of one replica: one scheduler process per rank, heads, "
+               "MLP and vocabulary split over them (NCCL on CUDA, gloo on CPU)",
+    "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
+               "endpoint, balanced by the router (frontend/router.py)",
+    "nnodes": "nodes one replica's TP ranks span (tp_size / nnodes ranks per node)",
+    "node_rank": "this node's index; node 0 serves HTTP, the others run only TP ranks",
+    "dist_init_addr": "host:port where the TP ranks meet (default: a free port on 127.0.0.1; "
+                      "required with --nnodes > 1)",
+    "dist_timeout": "seconds a torch.distributed collective may wait (default: torch's)",
+    "base_gpu_id": "the first CUDA device this server's ranks use",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "
                       "meta_info)",
 }

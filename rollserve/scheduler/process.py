@@ -25,6 +25,9 @@ from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
+from rollserve.executor.parallel_state import tp_rank
+from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, join_tensor_parallel,
+                                         share_messages)
 
 logger = logging.getLogger(__name__)
 PAUSE_MODES = ("in_place", "keep", "abort", "retract", "wait")
@@ -37,12 +40,16 @@ class SchedulerProcess:
         self.runner = ModelRunner(config.executor)
         self.scheduler = make_scheduler(config, self.runner, tokenizer,
                                         eos_token_ids(config.model_path, tokenizer))
-        context = zmq.Context(2)
-        context.setsockopt(zmq.LINGER, 0)
-        self.recv = context.socket(zmq.PULL)
-        self.recv.bind(ports["scheduler"])
-        self.send = context.socket(zmq.PUSH)
-        self.send.connect(ports["detokenizer"])
+        self.leader = tp_rank() == 0  # under TP only rank 0 talks to the front end (tp_sync.py)
+        if self.leader:
+            context = zmq.Context(2)
+            context.setsockopt(zmq.LINGER, 0)
+            self.recv = context.socket(zmq.PULL)
+            self.recv.bind(ports["scheduler"])
+            self.send = context.socket(zmq.PUSH)
+            self.send.connect(ports["detokenizer"])
+        else:
+            self.recv, self.send = None, DiscardingSender()
         self.paused = False
         self.draining = False  # pause mode "wait": no new request starts, then pause
         self.held_requests: list = []  # arrived while draining; submitted at continue
@@ -76,14 +83,19 @@ class SchedulerProcess:
         return self.paused or self.weight_sync.holds_generation()
 
     def _receive(self, block: bool) -> None:
+        # every TP rank handles rank 0's messages, in order, before the same step
+        for msg in share_messages(self._collect(block) if self.leader else None):
+            self._handle(msg)
+
+    def _collect(self, block: bool) -> list:
+        msgs = []
         if block and not self.recv.poll(timeout=1000):
-            return
+            return msgs
         while True:
             try:
-                msg = self.recv.recv_pyobj(flags=zmq.NOBLOCK)
+                msgs.append(self.recv.recv_pyobj(flags=zmq.NOBLOCK))
             except zmq.Again:
-                return
-            self._handle(msg)
+                return msgs
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
@@ -96,7 +108,9 @@ class SchedulerProcess:
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
         elif isinstance(msg, RpcReq):
-            self.send.send_pyobj(RpcResult(msg.rpc_id, self._rpc(msg)))
+            answer = combine_answers(self._rpc(msg))  # None on ranks other than 0
+            if answer is not None:
+                self.send.send_pyobj(RpcResult(msg.rpc_id, answer))
         else:
             logger.error("unknown message %r", type(msg))
 
@@ -182,10 +196,13 @@ class SchedulerProcess:
                 os._exit(3)
 
 
-def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe) -> None:
-    configure_logging(config.log_level, prefix="scheduler")
+def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe, rank: int = 0) -> None:
+    """`rank`: this process's tensor-parallel rank (0 without TP)."""
+    tp = config.executor.tp_size
+    configure_logging(config.log_level, prefix="scheduler" if tp == 1 else f"scheduler TP{rank}")
     exit_with_parent()
     try:
+        config = join_tensor_parallel(config, rank)
         proc = SchedulerProcess(config, ports)
     except Exception as e:
         ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}",

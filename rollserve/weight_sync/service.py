@@ -20,6 +20,7 @@ import torch
 
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.executor.models.weights import checkpoint_targets
+from rollserve.executor.parallel_state import first_failing_rank, tp_rank
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
@@ -146,11 +147,12 @@ class WeightSyncService:
         if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the current GPU
             index = self.runner.device.index
             torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
+        rank = int(rank_offset) + tp_rank()  # SGLang's layout: the replica's TP ranks in a row
         group = distributed.init_custom_process_group(backend, master_address, int(master_port),
-                                                      int(world_size), int(rank_offset), group_name)
+                                                      int(world_size), rank, group_name)
         self.groups[group_name] = (group, backend)
         return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
-                                            f"{rank_offset} of {world_size}"}
+                                            f"{rank} of {world_size}"}
 
     def destroy_weights_update_group(self, group_name: str = distributed.DEFAULT_GROUP_NAME) -> dict:
         if group_name not in self.groups:
@@ -208,9 +210,14 @@ class WeightSyncService:
                                         "with tags ['weights'] first")
             if self.runner.pooling is not None:
                 raise WeightUpdateError("weight updates support generation models only")
-            write = prepare()
-        except WeightUpdateError as e:
-            return _refused(e)
+            write, refusal = prepare(), None
+        except Exception as e:  # any rank's failure must reach first_failing_rank, not skip it
+            write, refusal = None, e
+        failing = first_failing_rank(refusal is None)  # under TP: all ranks write, or none
+        if refusal is not None:
+            return _refused(refusal)
+        if failing is not None:
+            return _refused(WeightUpdateError(f"tensor-parallel rank {failing} refused the update"))
         if abort_all_requests:
             self.send_outputs(self.scheduler.abort_all_now())
             num_paused = 0
