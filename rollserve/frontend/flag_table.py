@@ -243,8 +243,7 @@ _EACH: Dict[str, FlagPolicy] = {
         accept=("openai",), reports="openai"),
     # Data parallelism
     "dp_size": implemented(),
-    "load_balance_method": noop("one replica per server, so nothing to balance (RolloutClient "
-                                "balances across servers)"),
+    "load_balance_method": implemented(),
     # Multi-node distributed serving
     "dist_init_addr": implemented(),
     "nnodes": implemented(),

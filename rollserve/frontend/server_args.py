@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+LOAD_BALANCE_METHODS = ("auto", "round_robin", "shortest_queue", "cache_aware")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _HOST_PORT = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
@@ -85,6 +86,7 @@ class ServerArgs:
     # parallelism (docs/parallel.md): TP ranks per replica, replicas, nodes
     tp_size: int = 1
     dp_size: int = 1
+    load_balance_method: str = "auto"  # --dp-size's router policy; auto: cache_aware
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: Optional[str] = None
@@ -245,6 +247,7 @@ class ServerArgs:
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
+    "load_balance_method": LOAD_BALANCE_METHODS,
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
@@ -320,6 +323,9 @@ HELP = {
                "MLP and vocabulary split over them (NCCL on CUDA, gloo on CPU)",
     "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
                "endpoint, balanced by the router (frontend/router.py)",
+    "load_balance_method": "how --dp-size's router picks a replica: round_robin, "
+                           "shortest_queue, or cache_aware (auto: cache_aware, which keeps a "
+                           "shared prefix on the replica that cached it)",
     "nnodes": "nodes one replica's TP ranks span (tp_size / nnodes ranks per node)",
     "node_rank": "this node's index; node 0 serves HTTP, the others run only TP ranks",
     "dist_init_addr": "host:port where the TP ranks meet (default: a free port on 127.0.0.1; "

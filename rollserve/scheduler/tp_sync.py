@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def rank_device(device: str, rank: int, ranks_per_node: int, base_gpu_id: int) -> str:
     """This rank's device: consecutive CUDA devices from base_gpu_id on each node; CPU stays CPU."""
-    if not device.startswith("cuda"):
+    if device != "cuda":  # cpu, or a device the operator named (cuda:N)
         return device
     return f"cuda:{base_gpu_id + rank % ranks_per_node}"
 
@@ -31,9 +31,11 @@ def rank_device(device: str, rank: int, ranks_per_node: int, base_gpu_id: int) -
 def join_tensor_parallel(config: SchedulerConfig, rank: int) -> SchedulerConfig:
     """Joins the replica's TP group as `rank`; returns the config with this rank's device."""
     ex = config.executor
-    if ex.tp_size == 1:
-        return config
+    if ex.tp_size == 1 and (ex.device != "cuda" or ex.base_gpu_id == 0):
+        return config  # one device, as the operator named it
     device = rank_device(ex.device, rank, ex.tp_size // ex.nnodes, ex.base_gpu_id)
+    if ex.tp_size == 1:  # a data-parallel replica on its own device (--base-gpu-id)
+        return dataclasses.replace(config, executor=dataclasses.replace(ex, device=device))
     if device.startswith("cuda"):
         import torch
 
