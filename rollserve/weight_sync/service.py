@@ -20,7 +20,7 @@ import torch
 
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.executor.models.weights import checkpoint_targets
-from rollserve.executor.parallel_state import first_failing_rank, tp_rank
+from rollserve.executor.parallel_state import first_failing_rank, tp_rank, tp_size
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
@@ -90,7 +90,7 @@ class WeightSyncService:
                                         "(None: buckets made by serialize_named_tensors; "
                                         "flattened_bucket: SGLang's, from a trusted local peer)")
             named, infos = [], []
-            for i, payload in enumerate(serialized_named_tensors):
+            for i, payload in self._buckets_of_this_rank(serialized_named_tensors):
                 try:
                     bucket = self._read_bucket(payload, load_format, allow_pickle)
                 except PayloadError as e:
@@ -126,6 +126,16 @@ class WeightSyncService:
                             weight_version)
 
     @staticmethod
+    def _buckets_of_this_rank(payloads: Sequence) -> list:
+        """SGLang's pickled payloads come one per tensor-parallel rank (each with handles to
+        tensors on that rank's device): a rank reads its own. rollserve's own buckets hold
+        different tensors each: every rank reads them all and takes its slices."""
+        indexed = list(enumerate(payloads))
+        if tp_size() > 1 and len(indexed) == tp_size() and all(is_pickled_payload(p) for p in payloads):
+            return [indexed[tp_rank()]]
+        return indexed
+
+    @staticmethod
     def _read_bucket(payload, load_format, allow_pickle: bool):
         if load_format != FLATTENED_BUCKET and not is_pickled_payload(payload):
             return deserialize_named_tensors(payload)
@@ -134,7 +144,7 @@ class WeightSyncService:
                                "slime's flattened_bucket) are read only from a trusted peer on this "
                                "host: start the server with --trust-local-pickled-tensors and send "
                                "from 127.0.0.1, or use rollserve's pickle-free buckets")
-        return named_tensors_from_pickle(payload, load_format)
+        return named_tensors_from_pickle(payload, load_format, tp_rank())
 
     # ---- the distributed group -----------------------------------------------------------------
     def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
