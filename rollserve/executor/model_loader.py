@@ -13,7 +13,8 @@ from torch import nn
 
 from rollserve.executor.layers.parallel import require_tensor_parallel
 from rollserve.executor.models import get_model_class
-from rollserve.executor.parallel_state import tp_size
+from rollserve.executor.parallel_state import tp_rank, tp_size
+from rollserve.executor.sharded_state import SHARDED_STATE, iterate_rank_file
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def load_model(model_path: str, dtype: torch.dtype, device: str, load_format: st
         model = model_cls(hf_config, dtype)
     if load_format == "dummy":
         fill_dummy_weights(model)
+    elif load_format == SHARDED_STATE:
+        _load_rank_file(model, model_path)
     else:
         loaded = model.load_weights(iterate_checkpoint(model_path, load_format, lazy=tp_size() > 1))
         missing = sorted(set(model.checkpoint_spec()) - loaded)
@@ -110,3 +113,20 @@ def load_model(model_path: str, dtype: torch.dtype, device: str, load_format: st
             raise ValueError(f"checkpoint {model_path} lacks tensors {model_cls.__name__} needs: {shown}")
     logger.info("loaded %s (%s) from %s", model_cls.__name__, dtype, model_path)
     return model.eval()
+
+
+def _load_rank_file(model: nn.Module, model_path: str) -> None:
+    """sharded_state: this rank's own file, tensors already cut to its parameters."""
+    from rollserve.executor.models.weights import load_named_tensors
+
+    targets = getattr(model, "_targets", None)
+    if targets is None or not getattr(model, "supports_tensor_parallel", False):
+        raise ValueError(f"load_format sharded_state serves the dense decoder models only, not "
+                         f"{type(model).__name__}")
+    name = type(model).__name__
+    loaded = load_named_tensors(targets, iterate_rank_file(model_path, tp_rank(), tp_size()),
+                                model.skips_checkpoint_name, name)
+    missing = sorted(set(targets) - loaded)
+    if missing:
+        raise ValueError(f"{model_path} rank {tp_rank()} lacks tensors {name} needs: "
+                         f"{', '.join(missing[:5])}")

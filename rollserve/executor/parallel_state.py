@@ -152,3 +152,20 @@ def first_failing_rank(ok: bool) -> Optional[int]:
     flags: List[Any] = [None] * _STATE.size
     dist.all_gather_object(flags, bool(ok), group=_STATE.cpu_group)
     return next((r for r, f in enumerate(flags) if not f), None)
+
+
+class as_rank:
+    """Builds models as rank `rank` of `size` without a group (rollserve convert writes each
+    rank's slices in one process): construction and loading only, no collective."""
+
+    def __init__(self, rank: int, size: int):
+        self.state = TPState(rank, size)
+
+    def __enter__(self) -> TPState:
+        global _STATE
+        self.previous, _STATE = _STATE, self.state
+        return self.state
+
+    def __exit__(self, *exc) -> None:
+        global _STATE
+        _STATE = self.previous

@@ -29,7 +29,7 @@ from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
-LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "sharded_state")
 LOAD_BALANCE_METHODS = ("auto", "round_robin", "shortest_queue", "cache_aware")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -268,7 +268,8 @@ HELP = {
              "float32 on CPU",
     "context_length": "the model's maximum context length (default: max_position_embeddings "
                       "of config.json)",
-    "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights",
+    "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights; "
+                   "sharded_state reads the per-rank files of `rollserve convert`",
     "trust_remote_code": "allow custom code in the model folder (transformers' trust_remote_code)",
     "is_embedding": "serve an embedding or reward model (/encode, /v1/embeddings, /classify)",
     "host": "the address the HTTP server listens on",

@@ -20,9 +20,10 @@ PROMPTS = [[5, 17, 301, 42, 9, 77, 1000], [8, 8, 999, 3]]  # ids < 1001: the odd
 DECODE_STEPS = 3
 
 
-def greedy_run(model_path: str):
+def greedy_run(model_path: str, load_format: str = "auto"):
     """Prefill both prompts packed, then greedy decode steps; (tokens, logprobs of every row)."""
-    harness = ModelHarness(load_model(model_path, torch.float32, "cpu"), shuffle_slots=False)
+    harness = ModelHarness(load_model(model_path, torch.float32, "cpu", load_format),
+                           shuffle_slots=False)
     rows = [harness.new_request() for _ in PROMPTS]
     logits = harness.forward(rows, PROMPTS)
     logprobs = [torch.log_softmax(x, dim=-1) for x in logits]
