@@ -83,16 +83,3 @@ def test_each_rank_holds_its_slice_but_reports_full_shapes(tiny_models):
         assert kv_heads == 1
         assert qkv == (16 + 16 + 16, 64)  # 1 query head + its replicated K and V heads (dim 16)
     assert full_qkv == (64 + 32 + 32, 64)
-
-
-def load_or_error(model_path: str) -> str:
-    try:
-        load_model(model_path, torch.float32, "cpu")
-    except ValueError as e:
-        return str(e)
-    return "loaded"
-
-
-def test_tp_size_that_does_not_divide_the_heads_is_refused(tiny_models):
-    messages = run_on_ranks(load_or_error, 3, tiny_models["llama"])
-    assert all("num_attention_heads (4) is not divisible by tp_size 3" in m for m in messages)
