@@ -4,7 +4,7 @@ killed while requests run on it)."""
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 import time
@@ -106,6 +106,21 @@ def test_cache_aware_sends_a_repeated_prefix_where_it_is_cached(router):
     assert stats["hit_rate"] == 0.75  # every repeat routed to its group's worker
     assert all(c > 0 for c in cached)  # ... where the prefix really was cached
     assert all(n > 0 for n in served(url))  # and the groups spread over both workers
+
+
+def test_streams_pass_through_the_router(router):
+    url = router("round_robin")
+    body = {"text": "stream me", "stream": True,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}}
+    chunks = []
+    with httpx.stream("POST", f"{url}/generate", json=body, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data:"):]))
+    whole = generate(url, "stream me", body["sampling_params"])
+    assert len(chunks) >= 2 and chunks[-1]["output_ids"] == whole["output_ids"]
+    assert served(url) == [1, 1]  # the stream counted once it ended
 
 
 def test_control_calls_fan_out_with_one_answer(router, tiny_models):
