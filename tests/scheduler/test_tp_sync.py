@@ -80,6 +80,8 @@ def test_tp2_ranks_stay_in_step_through_sampling_aborts_and_control_calls(tp2, r
     assert seeded[0]["output_ids"] == seeded[1]["output_ids"]
     assert tp2.flush_cache()["success"]
     assert tp2.pause_generation()["success"] and tp2.continue_generation()["success"]
+    assert tp2.release_memory_occupation()["success"]  # on every rank
+    assert tp2.resume_memory_occupation()["success"]
     assert_same(greedy(tp2), reference["a"])  # still in step: the collectives still match
 
 
@@ -99,3 +101,37 @@ def test_tp2_weight_updates_reach_every_rank_or_none(tp2, checkpoints, reference
 def test_tp_size_the_model_cannot_split_fails_start_naming_it(checkpoints):
     with pytest.raises(RuntimeError, match="not divisible by tp_size 3"):
         rollserve.Engine(model_path=checkpoints["a"], tp_size=3, **ENGINE_ARGS)
+
+
+def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
+    """init_weights_update_group: the trainer is rank 0, TP ranks 1 and 2 (rank_offset 1);
+    every rank receives the broadcast and keeps its slices."""
+    import threading
+
+    from rollserve.api.server import free_port
+    from rollserve.weight_sync import distributed
+
+    port, results = free_port(), {}
+
+    def engine_side(key, call, *args):
+        results[key] = call(*args)
+
+    joining = threading.Thread(target=engine_side, args=(
+        "init", tp2.init_weights_update_group, "127.0.0.1", port, 1, 3, "tp-sync", "gloo"))
+    joining.start()
+    group = distributed.init_custom_process_group("gloo", "127.0.0.1", port, 3, 0, "tp-sync")
+    joining.join()
+    assert results["init"]["success"], results["init"]
+    try:
+        named = list(load_file(os.path.join(checkpoints["b"], "model.safetensors")).items())
+        receiving = threading.Thread(target=engine_side, args=(
+            "update", tp2.update_weights_from_distributed, [n for n, _ in named],
+            [str(t.dtype) for _, t in named], [list(t.shape) for _, t in named], "tp-sync"))
+        receiving.start()
+        distributed.broadcast_named_tensors(group, named, None)
+        receiving.join()
+        assert results["update"]["success"], results["update"]
+    finally:
+        assert distributed.destroy_group_with_engine(
+            group, lambda: tp2.destroy_weights_update_group("tp-sync"))["success"]
+    assert_same(greedy(tp2), reference["b"])
