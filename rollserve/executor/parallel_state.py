@@ -169,3 +169,14 @@ class as_rank:
     def __exit__(self, *exc) -> None:
         global _STATE
         _STATE = self.previous
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's `obj`, in rank order, on every rank (inspection paths, not the forward)."""
+    if _STATE.size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: List[Any] = [None] * _STATE.size
+    dist.all_gather_object(out, obj, group=_STATE.cpu_group)
+    return out

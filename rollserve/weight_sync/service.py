@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence
 import torch
 
 from rollserve.executor.model_runner import ModelRunner
-from rollserve.executor.models.weights import checkpoint_targets
+from rollserve.executor.models.weights import checkpoint_targets, full_tensor
 from rollserve.executor.parallel_state import first_failing_rank, tp_rank, tp_size
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
@@ -184,8 +184,7 @@ class WeightSyncService:
         if name not in targets:
             return {"success": False, "message": f"{type(self.model).__name__} has no parameter "
                                                  f"named {name!r}"}
-        param, rows = targets[name]
-        value = param.data if rows is None else param.data[rows]
+        value = full_tensor(self.model, name)  # whole under TP: the ranks' slices gathered
         flat = value.detach().reshape(-1)[:max(0, int(truncate_size))]
         return {"success": True, "values": flat.float().cpu().tolist()}
 

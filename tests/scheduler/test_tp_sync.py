@@ -135,3 +135,12 @@ def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
         assert distributed.destroy_group_with_engine(
             group, lambda: tp2.destroy_weights_update_group("tp-sync"))["success"]
     assert_same(greedy(tp2), reference["b"])
+
+
+def test_tp2_get_weights_by_name_gathers_the_whole_tensor(tp2, checkpoints):
+    assert tp2.update_weights_from_disk(checkpoints["b"])["success"]
+    b = load_file(os.path.join(checkpoints["b"], "model.safetensors"))
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                 "model.embed_tokens.weight", "model.norm.weight"):
+        values = tp2.get_weights_by_name(name, truncate_size=b[name].numel())
+        assert values == pytest.approx(b[name].flatten().tolist()), name

@@ -19,6 +19,7 @@ from torch import nn
 
 from rollserve.executor.layers.linear import FusedLinear
 from rollserve.executor.layers.parallel import CheckpointSlice, local_slices, shape_of
+from rollserve.executor.parallel_state import all_gather_objects
 
 Target = Tuple[nn.Parameter, Optional[object]]  # parameter, index into it (None: all of it)
 
@@ -64,6 +65,21 @@ def checkpoint_slices(model: nn.Module) -> Dict[str, CheckpointSlice]:
 def _destination(target: Target) -> torch.Tensor:
     param, rows = target
     return param.data if rows is None else param.data[rows]
+
+
+def full_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    """The checkpoint tensor `name` as the model holds it, whole: under TP the ranks' slices
+    are gathered (every rank must ask, as control calls do). get_weights_by_name, checksums."""
+    targets = getattr(model, "_targets", None) or checkpoint_targets(model)
+    local = _destination(targets[name])
+    part = (getattr(model, "_slices", None) or {}).get(name)
+    if part is None:
+        return local
+    local = local.narrow(part.dim, 0, part.length)
+    full = torch.empty(part.full_shape(tuple(local.shape)), dtype=local.dtype)
+    for start, piece in all_gather_objects((part.start, local.detach().cpu())):
+        full.narrow(part.dim, start, piece.shape[part.dim]).copy_(piece)  # replicas agree
+    return full
 
 
 def checkpoint_spec(targets: Dict[str, Target], slices: Optional[Dict[str, CheckpointSlice]] = None
