@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
@@ -12,12 +11,12 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rollserve.api.embedding_serving import add_embedding_routes
 from rollserve.api.flush_cache import flush_cache_response
 from rollserve.api.expert_distribution_routes import add_expert_distribution_routes
 from rollserve.api.body import optional_body, parse_body
+from rollserve.api.request_guard import GuardMiddleware
 from rollserve.api.metrics import ServerMetrics, observed
 from rollserve.api.openai_serving import NativePlan, OpenAIServing, Plan, stream_with_errors
 from rollserve.api.generate_fields import SGLangGenerateRequest
@@ -29,7 +28,8 @@ from rollserve.frontend.server_info import server_info
 from rollserve.frontend.encode_manager import pooling_health_check
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.core.sampling_params import InvalidRequest
-from rollserve.frontend.tokenizer_manager import EngineDeadError, TokenizerManager
+from rollserve.frontend.tokenizer_manager import (EngineDeadError, EngineStalledError,
+                                                  ShuttingDownError, TokenizerManager)
 from rollserve.version import __version__
 from rollserve.api.weight_sync_routes import add_weight_sync_routes
 from rollserve.api.sglang_extra_routes import add_sglang_extra_routes
@@ -37,8 +37,6 @@ from rollserve.api.tokenize_routes import add_tokenize_routes
 from rollserve.api.trl_routes import add_trl_routes
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
-OPEN_PATHS = {"/health"}  # answered without the API key
-UNLIMITED_BODY_PATHS = {"/update_weights_from_tensor"}  # a trainer's weight buckets are large
 
 
 @dataclass
@@ -48,11 +46,13 @@ class ServerState:
     serving: OpenAIServing
     metrics: Optional[ServerMetrics]
     dead_reason: Optional[str] = None  # set by the server's watchdog
+    stopping: Optional[str] = None  # set at SIGTERM: new requests are refused (api/server.py)
+    drain_task: Any = None
     exit_code: int = 0
 
     def why_dead(self) -> Optional[str]:
-        if self.dead_reason or self.tm.dead_reason:
-            return self.dead_reason or self.tm.dead_reason
+        if self.dead_reason or self.tm.dead_reason or self.stopping:
+            return self.dead_reason or self.tm.dead_reason or self.stopping
         if not self.tm.procs.alive():
             return "the scheduler or detokenizer process died"
         return None
@@ -86,6 +86,8 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
 async def run_plan(state: ServerState, request: Request, plan: Plan) -> Response:
     """Submit, then answer once or stream. The first result of a stream is awaited
     before the 200 is sent, so a request the engine rejects still gets a 4xx."""
+    if state.stopping:
+        raise ApiError(503, state.stopping, kind="server_error")
     reason = state.why_dead()
     if reason:
         raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
@@ -104,58 +106,12 @@ async def run_plan(state: ServerState, request: Request, plan: Plan) -> Response
     return EventStreamResponse(events, also_close=[results])
 
 
-# ---- middleware --------------------------------------------------------------------------------
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body is over the limit of {limit} bytes")
-
-
-class GuardMiddleware:
-    """API key check and request body size limit, as plain ASGI (no buffering)."""
-
-    def __init__(self, app: ASGIApp, api_key: Optional[str], max_body_bytes: int):
-        self.app = app
-        self.api_key = api_key
-        self.limit = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
-            response = error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                      kind="authentication_error")
-            return await response(scope, receive, send)
-        if scope["path"] in UNLIMITED_BODY_PATHS:
-            return await self.app(scope, receive, send)
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            return await error_response(413, BodyTooLarge(self.limit).detail)(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _authorized(self, headers: dict) -> bool:
-        given = headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                                   self.api_key.encode())
-
-
 # ---- the app -------------------------------------------------------------------------------------
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="rollserve", version=__version__)
     app.add_middleware(GuardMiddleware, api_key=state.args.api_key,
-                       max_body_bytes=state.args.max_request_body_bytes)
+                       max_body_bytes=state.args.max_request_body_bytes,
+                       error_response=error_response)
     _add_error_handlers(app)
     _add_native_routes(app, state)
     _add_openai_routes(app, state)
@@ -183,7 +139,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineDeadError)
     async def engine_dead(_, e: EngineDeadError):
-        return error_response(503, f"the engine is down: {e}", kind="server_error")
+        what = "" if isinstance(e, ShuttingDownError) else (
+            "the engine is not answering: " if isinstance(e, EngineStalledError) else "the engine is down: ")
+        return error_response(503, f"{what}{e}", kind="server_error")
 
     @app.exception_handler(ClientDisconnected)
     async def disconnected(_, e: ClientDisconnected):
@@ -199,7 +157,8 @@ def _add_native_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/health")
     async def health():
-        reason = state.why_dead()
+        tm.start()
+        reason = state.why_dead() or tm.health_problem()
         if reason:
             return error_response(503, f"unhealthy: {reason}", kind="server_error")
         return Response(status_code=200)

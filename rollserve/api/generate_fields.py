@@ -26,7 +26,6 @@ _UNSUPPORTED = {
     "modalities": "multimodal input is not supported",
     "token_ids_logprob": "logprobs of chosen token ids are not implemented; use top_logprobs_num",
     "return_hidden_states": "hidden states are not returned",
-    "return_routed_experts": "no MoE model is served, so there are no routed experts",
     "return_entropy": "entropy is not returned",
     "return_bytes": "byte outputs are only for image generation",
     "require_reasoning": "reasoning mode is for hybrid reasoning models only",
@@ -48,7 +47,6 @@ _UNSUPPORTED = {
     "min_dynamic_patch": "image tiling is for multimodal models only",
     "image_max_dynamic_patch": "image tiling is for multimodal models only",
     "video_max_dynamic_patch": "image tiling is for multimodal models only",
-    "routed_experts_start_len": "no MoE model is served",
     "extra_options": "no extra options are implemented",
 }
 # one replica: data-parallel rank hints may only name rank 0
@@ -66,8 +64,6 @@ class SGLangGenerateFields(BaseModel):
     modalities: Optional[List[Any]] = None
     token_ids_logprob: Optional[Union[List[int], List[List[int]], List[Optional[List[int]]]]] = None
     return_hidden_states: Union[bool, List[bool]] = False
-    return_routed_experts: bool = False
-    routed_experts_start_len: int = 0
     return_entropy: bool = False
     return_bytes: bool = False
     require_reasoning: bool = False

@@ -43,6 +43,9 @@ class GenerateRequest(BaseModel):
     top_logprobs_num: Union[int, List[int]] = 0
     return_text_in_logprobs: bool = False
     stream: bool = False
+    # MoE, with --enable-return-routed-experts: meta_info.routed_experts (SGLang's names)
+    return_routed_experts: Union[bool, List[bool]] = False
+    routed_experts_start_len: Union[int, List[int]] = 0
 
 
 class AbortRequest(BaseModel):
@@ -118,9 +121,12 @@ class DestroyWeightsUpdateGroupRequest(BaseModel):
     group_name: str = "weight_update_group"
 
 
+MAX_TRUNCATE_SIZE = 1 << 20  # values one get_weights_by_name returns (weight_sync/service.py)
+
+
 class GetWeightsByNameRequest(BaseModel):
     name: str
-    truncate_size: int = 100
+    truncate_size: int = Field(100, ge=0, le=MAX_TRUNCATE_SIZE)
 
 
 class MemoryOccupationRequest(BaseModel):

@@ -1,8 +1,10 @@
 """Launching the HTTP server: resolve the model, start the engine processes (through
 the TokenizerManager), serve the app with uvicorn, and stop everything together.
 
-SIGINT/SIGTERM stop uvicorn, then the scheduler and detokenizer, and the process
-exits 0. If the scheduler or detokenizer dies, /health answers 503 for a moment
+SIGINT/SIGTERM first drain: new requests get a 503, in-flight ones get
+--shutdown-grace-period seconds to finish, then each still waiting is answered with a 503
+(a stream with an error event and [DONE]); then uvicorn stops, then the scheduler and
+detokenizer, and the process exits 0. A second signal skips the wait. If the scheduler or detokenizer dies, /health answers 503 for a moment
 and the server exits 1.
 """
 
@@ -14,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from typing import List, Optional
 
 import uvicorn
@@ -105,8 +108,9 @@ async def _serve(app, state, sock: socket.socket) -> int:
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="off")
     server = _Uvicorn(config, where=f"http://{host}:{args.port}")
     loop = asyncio.get_running_loop()
+    state.tm.start()  # its sockets open now, so that /health hears the heartbeat
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _request_exit, server, sig)
+        loop.add_signal_handler(sig, _request_exit, state, server, sig)
     watchdog = loop.create_task(_watch_engine(state, server))
     try:
         await server.serve(sockets=[sock])
@@ -116,17 +120,41 @@ async def _serve(app, state, sock: socket.socket) -> int:
     return state.exit_code
 
 
-def _request_exit(server: uvicorn.Server, sig: int) -> None:
-    if server.should_exit:  # a second Ctrl-C: stop waiting for open connections
-        server.force_exit = True
-    logger.info("received %s; shutting down", signal.Signals(sig).name)
+def _request_exit(state, server: uvicorn.Server, sig: int) -> None:
+    name = signal.Signals(sig).name
+    if state.stopping is not None:  # a second signal: stop waiting
+        logger.info("received %s again; stopping now", name)
+        state.tm.fail_all(f"the server is shutting down ({name})")
+        server.should_exit = server.force_exit = True
+        return
+    state.stopping = f"the server is shutting down ({name}); no new requests are taken"
+    grace = state.args.shutdown_grace_period
+    logger.info("received %s; %d requests in flight get %.0fs to finish", name,
+                state.tm.num_in_flight(), grace)
+    state.drain_task = asyncio.get_running_loop().create_task(_drain(state, server, grace, name))
+
+
+async def _drain(state, server: uvicorn.Server, grace: float, name: str) -> None:
+    deadline = time.monotonic() + grace
+    while state.tm.num_in_flight() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    left = state.tm.num_in_flight()
+    if left:
+        logger.warning("%d requests did not finish within %.0fs; answering them with an error",
+                       left, grace)
+        state.tm.fail_all(f"the server is shutting down ({name}) and the request did not finish "
+                          f"within the {grace:.0f}s grace period")
+        for _ in range(50):  # let their handlers write the error answers
+            if not state.tm.num_in_flight():
+                break
+            await asyncio.sleep(0.1)
     server.should_exit = True
 
 
 async def _watch_engine(state, server: uvicorn.Server) -> None:
     while not server.should_exit:
         await asyncio.sleep(WATCH_INTERVAL_S)
-        reason = state.why_dead()
+        reason = None if state.stopping else state.why_dead()  # stopping: _drain's to end
         if reason:
             state.dead_reason = reason
             logger.error("%s; /health now answers 503 and the server exits", reason)

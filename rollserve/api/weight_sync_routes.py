@@ -7,11 +7,10 @@ refused (the message names the bad tensor or file; the old weights keep serving)
 from __future__ import annotations
 
 import ipaddress
-import json
-
 from fastapi import FastAPI, Request
 
-from rollserve.api.protocol import (DestroyWeightsUpdateGroupRequest, GetWeightsByNameRequest,
+from rollserve.api.protocol import (ApiError, DestroyWeightsUpdateGroupRequest,
+                                    GetWeightsByNameRequest,
                                     InitWeightsUpdateGroupRequest, MemoryOccupationRequest,
                                     UpdateWeightsFromDiskRequest,
                                     UpdateWeightsFromDistributedRequest,
@@ -35,7 +34,7 @@ def _answer(result: dict) -> JSONBody:
 
 
 def add_weight_sync_routes(app: FastAPI, state) -> None:
-    from rollserve.api.body import optional_body, parse_body
+    from rollserve.api.body import load_json, optional_body, parse_body
 
     tm = state.tm
 
@@ -49,9 +48,9 @@ def add_weight_sync_routes(app: FastAPI, state) -> None:
         from rollserve.api.trl_routes import vllm_update_weights
 
         try:
-            is_vllm = b'"update_info"' in await request.body() and \
-                "update_info" in json.loads(await request.body())
-        except ValueError:
+            raw = await request.body()
+            is_vllm = b'"update_info"' in raw and "update_info" in load_json(raw)
+        except (ApiError, TypeError):
             is_vllm = False  # parse_body names the problem below
         return await (vllm_update_weights(state, request) if is_vllm else update_from_disk(request))
 

@@ -62,6 +62,19 @@ def offline_rows(name: str, report: dict):
     yield label, f"{ours['output_tok_s']:.0f} out tok/s", note
 
 
+def rollout_rows(name: str, report: dict):
+    """issue #17's figures: output tok/s against the run's own full-batch decode rate."""
+    for r in report["results"]:
+        label = (f"rollout {report['shape']} {report['num_prompts']}x{report['n']} "
+                 f"({report['mean_input_len']:.0f} in / {report['max_new_tokens_mean']:.0f} out) {r['mode']}")
+        note = (f"last sample {r['time_to_last_sample_s']} s (tail {r['tail_s']} s); retracted "
+                f"{r['num_retracted_reqs_total']}, recomputed {r['retracted_recomputed_tokens_total']} "
+                f"tokens ({r['recomputed_fraction']}); cache hit {r['prefix_cache_hit_rate']}; peak "
+                f"running {r['peak_running_reqs']}, peak decode {r['peak_gen_throughput']} tok/s "
+                f"({r['fraction_of_peak_decode']} of it)")
+        yield label, f"{r['output_tok_s']:.0f} out tok/s", note
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -72,7 +85,8 @@ def main(argv=None) -> None:
     for name, report in reports.items():
         kind = report.get("benchmark")
         rows = one_batch_rows(name, report) if kind == "one_batch" else \
-            offline_rows(name, report) if kind == "offline" else []
+            offline_rows(name, report) if kind == "offline" else \
+            rollout_rows(name, report) if kind == "rollout" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 

@@ -20,7 +20,12 @@
 # `sharegpt_sglang_lengths` (that run on lengths with the means of SGLang's ShareGPT run),
 # `moe` (issue #19: fused MoE kernel tests and TFLOPS vs a dense GEMM, active-parameter rooflines,
 # one_batch and offline on the Qwen3-30B-A3B and DeepSeek-V2-Lite shapes), `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
-# NCCL when there are two GPUs) and `profile` (each kernel's time in a bs=1 decode step).
+# NCCL when there are two GPUs), `profile` (each kernel's time in a bs=1 decode step), `rollout`
+# (issue #17: the GRPO-shaped rollout bench, Qwen3-0.6B 64 prompts x 16 samples 512-1024 in / 1024
+# out and Llama-3.1-8B 32 x 16 1024 in / 512 out, ignore_eos, each beside the same samples as
+# separate n=1 requests without the radix cache) and `rollout_eos` (the 0.6B run with lengths
+# unknown to the scheduler: random stop tokens end a sample after ~600 tokens); ROLLOUT_ARGS adds
+# flags to those runs (e.g. --skip-separate for a baseline tree).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -181,6 +186,17 @@ for stage in $STAGES; do
         step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 8 \
           --input-len 512 --output-len 64 --profile-kernels --output-file "$OUT/profile_$shape.json"
       done ;;
+    rollout)  # issue #17: GRPO-shaped rollouts under KV pressure (dummy weights)
+      step rollout_qwen3-0.6b 540 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
+        --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --ignore-eos \
+        --context-length 4096 ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b.json"
+      step rollout_llama-3.1-8b 540 $PY -m rollserve.bench.rollout --shape llama-3.1-8b --load-format dummy \
+        --num-prompts 32 --n 16 --input-len 1024 --output-len 512 --ignore-eos \
+        --context-length 4096 ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_llama-3.1-8b.json" ;;
+    rollout_eos)  # the 0.6B rollout with output lengths the scheduler cannot know (up to 1024)
+      step rollout_qwen3-0.6b_eos 400 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
+        --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --stop-every 600 \
+        --context-length 4096 --skip-separate ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b_eos.json" ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
         --output-file "$OUT/weight_sync.json" ;;

@@ -185,6 +185,39 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The engine's flags a bench passes through (engine_kwargs reads them back)."""
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--load-format", default=None, help="default: dummy with --shape, else auto")
+    p.add_argument("--max-total-tokens", type=int, default=None)
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--max-running-requests", type=int, default=None)
+    p.add_argument("--mem-fraction-static", type=float, default=None)
+    p.add_argument("--cuda-graph-max-bs", type=int, default=None)
+    p.add_argument("--attention-backend", default=None)
+    p.add_argument("--disable-cuda-graph", action="store_true")
+    p.add_argument("--disable-overlap-schedule", action="store_true")
+    p.add_argument("--enable-torch-compile", action="store_true")
+
+
+def resolve_model(args) -> int:
+    """Sets args.model_path (a --shape made on disk, dummy weights) and args.load_format;
+    returns the model's vocabulary size."""
+    from transformers import AutoConfig
+
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.frontend.startup import resolve_model_path
+
+    if args.shape:
+        from rollserve.bench.synthetic_model import materialize
+
+        args.model_path = materialize(args.shape, tempfile.mkdtemp(prefix="rollserve-shape-"))
+    args.load_format = args.load_format or ("dummy" if args.shape else "auto")
+    args.model_path = resolve_model_path(ServerArgs(model_path=args.model_path))
+    return AutoConfig.from_pretrained(args.model_path).vocab_size
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M")
@@ -200,19 +233,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-len", type=int, default=1024, help="uniform dataset")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
-    p.add_argument("--load-format", default=None, help="default: dummy with --shape, else auto")
-    p.add_argument("--max-total-tokens", type=int, default=None)
-    p.add_argument("--context-length", type=int, default=None)
-    p.add_argument("--max-running-requests", type=int, default=None)
-    p.add_argument("--mem-fraction-static", type=float, default=None)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=None)
-    p.add_argument("--attention-backend", default=None)
-    p.add_argument("--disable-cuda-graph", action="store_true")
-    p.add_argument("--disable-overlap-schedule", action="store_true")
+    add_engine_arguments(p)
     p.add_argument("--disable-radix-cache", action="store_true")
-    p.add_argument("--enable-torch-compile", action="store_true")
     p.add_argument("--hf-backend", choices=("generate", "generate_batch"), default="generate")
     p.add_argument("--hf-batch-size", type=int, default=8)
     p.add_argument("--skip-transformers", action="store_true")
@@ -224,19 +246,7 @@ def main(argv=None) -> dict:
     p.add_argument("--profile-with-stack", action="store_true",
                    help="record Python stacks too (what the scheduler's host was doing)")
     args = p.parse_args(argv)
-
-    from transformers import AutoConfig
-
-    from rollserve.frontend.server_args import ServerArgs
-    from rollserve.frontend.startup import resolve_model_path
-
-    if args.shape:
-        from rollserve.bench.synthetic_model import materialize
-
-        args.model_path = materialize(args.shape, tempfile.mkdtemp(prefix="rollserve-shape-"))
-    args.load_format = args.load_format or ("dummy" if args.shape else "auto")
-    args.model_path = resolve_model_path(ServerArgs(model_path=args.model_path))
-    vocab = AutoConfig.from_pretrained(args.model_path).vocab_size
+    vocab = resolve_model(args)
     prompts, output_lens = workload(args, vocab)
     rows = [run_engine(args, prompts, output_lens)]
     if not args.skip_transformers:

@@ -18,6 +18,9 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1  # -1: no input logprobs
     top_logprobs_num: int = 0
     stream: bool = False
+    # MoE: answer the expert ids of tokens [routed_experts_start_len, seq_len - 1) when finished
+    return_routed_experts: bool = False
+    routed_experts_start_len: int = 0
 
 
 @dataclass
@@ -41,6 +44,19 @@ class RpcResult:
     result: Dict[str, Any]
 
 
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass
+class Heartbeat:
+    """Sent by the scheduler process every HEARTBEAT_INTERVAL_S (through the detokenizer,
+    so it vouches for both): the front end calls the engine stalled when these stop."""
+
+    pid: int
+    loop_quiet_s: float = 0.0  # since the scheduler's loop last came round
+    busy_with: Optional[str] = None  # the control call it is running, if any
+
+
 @dataclass
 class TokenOutput:
     """What one request produced since its previous TokenOutput."""
@@ -61,6 +77,7 @@ class TokenOutput:
     input_top_logprobs: Optional[List[Optional[List[Tuple[float, int]]]]] = None
     output_token_logprobs: Optional[List[Tuple[float, int]]] = None
     output_top_logprobs: Optional[List[List[Tuple[float, int]]]] = None
+    routed_experts: Optional[str] = None  # on the finished output only: SGLang's base64 int32
     text_delta: str = ""  # filled by the detokenizer
 
 

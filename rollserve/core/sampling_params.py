@@ -110,10 +110,10 @@ class SamplingParams:
         if self.logprob_mode is not None and self.logprob_mode not in LOGPROB_MODES:
             bad("logprob_mode", f"must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
         self.temperature = float(self.temperature)
-        self._normalize_stop(bad)
+        self._normalize_stop(bad, vocab_size)
         self._normalize_logit_bias(bad, vocab_size)
 
-    def _normalize_stop(self, bad) -> None:
+    def _normalize_stop(self, bad, vocab_size: Optional[int] = None) -> None:
         if self.stop is None or self.stop == "":
             self.stop = []
         elif isinstance(self.stop, str):
@@ -125,6 +125,8 @@ class SamplingParams:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
         ):
             bad("stop_token_ids", "must be a list of non-negative integers")
+        if vocab_size is not None and any(t >= vocab_size for t in ids):  # they index logits
+            bad("stop_token_ids", f"token ids must be in [0, {vocab_size})")
         self.stop_token_ids = ids
 
     def _normalize_logit_bias(self, bad, vocab_size: Optional[int]) -> None:

@@ -39,7 +39,10 @@ def add_eval_parser(sub) -> None:
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
-    group.add_argument("--server", help="base URL(s) of running server(s), comma-separated")
+    group.add_argument("--server", action="append",
+                       help="base URL of a running server; repeat it (or comma-separate) for "
+                            "replicas: requests are spread over them and every checkpoint is "
+                            "loaded into each")
     group.add_argument("--launch", action="store_true",
                        help="start a local `rollserve serve` for the evaluation and stop it after")
     group.add_argument("--model-path", help="model of the launched server (default: the baseline, "
@@ -58,12 +61,15 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_task_flags(parser: argparse.ArgumentParser) -> None:
-    from rollserve.eval.tasks import BUILTIN_TASKS, DEFAULT_TASKS
+    from rollserve.eval.tasks import BENCHMARKS, BUILTIN_TASKS, DEFAULT_TASKS
 
     group = parser.add_argument_group("tasks")
     group.add_argument("--tasks", default=DEFAULT_TASKS,
-                       help=f"comma-separated: built-in {sorted(BUILTIN_TASKS)} or "
-                            "[NAME=]FILE.jsonl|.parquet[#SCORER] (default: %(default)s)")
+                       help=f"comma-separated: built-in {sorted(BUILTIN_TASKS)}, benchmarks "
+                            f"{sorted(BENCHMARKS)} (options after a colon, e.g. "
+                            "math500:n=4:temperature=0.6:limit=50), or "
+                            "[NAME=]FILE.jsonl|.parquet[#SCORER]; \"\" for none "
+                            "(default: %(default)s)")
     group.add_argument("--limit", type=int, help="first N examples of each task")
     group.add_argument("--n", type=int, default=1, help="samples per prompt (pass@k, maj@k)")
     group.add_argument("--temperature", type=float,
@@ -83,6 +89,12 @@ def _add_task_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--batch-size", type=int, default=32, help="prompts per client call")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--data-dir", help="folder of benchmark data (gsm8k/test.jsonl, ...); "
+                                          "default: $ROLLSERVE_EVAL_DATA, then the datasets cache")
+    group.add_argument("--lm-eval-tasks",
+                       help="comma-separated lm-evaluation-harness tasks, scored with lm-eval's "
+                            "own definitions (its registry, or yamls under --include-path)")
+    group.add_argument("--include-path", help="folder of lm-eval task yamls for --lm-eval-tasks")
 
 
 def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +124,9 @@ def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wandb-tags", default="", help="comma-separated")
     group.add_argument("--samples-per-task", type=int, default=8,
                        help="sample generations per task in the wandb table")
+    group.add_argument("--concurrent-checkpoints", type=int, default=1,
+                       help="score this many checkpoints at once, each on its own share of the "
+                            "--server URLs (URL i goes to share i mod N)")
 
 
 # ---- shared set-up --------------------------------------------------------------------------
@@ -124,10 +139,27 @@ def _settings(ns):
                         system_instruction=ns.system_instruction)
 
 
+def server_urls(ns) -> List[str]:
+    """Every --server URL, repeated flags and comma-separated lists alike."""
+    return [u.strip() for value in (ns.server or []) for u in value.split(",") if u.strip()]
+
+
+def url_groups(urls: List[str], groups: int) -> List[List[str]]:
+    """URLs split into `groups` shares (URL i to share i mod groups), one per checkpoint
+    scored at once; each share needs a URL."""
+    if groups < 1:
+        raise InvalidRequest("concurrent_checkpoints", "must be >= 1")
+    if groups > 1 and len(urls) < groups:
+        raise InvalidRequest("concurrent_checkpoints",
+                             f"{groups} checkpoints at once need at least {groups} --server URLs "
+                             f"(a server holds one checkpoint at a time), got {len(urls)}")
+    return [urls[i::groups] for i in range(groups)]
+
+
 @contextlib.contextmanager
-def open_clients(ns, model_path: Optional[str], output_dir: str) -> Iterator[tuple]:
-    """(policy client, reward client or None); a launched server (its log in
-    OUTPUT_DIR/server.log) stops on exit, and with this process if it dies."""
+def open_clients(ns, model_path: Optional[str], output_dir: str, groups: int = 1) -> Iterator[tuple]:
+    """([a policy client per group of servers], reward client or None); a launched server
+    (its log in OUTPUT_DIR/server.log) stops on exit, and with this process if it dies."""
     from rollserve.eval.server_process import owned_server
     from rollserve.rollout.client import RolloutClient
 
@@ -135,27 +167,38 @@ def open_clients(ns, model_path: Optional[str], output_dir: str) -> Iterator[tup
         raise InvalidRequest("server", "give --server URL or --launch (one of them)")
     if ns.launch_port is not None and not ns.launch:
         raise InvalidRequest("launch_port", "only applies with --launch")
+    if ns.launch and groups > 1:
+        raise InvalidRequest("concurrent_checkpoints", "needs --server URLs (--launch starts one "
+                                                       "server, which holds one checkpoint)")
+    shares = [] if ns.launch else url_groups(server_urls(ns), groups)
     kwargs = dict(api_key=ns.api_key, timeout=ns.timeout, progress=False)
     with contextlib.ExitStack() as stack:
         if ns.launch:
             url = stack.enter_context(owned_server(
                 model_path, shlex.split(ns.server_args), output_dir=output_dir,
                 port=ns.launch_port, api_key=ns.api_key))
-            client = stack.enter_context(RolloutClient(url, **kwargs))
+            clients = [stack.enter_context(RolloutClient(url, **kwargs))]
         else:
-            urls = [u.strip() for u in ns.server.split(",") if u.strip()]
-            client = stack.enter_context(RolloutClient(urls, **kwargs))
+            clients = [stack.enter_context(RolloutClient(share, **kwargs)) for share in shares]
         reward = None
         if ns.reward_server:
             reward = stack.enter_context(RolloutClient(ns.reward_server, **kwargs))
-        yield client, reward
+        yield clients, reward
 
 
 def _load_tasks(ns):
     from rollserve.eval.tasks import load_tasks
     from rollserve.eval.tasks.reward import RewardTask
 
-    tasks = load_tasks(ns.tasks)
+    tasks = load_tasks(ns.tasks, data_dir=ns.data_dir) if ns.tasks else []
+    if ns.lm_eval_tasks:
+        from rollserve.eval.tasks.lm_eval_task import load_lm_eval_tasks
+
+        tasks += load_lm_eval_tasks(ns.lm_eval_tasks, ns.include_path)
+    elif ns.include_path:
+        raise InvalidRequest("include_path", "only applies with --lm-eval-tasks")
+    if not tasks:
+        raise InvalidRequest("tasks", "name at least one task (--tasks or --lm-eval-tasks)")
     for task in tasks:
         if isinstance(task, RewardTask):
             task.label = ns.reward_label
@@ -177,8 +220,8 @@ def cmd_run(ns) -> int:
     from rollserve.eval.runner import run_tasks
 
     tasks = _load_tasks(ns)
-    with open_clients(ns, ns.model_path, os.path.abspath(ns.output_dir)) as (client, reward):
-        ctx = _context(ns, client, reward)
+    with open_clients(ns, ns.model_path, os.path.abspath(ns.output_dir)) as (clients, reward):
+        ctx = _context(ns, clients[0], reward)
         results = run_tasks(ctx, tasks, console=make_console(stderr=True),
                             progress=not ns.no_progress)
         info = ctx.model_info
@@ -213,6 +256,7 @@ def cmd_watch(ns) -> int:
         raise InvalidRequest("checkpoint_dir", f"{root} is not a folder")
     tasks = _load_tasks(ns)
     select([], order=ns.order, every=ns.every)  # bad values fail before a server starts
+    url_groups(server_urls(ns), ns.concurrent_checkpoints)
     options = WatchOptions(checkpoint_dir=root,
                            output_dir=os.path.abspath(ns.output_dir or os.path.join(root, "eval")),
                            patterns=ns.pattern or DEFAULT_PATTERNS, marker=ns.marker,
@@ -225,8 +269,9 @@ def cmd_watch(ns) -> int:
     with output_lock(options.output_dir), _log_through(bars), contextlib.ExitStack() as stack:
         try:
             # the server first: a launched one is started before any thread exists
-            client, reward = stack.enter_context(
-                open_clients(ns, _launch_model(ns, options), options.output_dir))
+            clients, reward = stack.enter_context(
+                open_clients(ns, _launch_model(ns, options), options.output_dir,
+                             groups=ns.concurrent_checkpoints))
             wandb = WandbSync(log, project=ns.wandb_project,
                               run_name=ns.wandb_run_name or os.path.basename(root),
                               tags=[t for t in ns.wandb_tags.split(",") if t], mode=ns.wandb_mode,
@@ -235,8 +280,9 @@ def cmd_watch(ns) -> int:
                               samples_per_task=ns.samples_per_task)
             stack.callback(wandb.finish)
             wandb_folder = wandb.folder
-            Watcher(_context(ns, client, reward), tasks, options, wandb=wandb, console=bars,
+            Watcher(_context(ns, clients[0], reward), tasks, options, wandb=wandb, console=bars,
                     progress=not ns.no_progress,
+                    more_contexts=[_context(ns, c, reward) for c in clients[1:]],
                     on_checkpoint=lambda c, rows: _print_checkpoint(console, c, rows)).run()
         except KeyboardInterrupt:
             code = 130
@@ -286,11 +332,11 @@ def _launch_model(ns, options) -> Optional[str]:
 def _print_checkpoint(console, checkpoint, rows: List[dict]) -> None:
     from rich.markup import escape
 
-    from rollserve.eval.console import format_value
+    from rollserve.eval.console import shown_metrics, with_stderr
     from rollserve.eval.report import OK, STATUS_LABELS
 
-    parts = [f"{row['task']}/{k}={format_value(v)}" for row in rows if row["status"] == OK
-             for k, v in row["metrics"].items()]
+    parts = [f"{row['task']}/{k}={with_stderr(row['metrics'], k)}" for row in rows
+             if row["status"] == OK for k in shown_metrics(row["metrics"])]
     errors = {}  # (cause, error) -> tasks (a failed load fails every task with one error)
     for row in rows:
         if row["status"] != OK:

@@ -8,6 +8,8 @@
 * the baseline (step 0) is a labelled star, with a dotted line at its value.
 * checkpoints without a score are vertical lines, styled by cause (broken checkpoint,
   incomplete write, not scorable, weight_version mismatch, task refused).
+* a metric with a standard error (METRIC_stderr, stats.py) has a shaded band: the 95%
+  interval (stats.band), so a move within the band reads as noise.
 Only the row that stands for each (checkpoint, task) is drawn (report.standing_rows).
 """
 
@@ -20,6 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
+from rollserve.eval import stats
 from rollserve.eval.report import (FAILED, INCOMPLETE, METRICS_PNG, MISMATCH, NOT_SCORABLE, OK,
                                    RESULTS_CSV, STATUS_LABELS, TASK_FAILED, ResultsLog,
                                    standing_rows, write_csv)
@@ -41,6 +44,7 @@ class Panel:
     bounded: bool = False
     right: Optional[str] = None  # token perplexity on a second axis
     points: dict = field(default_factory=dict)  # metric -> [(step, value, checkpoint)]
+    bands: dict = field(default_factory=dict)  # metric -> [(step, low, high)] where known
 
 
 def is_bounded(metric: str) -> bool:
@@ -53,14 +57,29 @@ def panels(rows: Sequence[dict]) -> List[Panel]:
     out = []
     for task in sorted({r["task"] for r in standing}):
         ok = [r for r in standing if r["task"] == task and r["status"] == OK]
-        names = sorted({m for r in ok for m, v in r["metrics"].items() if _finite(v)})
+        names = sorted({m for r in ok for m, v in r["metrics"].items()
+                        if _finite(v) and not stats.is_stderr(m)})
         for title, metrics, right in _quantities(names):
             panel = Panel(task, f"{task}: {title}", metrics,
                           bounded=all(is_bounded(m) for m in metrics), right=right)
             for metric in metrics + ([right] if right else []):
                 panel.points[metric] = [(r["step"], r["metrics"][metric], r["checkpoint"])
                                         for r in ok if _finite(r["metrics"].get(metric))]
+                panel.bands[metric] = metric_bands(ok, metric, panel.bounded)
             out.append(panel)
+    return out
+
+
+def metric_bands(rows: Sequence[dict], metric: str, bounded: bool) -> list:
+    """(step, low, high) of the 95% interval at each row with a finite standard error."""
+    out = []
+    for row in rows:
+        value = row["metrics"].get(metric)
+        if _finite(value):
+            interval = stats.band(value, row["metrics"].get(stats.stderr_name(metric)), bounded,
+                                  n=row.get("num_examples"))
+            if interval is not None:
+                out.append((row["step"], *interval))
     return out
 
 
@@ -94,6 +113,7 @@ def build_figure(rows: Sequence[dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     todo = panels(rows)
     if not todo:
@@ -109,6 +129,8 @@ def build_figure(rows: Sequence[dict]):
         ax.set_visible(False)
     handles = [Line2D([], [], color="0.35", marker="*", markersize=11, linestyle=":",
                       label="baseline (step 0)")] if _has_baseline(todo) else []
+    if any(p.bands.get(m) for p in todo for m in p.metrics):
+        handles.append(Patch(color="tab:blue", alpha=0.18, label="95% interval (±1.96 stderr)"))
     handles += [Line2D([], [], color=FAILURE_STYLES[c][0], linestyle=FAILURE_STYLES[c][1],
                        label=STATUS_LABELS[c]) for c in FAILURE_STYLES if c in causes]
     if handles:
@@ -127,7 +149,12 @@ def _draw_panel(ax, panel: Panel, task_rows: List[dict]) -> set:
         points = panel.points[metric]
         steps = [s for s, _, _ in points]
         values = [v for _, v, _ in points]
-        ax.plot(steps, values, marker="o", markersize=4, label=metric)
+        line, = ax.plot(steps, values, marker="o", markersize=4, label=metric)
+        band = panel.bands.get(metric) or []
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                            color=line.get_color(), alpha=0.18, linewidth=0,
+                            label=f"{metric} 95% CI" if len(panel.metrics) > 1 else None)
         for step, value, checkpoint in points:
             if checkpoint == BASELINE:
                 ax.plot([step], [value], marker="*", markersize=13, color="0.35", zorder=5)

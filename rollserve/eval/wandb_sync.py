@@ -27,6 +27,8 @@ import shutil
 import uuid
 from typing import List, Optional, Sequence, Set
 
+from rollserve.eval import stats
+from rollserve.eval.plot import is_bounded
 from rollserve.eval.report import OK, ResultsLog, row_id
 
 logger = logging.getLogger("rollserve.eval")
@@ -64,8 +66,17 @@ def history_row(row: dict) -> dict:
     if row.get("error"):
         payload["eval/error"] = str(row["error"])[:2000]
     if row["status"] == OK:
-        payload.update({f"{task}/{k}": v for k, v in row.get("metrics", {}).items()
+        metrics = row.get("metrics", {})
+        payload.update({f"{task}/{k}": v for k, v in metrics.items()
                         if isinstance(v, (int, float)) and math.isfinite(v)})
+        # the band as two more series: chart METRIC with METRIC_ci95_low/high beside it
+        for name, value in metrics.items():
+            if stats.is_stderr(name) or not isinstance(value, (int, float)):
+                continue
+            interval = stats.band(value, metrics.get(stats.stderr_name(name)), is_bounded(name),
+                                  n=row.get("num_examples"))
+            if interval is not None:
+                payload[f"{task}/{name}_ci95_low"], payload[f"{task}/{name}_ci95_high"] = interval
     return payload
 
 
@@ -161,6 +172,13 @@ class WandbSync:
                     columns=SAMPLE_COLUMNS, data=sample_table_rows(row["step"], row["task"], samples))
         self.run.log(payload, commit=True)
         self.logged.add(row_id(row))
+
+    def log_plot(self, step: int, path: str) -> None:
+        """metrics.png (with its bands) as eval/metrics_plot, after each checkpoint."""
+        if self.run is None or not os.path.exists(path):
+            return
+        self.run.log({"checkpoint_step": step, "eval/metrics_plot": self.wandb.Image(path)},
+                     commit=True)
 
     def finish(self) -> None:
         if self.run is not None:

@@ -24,6 +24,7 @@ class ExecutorConfig:
     # GPU path
     attention_backend: Optional[str] = None  # None: triton on CUDA, torch_native on CPU
     disable_mla: bool = False  # MLA models: expanded per-head K/V instead of the latent cache
+    enable_return_routed_experts: bool = False  # MoE: keep every token's expert ids (per KV slot)
     cuda_graph_max_bs: Optional[int] = None
     cuda_graph_bs: Optional[Tuple[int, ...]] = None
     disable_cuda_graph: bool = False

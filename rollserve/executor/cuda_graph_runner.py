@@ -43,8 +43,11 @@ def capture_sizes(max_bs: int, explicit: Optional[List[int]] = None) -> List[int
 
 class CudaGraphRunner:
     def __init__(self, model, kv_pool: KVPool, req_to_token: torch.Tensor, future_tokens: torch.Tensor,
-                 attn_backend: AttentionBackend, sizes: List[int], compile_max_bs: int = 0):
+                 attn_backend: AttentionBackend, sizes: List[int], compile_max_bs: int = 0,
+                 routed_experts=None):
         self.model = model
+        # executor/routed_experts.py's store: captured writing into each size's static slots
+        self.routed_experts = routed_experts
         self.kv_pool = kv_pool
         self.req_to_token = req_to_token
         self.future_tokens = future_tokens  # the runner's latest sampled token per request row
@@ -95,6 +98,8 @@ class CudaGraphRunner:
     def _run_model(self, bs: int) -> torch.Tensor:
         input_ids = resolve_placeholders(self.inputs[bs][_INPUT_IDS], self.future_tokens)
         ctx = self.contexts[bs]
+        if self.routed_experts is not None:
+            ctx.moe_recorder = self.routed_experts.bind(ctx.out_cache_loc)
         return self.forward_fns[bs](input_ids, ctx.positions, ctx)
 
     @torch.inference_mode()

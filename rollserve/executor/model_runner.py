@@ -20,6 +20,7 @@ from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
 from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
 from rollserve.executor.mla_kv_pool import MLAKVPool
+from rollserve.executor.routed_experts import RoutedExpertsStore
 from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
 from rollserve.executor.layers.rotary import RotaryEmbedding
@@ -66,6 +67,10 @@ class ModelRunner:
         self.attn_backend = create_attention_backend(self.attention_backend, self.device,
                                                      self.kv_pool.num_kv_heads)
         self.expert_recorder = ExpertDistributionRecorder.for_model(self.model, self.device)  # MoE only
+        # --enable-return-routed-experts: every token's expert ids, one row per KV slot (+ padding)
+        self.routed_experts = (RoutedExpertsStore.for_model(self.model, self.max_total_tokens + 1,
+                                                            self.device)
+                               if config.enable_return_routed_experts else None)
         self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
@@ -88,7 +93,7 @@ class ModelRunner:
             compile_max_bs = config.torch_compile_max_bs if config.enable_torch_compile else 0
             self.graph_runner = CudaGraphRunner(self.model, self.kv_pool, self.req_pool.req_to_token,
                                                 self.future_tokens, self.attn_backend, sizes,
-                                                compile_max_bs)
+                                                compile_max_bs, self.routed_experts)
 
     def drop_cuda_graphs(self) -> None:
         self.graph_runner = None
@@ -128,13 +133,30 @@ class ModelRunner:
             budget = total * fraction - (total - free)
         else:
             fraction = self.config.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
-            budget = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * fraction
+            budget = self._cpu_kv_budget(fraction)
         tokens = int(budget // bytes_per_token)
         if tokens < self.context_len // 4:
             raise RuntimeError(
                 f"mem_fraction_static={fraction} leaves room for only {max(tokens, 0)} KV tokens; "
                 "raise --mem-fraction-static or set --max-total-tokens")
         return tokens
+
+    def _cpu_kv_budget(self, fraction: float) -> float:
+        """Bytes for the KV pool on CPU: a share of the machine's total memory less the
+        weights. Not of the free memory: on a host shared with a trainer or other servers
+        that would size the pool by whatever happened to be free at start."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * page
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        budget = max(total - weights, 0) * fraction
+        free = os.sysconf("SC_AVPHYS_PAGES") * page
+        logger.info("KV pool on CPU: %.2f x (total memory %.1f GiB - weights %.2f GiB) = %.2f GiB "
+                    "(%.1f GiB free now; --max-total-tokens sets the size instead)", fraction,
+                    total / 2**30, weights / 2**30, budget / 2**30, free / 2**30)
+        if budget > free:
+            logger.warning("the KV pool (%.2f GiB) is larger than the free memory (%.2f GiB); "
+                           "the host may swap", budget / 2**30, free / 2**30)
+        return budget
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
@@ -149,7 +171,9 @@ class ModelRunner:
             return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
         ctx, input_ids = build_context(host, self.device, self.future_tokens, self.req_pool.req_to_token,
                                        self.kv_pool, self.attn_backend)
-        ctx.moe_recorder = recorder  # the graphs hold no recorder: eager while recording
+        # the graphs hold no distribution recorder: eager while recording
+        ctx.moe_recorder = (self.routed_experts.bind(ctx.out_cache_loc, forward_to=recorder)
+                            if self.routed_experts is not None else recorder)
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

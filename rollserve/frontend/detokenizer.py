@@ -9,7 +9,7 @@ from typing import Dict, List
 import zmq
 
 from rollserve.core.io import BatchTokenOutput, TokenOutput
-from rollserve.core.logging_setup import configure_logging, exit_with_parent
+from rollserve.core.logging_setup import configure_logging, exit_with_parent, ipc_dir_of
 from rollserve.core.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class IncrementalDecoder:
 def run_detokenizer_process(tokenizer_path: str, ports: dict, log_level: str,
                             trust_remote_code: bool = False) -> None:
     configure_logging(log_level, prefix="detokenizer")
-    exit_with_parent()
+    exit_with_parent(ipc_dir_of(ports))
     decoder = IncrementalDecoder(load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code))
     context = zmq.Context()
     context.setsockopt(zmq.LINGER, 0)

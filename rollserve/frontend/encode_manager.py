@@ -75,11 +75,11 @@ async def run_encode(tm, obj: EncodeReqInput, kind: str):
     if tm.pooling is None or tm.pooling.kind != kind:
         raise wrong_model_error(tm.pooling, kind, tm.model_path)
     items, is_batch = normalize_encode(obj, allow_messages=kind == CLASSIFICATION)
-    for item in items:
-        if item.rid in tm.states:
-            raise InvalidRequest("rid", f"a request with rid {item.rid!r} is already running")
-    msgs = [TokenizedEmbeddingReq(rid=item.rid, input_ids=input_ids_of(tm, item)) for item in items]
+    rids = [item.rid for item in items]
+    tm.claim_rids(rids)
+    msgs = []
     try:
+        msgs = [TokenizedEmbeddingReq(rid=item.rid, input_ids=input_ids_of(tm, item)) for item in items]
         for msg in msgs:
             tm.states[msg.rid] = ReqState(EmbeddingResult(msg, kind))
             tm.send_sock.send_pyobj(msg)
@@ -88,15 +88,15 @@ async def run_encode(tm, obj: EncodeReqInput, kind: str):
         results = [await _wait(tm, msg.rid) for msg in msgs]
     finally:
         tm._abort_unfinished(msgs)
+        tm.release_rids(rids)
     return results if is_batch else results[0]
 
 
 async def _wait(tm, rid: str) -> Dict[str, Any]:
     state = tm.states[rid]
     while not state.finished:
-        await state.event.wait()
+        await tm.wait_event(state.event)
         state.event.clear()
-        tm._check_alive()
     return state.builder.result()
 
 

@@ -44,8 +44,9 @@ LORA = refused("LoRA adapters are not implemented",
                "merge the adapter into the base weights (peft merge_and_unload) and serve that "
                "folder, or push merged weights with /update_weights_from_tensor")
 SPEC = refused("speculative decoding is not implemented", "leave out the --speculative-* flags")
-MOE = refused("expert parallelism is not implemented (rollserve serves dense models)",
-              "a dense model (Llama, Mistral, Qwen2, Qwen3) on one GPU per server")
+MOE = refused("expert parallelism is not implemented: MoE models (Qwen3-MoE, Mixtral, "
+              "DeepSeek-V2/V3) run with every expert on each device",
+              "leave it at its default; a MoE model that fits one device's memory")
 HICACHE = refused("the hierarchical (host memory / storage) KV cache is not implemented",
                   "--max-total-tokens or --mem-fraction-static to size the device KV pool")
 DISAGG = refused("prefill/decode (and encoder) disaggregation is not implemented",
@@ -57,7 +58,8 @@ METRICS_EXTRA = refused("this metrics option is not implemented",
 TRACE = refused("OpenTelemetry tracing is not implemented", "--enable-metrics and --log-requests")
 GRAMMAR_OFF = noop("constrained decoding is not implemented (requests asking for it get a 400), "
                    "so this grammar setting has nothing to act on")
-MOE_KNOB = noop("a MoE / expert-parallel setting; rollserve serves dense models only")
+MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
+                "experts run unsplit through rollserve's fused MoE kernel")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
                "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
@@ -67,7 +69,8 @@ MM_KNOB = noop("a multimodal setting; rollserve serves text-only models")
 MAMBA_KNOB = noop("a Mamba / hybrid-model setting; rollserve serves no Mamba layers")
 HICACHE_KNOB = noop("a hierarchical-cache setting; that cache is off "
                     "(--enable-hierarchical-cache is refused)")
-DSA_KNOB = noop("only used by DeepSeek sparse attention (MLA) models, which rollserve does not serve")
+DSA_KNOB = noop("only used by DeepSeek sparse attention (DSA / NSA, DeepSeek-V3.2) models, which "
+                "rollserve does not serve")
 KT_KNOB = noop("a KTransformers setting; it is off (--kt-weight-path is refused)")
 DISAGG_KNOB = noop("a disaggregation setting; disaggregation is off (--disaggregation-mode is refused)")
 FP_GEMM_KNOB = noop("only used by FP8/FP4 GEMMs; rollserve runs no quantized GEMMs")
@@ -360,7 +363,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                              "logit_bias in the sampling parameters"),
     "enable_return_hidden_states": refused("returning hidden states is not implemented",
                                            "an embedding model (--is-embedding) for pooled states"),
-    "enable_return_routed_experts": MOE,
+    "enable_return_routed_experts": implemented(),
     "scheduler_recv_interval": noop("the scheduler reads every new request before each step, "
                                     "which costs nothing measurable here"),
     "numa_node": refused("NUMA binding is not implemented", "numactl --cpunodebind=N rollserve "

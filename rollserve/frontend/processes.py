@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
 import socket
 import tempfile
 from dataclasses import dataclass, field, replace
 from typing import List
 
+from rollserve.core.logging_setup import remove_dir
 from rollserve.frontend.server_args import ServerArgs
 from rollserve.frontend.detokenizer import run_detokenizer_process
 from rollserve.scheduler.process import run_scheduler_process
@@ -48,15 +48,7 @@ class EngineProcesses:
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-        for name in os.listdir(self.ipc_dir):
-            try:
-                os.unlink(os.path.join(self.ipc_dir, name))
-            except OSError:
-                pass
-        try:
-            os.rmdir(self.ipc_dir)
-        except OSError:
-            pass
+        remove_dir(self.ipc_dir)
 
 
 def start_engine_processes(args: ServerArgs) -> EngineProcesses:

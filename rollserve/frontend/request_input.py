@@ -21,6 +21,8 @@ class GenerateReqInput:
     top_logprobs_num: Union[int, List[int]] = 0
     return_text_in_logprobs: bool = False
     stream: bool = False
+    return_routed_experts: Union[bool, List[bool]] = False
+    routed_experts_start_len: Union[int, List[int]] = 0
 
 
 @dataclass
@@ -35,6 +37,8 @@ class PromptItem:
     return_logprob: bool
     logprob_start_len: int
     top_logprobs_num: int
+    return_routed_experts: bool = False
+    routed_experts_start_len: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -54,18 +58,24 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
     logprob = _per_item(req.return_logprob, n, "return_logprob", bool, default=False)
     starts = _per_item(req.logprob_start_len, n, "logprob_start_len", int, default=-1)
     tops = _per_item(req.top_logprobs_num, n, "top_logprobs_num", int, default=0)
+    routed = _per_item(req.return_routed_experts, n, "return_routed_experts", bool, default=False)
+    routed_starts = _per_item(req.routed_experts_start_len, n, "routed_experts_start_len", int,
+                              default=0)
     items = []
     for i in range(n):
         if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
             raise InvalidRequest("top_logprobs_num", f"must be in [0, {MAX_TOP_LOGPROBS}]")
         if starts[i] < -1:
             raise InvalidRequest("logprob_start_len", "must be >= -1")
+        if routed_starts[i] < 0:
+            raise InvalidRequest("routed_experts_start_len", "must be >= 0")
         items.append(PromptItem(
             index=i, rid=rids[i] or uuid.uuid4().hex,
             text=prompts[i] if req.text is not None else None,
             input_ids=list(prompts[i]) if req.input_ids is not None else None,
             sampling_params=SamplingParams.from_dict(params[i]),
-            return_logprob=logprob[i], logprob_start_len=starts[i], top_logprobs_num=tops[i]))
+            return_logprob=logprob[i], logprob_start_len=starts[i], top_logprobs_num=tops[i],
+            return_routed_experts=routed[i], routed_experts_start_len=routed_starts[i]))
     return items, is_batch
 
 

@@ -58,6 +58,9 @@ class ResultBuilder:
             meta["custom_params"] = CUSTOM_PARAMS_IGNORED  # as SGLang, ignored; but said so
         if self.msg.return_logprob:
             meta.update(self._formatted_logprobs())
+        if self.msg.return_routed_experts:
+            meta["routed_experts"] = out.routed_experts if out else None
+            meta["routed_experts_start_len"] = self.msg.routed_experts_start_len
         result = {"text": self.text, "output_ids": list(self.output_ids), "meta_info": meta}
         if index is not None:
             result["index"] = index

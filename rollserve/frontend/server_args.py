@@ -80,6 +80,7 @@ class ServerArgs:
     cuda_graph_bs: Optional[List[int]] = None  # explicit capture sizes (overrides the max)
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
+    enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
@@ -90,7 +91,6 @@ class ServerArgs:
     nnodes: int = 1
     node_rank: int = 0
     dist_init_addr: Optional[str] = None
-    dist_timeout: Optional[int] = None
     base_gpu_id: int = 0
     # observability and robustness
     log_level: str = "info"
@@ -99,6 +99,12 @@ class ServerArgs:
     decode_log_interval: int = 40
     enable_metrics: bool = False
     watchdog_timeout: float = 300.0
+    # seconds a weight-update group may take to form (init_weights_update_group), and each of
+    # its broadcasts; None: 300 (SGLang's flag: torch.distributed's init timeout). The TP
+    # group's collectives wait as long (None: torch's default)
+    dist_timeout: Optional[int] = None
+    # SIGTERM: seconds in-flight requests get to finish before each is answered with an error
+    shutdown_grace_period: float = 10.0
     # the version label of the weights loaded at start (SGLang's --weight-version); after
     # start-up the scheduler owns the current one
     weight_version: str = "default"
@@ -135,6 +141,8 @@ class ServerArgs:
         need(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         need(self.decode_log_interval >= 0, "decode_log_interval", "must be >= 0")
         need(self.watchdog_timeout > 0, "watchdog_timeout", "must be positive")
+        need(self.dist_timeout is None or self.dist_timeout > 0, "dist_timeout", "must be positive")
+        need(self.shutdown_grace_period >= 0, "shutdown_grace_period", "must be >= 0")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
         for name in ("tp_size", "dp_size", "nnodes"):
@@ -149,7 +157,6 @@ class ServerArgs:
              "dist_init_addr", f"must be host:port, got {self.dist_init_addr!r}")
         need(self.nnodes == 1 or self.dp_size == 1, "dp_size",
              "multi-node serving runs one replica; start a router over the replicas instead")
-        need(self.dist_timeout is None or self.dist_timeout > 0, "dist_timeout", "must be positive")
         need(self.base_gpu_id >= 0, "base_gpu_id", "must be >= 0")
 
     def check_machine(self) -> None:
@@ -201,7 +208,8 @@ class ServerArgs:
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
-            dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout)
+            dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
+            enable_return_routed_experts=self.enable_return_routed_experts)
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -212,6 +220,7 @@ class ServerArgs:
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
             stream_interval=self.stream_interval, disable_overlap_schedule=self.disable_overlap_schedule,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
+            dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
             custom_logit_processor=self.custom_logit_processor)
 
@@ -252,6 +261,9 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
+                                    "token, so /generate's return_routed_experts can answer them "
+                                    "(meta_info.routed_experts; default: off)",
     "disable_mla": "DeepSeek-V2/V3: attend over expanded per-head K/V instead of the latent "
                    "cache (default: off)",
     "model_path": "HF-format model folder (default: the embedded SmolLM2-135M-Instruct, or "
@@ -279,7 +291,8 @@ HELP = {
                               "/update_weights_from_tensor has no limit",
     "device": "cuda, cuda:N or cpu (default: cuda when available, else cpu)",
     "mem_fraction_static": "share of device memory for weights + KV pool (default: 0.85 on "
-                           "CUDA; on CPU the KV pool takes 0.1 of the free host memory)",
+                           "CUDA; on CPU the KV pool takes 0.1 of total host memory minus the "
+                           "weights)",
     "max_total_tokens": "size of the KV pool in tokens; overrides --mem-fraction-static "
                         "(default: sized from memory)",
     "max_running_requests": "most requests decoding at once (default: 1024 on CUDA, 256 on CPU, "
@@ -331,8 +344,13 @@ HELP = {
     "node_rank": "this node's index; node 0 serves HTTP, the others run only TP ranks",
     "dist_init_addr": "host:port where the TP ranks meet (default: a free port on 127.0.0.1; "
                       "required with --nnodes > 1)",
-    "dist_timeout": "seconds a torch.distributed collective may wait (default: torch's)",
     "base_gpu_id": "the first CUDA device this server's ranks use",
+    "dist_timeout": "seconds init_weights_update_group waits for the trainer to join (it joins "
+                    "beside generation, not in its way) and each broadcast of the group may take "
+                    "(default: 300); the tensor-parallel group's collectives wait as long "
+                    "(default there: torch's)",
+    "shutdown_grace_period": "on SIGTERM, seconds in-flight requests get to finish; then each is "
+                             "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "
                       "meta_info)",
 }

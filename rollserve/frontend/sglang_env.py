@@ -31,7 +31,8 @@ def _refused(reason: str, instead: str, accept: Tuple[str, ...] = _OFF) -> EnvSw
 
 _DEEPGEMM = _noop("no DeepGEMM kernels run here (bf16/fp16/fp32 GEMMs go through torch)")
 _MOE = _noop("a MoE / expert-parallel setting; rollserve serves dense models only")
-_MULTI_GPU = _noop("one server runs on one device, as one process group of one")
+_MULTI_GPU = _noop("a multi-GPU communication switch; tensor parallelism uses torch.distributed's own "
+                    "collectives (NCCL / gloo)")
 _GRAMMAR = _noop("constrained decoding is not implemented")
 _TOOLS = _noop("tool calling is not implemented")
 _TIMEOUT = _refused("request queue/run timeouts are not implemented",
@@ -49,7 +50,9 @@ SGLANG_ENV: Dict[str, EnvSwitch] = {
     "SGLANG_LOGGING_CONFIG_PATH": _refused("logging configuration files are not read",
                                            "--log-level and --log-level-http", accept=("",)),
     "SGLANG_LOG_REQUEST_HEADERS": _noop("--log-requests logs no request headers"),
-    "SGLANG_HEALTH_CHECK_TIMEOUT": _noop("/health_generate waits up to 30 s for its token"),
+    "SGLANG_HEALTH_CHECK_TIMEOUT": EnvSwitch(HONORED, "seconds without a heartbeat from the "
+                                                      "scheduler before /health and waiting "
+                                                      "requests answer 503 (default 20)"),
     "SGLANG_REQ_WAITING_TIMEOUT": _TIMEOUT,
     "SGLANG_REQ_RUNNING_TIMEOUT": _TIMEOUT,
     "SGLANG_CACHE_DIR": _noop("nothing is downloaded or cached by rollserve outside ROLLSERVE_CACHE"),

@@ -30,7 +30,8 @@ def moe_config(num_tokens: int) -> dict:
 @triton.jit
 def _gate_up_silu_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, num_copies, hidden,
                          inter, top_k, stride_x, stride_we, stride_wn, stride_out,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PRECISION: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -52,8 +53,8 @@ def _gate_up_silu_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, nu
         gate_w = tl.load(w_base + cols[None, :] * stride_wn + ks[:, None], mask=w_mask, other=0.0)
         up_w = tl.load(w_base + (cols[None, :] + inter) * stride_wn + ks[:, None], mask=w_mask,
                        other=0.0)
-        acc_gate += tl.dot(a, gate_w)
-        acc_up += tl.dot(a, up_w)
+        acc_gate += tl.dot(a, gate_w, input_precision=PRECISION)
+        acc_up += tl.dot(a, up_w, input_precision=PRECISION)
     act = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
     tl.store(out_ptr + copies.to(tl.int64)[:, None] * stride_out + cols[None, :],
              act.to(out_ptr.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
@@ -62,7 +63,8 @@ def _gate_up_silu_kernel(x_ptr, w_ptr, out_ptr, sorted_ptr, block_expert_ptr, nu
 @triton.jit
 def _down_weighted_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, sorted_ptr, block_expert_ptr,
                           num_copies, hidden, inter, stride_a, stride_we, stride_wn, stride_out,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PRECISION: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert < 0:
@@ -81,7 +83,7 @@ def _down_weighted_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, sorted_ptr, block_
                     mask=valid[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_base + cols[None, :] * stride_wn + ks[:, None],
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += tl.dot(a, w)
+        acc += tl.dot(a, w, input_precision=PRECISION)
     scale = tl.load(weights_ptr + rows, mask=valid, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :],
              (acc * scale[:, None]).to(out_ptr.dtype.element_ty),
@@ -98,6 +100,11 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     if num_copies == 0:
         return torch.zeros_like(x)
     cfg = moe_config(num_tokens)
+    # float32 as torch's own matmuls do it: full precision unless TF32 was allowed (tl.dot's
+    # default takes float32 inputs as TF32: 1e-2 off transformers' logprobs on an H100).
+    # "tf32" is that default, and for 16-bit inputs it changes nothing.
+    precision = ("ieee" if x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+                 else "tf32")
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     sorted_ids, block_expert = moe_align(topk_ids, num_experts, bm)
     num_blocks = block_expert.numel()
@@ -105,11 +112,11 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     _gate_up_silu_kernel[(num_blocks, triton.cdiv(inter, bn))](
         x, w13, act, sorted_ids, block_expert, num_copies, hidden, inter, top_k,
         x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"])
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, num_warps=cfg["num_warps"])
     out = torch.empty(num_copies, hidden, dtype=x.dtype, device=x.device)
     weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
     _down_weighted_kernel[(num_blocks, triton.cdiv(hidden, bn))](
         act, w2, out, weights, sorted_ids, block_expert, num_copies, hidden, inter,
         act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg["num_warps"])
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, num_warps=cfg["num_warps"])
     return out.view(num_tokens, top_k, hidden).sum(dim=1)

@@ -33,8 +33,10 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
                                         daemon=True)
         self._thread.start()
         self.tokenizer_manager = TokenizerManager(self.server_args)
-        self.tokenizer = self.tokenizer_manager.tokenizer
         self._closed = False
+        # open its sockets in the loop now: the scheduler's heartbeats are read from the start
+        self._call(self._start())
+        self.tokenizer = self.tokenizer_manager.tokenizer
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, prompt: Union[None, str, List[str]] = None,
@@ -159,6 +161,9 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
 
     def get_model_info(self) -> dict:
         return self._call(self.tokenizer_manager.model_info())
+
+    async def _start(self) -> None:
+        self.tokenizer_manager.start()
 
     def _call(self, coro):
         if self._closed:

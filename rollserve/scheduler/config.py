@@ -25,6 +25,7 @@ class SchedulerConfig:
     disable_overlap_schedule: bool = False
     decode_log_interval: int = 40
     watchdog_timeout: float = 300.0
+    dist_timeout: Optional[int] = None  # weight-update group join and broadcasts; None: 300 s
     log_level: str = "info"
     custom_logit_processor: Optional[str] = None  # "module:attribute", SGLang's custom_params hook
     weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after

@@ -4,24 +4,35 @@ Invariant: a running request's slots are req_to_token[row, :kv_len]. The first
 `tree_len` of them belong to the radix tree and are locked through `last_node`;
 the rest are the request's own and go back to the allocator (or into the tree)
 when it finishes or is retracted.
+
+A request retracted under memory pressure leaves its computed KV in the tree. While it
+waits, the node its tokens end at may stay locked for it (`queued_locks`) so that
+nothing evicts them before it returns; those locks give way first when running
+requests need the room.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
 from rollserve.executor.kv_pool import ReqToTokenPool, SlotAllocator
-from rollserve.scheduler.radix_cache import RadixCache
+from rollserve.executor.routed_experts import encode_routed_experts
+from rollserve.scheduler.radix_cache import RadixCache, TreeNode
 from rollserve.scheduler.request import Req
 
 
 class KVManager:
-    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, use_radix_cache: bool):
+    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, use_radix_cache: bool,
+                 routed_experts=None):
         self.allocator = allocator
         self.req_pool = req_pool
+        # executor/routed_experts.py's per-slot rows (--enable-return-routed-experts), else None
+        self.routed_experts = routed_experts
         self.tree: Optional[RadixCache] = RadixCache(allocator) if use_radix_cache else None
+        self.queued_locks: Dict[Req, TreeNode] = {}  # retracted, waiting request -> its lock
+        self.recomputed_tokens = 0  # tokens computed again after a retraction lost them
 
     # ---- capacity -------------------------------------------------------------
     def available_slots(self) -> int:
@@ -54,8 +65,17 @@ class KVManager:
                 self.req_pool.write(row, 0, match.slots)
             self.tree.inc_lock_ref(match.last_node)
             req.last_node, req.kv_len, req.tree_len = match.last_node, n, n
-            req.cached_tokens = max(req.cached_tokens, n)
+            # cached_tokens counts prompt tokens (SGLang's meta_info), not a retracted
+            # request's own output found again
+            req.cached_tokens = max(req.cached_tokens, min(n, len(req.input_ids)))
         return True
+
+    def admitted(self, req: Req) -> None:
+        """The admitted request's first prefill chunk is in the batch: a retracted request
+        no longer needs its queued lock, and what the cache did not give back is redone."""
+        self.forget_queued(req)
+        self.recomputed_tokens += max(0, req.retracted_computed - req.tree_len)  # tree_len: the match
+        req.retracted_computed = 0
 
     def append_slots(self, req: Req, slots: torch.Tensor) -> None:
         self.req_pool.write(req.req_pool_idx, req.kv_len, slots)
@@ -76,6 +96,11 @@ class KVManager:
         """The request is done (finished or aborted): keep its KV in the tree, free the rest."""
         if req.req_pool_idx is None:
             return
+        if req.return_routed_experts and self.routed_experts is not None:
+            # read while the slots are still the request's: tokens [start, kv_len), where kv_len
+            # is seq_len - 1 for a finished generation (its last token is never forwarded)
+            slots = self.req_pool.slots(req.req_pool_idx, req.kv_len)[req.routed_experts_start_len:]
+            req.routed_experts = encode_routed_experts(self.routed_experts.gather(slots))
         if self.tree is not None:
             self._insert_and_relock(req, relock=False)
         else:
@@ -90,8 +115,50 @@ class KVManager:
             self.tree.dec_lock_ref(req.last_node)
         self._drop_row(req)
 
+    def retract_to_cache(self, req: Req) -> None:
+        """Retract under memory pressure: the request's computed KV goes into the tree
+        (evictable) so that re-admission finds what was not evicted meanwhile."""
+        req.retracted_computed = req.kv_len
+        req.num_retractions += 1
+        if self.tree is None:
+            self.retract(req)
+            return
+        self._insert_and_relock(req, relock=False)
+        self._drop_row(req)
+
+    def lock_queued(self, reqs: Iterable[Req], spare: int) -> int:
+        """Lock retracted requests' cached KV while they wait, in the given order, as long as
+        `spare` slots stay available for the running requests. Returns how many got a lock."""
+        locked = 0
+        for req in reqs:
+            if self.tree is None or req in self.queued_locks:
+                continue
+            node = self.tree.match_prefix(req.fill_ids[:req.retracted_computed]).last_node
+            self.tree.inc_lock_ref(node)
+            if self.available_slots() < spare:
+                self.tree.dec_lock_ref(node)
+                break
+            self.queued_locks[req] = node
+            locked += 1
+        return locked
+
+    def unlock_queued(self) -> int:
+        """Running requests need the room: retracted requests' KV becomes evictable."""
+        n = len(self.queued_locks)
+        for node in self.queued_locks.values():
+            self.tree.dec_lock_ref(node)
+        self.queued_locks.clear()
+        return n
+
+    def forget_queued(self, req: Req) -> None:
+        """The waiting request was admitted or aborted: drop its queued lock."""
+        node = self.queued_locks.pop(req, None)
+        if node is not None:
+            self.tree.dec_lock_ref(node)
+
     def flush(self) -> None:
         if self.tree is not None:
+            self.unlock_queued()
             self.tree.reset()
 
     # ---- helpers ----------------------------------------------------------------

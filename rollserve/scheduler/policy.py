@@ -4,7 +4,9 @@ fcfs: arrival order. lpm: longest cached prefix first. dfs-weight: walk the radi
 tree depth first, heaviest subtree first (a node's weight: how many waiting requests
 matched into its subtree), so requests sharing a prefix run together.
 random: shuffled. Without a radix cache lpm and dfs-weight are fcfs.
-Only `req.input_ids` is read.
+Whatever the policy, requests retracted under memory pressure come back first (in
+queue order): they already waited, and their KV may still be in the cache.
+Only `req.input_ids` and `req.num_retractions` are read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class SchedulePolicy:
         self.rng = rng or random.Random()
 
     def order(self, waiting: list) -> list:
+        retracted = [r for r in waiting if r.num_retractions]
+        if not retracted:
+            return self._order(waiting)
+        return retracted + self._order([r for r in waiting if not r.num_retractions])
+
+    def _order(self, waiting: list) -> list:
         policy = self._effective_policy(len(waiting))
         if policy == "lpm":
             return self._longest_prefix_first(waiting)

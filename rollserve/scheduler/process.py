@@ -9,14 +9,15 @@ import os
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any, Callable, Dict
 
 import zmq
 
 from rollserve.scheduler.config import SchedulerConfig
-from rollserve.core.io import (AbortReq, BatchTokenOutput, RpcReq, RpcResult,
-                                 TokenizedEmbeddingReq, TokenizedGenerateReq)
-from rollserve.core.logging_setup import configure_logging, exit_with_parent
+from rollserve.core.io import (HEARTBEAT_INTERVAL_S, AbortReq, BatchTokenOutput, Heartbeat,
+                                 RpcReq, RpcResult, TokenizedEmbeddingReq, TokenizedGenerateReq)
+from rollserve.core.logging_setup import configure_logging, exit_with_parent, ipc_dir_of
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.scheduler.overlap_scheduler import make_scheduler
 from rollserve.scheduler.profiler import ProfileRequest, StepProfiler
@@ -25,7 +26,7 @@ from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
-from rollserve.executor.parallel_state import tp_rank
+from rollserve.executor.parallel_state import tp_rank, tp_size
 from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, join_tensor_parallel,
                                          share_messages)
 
@@ -41,20 +42,25 @@ class SchedulerProcess:
         self.scheduler = make_scheduler(config, self.runner, tokenizer,
                                         eos_token_ids(config.model_path, tokenizer))
         self.leader = tp_rank() == 0  # under TP only rank 0 talks to the front end (tp_sync.py)
+        self.ports = ports
         if self.leader:
-            context = zmq.Context(2)
+            self.context = context = zmq.Context(2)
             context.setsockopt(zmq.LINGER, 0)
             self.recv = context.socket(zmq.PULL)
             self.recv.bind(ports["scheduler"])
             self.send = context.socket(zmq.PUSH)
             self.send.connect(ports["detokenizer"])
         else:
-            self.recv, self.send = None, DiscardingSender()
+            self.context, self.recv, self.send = None, None, DiscardingSender()
         self.paused = False
         self.draining = False  # pause mode "wait": no new request starts, then pause
         self.held_requests: list = []  # arrived while draining; submitted at continue
         self.last_step_start = None  # for the watchdog
-        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs)
+        self.loop_tick = time.monotonic()  # for the heartbeat
+        self.busy_with = None  # the control call running now
+        self.deferred: list = []  # (rpc_id, Future) of control calls finishing off the loop
+        self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs,
+                                             config.dist_timeout)
         self.profiler = StepProfiler()
         self.weight_checker = WeightChecker(self.runner, self.scheduler, self._send_outputs)
         self.trainer_protocols = TrainerProtocols(self.weight_sync)
@@ -65,8 +71,12 @@ class SchedulerProcess:
 
     def loop(self) -> None:
         threading.Thread(target=self._watchdog, daemon=True).start()
+        if self.leader:  # the front end watches rank 0; the others are its children too
+            threading.Thread(target=self._heartbeat, daemon=True).start()
         while True:
+            self.loop_tick = time.monotonic()
             self._receive(block=not self.scheduler.has_work() or self._held())
+            self._answer_deferred()
             if self._held():  # again: what was just received may pause or release
                 continue
             self.last_step_start = time.monotonic()
@@ -108,11 +118,22 @@ class SchedulerProcess:
             if outputs:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
         elif isinstance(msg, RpcReq):
-            answer = combine_answers(self._rpc(msg))  # None on ranks other than 0
+            result = self._rpc(msg)
+            if isinstance(result, Future):  # it waits on someone outside: answered when done
+                if tp_size() == 1:
+                    self.deferred.append((msg.rpc_id, result))
+                    return
+                result = result.result()  # TP ranks answer together, so they wait in step
+            answer = combine_answers(result)  # None on ranks other than 0
             if answer is not None:
                 self.send.send_pyobj(RpcResult(msg.rpc_id, answer))
         else:
             logger.error("unknown message %r", type(msg))
+
+    def _answer_deferred(self) -> None:
+        for item in [d for d in self.deferred if d[1].done()]:
+            self.deferred.remove(item)
+            self.send.send_pyobj(RpcResult(item[0], item[1].result()))
 
     def _send_outputs(self, outputs) -> None:
         if outputs:
@@ -141,11 +162,14 @@ class SchedulerProcess:
         if handler is None:
             return {"success": False, "message": f"unknown control call {msg.method!r}"}
         self._send_outputs(self.scheduler.drain())  # control calls run between steps
+        self.busy_with = msg.method
         try:
             return handler(**msg.kwargs)
         except Exception as e:  # a bad control call must not kill the scheduler
             logger.exception("control call %s failed", msg.method)
             return {"success": False, "message": f"{type(e).__name__}: {e}"}
+        finally:
+            self.busy_with = None
 
     # ---- control calls -------------------------------------------------------------
     def get_info(self) -> dict:
@@ -186,6 +210,20 @@ class SchedulerProcess:
         if self.draining and not self.scheduler.has_work():
             self.draining, self.paused = False, True
 
+    def _heartbeat(self) -> None:
+        """The front end's proof that this process runs (a stopped or frozen process sends
+        none; a step stuck in the loop is the watchdog's). Its own socket: sockets are not
+        shared between threads."""
+        sock = self.context.socket(zmq.PUSH)
+        sock.connect(self.ports["detokenizer"])
+        while True:
+            try:  # never block: a beat nobody reads yet is simply dropped
+                sock.send_pyobj(Heartbeat(os.getpid(), time.monotonic() - self.loop_tick,
+                                          self.busy_with), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            time.sleep(HEARTBEAT_INTERVAL_S)
+
     def _watchdog(self) -> None:
         timeout = self.config.watchdog_timeout
         while True:
@@ -200,7 +238,7 @@ def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe, rank
     """`rank`: this process's tensor-parallel rank (0 without TP)."""
     tp = config.executor.tp_size
     configure_logging(config.log_level, prefix="scheduler" if tp == 1 else f"scheduler TP{rank}")
-    exit_with_parent()
+    exit_with_parent(ipc_dir_of(ports))
     try:
         config = join_tensor_parallel(config, rank)
         proc = SchedulerProcess(config, ports)

@@ -19,6 +19,9 @@ class Req:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    return_routed_experts: bool = False
+    routed_experts_start_len: int = 0
+    routed_experts: Optional[str] = None  # encoded at finish, before the KV slots are let go
     output_ids: List[int] = field(default_factory=list)
     # KV bookkeeping: the request's KV slots are req_to_token[req_pool_idx, :kv_len];
     # the first tree_len of them belong to the radix tree (locked through last_node).
@@ -27,6 +30,8 @@ class Req:
     tree_len: int = 0
     last_node: Any = None
     cached_tokens: int = 0
+    num_retractions: int = 0  # times the KV pool ran full and this request gave its slots back
+    retracted_computed: int = 0  # tokens it had computed when last retracted (0: none since)
     finished_reason: Optional[Dict[str, Any]] = None
     trim_stop: Optional[str] = None
     # outputs produced but not yet sent
@@ -42,7 +47,9 @@ class Req:
     def from_message(cls, msg: TokenizedGenerateReq) -> "Req":
         return cls(rid=msg.rid, input_ids=list(msg.input_ids), sampling_params=msg.sampling_params,
                    return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
-                   top_logprobs_num=msg.top_logprobs_num, stream=msg.stream)
+                   top_logprobs_num=msg.top_logprobs_num, stream=msg.stream,
+                   return_routed_experts=msg.return_routed_experts,
+                   routed_experts_start_len=msg.routed_experts_start_len)
 
     @property
     def fill_ids(self) -> List[int]:
@@ -96,6 +103,8 @@ class Req:
             else max(len(s) for s in params.stop) - 1,
         )
         self.sent_output_len = len(self.output_ids)
+        if self.finished:
+            out.routed_experts = self.routed_experts
         if self.return_logprob:
             out.input_token_logprobs, self.pending_input_logprobs = self.pending_input_logprobs, []
             out.input_top_logprobs, self.pending_input_top = self.pending_input_top, []

@@ -18,7 +18,9 @@ import torch
 
 from rollserve.scheduler.config import SchedulerConfig
 from rollserve.core.io import TokenizedEmbeddingReq, TokenizedGenerateReq, TokenOutput
+from rollserve.scheduler.admission import NewTokenRatio, decode_reserve, expected_new_tokens
 from rollserve.scheduler.kv_manager import KVManager
+from rollserve.scheduler.retraction import decode_steps_need, pick_and_retract
 from rollserve.executor.model_runner import ForwardOutput, ModelRunner
 from rollserve.scheduler.policy import SchedulePolicy
 from rollserve.scheduler.output_modes import GenerationOutputs, OutputMode
@@ -42,7 +44,7 @@ class Scheduler:
         self.pooler = Pooler.for_runner(runner)  # embedding / reward models; None for generation
         self.outputs: OutputMode = self.pooler or GenerationOutputs()
         use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
-        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache)
+        self.kv = KVManager(runner.allocator, runner.req_pool, use_cache, runner.routed_experts)
         # seeded like the sampler: tensor-parallel ranks must shuffle ("random") alike
         self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree,
                                      random.Random(config.random_seed))
@@ -57,7 +59,7 @@ class Scheduler:
         no_chunks = chunk == -1 or not self.outputs.allows_chunking
         self.chunk_size = None if no_chunks else chunk
         # share of each running request's remaining max_new_tokens kept free for its decode
-        self.new_token_ratio = min(1.0, 0.3 * config.schedule_conservativeness)
+        self.new_token_ratio = NewTokenRatio(config.schedule_conservativeness)
         self.waiting: Deque[Req] = deque()
         self.running: List[Req] = []
         self.prefilling: Optional[Req] = None  # the request whose prompt is half done
@@ -81,6 +83,7 @@ class Scheduler:
         outputs = []
         for req in [r for r in self.waiting if hit(r)]:
             self.waiting.remove(req)
+            self.kv.forget_queued(req)
             req.finish("abort", message="aborted by request")
             outputs.append(req.take_output(self.weight_version))
         for req in self._active():
@@ -154,25 +157,47 @@ class Scheduler:
         return req.fill_ids[-1]
 
     def _ensure_decode_slots(self) -> None:
-        """Retract the newest running requests until every other one gets a slot."""
-        while self.running and self.kv.available_slots() < len(self.running):
-            if len(self.running) == 1:
-                req = self.running.pop()
-                req.finish("abort", message="the KV cache is too small for this request")
-                self.kv.release(req)
-                self.stats.pending_outputs.append(req.take_output(self.weight_version))
-                return
+        """Every running request needs a slot for its next token. When the pool is short,
+        retracted requests' cached KV gives way first, then the cheapest running requests
+        are retracted, enough at once to run a while (scheduler/retraction.py)."""
+        if not self.running:
+            return
+        if self.kv.available_slots() >= len(self.running):
+            self.new_token_ratio.decode_step()
+            return
+        self.kv.unlock_queued()
+        if self.kv.available_slots() >= len(self.running):
+            return
+        old_ratio = self.new_token_ratio.value
+        retracted = pick_and_retract(self.running, self.kv.available_slots, self._retract)
+        if retracted:
+            self.waiting.extendleft(retracted)  # back first, the one with most work at the front
+            self.kv.lock_queued(reversed(retracted), sum(map(decode_steps_need, self.running)))
+            self.new_token_ratio.retracted(self.running)
+            self.stats.num_retracted_reqs += len(retracted)
+            logger.info("KV cache pool is full. Retract requests. #retracted_reqs: %d, "
+                        "#new_token_ratio: %.4f -> %.4f", len(retracted), old_ratio,
+                        self.new_token_ratio.value)
+        if self.kv.available_slots() < len(self.running):  # one request left, and no room for it
             req = self.running.pop()
-            self.kv.retract(req)
-            self.waiting.appendleft(req)
-            logger.info("retracted %s (KV pool full); requeued", req.rid)
+            req.finish("abort", message="the KV cache is too small for this request")
+            self.kv.release(req)
+            self.stats.pending_outputs.append(req.take_output(self.weight_version))
+
+    def _retract(self, req: Req) -> None:
+        self.running.remove(req)
+        self.kv.retract_to_cache(req)
 
     def _prefill_entries(self) -> List[BatchEntry]:
+        if self.prefilling is None and (not self.waiting or
+                                        len(self.running) >= self.runner.max_running_requests):
+            return []  # nothing to admit: skip the reserve's walk over the running requests
         budget = self.config.max_prefill_tokens
         if self.chunk_size:
             budget = min(budget, self.chunk_size)
         # decode slots of this step are already allocated; keep room for later decodes
-        free = self.kv.available_slots() - self._decode_reserve(self.running)
+        ratio = self.new_token_ratio.value
+        free = self.kv.available_slots() - decode_reserve(self.running, ratio)
         entries = []
         if self.prefilling is not None:
             entry = self._prefill_chunk(self.prefilling, budget, free)
@@ -183,21 +208,26 @@ class Scheduler:
             free -= len(entry.tokens)
             if not entry.completes_prompt:
                 return entries
+            free -= expected_new_tokens(self.prefilling, ratio)
         order = self.policy.order(list(self.waiting))
         for req in order:
             if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
                 break
-            reserve = int(req.remaining_new_tokens * self.new_token_ratio)
             idle = not self.running and not entries
+            reserve = 0 if idle else expected_new_tokens(req, ratio)
             if free - reserve <= 0 and not idle:
                 break
-            reserve = 0 if idle else reserve
+            before = self.kv.available_slots()
             if not self.kv.admit(req):
                 break
-            entry = self._prefill_chunk(req, budget, free - reserve)
+            free -= before - self.kv.available_slots()  # a matched prefix it locked is no longer evictable
+            # admission stops before the pool would run out: the whole prompt must fit too
+            fits = idle or req.seq_len - req.kv_len + reserve <= free
+            entry = self._prefill_chunk(req, budget, free - reserve) if fits else None
             if entry is None:
                 self.kv.retract(req)
                 break
+            self.kv.admitted(req)
             self.waiting.remove(req)
             entries.append(entry)
             budget -= len(entry.tokens)
@@ -206,9 +236,6 @@ class Scheduler:
                 self.prefilling = req  # partial prompt: the next step continues it
                 break
         return entries
-
-    def _decode_reserve(self, reqs: List[Req]) -> int:
-        return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
 
     def _prefill_chunk(self, req: Req, budget: int, free: int) -> Optional[BatchEntry]:
         """The next run of the request's prompt that fits the budgets; None if none fits."""
@@ -372,10 +399,13 @@ class Scheduler:
             "max_running_requests": self.runner.max_running_requests,
             "context_length": self.runner.context_len,
             "max_req_input_len": min(self.runner.context_len, self.runner.max_total_tokens) - 1,
+            "routed_experts": self.runner.routed_experts is not None,
             "num_running_reqs": len(self._active()),
             "num_queued_reqs": len(self.waiting),
             "kv_used_tokens": self.kv.used_slots(),
             "kv_cached_tokens": tree.total_size() if tree else 0,
+            "new_token_ratio": round(self.new_token_ratio.value, 4),
+            "retracted_recomputed_tokens_total": self.kv.recomputed_tokens,
             "weight_version": self.weight_version,
             "memory_usage": self.runner.memory_usage(),
             **self.stats.snapshot(),
@@ -413,6 +443,9 @@ class SchedulerStats:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.cached_tokens = 0
+        self.num_retracted_reqs = 0  # requests retracted because the KV pool ran full
+        self.peak_running_reqs = 0
+        self.peak_gen_throughput = 0.0  # the best 1 s window: what a full batch decodes at
         self.last_gen_throughput = 0.0
         self.pending_outputs: List[TokenOutput] = []
         self._window_start = time.monotonic()
@@ -426,9 +459,11 @@ class SchedulerStats:
         self.generation_tokens += sum(1 for e in batch.entries if e.sample)
         self.prompt_tokens += batch.num_tokens - decodes
         self._window_tokens += decodes
+        self.peak_running_reqs = max(self.peak_running_reqs, decodes)
         elapsed = time.monotonic() - self._window_start
         if elapsed >= 1.0:
             self.last_gen_throughput = self._window_tokens / elapsed
+            self.peak_gen_throughput = max(self.peak_gen_throughput, self.last_gen_throughput)
             self._window_start, self._window_tokens = time.monotonic(), 0
         if self.decode_log_interval:
             if decodes < len(batch.entries):
@@ -464,4 +499,7 @@ class SchedulerStats:
     def snapshot(self) -> dict:
         return {"prompt_tokens_total": self.prompt_tokens,
                 "generation_tokens_total": self.generation_tokens,
-                "last_gen_throughput": round(self.last_gen_throughput, 3)}
+                "last_gen_throughput": round(self.last_gen_throughput, 3),
+                "num_retracted_reqs_total": self.num_retracted_reqs,
+                "peak_running_reqs": self.peak_running_reqs,
+                "peak_gen_throughput": round(self.peak_gen_throughput, 3)}

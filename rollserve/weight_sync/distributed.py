@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import datetime
 import threading
-from typing import Callable, List, Sequence, Tuple
+from concurrent.futures import Future
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -50,6 +51,48 @@ def init_custom_process_group(backend: str, master_address: str, master_port: in
     # every key is "<group_name><group_name>/...". Both sides must agree or neither joins.
     store = PrefixStore(group_name, store)
     return group_on_store(backend, store, rank, world_size, group_name, timeout_s)
+
+
+def check_group_args(master_address, master_port, rank_offset, world_size, group_name,
+                     backend) -> Optional[str]:
+    """Why these init_weights_update_group arguments cannot form a group, or None: nonsense
+    is refused at once instead of waiting out a rendezvous that can never complete."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(master_address, str) or not master_address.strip() or \
+            len(master_address) > 253 or any(c.isspace() for c in master_address):
+        return f"master_address must be a host name or IP address, got {master_address!r}"
+    if not is_int(master_port) or not 1 <= master_port <= 65535:
+        return f"master_port must be in 1..65535, got {master_port!r}"
+    if not is_int(world_size) or world_size < 2:
+        return f"world_size must be >= 2 (the trainer's ranks and this engine), got {world_size!r}"
+    if not is_int(rank_offset) or not 1 <= rank_offset < world_size:
+        return (f"rank_offset must be in 1..world_size-1 (rank 0 is the trainer, which hosts "
+                f"the rendezvous), got {rank_offset!r}")
+    if not isinstance(group_name, str) or not group_name or len(group_name) > 128:
+        return f"group_name must be a non-empty string of at most 128 characters, got {group_name!r}"
+    if backend not in (None, "gloo", "nccl"):
+        return f"backend must be gloo or nccl, got {backend!r}"
+    return None
+
+
+def join_in_background(join: Callable[[], object], on_joined: Callable[[object], dict],
+                       describe: str, timeout_s: float) -> Future:
+    """Run a group join (which waits for the trainer) in a thread of its own, so that the
+    scheduler keeps generating meanwhile; the future holds the control call's answer."""
+    answer: Future = Future()
+
+    def run():
+        try:
+            answer.set_result(on_joined(join()))
+        except Exception as e:  # a trainer that never came, or refused the connection
+            answer.set_result({"success": False, "message": (
+                f"could not join {describe} within {timeout_s:.0f}s (--dist-timeout): "
+                f"{type(e).__name__}: {e}")})
+
+    threading.Thread(target=run, name=f"join {describe}", daemon=True).start()
+    return answer
 
 
 def group_on_store(backend: str, store, rank: int, world_size: int, group_name: str,

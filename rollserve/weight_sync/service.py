@@ -32,6 +32,8 @@ from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError, check_
 logger = logging.getLogger(__name__)
 
 
+MAX_TRUNCATE_SIZE = 1 << 20  # get_weights_by_name returns at most this many values
+
 CONTROL_CALLS = ("update_weights_from_disk", "update_weights_from_tensor", "update_weights_from_distributed", "init_weights_update_group", "destroy_weights_update_group", "get_weights_by_name", "release_memory_occupation", "resume_memory_occupation")
 
 
@@ -49,8 +51,10 @@ class GenerationControl(Protocol):
 
 class WeightSyncService:
     def __init__(self, runner: ModelRunner, scheduler: GenerationControl,
-                 send_outputs: Callable[[list], None]):
+                 send_outputs: Callable[[list], None], dist_timeout_s: Optional[float] = None):
         self.runner = runner
+        self.dist_timeout_s = float(dist_timeout_s or distributed.INIT_TIMEOUT_S)
+        self.joining: set = set()  # group names whose join runs in the background
         self.scheduler = scheduler
         self.send_outputs = send_outputs
         self.memory = MemoryOccupation(runner, runner.memory_saver)
@@ -151,20 +155,43 @@ class WeightSyncService:
                                       world_size: int,
                                       group_name: str = distributed.DEFAULT_GROUP_NAME,
                                       backend: Optional[str] = None) -> dict:
-        if group_name in self.groups:
+        """Answers a Future: the join waits for the trainer beside generation, not in its way
+        (scheduler/process.py sends the answer once it is there)."""
+        problem = distributed.check_group_args(master_address, master_port, rank_offset,
+                                               world_size, group_name, backend)
+        if problem is not None:
+            return {"success": False, "message": problem}
+        if group_name in self.groups or group_name in self.joining:
             return {"success": False, "message": f"group {group_name!r} already exists; destroy it first"}
         backend = backend or ("nccl" if self.runner.device.type == "cuda" else "gloo")
-        if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the current GPU
-            index = self.runner.device.index
-            torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
+        timeout_s = self.dist_timeout_s
         rank = int(rank_offset) + tp_rank()  # SGLang's layout: the replica's TP ranks in a row
-        group = distributed.init_custom_process_group(backend, master_address, int(master_port),
-                                                      int(world_size), rank, group_name)
-        self.groups[group_name] = (group, backend)
-        return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
-                                            f"{rank} of {world_size}"}
+
+        def join():
+            if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the GPU
+                index = self.runner.device.index  # (per thread: set it in the joining one)
+                torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
+            try:
+                return distributed.init_custom_process_group(
+                    backend, master_address, master_port, world_size, rank, group_name,
+                    timeout_s=timeout_s)
+            except BaseException:
+                self.joining.discard(group_name)
+                raise
+
+        def joined(group) -> dict:
+            self.groups[group_name] = (group, backend)
+            self.joining.discard(group_name)
+            return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
+                                                f"{rank} of {world_size}"}
+
+        self.joining.add(group_name)
+        return distributed.join_in_background(join, joined, f"group {group_name!r} at "
+                                              f"{master_address}:{master_port}", timeout_s)
 
     def destroy_weights_update_group(self, group_name: str = distributed.DEFAULT_GROUP_NAME) -> dict:
+        if group_name in self.joining:
+            return {"success": False, "message": f"group {group_name!r} is still joining"}
         if group_name not in self.groups:
             return {"success": False, "message": f"no group named {group_name!r}"}
         group, _ = self.groups.pop(group_name)
@@ -185,7 +212,8 @@ class WeightSyncService:
             return {"success": False, "message": f"{type(self.model).__name__} has no parameter "
                                                  f"named {name!r}"}
         value = full_tensor(self.model, name)  # whole under TP: the ranks' slices gathered
-        flat = value.detach().reshape(-1)[:max(0, int(truncate_size))]
+        # bounded: a huge truncate_size must not make a body of hundreds of MB and hold the loop
+        flat = value.detach().reshape(-1)[:max(0, min(int(truncate_size), MAX_TRUNCATE_SIZE))]
         return {"success": True, "values": flat.float().cpu().tolist()}
 
     def release_memory_occupation(self, tags: Optional[Sequence[str]] = None) -> dict:

@@ -85,15 +85,26 @@ class TrainerProtocols:
     # ---- vLLM's weight-transfer engine ---------------------------------------------------------
     def vllm_init_transfer(self, master_address: str, master_port: int, rank_offset: int,
                                world_size: int, backend: Optional[str] = None) -> dict:
+        problem = distributed.check_group_args(master_address, master_port, rank_offset,
+                                               world_size, VLLM_GROUP, backend)
+        if problem is not None:
+            return {"success": False, "message": problem}
         if self.group is not None:
             self._destroy()
         backend = self._backend(backend)
-        group = distributed.init_custom_process_group(backend, master_address, int(master_port),
-                                                      int(world_size), int(rank_offset),
-                                                      VLLM_GROUP)
-        self.group = (group, backend, 0)
-        return {"success": True, "message": f"joined the weight-transfer group ({backend}) as rank "
-                                            f"{rank_offset} of {world_size}"}
+        timeout_s = self.weight_sync.dist_timeout_s
+
+        def joined(group) -> dict:
+            self.group = (group, backend, 0)
+            return {"success": True, "message": f"joined the weight-transfer group ({backend}) "
+                                                f"as rank {rank_offset} of {world_size}"}
+
+        # beside generation, as init_weights_update_group (weight_sync/service.py)
+        return distributed.join_in_background(
+            lambda: distributed.init_custom_process_group(
+                backend, master_address, master_port, world_size, rank_offset, VLLM_GROUP,
+                timeout_s=timeout_s),
+            joined, f"the weight-transfer group at {master_address}:{master_port}", timeout_s)
 
     def start_staged_update(self, source: str) -> dict:
         if self.staging is not None and self.staging.named:
@@ -159,6 +170,8 @@ class TrainerProtocols:
             self._destroy()
         backend = self._backend(backend)
         world_size, port = int(world_size), int(port)
+        if not 1 <= port <= 65535:
+            return {"success": False, "message": f"port must be in 1..65535, got {port}"}
         if world_size != 2:
             return {"success": False, "message": f"world_size must be 2 (this engine is one rank, "
                                                  f"the trainer the other), got {world_size}"}
@@ -167,10 +180,10 @@ class TrainerProtocols:
         def join():
             try:
                 store = dist.TCPStore(host or "0.0.0.0", port, world_size, is_master=True,
-                                      timeout=datetime.timedelta(seconds=distributed.INIT_TIMEOUT_S))
+                                      timeout=datetime.timedelta(seconds=self.weight_sync.dist_timeout_s))
                 group = distributed.group_on_store(
                     backend, dist.PrefixStore(LEGACY_STORE_PREFIX, store), 0, world_size,
-                    "trl_communicator")
+                    "trl_communicator", self.weight_sync.dist_timeout_s)
                 self.group = (group, backend, world_size - 1)
                 self._store = store  # the trainer's side connects to it; keep it alive
             except Exception as e:  # reported by the next update_named_param

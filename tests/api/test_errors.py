@@ -127,7 +127,8 @@ def test_body_too_large(http):
         for _ in range(30):
             yield b"x" * 100_000
 
-    assert_error(http.post("/generate", content=chunks()), 413)
+    assert_error(http.post("/generate", content=chunks(),
+                           headers={"content-type": "application/json"}), 413)
 
 
 def test_unknown_route_and_method(http):

@@ -40,7 +40,7 @@ def test_verl_generate_with_sglang_nulls(http):
 @pytest.mark.parametrize("field, value", [
     ("image_data", "data:image/png;base64,AAAA"), ("token_ids_logprob", [1, 2]),
     ("lora_path", "adapter"), ("return_hidden_states", True), ("data_parallel_rank", 1),
-    ("custom_logit_processor", "gASV..."),
+    ("custom_logit_processor", "gASV..."), ("return_routed_experts", True),
 ])
 def test_sglang_field_set_to_what_we_cannot_do_is_refused_by_name(http, field, value):
     response = http.post("/generate", json={"text": PROMPT, field: value})

@@ -46,3 +46,13 @@ def test_valid_parameters_are_normalized():
                                        "temperature": 0, "n": MAX_N})
     assert params.stop == ["END"] and params.logit_bias == {3: 2.0} and params.seed == 4
     assert params.is_greedy and params.n == MAX_N
+
+
+def test_stop_token_ids_beyond_vocab_are_refused():
+    """They index the logits (min_new_tokens masks them): one past the vocabulary would
+    crash the scheduler's step, not just this request (issue #14)."""
+    params = SamplingParams(stop_token_ids=[3, 10 ** 12])
+    with pytest.raises(InvalidRequest) as info:
+        params.normalize_and_validate(vocab_size=100)
+    assert info.value.field == "sampling_params.stop_token_ids" and "100" in info.value.message
+    SamplingParams(stop_token_ids=[99]).normalize_and_validate(vocab_size=100)

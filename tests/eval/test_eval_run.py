@@ -34,7 +34,9 @@ def test_eval_run_table_samples_and_pass_at_k(tmp_path, eval_server, client, eva
     assert [s["task"] for s in samples] == ["arithmetic"] * 3 + ["facts"] * 3 + ["qa"] * 2
     assert all(len(s["outputs"]) == 4 for s in samples if s["task"] != "facts")
     metrics = json.loads((out / "summary.json").read_text())["results"]["arithmetic"]["metrics"]
-    assert set(metrics) == {"exact_match", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"}
+    names = {"exact_match", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4"}
+    assert set(metrics) == names | {f"{m}_stderr" for m in names}  # each with its standard error
+    assert "±" in printed
     assert metrics["pass@1"] == pytest.approx(metrics["exact_match"])
     assert metrics["pass@1"] <= metrics["pass@2"] <= metrics["pass@4"]
 

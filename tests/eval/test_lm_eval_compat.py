@@ -16,33 +16,14 @@ from rollserve.eval.runner import run_tasks
 from rollserve.eval.tasks.base import EvalContext, EvalSettings
 from rollserve.eval.tasks.generation import GenerationTask
 from rollserve.eval.tasks.multiple_choice import MultipleChoiceTask
+from tests.eval.lm_eval_files import MC_DOCS, MC_YAML, write_task
 
 pytest.importorskip("lm_eval")
 
-MC_DOCS = [
-    {"question": "What is the capital of France?", "choices": ["Paris", "Tokyo", "Cairo", "Athens"],
-     "gold": 0},
-    {"question": "What is a baby cat called?", "choices": ["puppy", "kitten", "foal"], "gold": 1},
-    {"question": "What color is snow?", "choices": ["green", "black", "white"], "gold": 2},
-]
 GEN_DOCS = [{"question": "2 + 2 =", "answer": "4"},
             {"question": "The capital of France is", "answer": "Paris"}]
 PROMPT = "Question: {{question}}\nAnswer:"
 
-MC_YAML = """task: rs_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 GEN_YAML = """task: rs_gen
 dataset_path: json
 dataset_kwargs:
@@ -59,12 +40,6 @@ generation_kwargs:
 metric_list:
   - metric: exact_match
 """
-
-
-def write_task(folder, name, yaml_text, docs):
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (folder / f"{name}.yaml").write_text(yaml_text.format(data=data))
 
 
 def run_lm_eval(tmp_path, url, model_dir):

@@ -44,7 +44,7 @@ def test_reward_task(tmp_path, eval_server, client, eval_model_dir):
                         "--output-dir", str(out), "--no-progress")
         assert code == 0
         metrics = json.loads((out / "summary.json").read_text())["results"]["reward"]["metrics"]
-        assert set(metrics) == {"reward_mean", "reward_std", "reward_best_of_n"}
+        assert set(metrics) == {"reward_mean", "reward_std", "reward_best_of_n", "reward_mean_stderr"}
         assert all(math.isfinite(v) for v in metrics.values())
         assert metrics["reward_best_of_n"] >= metrics["reward_mean"]
         samples = [json.loads(line) for line in open(out / "samples.jsonl")]

@@ -1,11 +1,12 @@
-"""The routed experts a forward captures equal transformers' router choices (as sets per
-token: top-k order is unspecified), in the compact base64 encoding, for each MoE family."""
+"""The routed experts a forward records (one row per KV slot) equal transformers' router
+choices (as sets per token: top-k order is unspecified), through SGLang's base64 encoding, for
+each MoE family; dense layers are -1."""
 
 import pytest
 import torch
 
 from rollserve.executor.model_loader import load_model
-from rollserve.executor.routed_experts import (capture_for, decode_routed_experts,
+from rollserve.executor.routed_experts import (RoutedExpertsStore, decode_routed_experts,
                                                encode_routed_experts)
 from tests.executor.model_harness import ModelHarness
 from tests.executor.moe_checkpoints import VOCAB, save_variant
@@ -31,13 +32,16 @@ def test_captured_routing_equals_transformers(tmp_path, variant):
     model = load_model(str(tmp_path), torch.float32, "cpu")
     harness = ModelHarness(model)
     tokens = torch.randint(0, VOCAB, (13,), generator=torch.Generator().manual_seed(0)).tolist()
-    capture = capture_for(model)
+    store = RoutedExpertsStore.for_model(model, harness.allocator.num_slots + 1, torch.device("cpu"))
     ctx = harness.context([harness.new_request()], [len(tokens)])
-    ctx.moe_recorder = capture
+    ctx.moe_recorder = store.bind(ctx.out_cache_loc)
     with torch.inference_mode():
         model(torch.tensor(tokens), ctx.positions, ctx)
-    encoded = encode_routed_experts(capture.ids())
-    ours = torch.from_numpy(decode_routed_experts(encoded).copy())
-    expected = _transformers_choices(hf_model, tokens)
-    assert list(ours.shape) == encoded["shape"] == list(expected.shape)
-    assert torch.equal(ours.sort(dim=-1).values, expected.sort(dim=-1).values.to(torch.int32))
+    encoded = encode_routed_experts(store.gather(ctx.out_cache_loc))
+    ours = torch.from_numpy(decode_routed_experts(encoded, model.num_layers, store.top_k).copy())
+    expected = _transformers_choices(hf_model, tokens)  # [T, MoE layers, K]
+    dense = [layer for layer in range(model.num_layers) if layer not in store.moe_layers]
+    assert ours.shape == (len(tokens), model.num_layers, store.top_k)
+    assert (ours[:, dense] == -1).all()
+    assert torch.equal(ours[:, store.moe_layers].sort(dim=-1).values,
+                       expected.sort(dim=-1).values.to(torch.int32))

@@ -27,6 +27,7 @@ class Collected:
     input_logprobs: list = field(default_factory=list)
     output_logprobs: list = field(default_factory=list)
     output_top: list = field(default_factory=list)
+    routed_experts: Optional[str] = None
 
 
 def make_scheduler(model_path: str, **overrides) -> Scheduler:
@@ -39,7 +40,8 @@ def make_scheduler(model_path: str, **overrides) -> Scheduler:
 
 
 def request(input_ids: List[int], rid: Optional[str] = None, **kwargs) -> TokenizedGenerateReq:
-    logprob_keys = ("return_logprob", "logprob_start_len", "top_logprobs_num", "stream")
+    logprob_keys = ("return_logprob", "logprob_start_len", "top_logprobs_num", "stream",
+                    "return_routed_experts", "routed_experts_start_len")
     extra = {k: kwargs.pop(k) for k in logprob_keys if k in kwargs}
     params = SamplingParams(**kwargs)
     params.normalize_and_validate()
@@ -67,6 +69,7 @@ def run_all(scheduler: Scheduler, msgs: List[TokenizedGenerateReq], max_steps: i
             got.output_top.extend(out.output_top_logprobs or [])
             if out.finished_reason is not None:
                 got.finished_reason = out.finished_reason
+                got.routed_experts = out.routed_experts
     raise AssertionError("requests did not finish")
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from rollserve.executor.mla_kv_pool import MLAKVPool
+from rollserve.executor.routed_experts import decode_routed_experts
+from tests.executor.test_routed_experts import _transformers_choices
 from tests.executor.moe_checkpoints import save_variant
 from tests.scheduler.scheduler_harness import hf_greedy, make_scheduler, request, run_all
 
@@ -78,3 +80,31 @@ def test_expert_distribution_counts_every_routed_token(moe_models, tmp_path):
     assert (counts[config.first_k_dense_replace:].sum(-1) == forwarded * 2).all()
     saved = torch.load(dump["path"])
     assert torch.equal(saved["logical_count"], counts)
+
+
+def test_routed_experts_cover_every_forwarded_token(moe_models):
+    """--enable-return-routed-experts: [start, seq_len - 1) rows equal transformers' router
+    choices on the whole sequence, also for a prefix served from the radix cache (its rows were
+    written when it was first computed) and across chunked prefill; dense layers -1."""
+    folder, hf_model = moe_models["deepseek_v3"]
+    scheduler = make_scheduler(folder, chunked_prefill_size=5, enable_return_routed_experts=True)
+    store = scheduler.runner.routed_experts
+    prompt = _prompts(hf_model.config.vocab_size, 5, [11])[0]
+    first = request(prompt, max_new_tokens=4, temperature=0, ignore_eos=True,
+                    return_routed_experts=True)
+    plain = request(prompt[:6], max_new_tokens=2, temperature=0, ignore_eos=True)  # asks nothing
+    out = run_all(scheduler, [first, plain])
+    assert out[plain.rid].routed_experts is None
+    second = request(prompt + [9], max_new_tokens=3, temperature=0, ignore_eos=True,
+                     return_routed_experts=True, routed_experts_start_len=2)
+    again = run_all(scheduler, [second])[second.rid]
+    assert again.cached_tokens >= len(prompt) - 1
+    for msg, got, start in ((first, out[first.rid], 0), (second, again, 2)):
+        full = msg.input_ids + got.output_ids
+        rows = decode_routed_experts(got.routed_experts, store.num_layers, store.top_k)
+        assert rows.shape == (len(full) - 1 - start, store.num_layers, store.top_k)
+        expected = _transformers_choices(hf_model, full[:-1])[start:]
+        dense = [layer for layer in range(store.num_layers) if layer not in store.moe_layers]
+        assert (rows[:, dense] == -1).all()
+        assert torch.equal(torch.from_numpy(rows[:, store.moe_layers].copy()).sort(-1).values,
+                           expected.sort(-1).values.to(torch.int32))

@@ -142,5 +142,6 @@ def test_tp2_get_weights_by_name_gathers_the_whole_tensor(tp2, checkpoints):
     b = load_file(os.path.join(checkpoints["b"], "model.safetensors"))
     for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.down_proj.weight",
                  "model.embed_tokens.weight", "model.norm.weight"):
-        values = tp2.get_weights_by_name(name, truncate_size=b[name].numel())
-        assert values == pytest.approx(b[name].flatten().tolist()), name
+        n = min(b[name].numel(), 1 << 20)  # the server returns at most 2**20 values
+        values = tp2.get_weights_by_name(name, truncate_size=n)
+        assert values == pytest.approx(b[name].flatten()[:n].tolist()), name

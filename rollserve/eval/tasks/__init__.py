@@ -1,15 +1,19 @@
-"""Task registry: the built-in tasks by name, and user tasks from data files.
+"""Task registry: the built-in tasks by name, the benchmarks (benchmarks.py) from local
+data, and user tasks from data files.
 
-`load_tasks("arithmetic,facts,perplexity,data/qa.jsonl#exact_match")` -> [Task, ...]
+`load_tasks("arithmetic,gsm8k:n=4,math500:limit=50,data/qa.jsonl#exact_match")` -> [Task, ...]
+A built-in task or benchmark takes options after its name, colon-separated; n,
+temperature, top_p, max_new_tokens and limit set the task's own sampling and size.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.tasks import builtin_data as data
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
+from rollserve.eval.tasks.benchmarks import BENCHMARKS, Options, benchmark_task, split_spec
 from rollserve.eval.tasks.generation import GenerationTask
 from rollserve.eval.tasks.multiple_choice import MultipleChoiceTask
 from rollserve.eval.tasks.perplexity import PerplexityTask
@@ -47,20 +51,30 @@ BUILTIN_TASKS: Dict[str, Callable[[], Task]] = {
 DEFAULT_TASKS = "arithmetic,facts,perplexity"
 
 
-def load_tasks(spec: str) -> List[Task]:
-    """Comma-separated built-in names and `[NAME=]PATH[#SCORER]` data files."""
+def load_tasks(spec: str, data_dir: Optional[str] = None) -> List[Task]:
+    """Comma-separated built-in names and benchmarks (each with `:key=value` options), and
+    `[NAME=]PATH[#SCORER]` data files. data_dir: where benchmark data is looked for."""
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
         raise InvalidRequest("tasks", "name at least one task")
     tasks = []
-    for name in names:
+    for part in names:
+        head = part.split(":", 1)[0]
+        name, values = split_spec(part) if head in BUILTIN_TASKS or head in BENCHMARKS else (part, {})
         if name in BUILTIN_TASKS:
-            tasks.append(BUILTIN_TASKS[name]())
-        elif is_user_spec(name):
-            tasks.append(user_task(name))
+            opts = Options(name, values)
+            task = BUILTIN_TASKS[name]()
+            task.overrides = opts.settings()
+            opts.check_all_read([])
+            tasks.append(task)
+        elif name in BENCHMARKS:
+            tasks.append(benchmark_task(name, values, data_dir))
+        elif is_user_spec(part):
+            tasks.append(user_task(part))
         else:
             raise InvalidRequest("tasks", f"unknown task {name!r}: built-in tasks are "
-                                          f"{sorted(BUILTIN_TASKS)}, or give a .jsonl/.parquet file")
+                                          f"{sorted(BUILTIN_TASKS)}, benchmarks "
+                                          f"{sorted(BENCHMARKS)}, or give a .jsonl/.parquet file")
     seen = [t.name for t in tasks]
     duplicates = sorted({n for n in seen if seen.count(n) > 1})
     if duplicates:
@@ -68,5 +82,5 @@ def load_tasks(spec: str) -> List[Task]:
     return tasks
 
 
-__all__ = ["BUILTIN_TASKS", "DEFAULT_TASKS", "EvalContext", "EvalSettings", "Task", "TaskResult",
+__all__ = ["BENCHMARKS", "BUILTIN_TASKS", "DEFAULT_TASKS", "EvalContext", "EvalSettings", "Task", "TaskResult",
            "load_tasks"]

@@ -3,6 +3,7 @@ tokenizer, progress), and the result it returns."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -121,9 +122,15 @@ class Task:
 
     name: str
     kind: str
+    overrides: Dict[str, Any] = {}  # EvalSettings fields of this task alone (n, temperature...)
+
+    def settings_for(self, settings: EvalSettings) -> EvalSettings:
+        """The run's settings with this task's own overrides."""
+        return dataclasses.replace(settings, **self.overrides) if self.overrides else settings
 
     def size(self, settings: EvalSettings) -> int:
-        raise NotImplementedError
+        """Progress units: by default one per example of `self.rows` taken."""
+        return len(settings.take(getattr(self, "rows")))
 
     def evaluate(self, ctx: EvalContext) -> TaskResult:
         raise NotImplementedError

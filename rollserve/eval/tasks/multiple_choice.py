@@ -4,11 +4,12 @@ read from prompt logprobs; acc and acc_norm as lm-evaluation-harness computes th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import Dict, List
 
+from rollserve.eval import stats
 from rollserve.eval.scorers import multiple_choice_scores
-from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult, mean
+from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import encode_pair, loglikelihoods, prefix_token_id
 
 
@@ -18,6 +19,7 @@ class MultipleChoiceTask(Task):
     rows: List[dict]  # {"id", "context", "choices": [str], "gold": int}
     target_delimiter: str = " "
     kind: str = "multiple_choice"
+    overrides: Dict[str, object] = field(default_factory=dict)
 
     def size(self, settings: EvalSettings) -> int:
         return len(settings.take(self.rows))
@@ -36,8 +38,8 @@ class MultipleChoiceTask(Task):
                             "target": row["choices"][row["gold"]], "gold": row["gold"],
                             "loglikelihoods": row_lls, "output": row["choices"][scores["pred"]],
                             **scores})
-        metrics = {"acc": mean(s["acc"] for s in samples),
-                   "acc_norm": mean(s["acc_norm"] for s in samples)}
+        metrics = stats.means_with_stderr({"acc": [s["acc"] for s in samples],
+                                           "acc_norm": [s["acc_norm"] for s in samples]})
         return TaskResult(task=self.name, kind=self.kind, metrics=metrics, samples=samples,
                           num_examples=len(rows), seconds=time.perf_counter() - start)
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from rollserve.eval import stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import loglikelihoods, prefix_token_id
 
@@ -52,7 +53,12 @@ class PerplexityTask(Task):
                             "tokens": sum(len(cont) for _, cont in pairs),
                             "words": len(row["text"].split()),
                             "bytes": len(row["text"].encode("utf-8"))})
-        return TaskResult(task=self.name, kind=self.kind, metrics=corpus_metrics(samples),
+        metrics = corpus_metrics(samples)
+        # a bootstrap over documents: the metric is a ratio of sums, not a mean of rows
+        for name in ("bits_per_byte", "perplexity"):
+            metrics[stats.stderr_name(name)] = stats.bootstrap_stderr(
+                samples, lambda rows, name=name: corpus_metrics(rows)[name])
+        return TaskResult(task=self.name, kind=self.kind, metrics=metrics,
                           samples=samples, num_examples=len(rows),
                           seconds=time.perf_counter() - start)
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List
 
+from rollserve.eval import stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult, mean
 from rollserve.eval.tasks.requests import generate_texts, reward_scores
 
@@ -44,7 +45,9 @@ class RewardTask(Task):
         flat = [r for s in samples for r in s["rewards"]]
         average = mean(flat)
         spread = math.sqrt(mean((r - average) ** 2 for r in flat)) if flat else float("nan")
-        metrics = {"reward_mean": average, "reward_std": spread}
+        # problems are the independent units: the standard error of the mean per-problem reward
+        metrics = {"reward_mean": average, "reward_std": spread,
+                   "reward_mean_stderr": stats.mean_stderr([mean(s["rewards"]) for s in samples])}
         if ctx.settings.n > 1:
             metrics["reward_best_of_n"] = mean(max(s["rewards"]) for s in samples)
         return TaskResult(task=self.name, kind=self.kind, metrics=metrics, samples=samples,

@@ -3,7 +3,8 @@
 Spec: `[NAME=]PATH[#SCORER]`, e.g. `mydata.jsonl`, `qa=data/qa.parquet#exact_match`.
 The scorer decides the kind of task and the fields each row needs:
 
-- math, exact_match, exact_match_ci -> generation: prompt, answer; optionally stop (or
+- math, math_verify, integer, choice, exact_match, exact_match_ci -> generation: prompt,
+  answer; optionally stop (or
   lm-eval's until: a string or a list) and max_gen_toks (or max_new_tokens)
 - acc (or multiple_choice) -> multiple choice: context (or prompt / question), choices,
   gold (the index of the right choice, or its text)
@@ -28,14 +29,14 @@ from typing import List, Optional, Tuple
 
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.tasks.base import Task
-from rollserve.eval.tasks.generation import ANSWER_RULES, GenerationTask
+from rollserve.eval.tasks.generation import SCORERS, GenerationTask
 from rollserve.eval.tasks.multiple_choice import MultipleChoiceTask
 from rollserve.eval.tasks.perplexity import PerplexityTask
 from rollserve.eval.tasks.reward import RewardTask
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 MC_SCORERS = ("acc", "multiple_choice")
-USER_SCORERS = (*ANSWER_RULES, *MC_SCORERS, "perplexity", "reward")
+USER_SCORERS = (*SCORERS, *MC_SCORERS, "perplexity", "reward")
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default `until` when a task names none
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default max_gen_toks
 LABEL = re.compile(r"([A-Z][A-Za-z ]{0,19}):")  # "Question:", "Q:", "Problem:" at a block's start
@@ -107,7 +108,7 @@ def user_task(spec: str) -> Task:
     rows = load_records(path)
     scorer = scorer or guess_scorer(rows[0])
     fields = _Fields(path)
-    if scorer in ANSWER_RULES:
+    if scorer in SCORERS:
         return GenerationTask(name, [fields.generation_row(r, i) for i, r in enumerate(rows)],
                               scorer=scorer, max_new_tokens=DEFAULT_MAX_GEN_TOKS)
     if scorer in MC_SCORERS:
