@@ -25,7 +25,8 @@
 # out and Llama-3.1-8B 32 x 16 1024 in / 512 out, ignore_eos, each beside the same samples as
 # separate n=1 requests without the radix cache) and `rollout_eos` (the 0.6B run with lengths
 # unknown to the scheduler: random stop tokens end a sample after ~600 tokens); ROLLOUT_ARGS adds
-# flags to those runs (e.g. --skip-separate for a baseline tree).
+# flags to those runs (e.g. --skip-separate for a baseline tree). `tp` (issue #18, two GPUs: TP=2
+# against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -197,6 +198,13 @@ for stage in $STAGES; do
       step rollout_qwen3-0.6b_eos 400 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
         --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --stop-every 600 \
         --context-length 4096 --skip-separate ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b_eos.json" ;;
+    tp)  # issue #18: tensor parallel over NCCL (needs two GPUs)
+      step tp_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_tp.py
+      for tp in 1 2; do
+        step "offline_llama-3.1-8b_tp$tp" 400 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+          --num-prompts 256 --input-len 512 --output-len 256 --context-length 4096 --skip-transformers \
+          --tp-size "$tp" --output-file "$OUT/offline_llama-3.1-8b_tp$tp.json"
+      done ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
         --output-file "$OUT/weight_sync.json" ;;
