@@ -38,10 +38,43 @@ def _run_eval(namespace: argparse.Namespace) -> int:
     return run_eval(namespace)
 
 
+def _add_router(sub) -> None:
+    from rollserve.api.dp_launch import add_router_args
+
+    parser = sub.add_parser("router", help="route requests over several servers (data parallel)",
+                            description="One endpoint in front of rollserve servers: generation "
+                                        "goes to one worker (round_robin, shortest_queue or "
+                                        "cache_aware), weight updates and cache flushes to all.")
+    add_router_args(parser)
+
+
+def _run_router(namespace: argparse.Namespace) -> int:
+    from rollserve.api.dp_launch import run_router_cli
+
+    return run_router_cli(namespace)
+
+
+def _add_convert(sub) -> None:
+    from rollserve.convert import add_convert_args
+
+    parser = sub.add_parser("convert", help="re-shard a checkpoint into per-rank files (TP)",
+                            description="Write one file per tensor-parallel rank, read back with "
+                                        "rollserve serve --tp-size N --load-format sharded_state.")
+    add_convert_args(parser)
+
+
+def _run_convert(namespace: argparse.Namespace) -> int:
+    from rollserve.convert import run_convert
+
+    return run_convert(namespace)
+
+
 # name -> (add the subcommand's parser, run it and return the exit code)
 COMMANDS: Dict[str, tuple] = {
     "serve": (_add_serve, _run_serve),
     "eval": (_add_eval, _run_eval),
+    "router": (_add_router, _run_router),
+    "convert": (_add_convert, _run_convert),
 }
 
 

@@ -18,7 +18,7 @@ PACKAGE = Path(rollserve.__file__).parent
 LAYERS = ["core", "kernels", "executor", "weight_sync", "scheduler", "frontend", "api", "rollout",
           "tools"]
 # top-level modules and packages that are tools over everything else
-TOOLS = {"bench", "eval", "cli", "launch_server", "__init__", "__main__"}
+TOOLS = {"bench", "eval", "cli", "convert", "launch_server", "__init__", "__main__"}
 BOTTOM = {"version"}  # imports nothing
 
 

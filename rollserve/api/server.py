@@ -71,7 +71,14 @@ def launch_server(args: ServerArgs) -> int:
     from rollserve.frontend.startup import resolve_server_args
 
     configure_logging(args.log_level, prefix="server")
+    if args.dp_size > 1:  # replicas behind the router (api/dp_launch.py)
+        from rollserve.api.dp_launch import launch_data_parallel
+
+        policy = "cache_aware" if args.load_balance_method == "auto" else args.load_balance_method
+        return launch_data_parallel(args, launch_server, policy)
     _stop_on_sigterm_while_loading()
+    if args.node_rank > 0:  # this node runs TP ranks only; node 0 serves HTTP
+        return _run_worker_node(args)
     sock = bind_socket(args.host, args.port)
     if not args.model_path:
         logger.info("no --model-path: serving the embedded default model")
@@ -155,6 +162,27 @@ async def _watch_engine(state, server: uvicorn.Server) -> None:
             state.exit_code = 1
             server.should_exit = True
             return
+
+
+def _run_worker_node(args: ServerArgs) -> int:
+    """--node-rank > 0: start this node's TP ranks and wait while they follow rank 0."""
+    import time
+
+    from rollserve.frontend.processes import start_worker_ranks
+    from rollserve.frontend.startup import resolve_server_args
+
+    procs = start_worker_ranks(resolve_server_args(args))
+    logger.info("node %d: %d tensor-parallel ranks ready, following node 0 at %s",
+                args.node_rank, len(procs), args.dist_init_addr)
+    try:
+        while all(p.is_alive() for p in procs):
+            time.sleep(WATCH_INTERVAL_S)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+    return 0 if all(p.exitcode in (0, -15) for p in procs) else 1
 
 
 def _stop_on_sigterm_while_loading() -> None:

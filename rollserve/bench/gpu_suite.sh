@@ -27,7 +27,8 @@
 # unknown to the scheduler: random stop tokens end a sample after ~600 tokens); ROLLOUT_ARGS adds
 # flags to those runs (e.g. --skip-separate for a baseline tree); `deterministic` (issue #15:
 # --enable-deterministic-inference against the default mode: throughput, batch invariance,
-# logprob parity with transformers in bf16).
+# logprob parity with transformers in bf16); `tp` (issue #18, two GPUs: TP=2
+# against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -204,6 +205,13 @@ for stage in $STAGES; do
         tests/kernels/test_batch_invariant.py
       step deterministic 900 $PY -m rollserve.bench.deterministic --num-prompts 64 --input-len 256 \
         --output-len 64 --output-file "$OUT/deterministic.json" ;;
+    tp)  # issue #18: tensor parallel over NCCL (needs two GPUs)
+      step tp_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_tp.py
+      for tp in 1 2; do
+        step "offline_llama-3.1-8b_tp$tp" 400 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
+          --num-prompts 256 --input-len 512 --output-len 256 --context-length 4096 --skip-transformers \
+          --tp-size "$tp" --output-file "$OUT/offline_llama-3.1-8b_tp$tp.json"
+      done ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
         --output-file "$OUT/weight_sync.json" ;;

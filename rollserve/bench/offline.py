@@ -67,6 +67,8 @@ def engine_kwargs(args) -> dict:
                  "disable_radix_cache"):
         if getattr(args, flag):
             kwargs[flag] = True
+    if getattr(args, "tp_size", 1) != 1:
+        kwargs["tp_size"] = args.tp_size
     return kwargs
 
 
@@ -199,6 +201,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-cuda-graph", action="store_true")
     p.add_argument("--disable-overlap-schedule", action="store_true")
     p.add_argument("--enable-torch-compile", action="store_true")
+    p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks (GPUs)")
 
 
 def resolve_model(args) -> int:

@@ -32,3 +32,9 @@ class ExecutorConfig:
     disable_cuda_graph: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
+    # tensor parallel: one scheduler process per rank, tp_size / nnodes of them on each node
+    tp_size: int = 1
+    nnodes: int = 1
+    base_gpu_id: int = 0  # rank r of a node uses cuda:(base_gpu_id + r % ranks per node)
+    dist_init_addr: Optional[str] = None  # host:port of the TP group's rendezvous (rank 0's)
+    dist_timeout: Optional[int] = None  # seconds a collective may wait (None: torch's default)

@@ -11,7 +11,10 @@ from typing import Iterator, List, Tuple
 import torch
 from torch import nn
 
+from rollserve.executor.layers.parallel import require_tensor_parallel
 from rollserve.executor.models import get_model_class
+from rollserve.executor.parallel_state import tp_rank, tp_size
+from rollserve.executor.sharded_state import SHARDED_STATE, iterate_rank_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +51,13 @@ def _safetensors_files(model_path: str) -> List[str]:
             or sorted(glob.glob(os.path.join(model_path, "*.safetensors"))))
 
 
-def iterate_checkpoint(model_path: str, load_format: str = "auto") -> Iterator[Tuple[str, torch.Tensor]]:
+def iterate_checkpoint(model_path: str, load_format: str = "auto",
+                       lazy: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
     """Yields (name, CPU tensor) from every shard, one tensor at a time.
 
     Safetensors are preferred; pytorch_model*.bin is the fallback (load_format "pt" forces it).
+    `lazy`: yield safetensors slices instead, valid until the next item, so that a
+    tensor-parallel rank reads only its own rows (weights.load_named_tensors slices them).
     """
     from safetensors import safe_open
 
@@ -60,7 +66,7 @@ def iterate_checkpoint(model_path: str, load_format: str = "auto") -> Iterator[T
         for path in files:
             with safe_open(path, framework="pt", device="cpu") as shard:
                 for name in shard.keys():
-                    yield name, shard.get_tensor(name)
+                    yield name, (shard.get_slice(name) if lazy else shard.get_tensor(name))
         return
     bins = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin"))) \
         if load_format in ("auto", "pt") else []
@@ -92,15 +98,35 @@ def load_model(model_path: str, dtype: torch.dtype, device: str, load_format: st
 
     hf_config = AutoConfig.from_pretrained(model_path)
     model_cls = model_class_of(hf_config)
+    require_tensor_parallel(model_cls, hf_config)
     with torch.device(device):
         model = model_cls(hf_config, dtype)
     if load_format == "dummy":
         fill_dummy_weights(model)
+    elif load_format == SHARDED_STATE:
+        _load_rank_file(model, model_path)
     else:
-        loaded = model.load_weights(iterate_checkpoint(model_path, load_format))
+        loaded = model.load_weights(iterate_checkpoint(model_path, load_format, lazy=tp_size() > 1))
         missing = sorted(set(model.checkpoint_spec()) - loaded)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ValueError(f"checkpoint {model_path} lacks tensors {model_cls.__name__} needs: {shown}")
     logger.info("loaded %s (%s) from %s", model_cls.__name__, dtype, model_path)
     return model.eval()
+
+
+def _load_rank_file(model: nn.Module, model_path: str) -> None:
+    """sharded_state: this rank's own file, tensors already cut to its parameters."""
+    from rollserve.executor.models.weights import load_named_tensors
+
+    targets = getattr(model, "_targets", None)
+    if targets is None or not getattr(model, "supports_tensor_parallel", False):
+        raise ValueError(f"load_format sharded_state serves the dense decoder models only, not "
+                         f"{type(model).__name__}")
+    name = type(model).__name__
+    loaded = load_named_tensors(targets, iterate_rank_file(model_path, tp_rank(), tp_size()),
+                                model.skips_checkpoint_name, name)
+    missing = sorted(set(targets) - loaded)
+    if missing:
+        raise ValueError(f"{model_path} rank {tp_rank()} lacks tensors {name} needs: "
+                         f"{', '.join(missing[:5])}")

@@ -32,14 +32,10 @@ def _off(feature: str, switch: str) -> FlagPolicy:
     return noop(f"{feature} is off ({switch} is refused)")
 
 
-_ONE_SERVER_PER_GPU = "start one server per GPU and give RolloutClient all their URLs"
-TP = refused("tensor parallelism is not implemented yet (one GPU per server)",
-             "a model that fits one GPU; " + _ONE_SERVER_PER_GPU)
-DP = refused("data parallelism inside one server is not implemented yet", _ONE_SERVER_PER_GPU)
-MULTI_NODE = refused("multi-node serving is not implemented yet",
-                     "one server per node (per GPU), all listed in RolloutClient")
-MULTI_GPU = refused("one server runs on one device; this parallelism is not implemented",
-                    _ONE_SERVER_PER_GPU)
+_ONE_SERVER_PER_GPU = ("--tp-size N to split a model over N GPUs, --dp-size N (or one server "
+                       "per replica behind `rollserve router`) for replicas")
+MULTI_GPU = refused("this kind of parallelism is not implemented (tensor and data parallelism "
+                    "are)", _ONE_SERVER_PER_GPU)
 QUANT = refused("quantized weights and activations are not implemented",
                 "a bf16/fp16/fp32 checkpoint (--dtype picks the compute dtype)")
 LORA = refused("LoRA adapters are not implemented",
@@ -62,7 +58,8 @@ GRAMMAR_OFF = noop("constrained decoding is not implemented (requests asking for
                    "so this grammar setting has nothing to act on")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
                 "experts run unsplit through rollserve's fused MoE kernel")
-TP_KNOB = noop("a multi-GPU communication setting; one server runs on one device")
+TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
+               "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
 LORA_KNOB = noop("a LoRA setting; LoRA is off (--enable-lora / --lora-paths are refused)")
 SPEC_KNOB = noop("a speculative-decoding setting; it is off (--speculative-algorithm is refused)")
@@ -165,7 +162,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                      "--radix-eviction-policy lru"),
     # Runtime options
     "device": implemented(),
-    "tp_size": TP,
+    "tp_size": implemented(),
     "pp_size": MULTI_GPU,
     "attn_cp_size": MULTI_GPU,
     "moe_dp_size": MULTI_GPU,
@@ -181,9 +178,9 @@ _EACH: Dict[str, FlagPolicy] = {
     "download_dir": noop("nothing is downloaded: --model-path is a local folder"),
     "model_checksum": refused("checksum verification is not implemented",
                               "verify the files before start (e.g. sha256sum)"),
-    "base_gpu_id": refused("the server runs on the first visible CUDA device",
-                           "CUDA_VISIBLE_DEVICES=<id> rollserve serve ..."),
-    "gpu_id_step": noop("one server uses one device, so there is no step between devices"),
+    "base_gpu_id": implemented(),
+    "gpu_id_step": refused("TP ranks use consecutive devices from --base-gpu-id",
+                           "CUDA_VISIBLE_DEVICES to pick the devices"),
     "sleep_on_idle": noop("the scheduler already blocks on its socket when idle"),
     "custom_sigquit_handler": refused("custom SIGQUIT handlers are not implemented",
                                       "SIGINT/SIGTERM stop the server and its processes cleanly"),
@@ -246,13 +243,12 @@ _EACH: Dict[str, FlagPolicy] = {
         "--sampling-defaults openai, or send the parameters with each request",
         accept=("openai",), reports="openai"),
     # Data parallelism
-    "dp_size": DP,
-    "load_balance_method": noop("one replica per server, so nothing to balance (RolloutClient "
-                                "balances across servers)"),
+    "dp_size": implemented(),
+    "load_balance_method": implemented(),
     # Multi-node distributed serving
-    "dist_init_addr": MULTI_NODE,
-    "nnodes": MULTI_NODE,
-    "node_rank": MULTI_NODE,
+    "dist_init_addr": implemented(),
+    "nnodes": implemented(),
+    "node_rank": implemented(),
     # Model override args
     "json_model_override_args": refused("config overrides are not implemented",
                                         "edit config.json in a copy of the model folder",
@@ -325,7 +321,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_mixed_chunk": refused("mixing prefill chunks and decode in one batch is not "
                                   "implemented (each step runs decode, then prefill chunks)",
                                   "--chunked-prefill-size to bound a prefill step"),
-    "enable_dp_attention": refused("DP attention is not implemented yet (one device per server)",
+    "enable_dp_attention": refused("DP attention is not implemented yet",
                                    _ONE_SERVER_PER_GPU),
     "enable_two_batch_overlap": refused("two-batch overlap is not implemented",
                                         "leave it out (the overlap scheduler is on by default)"),

@@ -29,9 +29,11 @@ from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
-LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "sharded_state")
+LOAD_BALANCE_METHODS = ("auto", "round_robin", "shortest_queue", "cache_aware")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_HOST_PORT = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,14 @@ class ServerArgs:
     disable_overlap_schedule: bool = False
     enable_torch_compile: bool = False
     torch_compile_max_bs: int = 32
+    # parallelism (docs/parallel.md): TP ranks per replica, replicas, nodes
+    tp_size: int = 1
+    dp_size: int = 1
+    load_balance_method: str = "auto"  # --dp-size's router policy; auto: cache_aware
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: Optional[str] = None
+    base_gpu_id: int = 0
     # observability and robustness
     log_level: str = "info"
     log_level_http: Optional[str] = None  # uvicorn's own log; None: warning
@@ -92,7 +102,8 @@ class ServerArgs:
     enable_metrics: bool = False
     watchdog_timeout: float = 300.0
     # seconds a weight-update group may take to form (init_weights_update_group), and each of
-    # its broadcasts; None: 300 (SGLang's flag: torch.distributed's init timeout)
+    # its broadcasts; None: 300 (SGLang's flag: torch.distributed's init timeout). The TP
+    # group's collectives wait as long (None: torch's default)
     dist_timeout: Optional[int] = None
     # SIGTERM: seconds in-flight requests get to finish before each is answered with an error
     shutdown_grace_period: float = 10.0
@@ -136,6 +147,19 @@ class ServerArgs:
         need(self.shutdown_grace_period >= 0, "shutdown_grace_period", "must be >= 0")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
+        for name in ("tp_size", "dp_size", "nnodes"):
+            need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(0 <= self.node_rank < self.nnodes, "node_rank",
+             f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
+        need(self.tp_size % self.nnodes == 0, "nnodes",
+             f"must divide tp_size ({self.tp_size}): each node runs tp_size / nnodes ranks")
+        need(self.nnodes == 1 or self.dist_init_addr is not None, "dist_init_addr",
+             "is required with --nnodes > 1 (host:port of node 0, reachable from every node)")
+        need(self.dist_init_addr is None or _HOST_PORT.match(self.dist_init_addr) is not None,
+             "dist_init_addr", f"must be host:port, got {self.dist_init_addr!r}")
+        need(self.nnodes == 1 or self.dp_size == 1, "dp_size",
+             "multi-node serving runs one replica; start a router over the replicas instead")
+        need(self.base_gpu_id >= 0, "base_gpu_id", "must be >= 0")
 
     def check_machine(self) -> None:
         """What can only be checked on this machine, before any process starts: folders
@@ -186,6 +210,8 @@ class ServerArgs:
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
+            tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
+            dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference)
 
@@ -234,6 +260,7 @@ class ServerArgs:
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
+    "load_balance_method": LOAD_BALANCE_METHODS,
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
@@ -261,7 +288,8 @@ HELP = {
              "float32 on CPU",
     "context_length": "the model's maximum context length (default: max_position_embeddings "
                       "of config.json)",
-    "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights",
+    "load_format": "auto/safetensors/pt read the checkpoint; dummy makes random weights; "
+                   "sharded_state reads the per-rank files of `rollserve convert`",
     "trust_remote_code": "allow custom code in the model folder (transformers' trust_remote_code)",
     "is_embedding": "serve an embedding or reward model (/encode, /v1/embeddings, /classify)",
     "host": "the address the HTTP server listens on",
@@ -313,9 +341,22 @@ HELP = {
                            "steps (0: never)",
     "enable_metrics": "serve Prometheus metrics at /metrics",
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
+    "tp_size": "tensor-parallel ranks of one replica: one scheduler process per rank, heads, "
+               "MLP and vocabulary split over them (NCCL on CUDA, gloo on CPU)",
+    "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
+               "endpoint, balanced by the router (frontend/router.py)",
+    "load_balance_method": "how --dp-size's router picks a replica: round_robin, "
+                           "shortest_queue, or cache_aware (auto: cache_aware, which keeps a "
+                           "shared prefix on the replica that cached it)",
+    "nnodes": "nodes one replica's TP ranks span (tp_size / nnodes ranks per node)",
+    "node_rank": "this node's index; node 0 serves HTTP, the others run only TP ranks",
+    "dist_init_addr": "host:port where the TP ranks meet (default: a free port on 127.0.0.1; "
+                      "required with --nnodes > 1)",
+    "base_gpu_id": "the first CUDA device this server's ranks use",
     "dist_timeout": "seconds init_weights_update_group waits for the trainer to join (it joins "
                     "beside generation, not in its way) and each broadcast of the group may take "
-                    "(default: 300)",
+                    "(default: 300); the tensor-parallel group's collectives wait as long "
+                    "(default there: torch's)",
     "shutdown_grace_period": "on SIGTERM, seconds in-flight requests get to finish; then each is "
                              "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "

@@ -31,7 +31,8 @@ def _refused(reason: str, instead: str, accept: Tuple[str, ...] = _OFF) -> EnvSw
 
 _DEEPGEMM = _noop("no DeepGEMM kernels run here (bf16/fp16/fp32 GEMMs go through torch)")
 _MOE = _noop("a MoE / expert-parallel setting; rollserve serves dense models only")
-_MULTI_GPU = _noop("one server runs on one device, as one process group of one")
+_MULTI_GPU = _noop("a multi-GPU communication switch; tensor parallelism uses torch.distributed's own "
+                    "collectives (NCCL / gloo)")
 _GRAMMAR = _noop("constrained decoding is not implemented")
 _TOOLS = _noop("tool calling is not implemented")
 _TIMEOUT = _refused("request queue/run timeouts are not implemented",

@@ -27,6 +27,9 @@ from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import DeferredUpdate, WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
+from rollserve.executor.parallel_state import tp_rank, tp_size
+from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, join_tensor_parallel,
+                                         share_messages)
 
 logger = logging.getLogger(__name__)
 # SGLang's three (abort, its default; retract; in_place), vLLM's keep (= in_place) and wait
@@ -40,13 +43,17 @@ class SchedulerProcess:
         self.runner = ModelRunner(config.executor)
         self.scheduler = make_scheduler(config, self.runner, tokenizer,
                                         eos_token_ids(config.model_path, tokenizer))
-        self.context = context = zmq.Context(2)
+        self.leader = tp_rank() == 0  # under TP only rank 0 talks to the front end (tp_sync.py)
         self.ports = ports
-        context.setsockopt(zmq.LINGER, 0)
-        self.recv = context.socket(zmq.PULL)
-        self.recv.bind(ports["scheduler"])
-        self.send = context.socket(zmq.PUSH)
-        self.send.connect(ports["detokenizer"])
+        if self.leader:
+            self.context = context = zmq.Context(2)
+            context.setsockopt(zmq.LINGER, 0)
+            self.recv = context.socket(zmq.PULL)
+            self.recv.bind(ports["scheduler"])
+            self.send = context.socket(zmq.PUSH)
+            self.send.connect(ports["detokenizer"])
+        else:
+            self.context, self.recv, self.send = None, None, DiscardingSender()
         self.paused = False
         self.draining = False  # pause mode "wait": no new request starts, then pause
         self.held_requests: list = []  # arrived while draining; submitted at continue
@@ -66,7 +73,8 @@ class SchedulerProcess:
 
     def loop(self) -> None:
         threading.Thread(target=self._watchdog, daemon=True).start()
-        threading.Thread(target=self._heartbeat, daemon=True).start()
+        if self.leader:  # the front end watches rank 0; the others are its children too
+            threading.Thread(target=self._heartbeat, daemon=True).start()
         while True:
             self.loop_tick = time.monotonic()
             self._receive(block=not self.scheduler.has_work() or self._held())
@@ -89,14 +97,19 @@ class SchedulerProcess:
         return self.paused or self.weight_sync.holds_generation()
 
     def _receive(self, block: bool) -> None:
+        # every TP rank handles rank 0's messages, in order, before the same step
+        for msg in share_messages(self._collect(block) if self.leader else None):
+            self._handle(msg)
+
+    def _collect(self, block: bool) -> list:
+        msgs = []
         if block and not self.recv.poll(timeout=1000):
-            return
+            return msgs
         while True:
             try:
-                msg = self.recv.recv_pyobj(flags=zmq.NOBLOCK)
+                msgs.append(self.recv.recv_pyobj(flags=zmq.NOBLOCK))
             except zmq.Again:
-                return
-            self._handle(msg)
+                return msgs
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
@@ -113,14 +126,22 @@ class SchedulerProcess:
         elif isinstance(msg, RpcReq):
             result = self._rpc(msg)
             if isinstance(result, Future):  # it waits on someone outside: answered when done
-                self.deferred.append((msg.rpc_id, result))
-            elif isinstance(result, DeferredUpdate):  # answered when it runs (_run_pending_updates)
-                result.reply = lambda answer, rpc_id=msg.rpc_id: self.send.send_pyobj(
-                    RpcResult(rpc_id, answer))
-            else:
-                self.send.send_pyobj(RpcResult(msg.rpc_id, result))
+                if tp_size() == 1:
+                    self.deferred.append((msg.rpc_id, result))
+                    return
+                result = result.result()  # TP ranks answer together, so they wait in step
+            if isinstance(result, DeferredUpdate):  # answered when it runs (_run_pending_updates)
+                # every rank runs it at the same step (same requests), and combines there
+                result.reply = lambda answer, rpc_id=msg.rpc_id: self._send_answer(rpc_id, answer)
+                return
+            self._send_answer(msg.rpc_id, result)
         else:
             logger.error("unknown message %r", type(msg))
+
+    def _send_answer(self, rpc_id: int, result: dict) -> None:
+        answer = combine_answers(result)  # None on ranks other than 0
+        if answer is not None:
+            self.send.send_pyobj(RpcResult(rpc_id, answer))
 
     def _answer_deferred(self) -> None:
         for item in [d for d in self.deferred if d[1].done()]:
@@ -251,10 +272,13 @@ class SchedulerProcess:
                 os._exit(3)
 
 
-def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe) -> None:
-    configure_logging(config.log_level, prefix="scheduler")
+def run_scheduler_process(config: SchedulerConfig, ports: dict, ready_pipe, rank: int = 0) -> None:
+    """`rank`: this process's tensor-parallel rank (0 without TP)."""
+    tp = config.executor.tp_size
+    configure_logging(config.log_level, prefix="scheduler" if tp == 1 else f"scheduler TP{rank}")
     exit_with_parent(ipc_dir_of(ports))
     try:
+        config = join_tensor_parallel(config, rank)
         proc = SchedulerProcess(config, ports)
     except Exception as e:
         ready_pipe.send({"status": "error", "message": f"{type(e).__name__}: {e}",

@@ -8,6 +8,7 @@ from stalling the decodes). No tensor math here beyond bookkeeping.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class Scheduler:
         self.outputs: OutputMode = self.pooler or GenerationOutputs()
         use_cache = not config.disable_radix_cache and self.outputs.allows_prefix_cache
         self.kv = KVManager(runner.allocator, runner.req_pool, use_cache, runner.routed_experts)
-        self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree)
+        # seeded like the sampler: tensor-parallel ranks must shuffle ("random") alike
+        self.policy = SchedulePolicy(config.schedule_policy, self.kv.tree,
+                                     random.Random(config.random_seed))
         self.sampler = Sampler(runner.vocab_size, runner.device, base_seed=config.random_seed,
                                logit_processor=load_logit_processor(config.custom_logit_processor))
         self.logprob_mode = default_logprob_mode()

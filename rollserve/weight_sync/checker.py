@@ -17,7 +17,7 @@ from typing import Dict, Optional
 
 import torch
 
-from rollserve.executor.models.weights import checkpoint_targets
+from rollserve.executor.models.weights import checkpoint_targets, full_tensor
 
 logger = logging.getLogger(__name__)
 CONTROL_CALLS = ("weights_checker", "post_process_weights", "update_weight_version")
@@ -86,8 +86,7 @@ class WeightChecker:
             if name not in targets:
                 missing.append(name)
                 continue
-            param, rows = targets[name]
-            value = param.data if rows is None else param.data[rows]
+            value = full_tensor(self.runner.model, name)  # whole under TP
             if tensor_checksum(value) != digest:
                 wrong.append(name)
         if missing or wrong:

@@ -2,7 +2,7 @@
 
 The whole checkpoint is validated from its headers first (validate.py); then the
 files are streamed one at a time, one tensor at a time, into the parameters the
-model already has. The KV pool is untouched and the extra memory at any moment
+model already has (under tensor parallelism each rank reads only its slices). The KV pool is untouched and the extra memory at any moment
 is one tensor read from disk (at most one shard).
 """
 
@@ -12,6 +12,7 @@ from typing import Iterator, List, Tuple
 
 import torch
 
+from rollserve.executor.parallel_state import tp_size
 from rollserve.weight_sync.validate import CheckpointFile, check_tensor_infos, scan_checkpoint
 
 
@@ -27,11 +28,12 @@ def validate_checkpoint(model, model_path: str, load_format: str) -> List[Checkp
 def _stream(files: List[CheckpointFile]) -> Iterator[Tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
+    lazy = tp_size() > 1  # safetensors slices: models/weights.py reads this rank's rows only
     for f in files:
         if f.kind == "safetensors":
             with safe_open(f.path, framework="pt", device="cpu") as shard:
                 for name in shard.keys():
-                    yield name, shard.get_tensor(name)
+                    yield name, (shard.get_slice(name) if lazy else shard.get_tensor(name))
         else:
             state = torch.load(f.path, map_location="cpu", weights_only=True, mmap=True)
             yield from state.items()

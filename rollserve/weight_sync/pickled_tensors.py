@@ -112,8 +112,10 @@ def restricted_loads(payload: Any) -> Any:
         raise PayloadError(f"the pickled bucket cannot be read: {type(e).__name__}: {e}") from e
 
 
-def named_tensors_from_pickle(payload: Any, load_format: Optional[str]) -> List[Tuple[str, torch.Tensor]]:
-    """One SGLang bucket (this server is tensor-parallel rank 0) as (name, tensor) pairs."""
+def named_tensors_from_pickle(payload: Any, load_format: Optional[str],
+                              rank: int = 0) -> List[Tuple[str, torch.Tensor]]:
+    """One SGLang bucket as (name, tensor) pairs; a LocalSerializedTensor gives tensor-parallel
+    rank `rank` its own value (the one on its device) when it holds one per rank."""
     obj = restricted_loads(payload)
     if load_format == FLATTENED_BUCKET:
         return _from_flattened_bucket(obj)
@@ -127,7 +129,7 @@ def named_tensors_from_pickle(payload: Any, load_format: Optional[str]) -> List[
         if isinstance(value, LocalSerializedTensor):
             if not value.values:
                 raise PayloadError(f"{name!r}: LocalSerializedTensor has no values")
-            value = restricted_loads(value.values[0])
+            value = restricted_loads(value.values[rank if rank < len(value.values) else 0])
         if not isinstance(value, torch.Tensor):
             raise PayloadError(f"{name!r}: expected a tensor, got {type(value).__name__}")
         out.append((name, value))

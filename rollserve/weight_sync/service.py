@@ -22,7 +22,8 @@ from typing import Callable, Deque, Dict, List, Optional, Protocol, Sequence
 import torch
 
 from rollserve.executor.model_runner import ModelRunner
-from rollserve.executor.models.weights import checkpoint_targets
+from rollserve.executor.models.weights import checkpoint_targets, full_tensor
+from rollserve.executor.parallel_state import first_failing_rank, tp_rank, tp_size
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
@@ -144,7 +145,7 @@ class WeightSyncService:
                                         "(None: buckets made by serialize_named_tensors; "
                                         "flattened_bucket: SGLang's, from a trusted local peer)")
             named, infos = [], []
-            for i, payload in enumerate(serialized_named_tensors):
+            for i, payload in self._buckets_of_this_rank(serialized_named_tensors):
                 try:
                     bucket = self._read_bucket(payload, load_format, allow_pickle)
                 except PayloadError as e:
@@ -183,6 +184,16 @@ class WeightSyncService:
                             weight_version, in_flight_requests, in_flight_timeout)
 
     @staticmethod
+    def _buckets_of_this_rank(payloads: Sequence) -> list:
+        """SGLang's pickled payloads come one per tensor-parallel rank (each with handles to
+        tensors on that rank's device): a rank reads its own. rollserve's own buckets hold
+        different tensors each: every rank reads them all and takes its slices."""
+        indexed = list(enumerate(payloads))
+        if tp_size() > 1 and len(indexed) == tp_size() and all(is_pickled_payload(p) for p in payloads):
+            return [indexed[tp_rank()]]
+        return indexed
+
+    @staticmethod
     def _read_bucket(payload, load_format, allow_pickle: bool):
         if load_format != FLATTENED_BUCKET and not is_pickled_payload(payload):
             return deserialize_named_tensors(payload)
@@ -191,7 +202,7 @@ class WeightSyncService:
                                "slime's flattened_bucket) are read only from a trusted peer on this "
                                "host: start the server with --trust-local-pickled-tensors and send "
                                "from 127.0.0.1, or use rollserve's pickle-free buckets")
-        return named_tensors_from_pickle(payload, load_format)
+        return named_tensors_from_pickle(payload, load_format, tp_rank())
 
     # ---- the distributed group -----------------------------------------------------------------
     def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
@@ -208,6 +219,7 @@ class WeightSyncService:
             return {"success": False, "message": f"group {group_name!r} already exists; destroy it first"}
         backend = backend or ("nccl" if self.runner.device.type == "cuda" else "gloo")
         timeout_s = self.dist_timeout_s
+        rank = int(rank_offset) + tp_rank()  # SGLang's layout: the replica's TP ranks in a row
 
         def join():
             if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the GPU
@@ -215,7 +227,7 @@ class WeightSyncService:
                 torch.cuda.set_device(torch.cuda.current_device() if index is None else index)
             try:
                 return distributed.init_custom_process_group(
-                    backend, master_address, master_port, world_size, rank_offset, group_name,
+                    backend, master_address, master_port, world_size, rank, group_name,
                     timeout_s=timeout_s)
             except BaseException:
                 self.joining.discard(group_name)
@@ -225,7 +237,7 @@ class WeightSyncService:
             self.groups[group_name] = (group, backend)
             self.joining.discard(group_name)
             return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
-                                                f"{rank_offset} of {world_size}"}
+                                                f"{rank} of {world_size}"}
 
         self.joining.add(group_name)
         return distributed.join_in_background(join, joined, f"group {group_name!r} at "
@@ -253,8 +265,7 @@ class WeightSyncService:
         if name not in targets:
             return {"success": False, "message": f"{type(self.model).__name__} has no parameter "
                                                  f"named {name!r}"}
-        param, rows = targets[name]
-        value = param.data if rows is None else param.data[rows]
+        value = full_tensor(self.model, name)  # whole under TP: the ranks' slices gathered
         # bounded: a huge truncate_size must not make a body of hundreds of MB and hold the loop
         flat = value.detach().reshape(-1)[:max(0, min(int(truncate_size), MAX_TRUNCATE_SIZE))]
         return {"success": True, "values": flat.float().cpu().tolist()}
@@ -294,9 +305,14 @@ class WeightSyncService:
                 raise WeightUpdateError("weight updates support generation models only")
             mode = self._in_flight_mode(in_flight_requests, abort_all_requests)
             timeout = _timeout(in_flight_timeout)
-            write = prepare()
-        except WeightUpdateError as e:
-            return _refused(e)
+            write, refusal = prepare(), None
+        except Exception as e:  # any rank's failure must reach first_failing_rank, not skip it
+            write, refusal = None, e
+        failing = first_failing_rank(refusal is None)  # under TP: all ranks write, or none
+        if refusal is not None:
+            return _refused(refusal)
+        if failing is not None:
+            return _refused(WeightUpdateError(f"tensor-parallel rank {failing} refused the update"))
 
         def apply() -> dict:
             return self._apply(write, source, mode, flush_cache, weight_version)

@@ -32,7 +32,7 @@ def assert_all_gone(procs, timeout: float = 15.0) -> None:
 
 
 def test_unsupported_flag_is_refused():
-    for argv in (["-m", "rollserve.cli", "serve", "--tp-size", "2"],
+    for argv in (["-m", "rollserve.cli", "serve", "--pp-size", "2"],
                  ["-m", "rollserve.launch_server", "--kv-cache-dtype", "fp8_e5m2"]):
         done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
         assert done.returncode != 0

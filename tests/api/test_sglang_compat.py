@@ -108,7 +108,8 @@ def test_an_sglang_launch_line_starts_and_says_what_it_ignored(launched):
     assert info["context_length"] == CONTEXT and info["trust_remote_code"] is True
     log = server.log()
     assert "--enable-p2p-check: accepted with no effect" in log
-    assert "--tp-size 1: accepted, it asks for what rollserve does" in log
+    assert "--page-size 1: accepted, it asks for what rollserve does" in log
+    assert info["tp_size"] == 1 and info["dp_size"] == 1
     assert "SGL_ENABLE_JIT_DEEPGEMM=1: no effect in rollserve" in log
 
 

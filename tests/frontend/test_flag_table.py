@@ -74,10 +74,9 @@ def test_every_flag_is_in_exactly_one_group():
             assert rule.reason, flag.dest
         if rule.kind == REFUSED:
             assert rule.reason and rule.instead, flag.dest
-    # the round's other issues land these: refused with a reason until then
-    for dest in ("tp_size", "dp_size", "nnodes", "node_rank", "dist_init_addr"):
-        assert FLAG_TABLE[dest].kind == REFUSED and "not implemented yet" in FLAG_TABLE[dest].reason
-    assert FLAG_TABLE["enable_deterministic_inference"].kind == IMPLEMENTED
+    for dest in ("tp_size", "dp_size", "nnodes", "node_rank", "dist_init_addr", "dist_timeout"):
+        assert FLAG_TABLE[dest].kind == IMPLEMENTED, dest  # issue #18
+    assert FLAG_TABLE["enable_deterministic_inference"].kind == IMPLEMENTED  # issue #15
 
 
 def implemented_argv(flag, name):
@@ -149,18 +148,19 @@ def test_sglang_launch_lines_that_ask_for_the_defaults_start():
 
 
 def test_several_refusals_are_reported_together():
-    argv = ["--tp", "8", "--speculative-algorithm", "EAGLE", "--quantization", "fp8"]
+    argv = ["--pp-size", "8", "--speculative-algorithm", "EAGLE", "--quantization", "fp8"]
     with pytest.raises(SystemExit) as stop:
         server_args_from_cli(parser().parse_args(argv))
     lines = str(stop.value).splitlines()
     assert [line.split(":")[1].strip() for line in lines] == \
-        ["--tp-size 8", "--speculative-algorithm EAGLE", "--quantization fp8"]
+        ["--pp-size 8", "--speculative-algorithm EAGLE", "--quantization fp8"]
 
 
 def test_engine_kwargs_follow_the_same_table():
     assert ServerArgs.from_kwargs(tp_size=1, skip_tokenizer_init=True, enable_p2p_check=True,
                                   max_total_tokens=512).max_total_tokens == 512
-    with pytest.raises(ValueError, match=r"--tp-size 2: tensor parallelism .*; instead: "):
-        ServerArgs.from_kwargs(tp_size=2)
+    with pytest.raises(ValueError, match=r"--pp-size 2: this kind of parallelism .*; instead: "):
+        ServerArgs.from_kwargs(pp_size=2)
+    assert ServerArgs.from_kwargs(tp_size=2).tp_size == 2
     with pytest.raises(TypeError, match="no_such_flag"):
         ServerArgs.from_kwargs(no_such_flag=1)

@@ -84,14 +84,14 @@ def test_errors_before_start(tmp_path):
 
 
 def test_the_command_line_refuses_in_one_line_per_flag():
-    done = subprocess.run([sys.executable, "-m", "rollserve.cli", "serve", "--tp", "2",
+    done = subprocess.run([sys.executable, "-m", "rollserve.cli", "serve", "--pp-size", "2",
                            "--kv-cache-dtype", "fp8_e5m2"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        "error: --tp-size 2: tensor parallelism is not implemented yet (one GPU per server); "
-        "instead: a model that fits one GPU; start one server per GPU and give RolloutClient "
-        "all their URLs",
+        "error: --pp-size 2: this kind of parallelism is not implemented (tensor and data "
+        "parallelism are); instead: --tp-size N to split a model over N GPUs, --dp-size N (or one "
+        "server per replica behind `rollserve router`) for replicas",
         "error: --kv-cache-dtype fp8_e5m2: the KV cache is kept in the model's dtype (FP8/FP4 KV "
         "caches are not implemented); instead: --kv-cache-dtype auto (--dtype sets both)"]
 
@@ -113,8 +113,8 @@ def test_config_file_flags_and_command_line_wins(tmp_path):
 
 def test_config_file_goes_through_the_same_table(tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("tp-size: 4\n")
-    with pytest.raises(SystemExit, match="^error: --tp-size 4: tensor parallelism"):
+    config.write_text("pp-size: 4\n")
+    with pytest.raises(SystemExit, match="^error: --pp-size 4: this kind of parallelism"):
         from_cli(expand_config_argv(["--config", str(config)]))
     with pytest.raises(SystemExit, match="--config .*missing.yaml"):
         expand_config_argv(["--config", str(tmp_path / "missing.yaml")])

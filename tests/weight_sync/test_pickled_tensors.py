@@ -69,3 +69,17 @@ def test_packed_chunks_are_cut_where_vllm_cuts_them():
     # a chunk closes right after the tensor that takes it past the budget
     assert chunk_plan(dtypes, shapes, buffer_size_bytes=10) == [[0, 1], [2], [3]]
     assert chunk_plan(dtypes, shapes, buffer_size_bytes=100) == [[0, 1, 2, 3]]
+
+
+def buckets_seen_by_rank(payloads):
+    return [i for i, _ in WeightSyncService._buckets_of_this_rank(payloads)]
+
+
+@pytest.mark.multiprocess
+def test_under_tp_each_rank_reads_its_own_sglang_payload_and_all_of_rollserves():
+    from tests.tp_ranks import run_on_ranks
+
+    own = serialize_named_tensors([("w", torch.zeros(2))])
+    assert buckets_seen_by_rank(["gASVa", "gASVb"]) == [0, 1]  # one rank: every bucket
+    assert run_on_ranks(buckets_seen_by_rank, 2, ["gASVa", "gASVb"]) == [[0], [1]]
+    assert run_on_ranks(buckets_seen_by_rank, 2, [own, own]) == [[0, 1], [0, 1]]

@@ -1,5 +1,6 @@
 """Linear layers of the decoder models: fused projections (q|k|v, gate|up) and a norm fused
-into the projection after it. A tensor-parallel (column / row) linear belongs here too."""
+into the projection after it. Under tensor parallelism a FusedLinear is column-parallel: it
+holds this rank's rows of each projection (`slices`, see layers/parallel.py)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,15 @@ class FusedLinear(nn.Linear):
 
     `shards` maps each projection's checkpoint name (e.g. "q_proj") to its output
     size, in output order; the weight loader fills each shard's rows separately.
+    `slices` (tensor parallel): {"q_proj.weight": CheckpointSlice, ...}, which rows of each
+    checkpoint tensor this rank's shard holds.
     """
 
-    def __init__(self, in_features: int, shards: Dict[str, int], bias: bool):
+    def __init__(self, in_features: int, shards: Dict[str, int], bias: bool,
+                 slices: Optional[Dict[str, object]] = None):
         super().__init__(in_features, sum(shards.values()), bias=bias)
         self.shards = dict(shards)
+        self.tp_slices = dict(slices or {})
 
     def shard_rows(self) -> Dict[str, slice]:
         rows, start = {}, 0

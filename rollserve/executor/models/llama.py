@@ -2,10 +2,15 @@
 
 Tokens of all requests arrive packed in one [T] sequence; attention reads the
 per-forward ForwardContext to know which tokens belong together.
+
+Tensor parallel (executor/parallel_state.py): each rank holds its query heads and their KV
+heads (q|k|v column-parallel, o_proj row-parallel), its share of the MLP (gate|up
+column-parallel, down_proj row-parallel) and its vocabulary rows (layers/parallel.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Iterable, Optional, Set, Tuple
 
 import torch
@@ -13,10 +18,14 @@ from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.layers.linear import FusedLinear, norm_then_linear
+from rollserve.executor.layers.parallel import (RowParallelLinear, column_slices, embedding,
+                                                gather_vocab_logits, vocab_parallel_head)
+from rollserve.executor.parallel_state import kv_head_range, split_evenly, tp_rank, tp_size
 from rollserve.executor.layers.norm import RMSNorm
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.executor.layers.utils import default_dtype, head_dim_of, sliding_window_of
-from rollserve.executor.models.weights import checkpoint_spec, checkpoint_targets, load_named_tensors
+from rollserve.executor.models.weights import (checkpoint_slices, checkpoint_spec, checkpoint_targets,
+                                               load_named_tensors)
 from rollserve.kernels.linear import linear
 from rollserve.executor.attention.base import attention
 from rollserve.kernels.rotary import RopeInputs
@@ -26,17 +35,29 @@ class LlamaAttention(nn.Module):
     def __init__(self, hf_config, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
-        self.num_heads = hf_config.num_attention_heads
-        self.num_kv_heads = hf_config.num_key_value_heads
+        rank, size = tp_rank(), tp_size()
+        first_head, self.num_heads = split_evenly(hf_config.num_attention_heads, rank, size,
+                                                  "num_attention_heads")
+        first_kv, self.num_kv_heads = kv_head_range(hf_config.num_key_value_heads, rank, size)
         self.head_dim = head_dim_of(hf_config)
         self.scaling = self.head_dim ** -0.5
         self.sliding_window = sliding_window_of(hf_config, layer_id)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         qkv_bias, o_bias = self.projection_biases(hf_config)
+        kv_rows = (first_kv * self.head_dim, self.kv_size)
+        slices = None if size == 1 else column_slices(
+            {"q_proj": (first_head * self.head_dim, self.q_size), "k_proj": kv_rows,
+             "v_proj": kv_rows}, qkv_bias)
+        if slices and hf_config.num_key_value_heads < size:  # replicated KV heads: full = all heads
+            full = hf_config.num_key_value_heads * self.head_dim
+            slices = {k: (dataclasses.replace(v, full=full) if k[0] in "kv" else v)
+                      for k, v in slices.items()}
         self.qkv_proj = FusedLinear(hf_config.hidden_size, {
-            "q_proj": self.q_size, "k_proj": self.kv_size, "v_proj": self.kv_size}, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, hf_config.hidden_size, bias=o_bias)
+            "q_proj": self.q_size, "k_proj": self.kv_size, "v_proj": self.kv_size}, bias=qkv_bias,
+            slices=slices)
+        self.o_proj = RowParallelLinear(hf_config.num_attention_heads * self.head_dim,
+                                        hf_config.hidden_size, bias=o_bias)
 
     @staticmethod
     def projection_biases(hf_config) -> Tuple[bool, bool]:
@@ -57,7 +78,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         out = attention(q, k, v, ctx, self.layer_id, self.scaling, self.sliding_window,
                         rope=self.rope_inputs(cos, sin))
-        return linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return self.o_proj(out.view(num_tokens, self.q_size))  # all-reduced under TP
 
 
 class LlamaMLP(nn.Module):
@@ -65,16 +86,19 @@ class LlamaMLP(nn.Module):
         super().__init__()
         if hf_config.hidden_act != "silu":
             raise ValueError(f"hidden_act {hf_config.hidden_act!r} is not supported (only silu)")
-        size, bias = hf_config.intermediate_size, getattr(hf_config, "mlp_bias", False)
+        full, bias = hf_config.intermediate_size, getattr(hf_config, "mlp_bias", False)
+        start, size = split_evenly(full, tp_rank(), tp_size(), "intermediate_size")
+        slices = None if tp_size() == 1 else column_slices(
+            {"gate_proj": (start, size), "up_proj": (start, size)}, bias)
         self.gate_up_proj = FusedLinear(hf_config.hidden_size, {"gate_proj": size, "up_proj": size},
-                                        bias=bias)
-        self.down_proj = nn.Linear(size, hf_config.hidden_size, bias=bias)
+                                        bias=bias, slices=slices)
+        self.down_proj = RowParallelLinear(full, hf_config.hidden_size, bias=bias)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor,
                 norm: RMSNorm) -> Tuple[torch.Tensor, torch.Tensor]:
         """(down(silu(gate) * up) of norm(hidden + residual), the new residual)."""
         act, residual = norm_then_linear(norm, self.gate_up_proj, hidden, residual, silu_mul=True)
-        return linear(act, self.down_proj.weight, self.down_proj.bias), residual
+        return self.down_proj(act), residual  # all-reduced under TP
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -96,7 +120,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, hf_config, attention_cls: type, layer_cls: type = LlamaDecoderLayer):
         super().__init__()
-        self.embed_tokens = nn.Embedding(hf_config.vocab_size, hf_config.hidden_size)
+        self.embed_tokens = embedding(hf_config.vocab_size, hf_config.hidden_size)
         self.layers = nn.ModuleList(layer_cls(hf_config, i, attention_cls)
                                     for i in range(hf_config.num_hidden_layers))
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
@@ -115,6 +139,7 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     attention_cls: type = LlamaAttention
     layer_cls: type = LlamaDecoderLayer  # MoE models (qwen3_moe.py, mixtral.py) swap the MLP
+    supports_tensor_parallel = True  # dense layers only; MoE subclasses turn it off
 
     def __init__(self, hf_config, dtype: torch.dtype):
         super().__init__()
@@ -123,13 +148,15 @@ class LlamaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         with default_dtype(dtype):
             self.model = LlamaModel(hf_config, self.attention_cls, self.layer_cls)
-            self.lm_head = None if self.tie_word_embeddings else nn.Linear(
-                hf_config.hidden_size, hf_config.vocab_size, bias=False)
+            self.lm_head = None if self.tie_word_embeddings else vocab_parallel_head(
+                hf_config.vocab_size, hf_config.hidden_size)
         self.num_layers = hf_config.num_hidden_layers
-        self.num_kv_heads = hf_config.num_key_value_heads
+        # this rank's KV heads: what its KV pool holds
+        self.num_kv_heads = kv_head_range(hf_config.num_key_value_heads, tp_rank(), tp_size())[1]
         self.head_dim = head_dim_of(hf_config)
         self.vocab_size = hf_config.vocab_size
         self._targets = checkpoint_targets(self)
+        self._slices = checkpoint_slices(self)  # empty on one rank
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 ctx: ForwardContext) -> torch.Tensor:
@@ -137,11 +164,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight).float()
+        return gather_vocab_logits(linear(hidden, weight), self.vocab_size).float()
 
     def checkpoint_spec(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
         """HF checkpoint name -> (shape, dtype) of every tensor this model loads."""
-        return checkpoint_spec(self._targets)
+        return checkpoint_spec(self._targets, self._slices)
 
     def skips_checkpoint_name(self, name: str) -> bool:
         """Tensors some checkpoints carry that this model does not need."""
@@ -151,4 +178,4 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> Set[str]:
         """Loads HF-named tensors (any subset); returns the names loaded."""
         return load_named_tensors(self._targets, weights, self.skips_checkpoint_name,
-                                  type(self).__name__)
+                                  type(self).__name__, self._slices)

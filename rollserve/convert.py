@@ -1,0 +1,91 @@
+"""`rollserve convert`: re-shard a Hugging Face checkpoint into per-rank files for a
+tensor-parallel size (SGLang's convert.py flags: --hf-ckpt-path, --save-path,
+--model-parallel), read back with --load-format sharded_state.
+
+    rollserve convert --hf-ckpt-path HF_DIR --save-path OUT --model-parallel 4
+    rollserve serve --model-path OUT --tp-size 4 --load-format sharded_state
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+
+import torch
+
+from rollserve.executor.model_loader import load_model, resolve_dtype
+from rollserve.executor.parallel_state import as_rank
+from rollserve.executor.sharded_state import LAYOUT_FILE, rank_file
+
+logger = logging.getLogger(__name__)
+
+
+def write_sharded_checkpoint(hf_path: str, save_path: str, tp_size: int, dtype: torch.dtype,
+                             model_class_of=None) -> None:
+    """One safetensors file per rank with that rank's parameters, plus the folder's config
+    and tokenizer files; ranks are built one at a time (one rank's slices in memory)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(save_path, exist_ok=True)
+    kwargs = {"model_class_of": model_class_of} if model_class_of else {}
+    for rank in range(tp_size):
+        with as_rank(rank, tp_size):
+            model = load_model(hf_path, dtype, "cpu", **kwargs)
+        state = {name: (param.data if rows is None else param.data[rows]).contiguous()
+                 for name, (param, rows) in model._targets.items()}
+        save_file(state, rank_file(save_path, rank), metadata={"tp_rank": str(rank),
+                                                               "tp_size": str(tp_size)})
+        logger.info("rank %d of %d: %d tensors -> %s", rank, tp_size, len(state),
+                    rank_file(save_path, rank))
+        del model, state
+    for name in os.listdir(hf_path):  # config, tokenizer, generation config, chat template
+        source = os.path.join(hf_path, name)
+        if os.path.isfile(source) and not name.endswith((".safetensors", ".bin", ".pt")) \
+                and name != "model.safetensors.index.json":
+            shutil.copy2(source, os.path.join(save_path, name))
+    with open(os.path.join(save_path, LAYOUT_FILE), "w") as f:
+        json.dump({"tp_size": tp_size}, f)
+
+
+def add_convert_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hf-ckpt-path", required=True, help="the Hugging Face model folder")
+    parser.add_argument("--save-path", required=True, help="where the per-rank files go")
+    parser.add_argument("--model-parallel", "--tp-size", dest="model_parallel", type=int,
+                        required=True, help="the tensor-parallel size the files are cut for")
+    parser.add_argument("--n-experts", type=int, default=None,
+                        help="expert parallelism is not implemented: leave it out")
+    parser.add_argument("--dtype", default="auto",
+                        help="the files' dtype: float32, bfloat16, float16 (default: the "
+                             "checkpoint's)")
+
+
+def run_convert(ns: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from rollserve.core.logging_setup import configure_logging
+
+    configure_logging("info", prefix="convert")
+    if ns.n_experts:
+        raise SystemExit("error: --n-experts: expert-parallel layouts are not implemented")
+    if ns.model_parallel < 1:
+        raise SystemExit(f"error: --model-parallel: must be >= 1, got {ns.model_parallel}")
+    if not os.path.isdir(ns.hf_ckpt_path):
+        raise SystemExit(f"error: --hf-ckpt-path: {ns.hf_ckpt_path!r} is not a folder")
+    config = AutoConfig.from_pretrained(ns.hf_ckpt_path)
+    if ns.dtype == "auto":  # keep what the checkpoint holds
+        held = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype = held if isinstance(held, torch.dtype) else torch.float32
+    else:
+        try:
+            dtype = resolve_dtype(config, ns.dtype, "cpu")
+        except ValueError as e:
+            raise SystemExit(f"error: --dtype: {e}")
+    try:
+        write_sharded_checkpoint(ns.hf_ckpt_path, ns.save_path, ns.model_parallel, dtype)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    return 0
+

@@ -1,0 +1,182 @@
+"""This process's place in its tensor-parallel group, and the collectives the model and the
+scheduler process use (torch.distributed: NCCL on CUDA, gloo on CPU).
+
+One scheduler process runs per TP rank. The model's layers ask `tp_rank()` / `tp_size()`
+while they are built (how many heads, which rows of a projection), and call `all_reduce` /
+`all_gather_last_dim` in their forward. The scheduler process uses the CPU group to share
+what rank 0 received (`broadcast_objects`) and to combine control-call answers
+(`gather_objects`). Without a group (tp_size 1) every call is the identity, so a one-device
+server pays nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TPState:
+    rank: int = 0
+    size: int = 1
+    group: Any = None  # tensors on the model's device (NCCL on CUDA, gloo on CPU)
+    cpu_group: Any = None  # Python objects between the scheduler processes (always gloo)
+
+
+_STATE = TPState()
+
+
+def init_tensor_parallel(rank: int, size: int, init_method: str, device_type: str,
+                         timeout_s: Optional[float] = None) -> TPState:
+    """Joins the group of `size` ranks at `init_method` (tcp://host:port) as `rank`."""
+    global _STATE
+    if size == 1:
+        _STATE = TPState()
+        return _STATE
+    import torch.distributed as dist
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    kwargs = {"timeout": timeout} if timeout else {}
+    dist.init_process_group(backend, init_method=init_method, world_size=size, rank=rank, **kwargs)
+    group = dist.group.WORLD
+    # NCCL moves device tensors only; the scheduler's messages travel over gloo beside it
+    cpu_group = dist.new_group(backend="gloo", **kwargs) if backend == "nccl" else group
+    _STATE = TPState(rank, size, group, cpu_group)
+    logger.info("tensor-parallel rank %d of %d (%s) joined at %s", rank, size, backend, init_method)
+    return _STATE
+
+
+def destroy_tensor_parallel() -> None:
+    global _STATE
+    if _STATE.size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    _STATE = TPState()
+
+
+def tp_rank() -> int:
+    return _STATE.rank
+
+
+def tp_size() -> int:
+    return _STATE.size
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks, in place (the partial outputs of a row-parallel linear)."""
+    if _STATE.size == 1:
+        return t
+    import torch.distributed as dist
+
+    dist.all_reduce(t, group=_STATE.group)
+    return t
+
+
+def all_gather_last_dim(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` side by side along the last dim, in rank order (vocab-parallel logits)."""
+    if _STATE.size == 1:
+        return t
+    import torch.distributed as dist
+
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(_STATE.size)]
+    dist.all_gather(parts, t, group=_STATE.group)
+    return torch.cat(parts, dim=-1)
+
+
+def broadcast_objects(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (pickled over the CPU group)."""
+    if _STATE.size == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if _STATE.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=_STATE.cpu_group)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> Optional[List[Any]]:
+    """Every rank's `obj`, in rank order, on rank 0; None on the other ranks."""
+    if _STATE.size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * _STATE.size if _STATE.rank == 0 else None
+    dist.gather_object(obj, out, dst=0, group=_STATE.cpu_group)
+    return out
+
+
+# ---- how a dimension is split -----------------------------------------------------------------
+def split_evenly(total: int, rank: int, size: int, what: str) -> Tuple[int, int]:
+    """(start, length) of `rank`'s share of `total` items that must divide evenly."""
+    if total % size:
+        raise ValueError(f"{what} ({total}) is not divisible by tp_size {size}")
+    per = total // size
+    return rank * per, per
+
+
+def kv_head_range(num_kv_heads: int, rank: int, size: int) -> Tuple[int, int]:
+    """(first KV head, KV heads per rank). With more ranks than KV heads each head is
+    replicated on size / num_kv_heads consecutive ranks (their query heads use it)."""
+    if size <= num_kv_heads:
+        return split_evenly(num_kv_heads, rank, size, "num_key_value_heads")
+    if size % num_kv_heads:
+        raise ValueError(f"tp_size {size} is neither a divisor nor a multiple of "
+                         f"num_key_value_heads ({num_kv_heads})")
+    return rank // (size // num_kv_heads), 1
+
+
+def padded_share(total: int, rank: int, size: int) -> Tuple[int, int, int]:
+    """(start, per-rank length, valid length) when `total` need not divide: every rank holds
+    ceil(total / size) rows, the last ones partly (or wholly) padding."""
+    per = -(-total // size)
+    start = min(rank * per, total)
+    return start, per, max(0, min(per, total - start))
+
+
+def first_failing_rank(ok: bool) -> Optional[int]:
+    """Every rank says whether its part succeeded; all learn the first rank that did not
+    (None: all did). Weight updates write only when every rank's validation passed."""
+    if _STATE.size == 1:
+        return None if ok else 0
+    import torch.distributed as dist
+
+    flags: List[Any] = [None] * _STATE.size
+    dist.all_gather_object(flags, bool(ok), group=_STATE.cpu_group)
+    return next((r for r, f in enumerate(flags) if not f), None)
+
+
+class as_rank:
+    """Builds models as rank `rank` of `size` without a group (rollserve convert writes each
+    rank's slices in one process): construction and loading only, no collective."""
+
+    def __init__(self, rank: int, size: int):
+        self.state = TPState(rank, size)
+
+    def __enter__(self) -> TPState:
+        global _STATE
+        self.previous, _STATE = _STATE, self.state
+        return self.state
+
+    def __exit__(self, *exc) -> None:
+        global _STATE
+        _STATE = self.previous
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's `obj`, in rank order, on every rank (inspection paths, not the forward)."""
+    if _STATE.size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: List[Any] = [None] * _STATE.size
+    dist.all_gather_object(out, obj, group=_STATE.cpu_group)
+    return out

@@ -1,0 +1,43 @@
+"""`rollserve serve --dp-size 2`: two replicas behind the router on one port, a load spread
+over both, one /get_server_info for the pair."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from rollserve.api.server import spawn_server, wait_until_healthy
+
+pytestmark = pytest.mark.multiprocess
+
+
+def test_dp2_spreads_a_load_over_both_replicas(tiny_models, tmp_path):
+    log = open(tmp_path / "dp2.log", "w+")
+    proc, url = spawn_server(["--model-path", tiny_models["llama"], "--dp-size", "2",
+                              "--load-balance-method", "round_robin", "--max-total-tokens", "4096",
+                              "--log-level", "warning"], log_file=log)
+    try:
+        try:
+            wait_until_healthy(url, proc, timeout=300)
+        except Exception:
+            log.seek(0)
+            raise RuntimeError(f"--dp-size 2 did not start:\n{log.read()[-3000:]}")
+        body = {"sampling_params": {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}}
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: httpx.post(f"{url}/generate", timeout=120,
+                                                      json={**body, "text": f"load {i}"}),
+                                 range(8)))
+        assert all(r.status_code == 200 and len(r.json()["output_ids"]) == 8 for r in outs)
+        workers = httpx.get(f"{url}/list_workers").json()["workers"]
+        assert [w["served"] for w in workers] == [4, 4]
+        info = httpx.get(f"{url}/get_server_info").json()
+        assert info["dp_size"] == 2 and len(info["internal_states"]) == 2
+        chat = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "default", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -1,0 +1,40 @@
+"""Tensor parallel on two GPUs (NCCL): --tp-size 2 with CUDA graphs and the overlap
+scheduler gives --tp-size 1's greedy tokens. Skipped without two CUDA devices.
+
+    python -m pytest -q -m gpu tests/executor/test_gpu_tp.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rollserve
+
+pytestmark = [pytest.mark.gpu, pytest.mark.multiprocess,
+              pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
+
+PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Once upon a time",
+           "The chemical symbol for gold is"]
+
+
+def run(model_path: str, tp: int, **kwargs):
+    with rollserve.Engine(model_path=model_path, tp_size=tp, dtype="float32",
+                          max_total_tokens=8192, log_level="warning", **kwargs) as eng:
+        outs = eng.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True},
+                            return_logprob=True)
+        sampled = eng.generate(PROMPTS * 8, {"temperature": 1.0, "max_new_tokens": 24})
+        assert all(len(o["output_ids"]) > 0 for o in sampled)  # the ranks stayed in step
+    return ([o["output_ids"] for o in outs],
+            [[lp[0] for lp in o["meta_info"]["output_token_logprobs"]] for o in outs])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"disable_cuda_graph": True},
+                                    {"disable_overlap_schedule": True}],
+                         ids=["graphs+overlap", "eager", "no-overlap"])
+def test_tp2_on_gpus_matches_tp1(tiny_models, kwargs):
+    tokens, logprobs = run(tiny_models["qwen3"], 1, **kwargs)
+    tp_tokens, tp_logprobs = run(tiny_models["qwen3"], 2, **kwargs)
+    assert tp_tokens == tokens
+    for a, b in zip(tp_logprobs, logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
