@@ -21,7 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Optional
 
-from rollserve.eval import scorers
+import rollserve.eval.scorers as scorers
 
 logger = logging.getLogger("rollserve.eval")
 VERIFY_TIMEOUT_S = 5  # math-verify's own limit for parsing and for comparing, each

@@ -13,7 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.report import OK, STATUS_LABELS, metric_names, standing_rows
 from rollserve.eval.tasks.base import TaskResult
 

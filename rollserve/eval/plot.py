@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.report import (FAILED, INCOMPLETE, METRICS_PNG, MISMATCH, NOT_SCORABLE, OK,
                                    RESULTS_CSV, STATUS_LABELS, TASK_FAILED, ResultsLog,
                                    standing_rows, write_csv)

@@ -27,7 +27,7 @@ import shutil
 import uuid
 from typing import List, Optional, Sequence, Set
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.plot import is_bounded
 from rollserve.eval.report import OK, ResultsLog, row_id
 

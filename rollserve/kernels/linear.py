@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from rollserve.kernels import batch_invariant
+from rollserve.kernels.batch_invariant import enabled as batch_invariant_on, linear as batch_invariant_linear
 from rollserve.kernels.activation import silu_and_mul
 from rollserve.kernels.dispatch import use_triton
 from rollserve.kernels.norm import rms_norm
@@ -45,8 +45,8 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
-    if batch_invariant.enabled():  # --enable-deterministic-inference
-        return batch_invariant.linear(x, weight, bias)
+    if batch_invariant_on():  # --enable-deterministic-inference
+        return batch_invariant_linear(x, weight, bias)
     if use_gemv(x, weight):
         from rollserve.kernels.gemv_triton import gemv
 
@@ -59,7 +59,7 @@ def rmsnorm_linear(x: torch.Tensor, residual: Optional[torch.Tensor], norm_weigh
                    silu_mul: bool = False):
     """linear(rms_norm(x [+ residual])), then silu_and_mul when silu_mul; with residual
     returns (y, x + residual). With ROLLSERVE_GEMV_FUSION=1, one fused GEMV for a single row."""
-    if use_gemv(x, weight) and _FUSED_GEMV and not batch_invariant.enabled():
+    if use_gemv(x, weight) and _FUSED_GEMV and not batch_invariant_on():
         from rollserve.kernels.gemv_triton import NormPrologue, gemv
 
         return gemv(x, weight, bias, norm=NormPrologue(norm_weight, eps, residual), silu_mul=silu_mul)

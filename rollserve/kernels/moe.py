@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from rollserve.kernels import batch_invariant
+from rollserve.kernels.batch_invariant import enabled as batch_invariant_on, linear as batch_invariant_linear
 
 from rollserve.kernels.dispatch import use_triton
 from rollserve.kernels.moe_align import moe_align  # noqa: F401 (re-exported)
@@ -91,12 +91,12 @@ def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
 
 def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     # an expert's row count depends on the batch: batch-invariant mode needs the fixed split
-    return batch_invariant.linear(x, weight) if batch_invariant.enabled() else F.linear(x, weight)
+    return batch_invariant_linear(x, weight) if batch_invariant_on() else F.linear(x, weight)
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor) -> torch.Tensor:
-    if use_triton(x) and not batch_invariant.enabled():  # its tiles follow the batch
+    if use_triton(x) and not batch_invariant_on():  # its tiles follow the batch
         from rollserve.kernels.fused_moe_triton import fused_moe_triton
 
         return fused_moe_triton(x, w13, w2, topk_weights, topk_ids)

@@ -13,7 +13,8 @@ import re
 from typing import Callable, Dict, List, Optional
 
 from rollserve.core.sampling_params import InvalidRequest
-from rollserve.eval import sandbox, scorers
+import rollserve.eval.sandbox as sandbox
+import rollserve.eval.scorers as scorers
 from rollserve.eval.tasks.base import Task
 from rollserve.eval.tasks.code import MBPP_STOP, CodeTask, humaneval_row, mbpp_row
 from rollserve.eval.tasks.generation import GenerationTask

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from rollserve.eval import sandbox, scorers, stats
+import rollserve.eval.sandbox as sandbox
+import rollserve.eval.scorers as scorers
+import rollserve.eval.stats as stats
 from rollserve.eval.tasks.base import EvalContext, Task, TaskResult
 from rollserve.eval.tasks.requests import generate_texts
 

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from rollserve.eval import answer_check, scorers, stats
+import rollserve.eval.answer_check as answer_check
+import rollserve.eval.scorers as scorers
+import rollserve.eval.stats as stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import generate_texts
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from rollserve.core.sampling_params import InvalidRequest
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 
 logger = logging.getLogger("rollserve.eval")

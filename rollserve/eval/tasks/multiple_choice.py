@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.scorers import multiple_choice_scores
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import encode_pair, loglikelihoods, prefix_token_id

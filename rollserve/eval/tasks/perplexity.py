@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult
 from rollserve.eval.tasks.requests import loglikelihoods, prefix_token_id
 

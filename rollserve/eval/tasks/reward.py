@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List
 
-from rollserve.eval import stats
+import rollserve.eval.stats as stats
 from rollserve.eval.tasks.base import EvalContext, EvalSettings, Task, TaskResult, mean
 from rollserve.eval.tasks.requests import generate_texts, reward_scores
 
