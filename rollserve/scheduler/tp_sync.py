@@ -74,6 +74,16 @@ def combine_answers(answer: dict) -> Optional[dict]:
     return failed
 
 
+def done_on_every_rank(done: List[bool]) -> List[bool]:
+    """Per item, whether it is done on every rank (each rank passes its own flags, in the
+    same order): a wait that ends at different steps on different ranks is taken together."""
+    if tp_size() == 1:
+        return done
+    flags = gather_objects(done)
+    agreed = [all(col) for col in zip(*flags)] if tp_rank() == 0 else None
+    return broadcast_objects(agreed)
+
+
 class DiscardingSender:
     """What ranks other than 0 send their outputs to: rank 0 sends the replica's outputs,
     which are the same tokens, so the others drop theirs."""
