@@ -15,7 +15,7 @@ import random
 from typing import Any, List, Optional
 
 from rollserve.executor.parallel_state import (broadcast_objects, gather_objects, init_tensor_parallel,
-                                               tp_rank, tp_size)
+                                               set_expert_parallel, tp_rank, tp_size)
 from rollserve.scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def join_tensor_parallel(config: SchedulerConfig, rank: int) -> SchedulerConfig:
 
         torch.cuda.set_device(device)  # NCCL binds the current device
     init_tensor_parallel(rank, ex.tp_size, f"tcp://{ex.dist_init_addr}", device, ex.dist_timeout)
+    set_expert_parallel(ex.ep_size)
     return dataclasses.replace(config, executor=dataclasses.replace(ex, device=device))
 
 

@@ -169,6 +169,7 @@ class DeepseekV3DecoderLayer(DeepseekV2DecoderLayer):
 class DeepseekV2ForCausalLM(MoEForCausalLM):
     attention_cls = DeepseekV2Attention
     layer_cls = DeepseekV2DecoderLayer
+    supports_tensor_parallel = False  # MLA's heads are not split over ranks yet
 
     def __init__(self, hf_config, dtype: torch.dtype):
         super().__init__(hf_config, dtype)
