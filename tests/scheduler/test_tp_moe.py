@@ -97,3 +97,34 @@ def test_experts_split_whole_and_by_rows():
         tp = expert_layout(6, 32)
     assert (tp.num_local, tp.inter_start, tp.inter_local) == (6, 16, 16)
     assert tp.local_ids(ids).tolist() == ids.tolist()
+
+
+def test_convert_n_experts_cuts_whole_experts_per_rank(models, reference, tmp_path):
+    """rollserve convert --n-experts: each rank's file holds its experts whole (and nothing of
+    the others'); served with --ep-size 2 from those files it answers as the HF folder."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from rollserve.executor.sharded_state import iterate_rank_file
+
+    def convert(out, *extra):
+        return subprocess.run([sys.executable, "-m", "rollserve.cli", "convert", "--hf-ckpt-path",
+                               models["qwen3_moe0"], "--save-path", out, "--model-parallel", "2",
+                               *extra], capture_output=True, text=True, timeout=300)
+
+    out = str(tmp_path / "ep2")
+    done = convert(out, "--n-experts", "6")
+    assert done.returncode == 0, done.stderr
+    with safe_open(os.path.join(out, "model-rank-1-part-0.safetensors"), "pt") as f:
+        shape = lambda name: tuple(f.get_slice(f"model.layers.0.mlp.experts.{name}").get_shape())
+        assert shape("4.gate_proj.weight") == (32, 64)  # whole: rank 1 holds experts 3-5
+        assert shape("1.gate_proj.weight")[0] == 0  # expert 1 lives on rank 0
+    with pytest.raises(ValueError, match="converted for ep_size 2, not 1"):
+        next(iterate_rank_file(out, 0, 2, 1))
+    with rollserve.Engine(model_path=out, tp_size=2, ep_size=2, load_format="sharded_state",
+                          **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["qwen3_moe0"])
+    refused = convert(str(tmp_path / "bad"), "--n-experts", "5")
+    assert refused.returncode != 0 and "has 6 routed experts, not 5" in refused.stderr
