@@ -1,7 +1,8 @@
 """MoE models over tensor-parallel ranks (gloo on CPU): each expert's rows split (--ep-size 1)
 or whole experts split (--ep-size 2, expert parallel) answer as one rank does, load and
 update weights on every rank, and gather an expert's tensor from the rank that holds it.
-Tiny random Qwen3-MoE (6 experts, a dense layer) and Mixtral (4 experts) checkpoints."""
+Tiny random Qwen3-MoE (6 experts, a dense layer), Mixtral (4 experts) and DeepSeek-V3 (MLA,
+8 experts in grouped routing, a shared expert, a dense first layer) checkpoints."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def assert_same(got, want):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, default_model_dir):
     out = {}
-    for variant, seeds in (("qwen3_moe", (0, 1)), ("mixtral", (2,))):
+    for variant, seeds in (("qwen3_moe", (0, 1)), ("mixtral", (2,)), ("deepseek_v3", (3,))):
         for seed in seeds:
             folder = str(tmp_path_factory.mktemp(f"{variant}{seed}"))
             save_variant(variant, folder, seed, tokenizer_dir=default_model_dir)
@@ -76,6 +77,15 @@ def test_mixtral_expert_parallel_answers_as_one_rank(models, reference):
         assert_same(greedy(eng), reference["mixtral2"])
         info = eng.get_server_info()
         assert (info["tp_size"], info["ep_size"]) == (2, 2)
+
+
+@pytest.mark.parametrize("ep_size,disable_mla", [(2, False), (1, True)])
+def test_deepseek_v3_mla_heads_and_experts_split_over_ranks(models, reference, ep_size, disable_mla):
+    """MLA under TP: each rank its heads' rows of q_b / kv_b and columns of o_proj, the same
+    latent cached on every rank (or, --disable-mla, its heads' expanded K/V)."""
+    with rollserve.Engine(model_path=models["deepseek_v33"], tp_size=2, ep_size=ep_size,
+                          disable_mla=disable_mla, **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["deepseek_v33"])
 
 
 def test_ep_size_must_match_tp_size(models):
