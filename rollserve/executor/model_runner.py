@@ -24,6 +24,7 @@ from rollserve.executor.mla_kv_pool import MLAKVPool
 from rollserve.executor.routed_experts import RoutedExpertsStore
 from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
+from rollserve.executor.layers.moe import SparseMoeBlock
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
 from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
@@ -77,6 +78,7 @@ class ModelRunner:
                                if config.enable_return_routed_experts else None)
         self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
+        self.num_forwards = 0
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
         self.capture_cuda_graphs()
@@ -98,6 +100,15 @@ class ModelRunner:
             self.graph_runner = CudaGraphRunner(self.model, self.kv_pool, self.req_pool.req_to_token,
                                                 self.future_tokens, self.attn_backend, sizes,
                                                 compile_max_bs, self.routed_experts)
+
+    def idle_forward(self) -> None:
+        """DP attention: a rank with nothing to run this step still takes part in every MoE
+        block's exchange (with no tokens), so the ranks that do run are not left waiting."""
+        with torch.inference_mode():
+            for block in self.model.modules():
+                if isinstance(block, SparseMoeBlock):  # in layer order, as a forward meets them
+                    weight = block.gate.weight
+                    block.moe(torch.empty(0, weight.shape[1], dtype=self.dtype, device=self.device))
 
     def drop_cuda_graphs(self) -> None:
         self.graph_runner = None
@@ -165,6 +176,7 @@ class ModelRunner:
         return budget
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
+        self.num_forwards += 1  # DP attention: whether a step ran one (scheduler/dp_attention.py)
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
         recorder = self.expert_recorder

@@ -321,8 +321,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_mixed_chunk": refused("mixing prefill chunks and decode in one batch is not "
                                   "implemented (each step runs decode, then prefill chunks)",
                                   "--chunked-prefill-size to bound a prefill step"),
-    "enable_dp_attention": refused("DP attention is not implemented yet",
-                                   _ONE_SERVER_PER_GPU),
+    "enable_dp_attention": implemented(),
     "enable_two_batch_overlap": refused("two-batch overlap is not implemented",
                                         "leave it out (the overlap scheduler is on by default)"),
     "enable_single_batch_overlap": refused("single-batch overlap is not implemented",

@@ -91,6 +91,9 @@ class ServerArgs:
     ep_size: int = 1  # MoE experts split whole over the TP ranks (1 or tp_size)
     enable_ep_moe: bool = False  # SGLang's deprecated spelling of --ep-size = --tp-size
     dp_size: int = 1
+    # attention data-parallel inside one replica of tp_size ranks (dp_size == tp_size), the
+    # MoE experts split over the same ranks (docs/parallel.md)
+    enable_dp_attention: bool = False
     load_balance_method: str = "auto"  # --dp-size's router policy; auto: cache_aware
     nnodes: int = 1
     node_rank: int = 0
@@ -168,6 +171,14 @@ class ServerArgs:
         need(self.nnodes == 1 or self.dp_size == 1, "dp_size",
              "multi-node serving runs one replica; start a router over the replicas instead")
         need(self.base_gpu_id >= 0, "base_gpu_id", "must be >= 0")
+        if self.enable_dp_attention:
+            need(self.tp_size > 1 and self.dp_size == self.tp_size, "enable_dp_attention",
+                 f"needs --dp-size equal to --tp-size (> 1): each of the tp_size ranks runs "
+                 f"attention alone over its own requests; got tp_size {self.tp_size}, dp_size "
+                 f"{self.dp_size}")
+            need(self.nnodes == 1, "enable_dp_attention", "runs on one node here")
+            need(self.load_format != "sharded_state", "enable_dp_attention",
+                 "reads the HF checkpoint (sharded_state files are cut for TP attention)")
 
     def check_machine(self) -> None:
         """What can only be checked on this machine, before any process starts: folders
@@ -216,10 +227,12 @@ class ServerArgs:
             enable_memory_saver=self.enable_memory_saver, attention_backend=self.attention_backend,
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
-            disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
+            # DP attention's MoE exchange has per-step sizes: eager (not captured yet)
+            disable_cuda_graph=self.disable_cuda_graph or self.enable_dp_attention,
+            enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
-            ep_size=self.ep_size,
+            ep_size=self.ep_size, dp_attention=self.enable_dp_attention,
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference)
@@ -231,7 +244,9 @@ class ServerArgs:
             schedule_policy=self.schedule_policy,
             schedule_conservativeness=self.schedule_conservativeness,
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
-            stream_interval=self.stream_interval, disable_overlap_schedule=self.disable_overlap_schedule,
+            stream_interval=self.stream_interval,
+            # DP attention keeps its ranks in step one forward at a time (scheduler/process.py)
+            disable_overlap_schedule=self.disable_overlap_schedule or self.enable_dp_attention,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
@@ -355,6 +370,11 @@ HELP = {
     "ep_size": "expert parallel: 1 (each MoE expert's rows split over the TP ranks, like an "
                "MLP) or tp_size (whole experts split over the TP ranks; the router runs on "
                "every rank and one all-reduce combines the experts' outputs)",
+    "enable_dp_attention": "attention data-parallel: with --dp-size equal to --tp-size, each "
+                           "rank holds the whole attention and dense layers and runs its own "
+                           "requests; the MoE experts are split over the ranks, which exchange "
+                           "their tokens at each MoE layer (CPU gloo and CUDA NCCL; eager, no "
+                           "overlap scheduler)",
     "enable_ep_moe": "deprecated in SGLang: the same as --ep-size equal to --tp-size",
     "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
                "endpoint, balanced by the router (frontend/router.py)",

@@ -88,6 +88,24 @@ def test_deepseek_v3_mla_heads_and_experts_split_over_ranks(models, reference, e
         assert_same(greedy(eng), reference["deepseek_v33"])
 
 
+@pytest.mark.parametrize("variant,ep_size", [("qwen3_moe", 2), ("deepseek_v3", 1)])
+def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, ep_size):
+    """--enable-dp-attention: each rank keeps some of the requests (whole attention, its own
+    KV) and the MoE blocks exchange the ranks' tokens; one request alone leaves the other
+    rank idle, which must still take part in every exchange."""
+    name = f"{variant}{0 if variant == 'qwen3_moe' else 3}"
+    with rollserve.Engine(model_path=models[name], tp_size=2, dp_size=2, enable_dp_attention=True,
+                          ep_size=ep_size, **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference[name])
+        one = eng.generate(PROMPTS[0], GREEDY)
+        assert one["output_ids"] == reference[name][0][0]
+        if variant == "qwen3_moe":
+            assert eng.update_weights_from_disk(models["qwen3_moe1"])["success"]
+            assert_same(greedy(eng), reference["qwen3_moe1"])
+        info = eng.get_server_info()
+        assert info["enable_dp_attention"] is True and info["num_running_reqs"] == 0
+
+
 def test_ep_size_must_match_tp_size(models):
     with pytest.raises(ValueError, match="ep_size"):
         rollserve.Engine(model_path=models["mixtral2"], tp_size=2, ep_size=3, **ENGINE_ARGS)

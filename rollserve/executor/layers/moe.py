@@ -21,7 +21,8 @@ from rollserve.executor.layers.linear import FusedLinear
 from rollserve.executor.layers.moe_parallel import expert_layout
 from rollserve.executor.layers.norm import RMSNorm
 from rollserve.executor.layers.parallel import RowParallelLinear, column_slices
-from rollserve.executor.parallel_state import all_reduce, split_evenly, tp_rank, tp_size
+from rollserve.executor.parallel_state import (all_gather_rows, all_reduce, dp_attention, split_evenly,
+                                               tp_rank, tp_size)
 from rollserve.kernels.linear import linear
 from rollserve.kernels.activation import silu_and_mul
 from rollserve.kernels.moe import RoutingSpec, fused_moe, select_experts
@@ -121,11 +122,28 @@ class SparseMoeBlock(nn.Module):
                 ctx: Optional[ForwardContext] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Same contract as LlamaMLP: (block(norm(hidden + residual)), the new residual)."""
         x, residual = norm(hidden, residual)
+        return self.moe(x, ctx), residual
+
+    def moe(self, x: torch.Tensor, ctx: Optional[ForwardContext] = None) -> torch.Tensor:
+        """The block's output for normed `x`. Under DP attention each rank brings its own
+        tokens (an idle rank none, ModelRunner.idle_forward): the experts see every rank's,
+        the all-reduce adds the ranks' expert parts, each rank keeps its rows; the shared
+        experts are whole on every rank and run on its own tokens."""
+        if not dp_attention():
+            out = self._routed(x, ctx)
+            if self.shared_experts is not None:
+                out = out + self.shared_experts(x)
+            return all_reduce(out)  # the ranks' parts (identity on one rank)
+        every, mine = all_gather_rows(x)
+        if every.shape[0] == 0:  # no rank had a token (all agree: they saw the same counts)
+            return x
+        out = all_reduce(self._routed(every, ctx, mine))[mine]
+        return out if self.shared_experts is None else out + self.shared_experts(x)
+
+    def _routed(self, x: torch.Tensor, ctx: Optional[ForwardContext],
+                mine: Optional[slice] = None) -> torch.Tensor:
         weights, ids = self.gate(x)
         recorder = getattr(ctx, "moe_recorder", None)
-        if recorder is not None:
-            recorder.record(self.layer_id, ids)
-        out = self.experts(x, weights.to(x.dtype), ids)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return all_reduce(out), residual  # the ranks' parts (identity on one rank)
+        if recorder is not None:  # this rank's tokens' choices (mine: its rows of every rank's)
+            recorder.record(self.layer_id, ids if mine is None else ids[mine])
+        return self.experts(x, weights.to(x.dtype), ids)

@@ -24,7 +24,7 @@ from typing import Dict, Tuple
 import torch
 
 from rollserve.executor.layers.parallel import CheckpointSlice
-from rollserve.executor.parallel_state import ep_size, split_evenly, tp_rank, tp_size
+from rollserve.executor.parallel_state import ep_size, group_rank, group_size, split_evenly
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ExpertLayout:
 
 
 def expert_layout(num_experts: int, intermediate: int) -> ExpertLayout:
-    rank, size = tp_rank(), tp_size()
+    rank, size = group_rank(), group_size()  # under DP attention too: the experts are split
     if size > 1 and ep_size() == size:
         if num_experts % size:
             raise ValueError(f"the number of experts ({num_experts}) is not divisible by "
