@@ -46,6 +46,8 @@ class GenerateRequest(BaseModel):
     # MoE, with --enable-return-routed-experts: meta_info.routed_experts (SGLang's names)
     return_routed_experts: Union[bool, List[bool]] = False
     routed_experts_start_len: Union[int, List[int]] = 0
+    # VLMs: an image (data URL, base64, file:// URL, local path) or a list, per prompt
+    image_data: Optional[Any] = None
 
 
 class AbortRequest(BaseModel):
