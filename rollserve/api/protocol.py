@@ -201,6 +201,7 @@ class SamplingFields(BaseModel):
 class ContentPart(BaseModel):
     type: str
     text: Optional[str] = None
+    image_url: Optional[Union[str, Dict[str, Any]]] = None  # {"url": data URL or local file}
 
 
 class ChatMessage(BaseModel):

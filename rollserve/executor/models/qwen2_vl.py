@@ -98,6 +98,8 @@ class Qwen2VLForConditionalGeneration(LlamaForCausalLM):
         weight = lm.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return gather_vocab_logits(linear(hidden, weight), self.vocab_size).float()
 
+    canonical_name = staticmethod(canonical_name)  # weight_sync validates names through it
+
     def skips_checkpoint_name(self, name: str) -> bool:
         return super().skips_checkpoint_name(canonical_name(name))
 
