@@ -20,7 +20,7 @@ import torch
 from rollserve.core.batch import ScheduleBatch
 from rollserve.kernels.dispatch import host_to_device
 
-DEFAULT_FEATURE_CACHE_BYTES = 1 << 30
+DEFAULT_FEATURE_CACHE_BYTES = 256 << 20  # ~36 images of 1000 tokens at 7B's width, bf16
 
 
 @dataclass
@@ -54,8 +54,8 @@ class MultimodalRunner:
             return None
         rows = [e.req.req_pool_idx for e in prefill]
         deltas = [_mm(e.req).mrope_delta if _mm(e.req) else 0 for e in prefill]
-        self.model.rope_deltas[torch.tensor(rows, device=self.device)] = \
-            torch.tensor(deltas, dtype=torch.int64, device=self.device)
+        self.model.rope_deltas[host_to_device(torch.tensor(rows), self.device)] = \
+            host_to_device(torch.tensor(deltas, dtype=torch.int64), self.device)
         positions, image_rows, pieces, offset = [], [], [], 0
         for entry in batch.entries:
             start, n, mm = entry.start, len(entry.tokens), _mm(entry.req)

@@ -79,6 +79,11 @@ def test_native_image_forms_agree_and_input_ids_round_trip(vlm_server, tmp_path)
         out = _generate(vlm_server.url, input_ids=ids, sampling_params=GREEDY, image_data=raw).json()
         assert out["meta_info"]["expanded_input_ids"] == expanded
         assert out["output_ids"] == answers[0]["output_ids"]
+    # a GRPO group: n samples of one image prompt share its prefill (image included)
+    group = _generate(vlm_server.url, text=text, image_data=raw,
+                      sampling_params={**GREEDY, "n": 3}).json()
+    assert [g["output_ids"] for g in group] == [answers[0]["output_ids"]] * 3
+    assert all(g["meta_info"]["cached_tokens"] == len(expanded) - 1 for g in group)
     # a batch: one image list per prompt
     batch = _generate(vlm_server.url, text=[text, f"{PLACEHOLDER}{PLACEHOLDER}"],
                       sampling_params=GREEDY, image_data=[raw, [raw, _data_url(6)]]).json()
