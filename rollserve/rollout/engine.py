@@ -62,12 +62,13 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None,
                              return_logprob=False, logprob_start_len=-1, top_logprobs_num=0,
-                             return_text_in_logprobs=False, rid=None, stream=False):
+                             return_text_in_logprobs=False, rid=None, stream=False, image_data=None):
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params,
                                rid=rid, return_logprob=return_logprob,
                                logprob_start_len=logprob_start_len,
                                top_logprobs_num=top_logprobs_num,
-                               return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+                               return_text_in_logprobs=return_text_in_logprobs, stream=stream,
+                               image_data=image_data)
         if stream:
             return self._stream_async(obj)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._first(obj), self.loop))
