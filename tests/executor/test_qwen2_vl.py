@@ -120,7 +120,8 @@ def test_engine_parity_with_cache_and_chunks_qwen2_vl(tiny_vlms):
 
 def test_engine_parity_without_cache_and_weight_update_qwen2_5_vl(tiny_vlms, tmp_path):
     """Prefix cache off; then an update_weights_from_disk that changes only the vision tower
-    changes the answer, and updating back restores it (cached features are not reused)."""
+    changes the answer, and updating back restores it (cached features are not reused); an
+    update_weights_from_tensor of one vision tensor (transformers 5's name) changes it again."""
     folder = tiny_vlms["qwen2_5_vl"]
     one, two = _images()
     changed = str(tmp_path / "changed")
@@ -143,8 +144,17 @@ def test_engine_parity_without_cache_and_weight_update_qwen2_5_vl(tiny_vlms, tmp
         after = ask()
         assert engine.update_weights_from_disk(folder)["success"]
         restored = ask()
+        # a trainer's push in transformers 5's names reaches the tower too; then a release /
+        # resume of the weights keeps it
+        merger = tensors["visual.merger.mlp.2.bias"]
+        pushed = engine.update_weights_from_tensor([("model.visual.merger.mlp.2.bias", merger + 1.0)])
+        assert pushed["success"], pushed
+        assert engine.release_memory_occupation(["weights"])["success"]
+        assert engine.resume_memory_occupation(["weights"])["success"]
+        bumped = ask()
     _check_parity(folder, before, [two, one])
     lps = lambda r: [e[0] for e in r["meta_info"]["output_token_logprobs"]]  # noqa: E731
     assert lps(after) != lps(before)
     assert restored["output_ids"] == before["output_ids"]
     assert max(abs(a - b) for a, b in zip(lps(restored), lps(before))) < 1e-5
+    assert lps(bumped) != lps(restored)
