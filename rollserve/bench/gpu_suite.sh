@@ -194,7 +194,7 @@ for stage in $STAGES; do
     vlm)  # issue #22: the VLM tests on the GPU, then Qwen2.5-VL-7B shape (dummy weights): vision
           # tower images/s and a batch of 32 image+text prompts (distinct images, then one shared
           # image as in a GRPO group), each beside transformers
-      step vlm_tests 600 $PY -m pytest -q -p no:cacheprovider tests/executor/test_qwen2_vl.py
+      step vlm_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_vlm.py
       step vlm_qwen2.5-vl-7b 900 $PY -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 \
         --num-images 16 --image-size 448 --text-len 128 --output-len 128 \
         --output-file "$OUT/vlm_qwen2.5-vl-7b.json"

@@ -93,7 +93,7 @@ def test_engine_parity_with_cache_and_chunks_qwen2_vl(tiny_vlms):
     images), and a different image after the same text (no cached image token)."""
     folder = tiny_vlms["qwen2_vl"]
     one, two = _images()
-    with rollserve.Engine(folder, max_total_tokens=4096, chunked_prefill_size=16,
+    with rollserve.Engine(folder, max_total_tokens=4096, chunked_prefill_size=16, device="cpu",
                           log_level="warning") as engine:
         text2 = f"Compare {PLACEHOLDER} with {PLACEHOLDER}, then"
         first = engine.generate(text2, GREEDY, image_data=[_b64(one), _b64(two, True)],
@@ -133,7 +133,7 @@ def test_engine_parity_without_cache_and_weight_update_qwen2_5_vl(tiny_vlms, tmp
             tensors[name] = tensors[name] * 1.5
     save_file(tensors, weights, metadata={"format": "pt"})
     text = f"{PLACEHOLDER} and {PLACEHOLDER}:"
-    with rollserve.Engine(folder, max_total_tokens=4096, disable_radix_cache=True,
+    with rollserve.Engine(folder, max_total_tokens=4096, disable_radix_cache=True, device="cpu",
                           log_level="warning") as engine:
         def ask():
             return engine.generate(text, GREEDY, image_data=[_b64(two), _b64(one)],
