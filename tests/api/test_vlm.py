@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 import pytest
@@ -84,6 +85,13 @@ def test_native_image_forms_agree_and_input_ids_round_trip(vlm_server, tmp_path)
                       sampling_params={**GREEDY, "n": 3}).json()
     assert [g["output_ids"] for g in group] == [answers[0]["output_ids"]] * 3
     assert all(g["meta_info"]["cached_tokens"] == len(expanded) - 1 for g in group)
+    # streamed: the expansion comes once, with the last chunk
+    with httpx.stream("POST", f"{vlm_server.url}/generate", timeout=120, json={
+            "text": text, "image_data": raw, "sampling_params": GREEDY, "stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    assert len(chunks) > 1 and chunks[-1]["meta_info"]["expanded_input_ids"] == expanded
+    assert all("expanded_input_ids" not in c["meta_info"] for c in chunks[:-1])
     # a batch: one image list per prompt
     batch = _generate(vlm_server.url, text=[text, f"{PLACEHOLDER}{PLACEHOLDER}"],
                       sampling_params=GREEDY, image_data=[raw, [raw, _data_url(6)]]).json()
