@@ -411,7 +411,8 @@ class TokenizerManager:
             "context_length": self.context_len,
             **{key: info.get(key) for key in ("architecture", "num_experts", "num_experts_per_tok",
                                               "num_moe_layers", "mla")},
-            "has_image_understanding": self.images is not None,  # SGLang's key
+            "has_image_understanding": self.images is not None,  # SGLang's keys
+            "has_audio_understanding": False,
         }
 
     def shutdown(self) -> None:
