@@ -42,9 +42,9 @@ LORA = refused("LoRA adapters are not implemented",
                "merge the adapter into the base weights (peft merge_and_unload) and serve that "
                "folder, or push merged weights with /update_weights_from_tensor")
 SPEC = refused("speculative decoding is not implemented", "leave out the --speculative-* flags")
-MOE = refused("expert parallelism is not implemented: MoE models (Qwen3-MoE, Mixtral, "
-              "DeepSeek-V2/V3) run with every expert on each device",
-              "leave it at its default; a MoE model that fits one device's memory")
+MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
+              "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
+              "leave it at its default")
 HICACHE = refused("the hierarchical (host memory / storage) KV cache is not implemented",
                   "--max-total-tokens or --mem-fraction-static to size the device KV pool")
 DISAGG = refused("prefill/decode (and encoder) disaggregation is not implemented",
@@ -279,7 +279,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "speculative_draft_model_path": SPEC,
     "enable_multi_layer_eagle": SPEC,
     # MoE
-    "ep_size": MOE,
+    "ep_size": implemented(),
     "moe_a2a_backend": MOE,
     "elastic_ep_backend": MOE,
     "enable_deepep_waterfill": MOE,
@@ -415,7 +415,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "msprobe_dump_config": refused("msProbe dumps (Ascend NPU) are not implemented",
                                    "leave it out"),
     # Deprecated in SGLang
-    "enable_ep_moe": DEPRECATED_MOE,
+    "enable_ep_moe": implemented(),
     "enable_deepep_moe": DEPRECATED_MOE,
     "prefill_round_robin_balance": noop("deprecated in SGLang; one replica per server here"),
     "enable_flashinfer_cutlass_moe": DEPRECATED_MOE,
