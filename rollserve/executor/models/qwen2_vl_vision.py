@@ -54,20 +54,24 @@ def _patch_positions(grids: Sequence[Grid], merge: int) -> torch.Tensor:
 
 def _segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        lens: List[int]) -> torch.Tensor:
-    """Bidirectional attention within each run of `lens` rows of q/k/v [N, H, D]: the runs are
-    padded into one batch so that a whole layer is one SDPA call."""
+    """Bidirectional attention within each run of `lens` rows of q/k/v [N, H, D]. Runs of one
+    length are stacked into one batch (windows, and images of one size, mostly share a length),
+    so a layer is one unmasked SDPA call per distinct length: flash kernels, no padding."""
     if len(lens) == 1:
         out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
         return out.transpose(0, 1)
-    longest = max(lens)
     starts = np.cumsum([0] + lens[:-1])
-    offsets = np.arange(longest)
-    valid = offsets[None, :] < np.asarray(lens)[:, None]
-    index = torch.from_numpy(np.where(valid, starts[:, None] + offsets[None, :], 0)).to(q.device)
-    keep = torch.from_numpy(valid).to(q.device)
-    batched = [x[index].permute(0, 2, 1, 3) for x in (q, k, v)]  # [B, H, L, D]
-    out = F.scaled_dot_product_attention(*batched, attn_mask=keep[:, None, None, :])
-    return out.permute(0, 2, 1, 3)[keep]
+    by_len: dict = {}
+    for start, n in zip(starts, lens):
+        by_len.setdefault(n, []).append(start)
+    out = torch.empty_like(q)
+    for n, firsts in by_len.items():
+        rows = torch.from_numpy((np.asarray(firsts)[:, None] + np.arange(n)[None, :]).reshape(-1))
+        rows = rows.to(q.device)
+        batched = [x[rows].view(len(firsts), n, *x.shape[1:]).transpose(1, 2) for x in (q, k, v)]
+        attended = F.scaled_dot_product_attention(*batched)  # [B, H, n, D]
+        out[rows] = attended.transpose(1, 2).reshape(-1, *q.shape[1:])
+    return out
 
 
 class VisionAttention(nn.Module):
