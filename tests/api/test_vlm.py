@@ -138,3 +138,17 @@ def test_text_only_models_refuse_images():
     with pytest.raises(ApiError) as e2:
         message_text([part], 0, [], None)
     assert e2.value.status == 400 and "vision-language" in str(e2.value.message)
+
+
+def test_rollout_client_sends_images_per_prompt(vlm_server):
+    from rollserve.rollout.client import RolloutClient
+
+    raw = base64.b64encode(_png(5)).decode()
+    with RolloutClient(vlm_server.url, progress=False) as client:
+        groups = client.generate([f"Look: {PLACEHOLDER} ok", "no image here"], n=2,
+                                 sampling_params=GREEDY, image_data=[raw, None])
+        with pytest.raises(ValueError, match="image_data"):
+            client.generate(["a", "b"], image_data=[raw])
+    assert [len(g) for g in groups] == [2, 2]
+    assert groups[0][0].prompt_tokens > groups[1][0].prompt_tokens  # the image's tokens count
+    assert groups[0][0].meta_info["expanded_input_ids"][-2:] == groups[0][1].meta_info["expanded_input_ids"][-2:]
