@@ -94,14 +94,14 @@ def bench_vision(folder: str, args, dtype: torch.dtype) -> dict:
             "speedup": hf_s / ours_s}
 
 
-def _prompts(folder: str, args):
+def _prompts(folder: str, args, image_seed: int = 2):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     rng = np.random.default_rng(1)
     vocab = min(config.vision_start_token_id, config.text_config.vocab_size) - 1
     distinct = args.distinct_images if args.distinct_images > 0 else 1
-    images = _images(distinct, args.image_size, seed=2)
+    images = _images(distinct, args.image_size, seed=image_seed)
     prompts, chosen = [], []
     for i in range(args.batch_size):
         text = rng.integers(10, vocab, args.text_len).tolist()
@@ -118,11 +118,13 @@ def bench_engine(folder: str, args, dtype_name: str) -> dict:
     prompts, images = _prompts(folder, args)
     params = {"temperature": 0, "max_new_tokens": args.output_len, "ignore_eos": True}
     encoded = [_png_b64(im) for im in images]
+    # warm-up on the whole batch shape with other images (the timed run encodes its own)
+    warm = [[_png_b64(im)] for im in _prompts(folder, args, image_seed=3)[1]]
     with rollserve.Engine(folder, load_format="dummy", dtype=dtype_name, device=args.device,
                           context_length=args.context_length, log_level="warning",
                           max_total_tokens=args.max_total_tokens) as engine:
-        engine.generate(input_ids=prompts[:1], sampling_params={**params, "max_new_tokens": 2},
-                        image_data=[encoded[:1]])  # warm-up
+        engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 4},
+                        image_data=warm)
         engine.flush_cache()
         start = time.perf_counter()
         results = engine.generate(input_ids=prompts, sampling_params=params,
@@ -151,6 +153,7 @@ def bench_hf_generate(folder: str, args, dtype: torch.dtype, expanded, images) -
                   image_grid_thw=pixels["image_grid_thw"].to(args.device),
                   mm_token_type_ids=(ids == config.image_token_id).int(),
                   max_new_tokens=args.output_len, min_new_tokens=args.output_len, do_sample=False)
+    ref.generate(**{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
     _sync(args.device)
     start = time.perf_counter()
     out = ref.generate(**kwargs)
