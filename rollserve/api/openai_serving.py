@@ -26,6 +26,7 @@ from rollserve.frontend.encode_manager import wrong_model_error
 from rollserve.frontend.request_input import GenerateReqInput
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.frontend.tokenizer_manager import EngineDeadError
+from rollserve.api.chat_images import message_text
 from rollserve.frontend.truncation import truncate_prompt
 
 MAX_N = 128
@@ -234,21 +235,26 @@ class OpenAIServing:
             raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         if top and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
-        ids = self._check_prompt_len(self.render_chat(req), "messages", requested)
+        images: List[str] = []  # image_url parts, in order (render_chat fills it)
+        ids = self._check_prompt_len(self.render_chat(req, images), "messages", requested)
         max_tokens = self._max_tokens(requested, len(ids), param)
         rid = req.rid or uuid.uuid4().hex
         params = self._sampling_params(req, max_tokens)
         params["stop"] = with_template_stop(req.stop, self.template_stop)
         obj = GenerateReqInput(input_ids=ids, sampling_params=params,
                                rid=rid, return_logprob=req.logprobs, top_logprobs_num=top,
-                               return_text_in_logprobs=True, stream=req.stream)
+                               return_text_in_logprobs=True, stream=req.stream,
+                               image_data=images or None)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
                         include_usage=include_usage, field_names={"input_ids": "messages",
+                                                                  "image_data": "messages",
                                                                   "max_new_tokens": param},
                         token_ids=req.return_token_ids, ids_as_tokens=req.return_tokens_as_token_ids)
 
-    def render_chat(self, req: ChatCompletionRequest) -> List[int]:
+    def render_chat(self, req: ChatCompletionRequest, images: Optional[List[str]] = None) -> List[int]:
+        """The prompt's ids; image_url parts become the model's image placeholder in the text
+        and their URLs are appended to `images` (chat_images.py)."""
         if not req.messages:
             raise ApiError(400, "messages must hold at least one message", "messages")
         messages = []
@@ -257,7 +263,8 @@ class OpenAIServing:
                 raise ApiError(400, f"messages[{i}].role {message.role!r} is not one of "
                                     f"{sorted(CHAT_ROLES)}", f"messages[{i}].role")
             role = "system" if message.role == "developer" else message.role
-            messages.append({"role": role, "content": _message_text(message.content, i)})
+            messages.append({"role": role, "content": message_text(message.content, i, images,
+                                                                   self.tm.images)})
         try:
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                         add_generation_prompt=True)
@@ -322,18 +329,6 @@ class OpenAIServing:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             return list(prompt)
         return [self.tokenizer.decode(p) for p in ids]
-
-
-def _message_text(content, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise ApiError(400, f"messages[{index}]: content parts of type {part.type!r} are not "
-                                "supported (text only)", f"messages[{index}].content")
-        texts.append(part.text)
-    return "\n".join(texts)
 
 
 # ---- logprob shapes ---------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class GenerateRequest(BaseModel):
     # MoE, with --enable-return-routed-experts: meta_info.routed_experts (SGLang's names)
     return_routed_experts: Union[bool, List[bool]] = False
     routed_experts_start_len: Union[int, List[int]] = 0
+    # VLMs: an image (data URL, base64, file:// URL, local path) or a list, per prompt
+    image_data: Optional[Any] = None
 
 
 class AbortRequest(BaseModel):
@@ -202,6 +204,7 @@ class SamplingFields(BaseModel):
 class ContentPart(BaseModel):
     type: str
     text: Optional[str] = None
+    image_url: Optional[Union[str, Dict[str, Any]]] = None  # {"url": data URL or local file}
 
 
 class ChatMessage(BaseModel):

@@ -30,6 +30,7 @@ from rollserve.core.batch import ScheduleBatch
 from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
 from rollserve.kernels.dispatch import host_to_device
 from rollserve.executor.memory_saver import MemorySaver
+from rollserve.executor.multimodal import MultimodalRunner
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class ModelRunner:
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.num_forwards = 0
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
+        # VLMs: encodes images in the prefill batch, caches their features (executor/multimodal.py)
+        self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
         self.capture_cuda_graphs()
 
@@ -179,9 +182,10 @@ class ModelRunner:
         self.num_forwards += 1  # DP attention: whether a step ran one (scheduler/dp_attention.py)
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
+        mm = self.multimodal.prepare(batch) if self.multimodal is not None else None
         recorder = self.expert_recorder
         recorder = recorder if recorder is not None and recorder.recording else None
-        if recorder is None and self.graph_runner is not None and self.pooling is None and \
+        if recorder is None and mm is None and self.graph_runner is not None and self.pooling is None and \
                 self.graph_runner.can_run(
                 host, all(e.logit_rows == [0] for e in batch.entries)):
             with torch.inference_mode():
@@ -192,6 +196,7 @@ class ModelRunner:
         # the graphs hold no distribution recorder: eager while recording
         ctx.moe_recorder = (self.routed_experts.bind(ctx.out_cache_loc, forward_to=recorder)
                             if self.routed_experts is not None else recorder)
+        ctx.mm = mm
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

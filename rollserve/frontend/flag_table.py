@@ -63,7 +63,9 @@ TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
 LORA_KNOB = noop("a LoRA setting; LoRA is off (--enable-lora / --lora-paths are refused)")
 SPEC_KNOB = noop("a speculative-decoding setting; it is off (--speculative-algorithm is refused)")
-MM_KNOB = noop("a multimodal setting; rollserve serves text-only models")
+MM_KNOB = noop("a multimodal setting with nothing to act on: images are preprocessed by the "
+               "model's transformers image processor and encoded in the prefill batch, features "
+               "cached by image hash")
 MAMBA_KNOB = noop("a Mamba / hybrid-model setting; rollserve serves no Mamba layers")
 HICACHE_KNOB = noop("a hierarchical-cache setting; that cache is off "
                     "(--enable-hierarchical-cache is refused)")
@@ -361,6 +363,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_return_hidden_states": refused("returning hidden states is not implemented",
                                            "an embedding model (--is-embedding) for pooled states"),
     "enable_return_routed_experts": implemented(),
+    "limit_mm_data_per_request": implemented(),
     "scheduler_recv_interval": noop("the scheduler reads every new request before each step, "
                                     "which costs nothing measurable here"),
     "numa_node": refused("NUMA binding is not implemented", "numactl --cpunodebind=N rollserve "
@@ -498,7 +501,7 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "enable_multimodal", "mm_attention_backend", "disable_fast_image_processor",
         "keep_mm_feature_on_device", "enable_precise_embedding_interpolation",
         "mm_max_concurrent_calls", "mm_per_request_timeout", "enable_broadcast_mm_inputs_process",
-        "mm_process_config", "mm_enable_dp_encoder", "limit_mm_data_per_request",
+        "mm_process_config", "mm_enable_dp_encoder",
         "enable_mm_global_cache", "enable_prefix_mm_cache"),
     MAMBA_KNOB: (
         "max_mamba_cache_size", "mamba_ssm_dtype", "mamba_full_memory_ratio",

@@ -81,6 +81,7 @@ class ServerArgs:
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
+    limit_mm_data_per_request: Optional[str] = None  # VLMs: JSON, e.g. {"image": 4}
     # batch-invariant kernels, per-request sampling seeds (kernels/batch_invariant.py)
     enable_deterministic_inference: bool = False
     disable_overlap_schedule: bool = False
@@ -289,6 +290,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "limit_mm_data_per_request": "VLMs: the most items of each modality one request may carry, "
+                                 "as JSON, e.g. '{\"image\": 4}' (default: 16 images)",
     "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
                                     "token, so /generate's return_routed_experts can answer them "
                                     "(meta_info.routed_experts; default: off)",

@@ -294,7 +294,8 @@ class WeightSyncService:
     # ---- the common update -------------------------------------------------------------------
     def _check(self, infos: List[TensorInfo]) -> None:
         check_tensor_infos(infos, self.model.checkpoint_spec(), self.model.skips_checkpoint_name,
-                           type(self.model).__name__, require_all=False)
+                           type(self.model).__name__, require_all=False,
+                           rename=getattr(self.model, "canonical_name", None))
 
     def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
                 weight_version: Optional[str], in_flight_requests: Optional[str] = None,
