@@ -1,6 +1,6 @@
 """Tool calls and reasoning on /v1/chat/completions, end to end: a server on the default
 model with --tool-call-parser qwen25, --reasoning-parser qwen3 and a chat template that
-renders tools as Qwen2.5's does (tool_chat_template.jinja). The conversation shows the
+renders tools as Qwen2.5's does (examples/agentic/tool_chat_template.jinja). The conversation shows the
 model three answers that think, then call `add`; greedy, it answers the fourth alike,
 which the parsers split into reasoning_content and tool_calls."""
 
@@ -15,7 +15,8 @@ from tests.api.conftest import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-TEMPLATE = os.path.join(os.path.dirname(__file__), "tool_chat_template.jinja")
+TEMPLATE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "agentic",
+                        "tool_chat_template.jinja")
 ADD = {"type": "function", "function": {
     "name": "add", "description": "Add two integers",
     "parameters": {"type": "object", "properties": {"a": {"type": "integer"},
