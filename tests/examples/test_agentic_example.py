@@ -5,6 +5,7 @@ logprob on every model token, a weight_version per turn, earlier turns cached)."
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "agent
 def load_example():
     spec = importlib.util.spec_from_file_location("calculator_rollout", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
