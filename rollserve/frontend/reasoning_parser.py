@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict
 
 from rollserve.frontend.tool_parsers.base import partial_suffix
-from rollserve.frontend.tool_parsers.json_scan import WHITESPACE
+from rollserve.frontend.tool_parsers.json_scan import WHITESPACE, hold_trailing_ws
 
 THINK_START, THINK_END = "<think>", "</think>"
 
@@ -93,9 +93,7 @@ class ReasoningParser:
     def _reasoning(self, out: ReasoningDelta, piece: str) -> None:
         if not self.reasoning_seen:
             piece = piece.lstrip(WHITESPACE)
-        piece = self.held + piece
-        body = piece.rstrip(WHITESPACE)
-        self.held = piece[len(body):]
+        body, self.held = hold_trailing_ws(self.held, piece)
         if body:
             out.reasoning += body
             self.reasoning_seen = True

@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Collection, List, Optional
 
-from rollserve.frontend.tool_parsers.json_scan import (WHITESPACE, Malformed, scan_object,
-                                                       skip_ws)
+from rollserve.frontend.tool_parsers.json_scan import (Malformed, hold_trailing_ws,
+                                                       scan_object, skip_ws)
 
 NORMAL, CALLS, PASSTHROUGH, DISCARD = "normal", "calls", "passthrough", "discard"
 
@@ -148,9 +148,7 @@ class ToolParser:
     # ---- content ---------------------------------------------------------------------------
     def _content(self, out: ParseResult, text: str) -> None:
         """Content, but whitespace at its end waits: dropped if only calls follow it."""
-        text = self.held + text
-        body = text.rstrip(WHITESPACE)
-        self.held = text[len(body):]
+        body, self.held = hold_trailing_ws(self.held, text)
         if body:
             out.content += body
             self.content_seen = True
@@ -238,6 +236,26 @@ class ToolParser:
 
     def _after_broken_call(self) -> None:
         self.mode = DISCARD
+
+    def _call_object_steps(self, out: ParseResult, final: bool, after: str) -> Optional[bool]:
+        """The "open" state (whitespace, then the call's '{') and the "object" state of
+        formats with one JSON object a call; `after`: the state once the object closed.
+        None in any other state."""
+        if self.sub == "open":
+            j = next_char(self)
+            if j is None:
+                return False
+            if self.text[j] != "{":
+                return self._unexpected(out)
+            self._begin_object(j)
+            return True
+        if self.sub == "object":
+            end = self._object_progress(out, final)
+            if end is None:
+                return self.mode != CALLS or self.sub != "object"
+            self.pos, self.sub = end, after
+            return True
+        return None
 
     def _begin_object(self, j: int) -> None:
         self.call = _Call(start=j)

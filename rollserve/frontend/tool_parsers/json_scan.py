@@ -19,6 +19,14 @@ class Malformed(ValueError):
     """The text cannot be the JSON the parser expected, whatever follows."""
 
 
+def hold_trailing_ws(held: str, text: str):
+    """(what can be sent, whitespace to hold back) for `text` after the held whitespace:
+    trailing whitespace waits until more text shows whether anything follows it."""
+    text = held + text
+    body = text.rstrip(WHITESPACE)
+    return body, text[len(body):]
+
+
 def skip_ws(text: str, i: int) -> int:
     while i < len(text) and text[i] in WHITESPACE:
         i += 1

@@ -23,20 +23,9 @@ class Llama3Parser(ToolParser):
         return super()._normal_step(out, final)
 
     def _calls_step(self, out: ParseResult, final: bool) -> bool:
-        if self.sub == "open":
-            j = next_char(self)
-            if j is None:
-                return False
-            if self.text[j] != "{":
-                return self._unexpected(out)
-            self._begin_object(j)
-            return True
-        if self.sub == "object":
-            end = self._object_progress(out, final)
-            if end is None:
-                return self.mode != "calls" or self.sub != "object"
-            self.pos, self.sub = end, "separator"
-            return True
+        done = self._call_object_steps(out, final, after="separator")
+        if done is not None:
+            return done
         # "separator": `;` and whitespace between calls; another call, or text again
         j = self.pos
         while j < len(self.text) and self.text[j] in " \t\r\n;":

@@ -3,8 +3,7 @@ text may come before and between them (SGLang's `qwen25`, also named `qwen`)."""
 
 from __future__ import annotations
 
-from rollserve.frontend.tool_parsers.base import (NORMAL, ParseResult, ToolParser, next_char,
-                                                  partial_suffix)
+from rollserve.frontend.tool_parsers.base import NORMAL, ParseResult, ToolParser, partial_suffix
 
 
 class Qwen25Parser(ToolParser):
@@ -13,20 +12,9 @@ class Qwen25Parser(ToolParser):
     end_marker = "</tool_call>"
 
     def _calls_step(self, out: ParseResult, final: bool) -> bool:
-        if self.sub == "open":
-            j = next_char(self)
-            if j is None:
-                return False
-            if self.text[j] != "{":
-                return self._unexpected(out)
-            self._begin_object(j)
-            return True
-        if self.sub == "object":
-            end = self._object_progress(out, final)
-            if end is None:
-                return self.mode != "calls" or self.sub != "object"
-            self.pos, self.sub = end, "close"
-            return True
+        done = self._call_object_steps(out, final, after="close")
+        if done is not None:
+            return done
         # "close": whatever stands between the object and </tool_call> is dropped
         k = self.text.find(self.end_marker, self.pos)
         if k >= 0:
