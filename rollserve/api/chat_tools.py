@@ -115,10 +115,11 @@ def output_format(req: ChatCompletionRequest, tools: ToolsRequest,
     schema, parser = None, None
     if tools.choice in ("required", "named"):
         if not engine_takes_json_schema(args):
-            raise ApiError(400, f"tool_choice {tools.choice if tools.choice == 'required' else 'naming a function'} "
-                                "is enforced with constrained decoding, which this server does "
-                                "not run (start it with --grammar-backend xgrammar), or use "
-                                "tool_choice \"auto\"", "tool_choice")
+            what = "\"required\"" if tools.choice == "required" else "naming a function"
+            raise ApiError(400, f"tool_choice {what} is enforced with constrained decoding, "
+                                "which this server does not run (start it with "
+                                "--grammar-backend xgrammar), or use tool_choice \"auto\"",
+                           "tool_choice")
         try:
             schema = tool_call_schema_json(tools.functions, tools.named, req.parallel_tool_calls)
         except ValueError as e:
@@ -163,8 +164,9 @@ def _template_call(call: Any, where: str) -> Dict[str, Any]:
         except ValueError:
             parsed = None
         arguments = parsed if isinstance(parsed, dict) else arguments
-    out = {"type": "function", "function": {"name": function["name"],
-                                            "arguments": arguments if arguments is not None else {}}}
+    if arguments is None:
+        arguments = {}
+    out = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
     if isinstance(call.get("id"), str):
         out["id"] = call["id"]
     return out

@@ -253,10 +253,12 @@ class OpenAIServing:
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
                         include_usage=include_usage, field_names={"input_ids": "messages",
                                                                   "max_new_tokens": param},
-                        token_ids=req.return_token_ids, ids_as_tokens=req.return_tokens_as_token_ids,
+                        token_ids=req.return_token_ids,
+                        ids_as_tokens=req.return_tokens_as_token_ids,
                         output=ChatOutputShaper(fmt) if fmt else None)
 
-    def render_chat(self, req: ChatCompletionRequest, tools: Optional[List[dict]] = None) -> List[int]:
+    def render_chat(self, req: ChatCompletionRequest,
+                    tools: Optional[List[dict]] = None) -> List[int]:
         if not req.messages:
             raise ApiError(400, "messages must hold at least one message", "messages")
         messages = []

@@ -20,7 +20,8 @@ class StopChecker:
         token = req.output_ids[-1]
         if len(req.output_ids) < params.min_new_tokens:
             return self._check_length(req)
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+        if token in params.stop_token_ids or (
+                not params.ignore_eos and token in self.eos_token_ids):
             return self._stop_on_token(req, token)
         if params.stop and self._check_stop_strings(req):
             return
