@@ -91,8 +91,10 @@ def worked_examples() -> List[dict]:
     """Two conversations in the tool format, for a model too small to know it."""
     messages = [{"role": "system", "content": SYSTEM}]
     for i, p in enumerate([Problem(12, 3, 5), Problem(7, 8, 9)]):
+        # arguments as an object, as transformers' templates take them (the API converts
+        # the OpenAI JSON string the same way before rendering)
         call = {"id": f"call_{i}", "type": "function", "function": {
-            "name": "calculator", "arguments": json.dumps({"expression": p.expression})}}
+            "name": "calculator", "arguments": {"expression": p.expression}}}
         messages += [{"role": "user", "content": p.question},
                      {"role": "assistant", "content": "", "tool_calls": [call]},
                      {"role": "tool", "tool_call_id": f"call_{i}", "content": str(p.answer)},

@@ -210,6 +210,8 @@ class ToolParser:
         args = scan.member("arguments", "parameters")
         if args is not None and args.value_start is not None:
             self._send_args(out, c, args.value_start, args.value_end)
+        if scan.error is not None:
+            raise Malformed(scan.error)
         if scan.end is None:
             return None
         if c.name is None:

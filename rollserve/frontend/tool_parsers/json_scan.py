@@ -93,6 +93,7 @@ class Member:
 class ObjectScan:
     members: List[Member] = field(default_factory=list)
     end: Optional[int] = None  # the index after the closing brace, once it came
+    error: Optional[str] = None  # why the text stopped being an object (members: those before)
 
     def member(self, *keys: str) -> Optional[Member]:
         """The first member under any of `keys`, in the order the keys are given."""
@@ -105,10 +106,21 @@ class ObjectScan:
 
 def scan_object(text: str, i: int, final: bool = False) -> ObjectScan:
     """The top-level members of the object starting at text[i] == '{', as far as the text
-    goes. Raises Malformed once the text cannot be an object any more."""
+    goes. Once the text cannot be an object any more, `error` says why and the members are
+    those complete before that point (what any shorter prefix of the text showed)."""
+    out = ObjectScan()
+    try:
+        _scan_members(text, i, final, out)
+    except Malformed as e:
+        out.error = str(e)
+        if out.members and out.members[-1].value_end is None:
+            out.members[-1].value_start = None  # a value can only be refused at its start
+    return out
+
+
+def _scan_members(text: str, i: int, final: bool, out: ObjectScan) -> ObjectScan:
     import json
 
-    out = ObjectScan()
     j = skip_ws(text, i + 1)
     if j < len(text) and text[j] == "}":
         out.end = j + 1
