@@ -45,6 +45,7 @@ def test_calculator_rollout(tmp_path, capsys):
     tool_turns = [turn for turn in t.turns if not turn.by_model]
     # the model called the calculator in its first turn; the answer went back as context
     assert r.tool_outputs[0] and len(model_turns) == 2 and len(tool_turns) == 1
+    assert not r.tool_outputs[0][0].startswith("error"), r.texts[0]  # it parsed as arithmetic
     tool = tool_turns[0]
     assert t.loss_mask[tool.start:tool.end] == [0] * (tool.end - tool.start)
     for turn in model_turns:
