@@ -48,7 +48,15 @@ class ToolsRequest:
         return [{"type": "function", "function": f} for f in self.functions]
 
 
+# apply_chat_template's own arguments: the request sets them through its own fields
+RESERVED_TEMPLATE_KWARGS = ("conversation", "tools", "tokenize", "add_generation_prompt")
+
+
 def check_tools(req: ChatCompletionRequest) -> ToolsRequest:
+    taken = sorted(set(req.chat_template_kwargs or {}) & set(RESERVED_TEMPLATE_KWARGS))
+    if taken:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(taken)} (the request's "
+                            "own fields do)", "chat_template_kwargs")
     functions = [_check_tool(tool, i) for i, tool in enumerate(req.tools or [])]
     names = [f["name"] for f in functions]
     for i, name in enumerate(names):

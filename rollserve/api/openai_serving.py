@@ -268,7 +268,7 @@ class OpenAIServing:
                                     f"{sorted(CHAT_ROLES)}", f"messages[{i}].role")
             role = "system" if message.role == "developer" else message.role
             messages.append(template_message(message, i, role, _message_text(message.content, i)))
-        try:  # template variables (enable_thinking...); one naming tools etc. is a 400 below
+        try:  # chat_template_kwargs: template variables (enable_thinking, ...)
             prompt = self.tokenizer.apply_chat_template(
                 messages, **(req.chat_template_kwargs or {}), tools=tools, tokenize=False,
                 add_generation_prompt=True)

@@ -136,6 +136,7 @@ def test_tools_and_template_kwargs_reach_the_template(tool_http, tokenizer):
      "tools[0].function.parameters"),
     ("tool_choice", {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
     ("tool_choice", "sometimes", "tool_choice"),
+    ("chat_template_kwargs", {"tools": []}, "chat_template_kwargs"),
 ])
 def test_bad_tools_are_refused_naming_the_field(tool_http, field, value, param):
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "tools": [ADD],
