@@ -251,8 +251,9 @@ class OpenAIServing:
                                return_text_in_logprobs=True, stream=req.stream)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
-                        include_usage=include_usage, field_names={"input_ids": "messages",
-                                                                  "max_new_tokens": param},
+                        include_usage=include_usage,
+                        field_names={"input_ids": "messages", "max_new_tokens": param,
+                                     "json_schema": "tools"},  # the tools' schema
                         token_ids=req.return_token_ids,
                         ids_as_tokens=req.return_tokens_as_token_ids,
                         output=ChatOutputShaper(fmt) if fmt else None)
