@@ -253,7 +253,7 @@ class OpenAIServing:
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
                         include_usage=include_usage,
                         field_names={"input_ids": "messages", "max_new_tokens": param,
-                                     "json_schema": "tools"},  # the tools' schema
+                                     **({"json_schema": "tools"} if schema else {})},
                         token_ids=req.return_token_ids,
                         ids_as_tokens=req.return_tokens_as_token_ids,
                         output=ChatOutputShaper(fmt) if fmt else None)
