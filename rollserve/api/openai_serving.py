@@ -20,6 +20,8 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
                                     CompletionResponse, DeltaMessage, ModelCard, ModelList,
                                     PromptTokensDetails, SamplingFields, TokenLogprob,
                                     TopLogprob, Usage, error_body)
+from rollserve.api.chat_tools import (ChatOutputShaper, check_tools, output_format,
+                                      template_message)
 from rollserve.api.sse import DONE, sse_event
 from rollserve.core.chat_templates import resolve_chat_template, with_template_stop
 from rollserve.frontend.encode_manager import wrong_model_error
@@ -225,8 +227,8 @@ class OpenAIServing:
             requested, param = req.max_completion_tokens, "max_completion_tokens"
         else:
             requested, param = req.max_tokens, "max_tokens"
-        if req.tools:
-            raise ApiError(400, "tools (function calling) are not supported", "tools")
+        tools = check_tools(req)
+        fmt, schema = output_format(req, tools, self.tm.args)
         if req.response_format and req.response_format.get("type", "text") != "text":
             raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
                            "response_format")
@@ -236,23 +238,32 @@ class OpenAIServing:
         if top and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
         images: List[str] = []  # image_url parts, in order (render_chat fills it)
-        ids = self._check_prompt_len(self.render_chat(req, images), "messages", requested)
+        ids = self._check_prompt_len(self.render_chat(req, tools.template_tools(), images),
+                                     "messages", requested)
         max_tokens = self._max_tokens(requested, len(ids), param)
         rid = req.rid or uuid.uuid4().hex
         params = self._sampling_params(req, max_tokens)
         params["stop"] = with_template_stop(req.stop, self.template_stop)
+        if schema is not None:  # tool_choice required / named: calls as a JSON array
+            params["json_schema"] = schema
+        if fmt and fmt.tool_parser and "skip_special_tokens" not in req.model_fields_set:
+            params["skip_special_tokens"] = False  # call markers are special tokens in most models
         obj = GenerateReqInput(input_ids=ids, sampling_params=params,
                                rid=rid, return_logprob=req.logprobs, top_logprobs_num=top,
                                return_text_in_logprobs=True, stream=req.stream,
                                image_data=images or None)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
-                        include_usage=include_usage, field_names={"input_ids": "messages",
-                                                                  "image_data": "messages",
-                                                                  "max_new_tokens": param},
-                        token_ids=req.return_token_ids, ids_as_tokens=req.return_tokens_as_token_ids)
+                        include_usage=include_usage,
+                        field_names={"input_ids": "messages", "image_data": "messages",
+                                     "max_new_tokens": param,
+                                     **({"json_schema": "tools"} if schema else {})},
+                        token_ids=req.return_token_ids,
+                        ids_as_tokens=req.return_tokens_as_token_ids,
+                        output=ChatOutputShaper(fmt) if fmt else None)
 
-    def render_chat(self, req: ChatCompletionRequest, images: Optional[List[str]] = None) -> List[int]:
+    def render_chat(self, req: ChatCompletionRequest, tools: Optional[List[dict]] = None,
+                    images: Optional[List[str]] = None) -> List[int]:
         """The prompt's ids; image_url parts become the model's image placeholder in the text
         and their URLs are appended to `images` (chat_images.py)."""
         if not req.messages:
@@ -263,11 +274,12 @@ class OpenAIServing:
                 raise ApiError(400, f"messages[{i}].role {message.role!r} is not one of "
                                     f"{sorted(CHAT_ROLES)}", f"messages[{i}].role")
             role = "system" if message.role == "developer" else message.role
-            messages.append({"role": role, "content": message_text(message.content, i, images,
-                                                                   self.tm.images)})
-        try:
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                        add_generation_prompt=True)
+            text = message_text(message.content, i, images, self.tm.images)
+            messages.append(template_message(message, i, role, text))
+        try:  # chat_template_kwargs: template variables (enable_thinking, ...)
+            prompt = self.tokenizer.apply_chat_template(
+                messages, **(req.chat_template_kwargs or {}), tools=tools, tokenize=False,
+                add_generation_prompt=True)
         except Exception as e:  # no template, or one that rejects this conversation
             raise ApiError(400, f"cannot apply the chat template: {e}; pass --chat-template "
                                 "if the model has none", "messages") from e
@@ -384,6 +396,7 @@ class ChatPlan(Plan):
     created: int = field(default_factory=lambda: int(time.time()))
     token_ids: bool = False
     ids_as_tokens: bool = False
+    output: Optional[ChatOutputShaper] = None  # tool calls / reasoning (api/chat_tools.py)
 
     def response(self, out) -> dict:
         items = sorted(as_list(out), key=lambda r: r.get("index", 0))
@@ -394,8 +407,11 @@ class ChatPlan(Plan):
             if self.obj.return_logprob:
                 logprobs = chat_logprobs(meta.get("output_token_logprobs", []),
                                          meta.get("output_top_logprobs"), self.ids_as_tokens)
-            choices.append(ChatChoice(index=i, message=AssistantMessage(content=item["text"]),
-                                      logprobs=logprobs, finish_reason=finish_reason(meta),
+            message, reason = AssistantMessage(content=item["text"]), finish_reason(meta)
+            if self.output is not None:
+                message, reason = self.output.message(item["text"], reason)
+            choices.append(ChatChoice(index=i, message=message,
+                                      logprobs=logprobs, finish_reason=reason,
                                       matched_stop=matched_stop(meta),
                                       token_ids=item["output_ids"] if self.token_ids else None,
                                       weight_version_spans=meta.get("weight_version_spans")))
@@ -446,8 +462,15 @@ class ChatPlan(Plan):
                                      self.ids_as_tokens)
             state.logprobs_sent = len(entries)
         reason = finish_reason(meta)
-        if delta or reason or (logprobs and logprobs.content):
-            events.append(self._chunk(index, DeltaMessage(content=delta), logprobs, reason,
+        deltas = [DeltaMessage(content=delta)] if delta else []
+        if self.output is not None:
+            deltas, reason = self.output.deltas(index, delta, reason)
+        if not deltas and (reason or (logprobs and logprobs.content)):
+            deltas = [DeltaMessage(content="")]
+        for d in deltas[:-1]:
+            events.append(self._chunk(index, d))
+        if deltas:  # the last delta carries the step's logprobs and the finish reason
+            events.append(self._chunk(index, deltas[-1], logprobs, reason,
                                       meta.get("weight_version_spans")))
         return events
 

@@ -233,11 +233,8 @@ _EACH: Dict[str, FlagPolicy] = {
                                    "send the formatted prompt to /v1/completions"),
     "file_storage_path": noop("the OpenAI files API is not served, so nothing is stored"),
     "enable_cache_report": noop("usage.prompt_tokens_details.cached_tokens is always reported"),
-    "reasoning_parser": refused("reasoning parsers are not implemented (the reasoning stays in "
-                                "message.content)", "split it in the client, e.g. at </think>"),
-    "tool_call_parser": refused("tool calling is not implemented (requests with tools get a 400)",
-                                "describe the call format in the prompt and parse it in the "
-                                "client"),
+    "reasoning_parser": implemented(),
+    "tool_call_parser": implemented(),
     "tool_server": refused("tool servers are not implemented", "call tools from the client"),
     "sampling_defaults": refused(
         "sampling defaults are not read from generation_config.json: unset parameters take "

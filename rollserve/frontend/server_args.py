@@ -23,7 +23,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from rollserve.executor.attention.registry import ATTENTION_BACKENDS
 from rollserve.executor.config import ExecutorConfig
 from rollserve.frontend import flag_table
+from rollserve.frontend.reasoning_parser import REASONING_PARSERS
 from rollserve.frontend.sglang_flags import BY_DEST
+from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class ServerArgs:
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
     hf_chat_template_name: Optional[str] = None
+    # chat answers: tool calls and reasoning parsed out (frontend/tool_parsers, reasoning_parser)
+    tool_call_parser: Optional[str] = None
+    reasoning_parser: Optional[str] = None
     dtype: str = "auto"
     context_length: Optional[int] = None
     load_format: str = "auto"
@@ -286,6 +291,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
     "load_balance_method": LOAD_BALANCE_METHODS,
+    "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
@@ -311,6 +317,13 @@ HELP = {
                      "file (default: the tokenizer's own)",
     "hf_chat_template_name": "which of the tokenizer's named chat templates to use (default: "
                              "its default one)",
+    "tool_call_parser": "the tool-call format of the model's answers, parsed into tool_calls on "
+                        "/v1/chat/completions when a request has tools: qwen25 (qwen; "
+                        "<tool_call> JSON), llama3, mistral, deepseekv3 (default: none, the "
+                        "calls stay in the content)",
+    "reasoning_parser": "split <think> reasoning into reasoning_content: deepseek-r1 and "
+                        "qwen3-thinking (the answer starts in the reasoning), qwen3 (when it "
+                        "opens with <think>) (default: none)",
     "dtype": "weights and activations; auto: the config's dtype on CUDA (float32 -> bfloat16), "
              "float32 on CPU",
     "context_length": "the model's maximum context length (default: max_position_embeddings "

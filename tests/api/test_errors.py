@@ -106,8 +106,9 @@ def test_n_and_max_tokens_out_of_range(http, model_name):
 
 def test_unsupported_features_are_refused(http, model_name):
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-    assert_error(http.post("/v1/chat/completions", json=chat_body(model_name, tools=[tool])),
-                 400, "tools", "not supported")
+    assert_error(http.post("/v1/chat/completions", json=chat_body(
+        model_name, tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}})),
+                 400, "tool_choice", "'g'")
     assert_error(http.post("/v1/chat/completions", json=chat_body(
         model_name, response_format={"type": "json_object"})), 400, "response_format")
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
