@@ -114,7 +114,7 @@ def test_unsupported_features_are_refused(http, model_name):
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
     assert_error(http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 2,
                                                          "messages": [image]}),
-                 400, "messages[0].content", "not supported")
+                 400, "messages[0].content", "takes text only")
     for field, value in (("suffix", "end"), ("best_of", 3)):
         assert_error(http.post("/v1/completions", json={"model": model_name, "prompt": "x",
                                                         field: value}), 400, field)
