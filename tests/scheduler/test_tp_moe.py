@@ -14,19 +14,10 @@ from safetensors.torch import load_file
 
 import rollserve
 from tests.executor.moe_checkpoints import save_variant
+# the dense TP tests' prompts, greedy settings and engine arguments
+from tests.scheduler.test_tp_sync import ENGINE_ARGS, GREEDY, PROMPTS, greedy
 
 pytestmark = pytest.mark.multiprocess
-
-PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Once upon a time"]
-GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
-ENGINE_ARGS = dict(max_total_tokens=4096, log_level="warning")
-
-
-def greedy(engine):
-    outs = engine.generate(PROMPTS, GREEDY, return_logprob=True)
-    return ([o["output_ids"] for o in outs],
-            [[lp[0] for lp in o["meta_info"]["output_token_logprobs"]] for o in outs])
-
 
 def assert_same(got, want):
     assert got[0] == want[0]
