@@ -87,6 +87,17 @@ def deterministic_rows(name: str, report: dict):
            "default / deterministic throughput (SGLang reports ~1.34x with CUDA graphs)")
 
 
+def speculative_rows(name: str, report: dict):
+    """bench/speculative.py: NGRAM and oracle drafts against plain decoding of the same run."""
+    for r in report["results"]:
+        for kind in ("ngram", "oracle"):
+            s = r[kind]
+            yield (f"{name} bs={r['batch_size']} {kind}", f"{s['speedup']}x",
+                   f"{s['decode_tok_s']} vs {r['plain_tok_s']} tok/s plain; accept length "
+                   f"{s['accept_length']} ({report['num_draft_tokens'] - 1} drafts); greedy "
+                   f"equal to plain: {s['same_as_plain']}")
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -99,7 +110,8 @@ def main(argv=None) -> None:
         rows = one_batch_rows(name, report) if kind == "one_batch" else \
             offline_rows(name, report) if kind == "offline" else \
             rollout_rows(name, report) if kind == "rollout" else \
-            deterministic_rows(name, report) if kind == "deterministic" else []
+            deterministic_rows(name, report) if kind == "deterministic" else \
+            speculative_rows(name, report) if kind == "speculative" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 
