@@ -1,18 +1,12 @@
 """The speculative flags: NGRAM resolves to the scheduler's fields; what is not implemented
 (draft-model algorithms, tree drafts, relaxed acceptance) stops the start naming the flag."""
 
-import argparse
 import dataclasses
 
 import pytest
 
-from rollserve.frontend.server_args import ServerArgs, add_server_args, server_args_from_cli
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(exit_on_error=False)
-    add_server_args(p)
-    return p
+from rollserve.frontend.server_args import ServerArgs, server_args_from_cli
+from tests.frontend.test_flag_table import parser
 
 
 def test_ngram_resolves_draft_counts():
