@@ -94,6 +94,9 @@ class UpdateWeightsFromDiskRequest(InFlightFields):
     flush_cache: bool = True
     abort_all_requests: bool = False
     weight_version: Optional[str] = None
+    # rollserve's: check the checkpoint against the model, write nothing (the DP router asks
+    # every worker first, so that a path one worker cannot read updates none of them)
+    validate_only: bool = False
 
 
 class UpdateWeightsFromTensorRequest(InFlightFields):

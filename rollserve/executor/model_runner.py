@@ -107,6 +107,8 @@ class ModelRunner:
         mla = self.mla_dims
         per_token = (MLAKVPool.latent_bytes_per_token(m.num_layers, mla.latent_dim, self.dtype) if mla
                      else KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype))
+        if self.config.enable_return_routed_experts:  # a row of expert ids per slot, beside the KV
+            per_token += RoutedExpertsStore.bytes_per_token(m)
         self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(per_token)
         default_reqs = 1024 if self.device.type == "cuda" else 256
         self.max_running_requests = min(self.config.max_running_requests or default_reqs,

@@ -27,6 +27,9 @@ class TPState:
     size: int = 1
     group: Any = None  # tensors on the model's device (NCCL on CUDA, gloo on CPU)
     cpu_group: Any = None  # Python objects between the scheduler processes (always gloo)
+    # expert parallel (--ep-size): 1, the MoE experts' own rows split like an MLP's, or
+    # `size`, whole experts split over the same ranks (layers/moe_parallel.py)
+    ep_size: int = 1
 
 
 _STATE = TPState()
@@ -64,6 +67,20 @@ def destroy_tensor_parallel() -> None:
 
 def tp_rank() -> int:
     return _STATE.rank
+
+
+def ep_size() -> int:
+    return _STATE.ep_size
+
+
+def set_expert_parallel(size: int) -> None:
+    """--ep-size: the MoE experts split whole over the TP ranks (size == tp_size), or not (1).
+    SGLang also mixes the two (experts in ep_size groups, each group TP inside); that layout
+    is refused here, with the reason."""
+    if size not in (1, _STATE.size):
+        raise ValueError(f"ep_size {size} must be 1 or equal to tp_size ({_STATE.size}): experts "
+                         f"are split whole over all the ranks, or each expert's rows are")
+    _STATE.ep_size = size
 
 
 def tp_size() -> int:
@@ -158,8 +175,8 @@ class as_rank:
     """Builds models as rank `rank` of `size` without a group (rollserve convert writes each
     rank's slices in one process): construction and loading only, no collective."""
 
-    def __init__(self, rank: int, size: int):
-        self.state = TPState(rank, size)
+    def __init__(self, rank: int, size: int, ep_size: int = 1):
+        self.state = TPState(rank, size, ep_size=ep_size)
 
     def __enter__(self) -> TPState:
         global _STATE

@@ -43,9 +43,9 @@ LORA = refused("LoRA adapters are not implemented",
                "folder, or push merged weights with /update_weights_from_tensor")
 SPEC = refused("speculative decoding with a draft model (EAGLE, EAGLE3, NEXTN, STANDALONE) is not "
                "implemented", "--speculative-algorithm NGRAM, which needs no draft model")
-MOE = refused("expert parallelism is not implemented: MoE models (Qwen3-MoE, Mixtral, "
-              "DeepSeek-V2/V3) run with every expert on each device",
-              "leave it at its default; a MoE model that fits one device's memory")
+MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
+              "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
+              "leave it at its default")
 HICACHE = refused("the hierarchical (host memory / storage) KV cache is not implemented",
                   "--max-total-tokens or --mem-fraction-static to size the device KV pool")
 DISAGG = refused("prefill/decode (and encoder) disaggregation is not implemented",
@@ -290,7 +290,7 @@ _EACH: Dict[str, FlagPolicy] = {
         "leave it out (1.0)"),
     "enable_multi_layer_eagle": SPEC,
     # MoE
-    "ep_size": MOE,
+    "ep_size": implemented(),
     "moe_a2a_backend": MOE,
     "elastic_ep_backend": MOE,
     "enable_deepep_waterfill": MOE,
@@ -425,7 +425,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "msprobe_dump_config": refused("msProbe dumps (Ascend NPU) are not implemented",
                                    "leave it out"),
     # Deprecated in SGLang
-    "enable_ep_moe": DEPRECATED_MOE,
+    "enable_ep_moe": implemented(),
     "enable_deepep_moe": DEPRECATED_MOE,
     "prefill_round_robin_balance": noop("deprecated in SGLang; one replica per server here"),
     "enable_flashinfer_cutlass_moe": DEPRECATED_MOE,

@@ -91,6 +91,8 @@ class ServerArgs:
     torch_compile_max_bs: int = 32
     # parallelism (docs/parallel.md): TP ranks per replica, replicas, nodes
     tp_size: int = 1
+    ep_size: int = 1  # MoE experts split whole over the TP ranks (1 or tp_size)
+    enable_ep_moe: bool = False  # SGLang's deprecated spelling of --ep-size = --tp-size
     dp_size: int = 1
     load_balance_method: str = "auto"  # --dp-size's router policy; auto: cache_aware
     nnodes: int = 1
@@ -120,6 +122,8 @@ class ServerArgs:
     speculative_ngram_max_trie_depth: int = 18
 
     def __post_init__(self):
+        if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N
+            object.__setattr__(self, "ep_size", self.tp_size)
         self.validate()
 
     def validate(self) -> None:
@@ -155,8 +159,12 @@ class ServerArgs:
         need(self.shutdown_grace_period >= 0, "shutdown_grace_period", "must be >= 0")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
-        for name in ("tp_size", "dp_size", "nnodes"):
+        for name in ("tp_size", "ep_size", "dp_size", "nnodes"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(self.ep_size in (1, self.tp_size), "ep_size",
+             f"must be 1 or equal to tp_size ({self.tp_size}): the experts are split whole over "
+             f"the tensor-parallel ranks (SGLang's mixed layout, ep_size < tp_size, is not "
+             f"implemented), got {self.ep_size}")
         need(0 <= self.node_rank < self.nnodes, "node_rank",
              f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
         need(self.tp_size % self.nnodes == 0, "nnodes",
@@ -220,6 +228,7 @@ class ServerArgs:
             disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
+            ep_size=self.ep_size,
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference)
@@ -352,6 +361,10 @@ HELP = {
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
     "tp_size": "tensor-parallel ranks of one replica: one scheduler process per rank, heads, "
                "MLP and vocabulary split over them (NCCL on CUDA, gloo on CPU)",
+    "ep_size": "expert parallel: 1 (each MoE expert's rows split over the TP ranks, like an "
+               "MLP) or tp_size (whole experts split over the TP ranks; the router runs on "
+               "every rank and one all-reduce combines the experts' outputs)",
+    "enable_ep_moe": "deprecated in SGLang: the same as --ep-size equal to --tp-size",
     "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
                "endpoint, balanced by the router (frontend/router.py)",
     "load_balance_method": "how --dp-size's router picks a replica: round_robin, "

@@ -27,9 +27,9 @@ from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import DeferredUpdate, WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
-from rollserve.executor.parallel_state import tp_rank, tp_size
-from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, join_tensor_parallel,
-                                         share_messages)
+from rollserve.executor.parallel_state import tp_rank
+from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, done_on_every_rank,
+                                         join_tensor_parallel, share_messages)
 
 logger = logging.getLogger(__name__)
 # SGLang's three (abort, its default; retract; in_place), vLLM's keep (= in_place) and wait
@@ -126,10 +126,8 @@ class SchedulerProcess:
         elif isinstance(msg, RpcReq):
             result = self._rpc(msg)
             if isinstance(result, Future):  # it waits on someone outside: answered when done
-                if tp_size() == 1:
-                    self.deferred.append((msg.rpc_id, result))
-                    return
-                result = result.result()  # TP ranks answer together, so they wait in step
+                self.deferred.append((msg.rpc_id, result))  # (every TP rank in the same order)
+                return
             if isinstance(result, DeferredUpdate):  # answered when it runs (_run_pending_updates)
                 # every rank runs it at the same step (same requests), and combines there
                 result.reply = lambda answer, rpc_id=msg.rpc_id: self._send_answer(rpc_id, answer)
@@ -144,9 +142,15 @@ class SchedulerProcess:
             self.send.send_pyobj(RpcResult(rpc_id, answer))
 
     def _answer_deferred(self) -> None:
-        for item in [d for d in self.deferred if d[1].done()]:
-            self.deferred.remove(item)
-            self.send.send_pyobj(RpcResult(item[0], item[1].result()))
+        """Answer the control calls whose outside wait ended, once it ended on every TP rank
+        (their answers combine in one collective, so the ranks take them at the same step)."""
+        if not self.deferred:  # the same on every rank: they handled the same messages
+            return
+        done = done_on_every_rank([future.done() for _, future in self.deferred])
+        for item, finished in zip(list(self.deferred), done):
+            if finished:
+                self.deferred.remove(item)
+                self._send_answer(item[0], item[1].result())
 
     def _send_outputs(self, outputs) -> None:
         if outputs:

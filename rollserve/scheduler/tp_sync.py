@@ -15,7 +15,7 @@ import random
 from typing import Any, List, Optional
 
 from rollserve.executor.parallel_state import (broadcast_objects, gather_objects, init_tensor_parallel,
-                                               tp_rank, tp_size)
+                                               set_expert_parallel, tp_rank, tp_size)
 from rollserve.scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def join_tensor_parallel(config: SchedulerConfig, rank: int) -> SchedulerConfig:
 
         torch.cuda.set_device(device)  # NCCL binds the current device
     init_tensor_parallel(rank, ex.tp_size, f"tcp://{ex.dist_init_addr}", device, ex.dist_timeout)
+    set_expert_parallel(ex.ep_size)
     return dataclasses.replace(config, executor=dataclasses.replace(ex, device=device))
 
 
@@ -72,6 +73,16 @@ def combine_answers(answer: dict) -> Optional[dict]:
     failed = dict(answers[failing])
     failed["message"] = f"tensor-parallel rank {failing}: {failed.get('message', '')}"
     return failed
+
+
+def done_on_every_rank(done: List[bool]) -> List[bool]:
+    """Per item, whether it is done on every rank (each rank passes its own flags, in the
+    same order): a wait that ends at different steps on different ranks is taken together."""
+    if tp_size() == 1:
+        return done
+    flags = gather_objects(done)
+    agreed = [all(col) for col in zip(*flags)] if tp_rank() == 0 else None
+    return broadcast_objects(agreed)
 
 
 class DiscardingSender:

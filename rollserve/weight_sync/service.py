@@ -124,13 +124,14 @@ class WeightSyncService:
                                      flush_cache: bool = True, abort_all_requests: bool = False,
                                      weight_version: Optional[str] = None,
                                      in_flight_requests: Optional[str] = None,
-                                     in_flight_timeout: Optional[float] = None) -> dict:
+                                     in_flight_timeout: Optional[float] = None,
+                                     validate_only: bool = False) -> dict:
         def prepare():
             files = validate_checkpoint(self.model, model_path, load_format or "auto")
             return lambda: load_checkpoint_files(self.model, files)
 
         return self._update(prepare, f"from {model_path}", flush_cache, abort_all_requests,
-                            weight_version, in_flight_requests, in_flight_timeout)
+                            weight_version, in_flight_requests, in_flight_timeout, validate_only)
 
     def update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
                                        flush_cache: bool = True, abort_all_requests: bool = False,
@@ -295,8 +296,9 @@ class WeightSyncService:
 
     def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
                 weight_version: Optional[str], in_flight_requests: Optional[str] = None,
-                in_flight_timeout: Optional[float] = None):
-        """The answer, or a DeferredUpdate the scheduler process answers later."""
+                in_flight_timeout: Optional[float] = None, validate_only: bool = False):
+        """The answer, or a DeferredUpdate the scheduler process answers later. validate_only:
+        the answer of every check, nothing written (the DP router's first phase)."""
         try:
             if WEIGHTS in self.memory.released:
                 raise WeightUpdateError("the weights are released; call resume_memory_occupation "
@@ -313,6 +315,10 @@ class WeightSyncService:
             return _refused(refusal)
         if failing is not None:
             return _refused(WeightUpdateError(f"tensor-parallel rank {failing} refused the update"))
+        if validate_only:
+            return {"success": True, "num_paused_requests": 0,
+                    "message": f"the update {source} would be accepted (validate_only: nothing "
+                               f"written)"}
 
         def apply() -> dict:
             return self._apply(write, source, mode, flush_cache, weight_version)
