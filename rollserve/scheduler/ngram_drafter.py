@@ -1,14 +1,16 @@
 """NGRAM drafts (`--speculative-algorithm NGRAM`): prompt / context lookup, no weights.
 
-The last n tokens of a request (prompt + output) are looked up among its earlier
-tokens; where they occurred before, the tokens that followed are proposed as drafts.
-The longest window that matches wins (n from `max_window` down to 1), and among its
-occurrences the latest. Code, math and retrieval-heavy answers repeat their context,
-which is where this pays; elsewhere it proposes little and costs a dictionary lookup.
+The end of a request's tokens (prompt + output) is looked up among its earlier tokens;
+where it occurred before, the tokens that followed are proposed as drafts. A match is
+at least two tokens long (a lone token predicts too little to pay for verifying its
+drafts); among the latest `RECENT` earlier places with the same last two tokens, the one
+whose match runs back furthest (up to `max_window` tokens) wins, the latest on a tie.
+Code, math and retrieval-heavy answers repeat their context, which is where this pays;
+elsewhere it proposes little and costs a dictionary lookup.
 
-Each request keeps its own index, extended by the tokens committed since the last
-step (one dictionary write per window length and token), kept on the request
-(`req.spec_state`) so that it survives retraction.
+Each request keeps its own index (`req.spec_state`, so that it survives retraction):
+the positions of every pair of tokens, one list append per committed token, a few
+bytes a token however long the context.
 """
 
 from __future__ import annotations
@@ -17,35 +19,44 @@ from typing import Dict, List, Tuple
 
 from rollserve.scheduler.request import Req
 
+RECENT = 16  # earlier places of the last two tokens compared per lookup, latest first
+
 
 class NgramIndex:
-    """For each window length n: the last n tokens before position j -> j (latest j)."""
+    """(tokens[j - 1], tokens[j]) -> every j (ascending) that has a following token."""
 
     def __init__(self, max_window: int):
-        self.max_window = max_window
-        self.tables: List[Dict[Tuple[int, ...], int]] = [dict() for _ in range(max_window + 1)]
+        self.max_window = max(2, max_window)
+        self.where: Dict[Tuple[int, int], List[int]] = {}
         self.length = 0  # tokens indexed so far
         self.last_token = None  # the token at length - 1, to notice a sequence that changed
 
     def extend(self, tokens: List[int]) -> None:
-        """Index every position of `tokens` (the whole sequence) from self.length on. Only
-        positions with a following token are entered: the sequence's own suffix must not
-        match itself."""
+        """Index `tokens` (the whole sequence) from self.length on. A pair is entered once
+        a token follows it: the sequence's own end must not match itself."""
         if self.length > len(tokens) or (self.length and tokens[self.length - 1] != self.last_token):
             self.__init__(self.max_window)  # the sequence was rewritten (a restarted request)
-        for j in range(max(self.length, 1), len(tokens)):
-            for n in range(1, min(self.max_window, j) + 1):
-                self.tables[n][tuple(tokens[j - n:j])] = j
+        for j in range(max(self.length - 1, 1), len(tokens) - 1):
+            self.where.setdefault((tokens[j - 1], tokens[j]), []).append(j)
         self.length = len(tokens)
         self.last_token = tokens[-1] if tokens else None
 
     def propose(self, tokens: List[int], k: int) -> List[int]:
-        """Up to k tokens that followed the longest earlier match of the sequence's end."""
-        for n in range(min(self.max_window, len(tokens)), 0, -1):
-            j = self.tables[n].get(tuple(tokens[-n:]))
-            if j is not None:
-                return tokens[j:j + k]
-        return []
+        """Up to k tokens that followed the best earlier match of the sequence's end."""
+        end = len(tokens) - 1
+        if end < 1:
+            return []
+        places = self.where.get((tokens[end - 1], tokens[end]))
+        if not places:
+            return []
+        best, best_len = -1, 0
+        for j in reversed(places[-RECENT:]):
+            n = 2
+            while n < self.max_window and j - n >= 0 and tokens[j - n] == tokens[end - n]:
+                n += 1
+            if n > best_len:
+                best, best_len = j, n
+        return tokens[best + 1:best + 1 + k]
 
 
 class NgramDrafter:
@@ -53,7 +64,7 @@ class NgramDrafter:
 
     def __init__(self, num_drafts: int, max_window: int):
         self.num_drafts = num_drafts
-        self.max_window = max(1, max_window)
+        self.max_window = max_window
 
     def propose(self, req: Req, most: int) -> List[int]:
         most = min(most, self.num_drafts)

@@ -131,5 +131,8 @@ def test_ngram_index_proposes_what_followed_the_longest_match():
     index.extend(tokens)
     assert index.propose(tokens, 2) == [1, 2]  # "3 9" -> 1 2
     assert index.propose([8, 8, 6], 2) == []  # "6" never seen
+    longest = [5, 1, 2, 3, 8, 9, 9, 2, 3, 7, 5, 1, 2, 3]  # "5 1 2 3" beats the later "9 2 3"
+    index.extend(longest)  # (a rewritten sequence: the index starts over)
+    assert index.propose(longest, 2) == [8, 9]
     index.extend([1, 2])  # a rewritten sequence starts over
     assert index.length == 2 and index.propose([1, 2], 2) == []
