@@ -5,26 +5,31 @@ meta_info and the server info its average accept length."""
 import pytest
 
 import rollserve
+from rollserve.core.tokenizer import load_tokenizer
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = ["def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n",
-           "The quick brown fox jumps over the lazy dog. The quick brown fox"]
+# answers that copy their prompt, where NGRAM's drafts hold
+ASKS = ["Repeat this sentence exactly, twice: The quick brown fox jumps over the lazy dog near "
+        "the river bank.", "Copy this list: red, green, blue, yellow, purple, orange, pink, brown."]
 PARAMS = {"temperature": 0, "max_new_tokens": 32}
 
 
 def test_ngram_greedy_equals_plain_decoding(default_model_dir):
+    tokenizer = load_tokenizer(default_model_dir)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": ask}], tokenize=False,
+                                             add_generation_prompt=True) for ask in ASKS]
     with rollserve.Engine(max_total_tokens=8192, speculative_algorithm="NGRAM",
                           speculative_num_draft_tokens=5, log_level="warning") as engine:
-        outs = engine.generate(PROMPTS, PARAMS)
-        several = engine.generate(PROMPTS[0], {**PARAMS, "n": 2})
+        outs = engine.generate(prompts, PARAMS)
+        several = engine.generate(prompts[0], {**PARAMS, "n": 2})
         info = engine.get_server_info()
-        ids = [engine.tokenizer.encode(p) for p in PROMPTS]
     plain = make_scheduler(default_model_dir, max_total_tokens=8192)
-    want = run_all(plain, [request(p, rid=str(i), **PARAMS) for i, p in enumerate(ids)])
+    want = run_all(plain, [request(tokenizer.encode(p), rid=str(i), **PARAMS)
+                           for i, p in enumerate(prompts)])
     for i, out in enumerate(outs):
-        assert out["output_ids"] == want[str(i)].output_ids, PROMPTS[i]
+        assert out["output_ids"] == want[str(i)].output_ids, ASKS[i]
         meta = out["meta_info"]
         assert meta["spec_verify_ct"] >= 1
         assert meta["spec_accept_length"] == pytest.approx(meta["completion_tokens"] / meta["spec_verify_ct"])
