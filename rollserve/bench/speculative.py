@@ -12,7 +12,8 @@ phrase repeated) decode in-process through the scheduler three times:
   cost alone, the ceiling a perfect draft model would reach at this draft length.
 Decode tok/s counts the tokens generated once every request is past its prompt, over the
 wall time from there; the accept length is tokens per verify step of one request
-(SGLang's). `same_as_plain` says whether the greedy outputs equal the plain run's.
+(SGLang's). `same_as_plain` says whether the greedy outputs equal the plain run's (on a GPU
+in bf16 an extend and a decode kernel may round a near-tie apart, as chunked prefill may).
 """
 
 from __future__ import annotations

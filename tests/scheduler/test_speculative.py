@@ -8,6 +8,7 @@ import logging
 import random
 
 import pytest
+import torch
 
 from rollserve.scheduler.ngram_drafter import NgramIndex
 from rollserve.scheduler.speculative import SpeculativeScheduler
@@ -136,3 +137,31 @@ def test_ngram_index_proposes_what_followed_the_longest_match():
     assert index.propose(longest, 2) == [8, 9]
     index.extend([1, 2])  # a rewritten sequence starts over
     assert index.length == 2 and index.propose([1, 2], 2) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["triton", "torch_native"])
+def test_cuda_greedy_equals_overlap_scheduler_with_graphs(tiny_models, backend):
+    """On CUDA the plain run is the server's: overlap scheduling and decode CUDA graphs; the
+    speculative one verifies eagerly (Triton extend kernel) and replays graphs when no
+    request has a draft. float32 and sharpened logits: no argmax is a rounding tie."""
+    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+    from rollserve.executor.model_runner import ModelRunner
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
+
+    path = tiny_models["llama"]
+    results = []
+    for algorithm in (None, "NGRAM"):
+        args = ServerArgs(model_path=path, device="cuda", dtype="float32", max_total_tokens=4096,
+                          attention_backend=backend, speculative_algorithm=algorithm)
+        config = args.scheduler_config()
+        tokenizer = load_tokenizer(path)
+        scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
+                                    eos_token_ids(path, tokenizer))
+        results.append(run_all(scheduler, repetitive_requests(1)))
+        if algorithm:
+            assert scheduler.stats.spec.accept_tokens > 0
+            assert_pool_free(scheduler)
+    assert strip(results[1]) == strip(results[0])
