@@ -86,6 +86,13 @@ class ServerMetrics:
                round(hit_rate, 6))
         metric("gen_throughput", "gauge", "Recent generation throughput (tokens/s).",
                load.get("last_gen_throughput", 0.0))
+        if "avg_spec_accept_length" in load:  # speculative decoding is on (SGLang's names)
+            metric("spec_accept_length", "gauge", "Tokens committed per verify step of a request.",
+                   load["avg_spec_accept_length"])
+            metric("spec_accept_rate", "gauge", "Accepted share of the draft tokens.",
+                   load["spec_accept_rate"])
+            metric("spec_verify_ct_total", "counter", "Verify steps, summed over requests.",
+                   load["spec_verify_ct_total"])
         full = PREFIX + "num_requests_total"
         lines.extend([f"# HELP {full} Finished requests by finish reason.", f"# TYPE {full} counter"])
         lines.extend(f'{full}{{{self.labels},finish_reason="{k}"}} {v}'

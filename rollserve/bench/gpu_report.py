@@ -101,6 +101,17 @@ def vlm_rows(name: str, report: dict):
            f"transformers generate {hf['tok_per_s']:.0f} tok/s ({e['speedup']:.2f}x)" if hf else "")
 
 
+def speculative_rows(name: str, report: dict):
+    """bench/speculative.py: NGRAM and oracle drafts against plain decoding of the same run."""
+    for r in report["results"]:
+        for kind in ("ngram", "oracle"):
+            s = r[kind]
+            yield (f"{name} bs={r['batch_size']} {kind}", f"{s['speedup']}x",
+                   f"{s['decode_tok_s']} vs {r['plain_tok_s']} tok/s plain; accept length "
+                   f"{s['accept_length']} ({report['num_draft_tokens'] - 1} drafts); greedy "
+                   f"equal to plain: {s['same_as_plain']}")
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -114,7 +125,8 @@ def main(argv=None) -> None:
             offline_rows(name, report) if kind == "offline" else \
             rollout_rows(name, report) if kind == "rollout" else \
             deterministic_rows(name, report) if kind == "deterministic" else \
-            vlm_rows(name, report) if kind == "vlm" else []
+            vlm_rows(name, report) if kind == "vlm" else \
+            speculative_rows(name, report) if kind == "speculative" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 

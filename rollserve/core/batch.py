@@ -22,8 +22,9 @@ class BatchEntry:
     @property
     def completes_prompt(self) -> bool:
         """After this step every token the request holds has its KV (evaluate before
-        the sampled token is appended)."""
-        return self.start + len(self.tokens) == self.req.seq_len
+        the sampled token is appended). A decode entry's request is past its prompt, also
+        when the entry carries draft tokens to verify."""
+        return self.is_decode or self.start + len(self.tokens) == self.req.seq_len
 
 
 @dataclass

@@ -72,6 +72,10 @@ class TokenOutput:
     # the whole answer so far, not a delta: [first output index, version] per run of tokens
     weight_version_spans: List[List[Any]] = field(default_factory=list)
     stale_kv_tokens: int = 0  # tokens sampled on KV that older weights computed
+    # speculative decoding, whole request so far: verify steps (None: off), drafts proposed, accepted
+    spec_verify_ct: Optional[int] = None
+    spec_draft_tokens: int = 0
+    spec_accept_tokens: int = 0
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     trim_stop: Optional[str] = None  # stop string to cut from the text when finished

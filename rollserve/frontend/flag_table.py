@@ -41,7 +41,8 @@ QUANT = refused("quantized weights and activations are not implemented",
 LORA = refused("LoRA adapters are not implemented",
                "merge the adapter into the base weights (peft merge_and_unload) and serve that "
                "folder, or push merged weights with /update_weights_from_tensor")
-SPEC = refused("speculative decoding is not implemented", "leave out the --speculative-* flags")
+SPEC = refused("speculative decoding with a draft model (EAGLE, EAGLE3, NEXTN, STANDALONE) is not "
+               "implemented", "--speculative-algorithm NGRAM, which needs no draft model")
 MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
               "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
               "leave it at its default")
@@ -62,7 +63,8 @@ TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch
                "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
 LORA_KNOB = noop("a LoRA setting; LoRA is off (--enable-lora / --lora-paths are refused)")
-SPEC_KNOB = noop("a speculative-decoding setting; it is off (--speculative-algorithm is refused)")
+SPEC_KNOB = noop("a setting of draft models or of SGLang's shared n-gram trie; rollserve's NGRAM "
+                 "drafts from each request's own context and runs no draft model")
 MM_KNOB = noop("a multimodal setting with nothing to act on: images are preprocessed by the "
                "model's transformers image processor and encoded in the prefill batch, features "
                "cached by image hash")
@@ -272,8 +274,19 @@ _EACH: Dict[str, FlagPolicy] = {
     "disable_flashinfer_autotune": noop("flashinfer (with --attention-backend flashinfer) runs "
                                         "attention only, with no autotuned kernels"),
     # Speculative decoding
-    "speculative_algorithm": SPEC,
+    "speculative_algorithm": implemented(),
+    "speculative_num_steps": implemented(),
+    "speculative_num_draft_tokens": implemented(),
+    "speculative_ngram_max_trie_depth": implemented(),
     "speculative_draft_model_path": SPEC,
+    "speculative_eagle_topk": refused("tree drafts (topk > 1) are not implemented; drafts form "
+                                      "a chain", "leave it out or 1", accept=(None, 1)),
+    "speculative_accept_threshold_single": refused(
+        "a relaxed acceptance threshold changes the output distribution; verification is exact",
+        "leave it out (1.0)"),
+    "speculative_accept_threshold_acc": refused(
+        "a relaxed acceptance threshold changes the output distribution; verification is exact",
+        "leave it out (1.0)"),
     "enable_multi_layer_eagle": SPEC,
     # MoE
     "ep_size": implemented(),
@@ -485,14 +498,11 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "max_lora_chunk_size", "lora_drain_wait_threshold"),
     SPEC_KNOB: (
         "speculative_draft_model_revision", "speculative_draft_load_format",
-        "speculative_num_steps", "speculative_eagle_topk", "speculative_num_draft_tokens",
-        "speculative_accept_threshold_single", "speculative_accept_threshold_acc",
         "speculative_token_map", "speculative_attention_mode",
         "speculative_draft_attention_backend", "speculative_moe_runner_backend",
         "speculative_moe_a2a_backend", "speculative_draft_model_quantization",
         "speculative_ngram_min_bfs_breadth", "speculative_ngram_max_bfs_breadth",
-        "speculative_ngram_match_type", "speculative_ngram_max_trie_depth",
-        "speculative_ngram_capacity", "enable_draft_weights_cpu_backup",
+        "speculative_ngram_match_type", "speculative_ngram_capacity", "enable_draft_weights_cpu_backup",
         "decrypted_draft_config_file"),
     MM_KNOB: (
         "enable_multimodal", "mm_attention_backend", "disable_fast_image_processor",

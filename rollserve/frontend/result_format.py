@@ -60,6 +60,8 @@ class ResultBuilder:
         }
         if self.first_token_latency is not None:
             meta["ttft"] = self.first_token_latency
+        if out is not None and out.spec_verify_ct is not None:
+            meta.update(spec_meta(out, len(self.output_ids)))
         if self.msg.sampling_params.custom_params is not None and not self.has_logit_processor:
             meta["custom_params"] = CUSTOM_PARAMS_IGNORED  # as SGLang, ignored; but said so
         if self.msg.return_logprob:
@@ -102,3 +104,15 @@ class ReqState:
     builder: ResultBuilder
     finished: bool = False
     event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def spec_meta(out: TokenOutput, completion_tokens: int) -> Dict[str, Any]:
+    """SGLang's speculative-decoding meta_info: verify forwards, tokens per verify (its
+    accept length: completion tokens / verify forwards), accepted share of the drafts."""
+    verify = out.spec_verify_ct
+    return {"spec_verify_ct": verify,
+            "spec_accept_length": completion_tokens / verify if verify else 0.0,
+            "spec_accept_rate": (out.spec_accept_tokens / out.spec_draft_tokens
+                                 if out.spec_draft_tokens else 0.0),
+            "spec_accept_token_num": out.spec_accept_tokens,
+            "spec_draft_token_num": out.spec_draft_tokens}

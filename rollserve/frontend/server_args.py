@@ -26,6 +26,9 @@ from rollserve.frontend import flag_table
 from rollserve.frontend.reasoning_parser import REASONING_PARSERS
 from rollserve.frontend.sglang_flags import BY_DEST
 from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
+from rollserve.frontend.speculative_args import ALGORITHMS as SPECULATIVE_ALGORITHMS
+from rollserve.frontend.speculative_args import check_speculative
+from rollserve.frontend.speculative_args import scheduler_fields as speculative_fields
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -121,6 +124,11 @@ class ServerArgs:
     # the version label of the weights loaded at start (SGLang's --weight-version); after
     # start-up the scheduler owns the current one
     weight_version: str = "default"
+    # speculative decoding (frontend/speculative_args.py): NGRAM drafts, a chain per request
+    speculative_algorithm: Optional[str] = None
+    speculative_num_steps: Optional[int] = None
+    speculative_num_draft_tokens: Optional[int] = None
+    speculative_ngram_max_trie_depth: int = 18
 
     def __post_init__(self):
         if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N
@@ -185,6 +193,7 @@ class ServerArgs:
             need(self.nnodes == 1, "enable_dp_attention", "runs on one node here")
             need(self.load_format != "sharded_state", "enable_dp_attention",
                  "reads the HF checkpoint (sharded_state files are cut for TP attention)")
+        check_speculative(self)
 
     def check_machine(self) -> None:
         """What can only be checked on this machine, before any process starts: folders
@@ -256,7 +265,7 @@ class ServerArgs:
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
-            custom_logit_processor=self.custom_logit_processor)
+            custom_logit_processor=self.custom_logit_processor, **speculative_fields(self))
 
     def public_dict(self) -> dict:
         """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
@@ -290,8 +299,8 @@ class ServerArgs:
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
-    "load_balance_method": LOAD_BALANCE_METHODS,
     "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
+    "load_balance_method": LOAD_BALANCE_METHODS, "speculative_algorithm": SPECULATIVE_ALGORITHMS,
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
@@ -410,6 +419,16 @@ HELP = {
                              "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "
                       "meta_info)",
+    "speculative_algorithm": "speculative decoding: NGRAM drafts from the request's own prompt "
+                             "and output, verified by the model in one forward, exact in "
+                             "distribution (EAGLE, EAGLE3, NEXTN, STANDALONE: not implemented) "
+                             "(default: off)",
+    "speculative_num_steps": "drafts per request and verify step (default: 3)",
+    "speculative_num_draft_tokens": "tokens per request and verify step: the last one plus the "
+                                    "drafts; overrides --speculative-num-steps (default: "
+                                    "num_steps + 1)",
+    "speculative_ngram_max_trie_depth": "NGRAM: the longest context match plus the drafts, in "
+                                        "tokens",
 }
 
 

@@ -28,7 +28,7 @@ def server_info(args: ServerArgs, load: Dict[str, Any], version: str) -> Dict[st
     out["internal_states"] = [{
         "last_gen_throughput": live.get("last_gen_throughput"),
         "memory_usage": live.get("memory_usage"),
-        "avg_spec_accept_length": None,  # no speculative decoding
+        "avg_spec_accept_length": live.get("avg_spec_accept_length"),  # None: no speculation
         "waiting_queue_size": live.get("num_queued_reqs"),
         "running_batch_size": live.get("num_running_reqs"),
         "weight_version": live.get("weight_version"),

@@ -29,6 +29,11 @@ class SchedulerConfig:
     log_level: str = "info"
     custom_logit_processor: Optional[str] = None  # "module:attribute", SGLang's custom_params hook
     weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after
+    # speculative decoding (scheduler/speculative.py): None (off) or NGRAM; tokens per verify
+    # chain (the last token + drafts); NGRAM's longest match window plus drafts
+    speculative_algorithm: Optional[str] = None
+    speculative_num_draft_tokens: int = 4
+    speculative_ngram_max_trie_depth: int = 18
 
     @property
     def model_path(self) -> str:

@@ -101,6 +101,14 @@ class KVManager:
         for req in reqs:
             req.kv_len += 1
 
+    def truncate(self, req: Req, kv_len: int) -> None:
+        """Keep only the request's first kv_len slots: the rest (KV of draft tokens a verify
+        step rejected) go back to the allocator. They are the request's own, never the tree's."""
+        if kv_len < req.kv_len:
+            assert kv_len >= req.tree_len, "truncating into the tree's slots"
+            self.allocator.free(self.req_pool.slots(req.req_pool_idx, req.kv_len)[kv_len:])
+            req.kv_len = kv_len
+
     def cache_unfinished(self, req: Req) -> None:
         """After a prefill chunk: share the computed prefix through the tree."""
         if self.tree is not None:

@@ -15,6 +15,7 @@ calls (weight updates, cache flushes) drain it too, so they always run between s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import List, Optional, Set
 
@@ -27,7 +28,10 @@ from rollserve.scheduler.request import Req
 from rollserve.core.batch import ScheduleBatch
 from rollserve.scheduler.config import SchedulerConfig
 from rollserve.scheduler.scheduler import LaunchedSampling, Scheduler
+from rollserve.scheduler.speculative import SpeculativeScheduler
 from rollserve.kernels.dispatch import host_to_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,7 +115,13 @@ class OverlapScheduler(Scheduler):
 
 
 def make_scheduler(config: SchedulerConfig, runner: ModelRunner, tokenizer, eos_token_ids) -> Scheduler:
-    """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one."""
+    """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one;
+    with --speculative-algorithm the speculative one, which does not overlap."""
+    if config.speculative_algorithm is not None and runner.pooling is None:
+        if runner.device.type == "cuda" and not config.disable_overlap_schedule:
+            logger.info("speculative decoding: overlap scheduling is off (the next drafts "
+                        "depend on what this step accepts)")
+        return SpeculativeScheduler(config, runner, tokenizer, eos_token_ids)
     overlap = (runner.device.type == "cuda" and not config.disable_overlap_schedule
                and runner.pooling is None)
     cls = OverlapScheduler if overlap else Scheduler

@@ -49,6 +49,12 @@ class Req:
     kv_epoch: int = 0
     stale_kv_tokens: int = 0
     mm_inputs: Any = None  # core/multimodal.py's MultimodalInputs: images of a VLM prompt
+    # speculative decoding (scheduler/speculative.py): verify steps run (None: speculation
+    # off), drafts proposed / accepted, the drafter's own state (e.g. its n-gram index)
+    spec_verify_ct: Optional[int] = None
+    spec_draft_tokens: int = 0
+    spec_accept_tokens: int = 0
+    spec_state: Any = None
 
     @classmethod
     def from_message(cls, msg: TokenizedGenerateReq) -> "Req":
@@ -112,6 +118,9 @@ class Req:
             weight_version=weight_version,
             weight_version_spans=[list(span) for span in self.weight_version_spans],
             stale_kv_tokens=self.stale_kv_tokens,
+            spec_verify_ct=self.spec_verify_ct,
+            spec_draft_tokens=self.spec_draft_tokens,
+            spec_accept_tokens=self.spec_accept_tokens,
             skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens,
             trim_stop=None if params.no_stop_trim else self.trim_stop,

@@ -67,7 +67,7 @@ class Scheduler:
         self.running: List[Req] = []
         self.prefilling: Optional[Req] = None  # the request whose prompt is half done
         self.weight_version = config.weight_version
-        self.stats = SchedulerStats(config.decode_log_interval)
+        self.stats = SchedulerStats(config.decode_log_interval, config.speculative_algorithm is not None)
 
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
@@ -275,7 +275,7 @@ class Scheduler:
                 self._record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
             prompt_done = entry.completes_prompt
             if i in sampled:
-                self._append_token(req, *sampled[i])
+                self._commit(req, sampled[i])
             elif prompt_done and req.sampling_params.max_new_tokens == 0:
                 req.finish("length", length=0)
             self._after_step(req, prompt_done, outputs)
@@ -302,6 +302,10 @@ class Scheduler:
             self.logprob_mode, self.sampler.logit_processor) if wants else None
         row_logprobs = dict(zip(wants, logprobs)) if wants else {}
         return LaunchedSampling(picks, self.sampler.sample(logits, sampling_rows), row_logprobs)
+
+    def _commit(self, req: Req, sampled) -> None:
+        """What a step's sampling gave the request (scheduler/speculative.py commits several)."""
+        self._append_token(req, *sampled)
 
     def _append_token(self, req: Req, token: int, logprobs: Optional[torch.Tensor]) -> None:
         if req.finished:

@@ -31,3 +31,12 @@ def test_render_reads_the_scheduler_load_and_escapes_labels():
     assert f'rollserve:num_requests_total{{{label},finish_reason="stop"}} 1' in text
     for line in text.splitlines():
         assert line.startswith(("# HELP rollserve:", "# TYPE rollserve:", "rollserve:"))
+
+
+def test_speculative_figures_only_when_speculating():
+    load = {"avg_spec_accept_length": 2.5, "spec_accept_rate": 0.5, "spec_verify_ct_total": 7}
+    text = ServerMetrics("m").render(load)
+    assert 'rollserve:spec_accept_length{model_name="m"} 2.5' in text
+    assert 'rollserve:spec_accept_rate{model_name="m"} 0.5' in text
+    assert 'rollserve:spec_verify_ct_total{model_name="m"} 7' in text
+    assert "spec_" not in ServerMetrics("m").render({})

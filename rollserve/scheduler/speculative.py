@@ -1,0 +1,128 @@
+"""Speculative decoding in the scheduler: draft, verify in one forward, commit what holds.
+
+Each step, every running request gets drafts from the drafter (NGRAM: its own context,
+scheduler/ngram_drafter.py) and one decode entry [last token, drafts...] whose KV slots
+are allocated as for a short prefill chunk; the target computes all of them in one
+batched extend over the paged KV cache (prefill chunks of other requests ride along as
+usual). executor/spec_verify.py decides which drafts hold and draws the next token;
+the committed tokens go through the usual per-token path (stop ids and strings,
+max_new_tokens, logprobs, provenance), so a request that stops on an accepted draft
+ends there. The KV of tokens not committed (rejected drafts, or drafts past a stop) is
+freed at once: between steps a request holds exactly seq_len - 1 slots, as without
+speculation, and the pool is fully free when idle.
+
+Drafts are cut to the room the pool has beyond one slot per running request (a step
+never retracts for a draft), to max_new_tokens and to the context length.
+
+Overlap scheduling is turned off while speculating (make_scheduler): the next step's
+drafts depend on how many tokens this one accepted. Verify forwards run eager (no CUDA
+graph); steps where no request has a draft replay the decode graphs as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from rollserve.core.batch import BatchEntry, ScheduleBatch
+from rollserve.executor.model_runner import ForwardOutput
+from rollserve.executor.spec_verify import Verifier, VerifyInput
+from rollserve.scheduler.ngram_drafter import NgramDrafter
+from rollserve.scheduler.request import Req
+from rollserve.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+SPECULATIVE_ALGORITHMS = ("NGRAM",)  # the ones implemented; EAGLE, EAGLE3, NEXTN are refused
+
+
+def make_drafter(config):
+    num_drafts = config.speculative_num_draft_tokens - 1
+    if config.speculative_algorithm == "NGRAM":
+        return NgramDrafter(num_drafts, config.speculative_ngram_max_trie_depth - num_drafts - 1)
+    raise ValueError(f"speculative_algorithm: {config.speculative_algorithm!r} is not implemented "
+                     f"(implemented: {', '.join(SPECULATIVE_ALGORITHMS)})")
+
+
+class SpeculativeScheduler(Scheduler):
+    def __init__(self, config, runner, tokenizer, eos_token_ids):
+        super().__init__(config, runner, tokenizer, eos_token_ids)
+        self.drafter = make_drafter(config)
+        self.verifier = Verifier(self.sampler, self.logprob_mode)
+        self._drafted: Dict[int, int] = {}  # id(req) -> drafts verified this step
+
+    def add_request(self, msg) -> None:
+        super().add_request(msg)
+        req = self.waiting[-1]
+        if isinstance(req, Req):
+            req.spec_verify_ct = 0  # the server speculates: results carry SGLang's spec_* meta
+
+    # ---- draft --------------------------------------------------------------------------
+    def _decode_entries(self) -> List[BatchEntry]:
+        self._ensure_decode_slots()
+        reqs = list(self.running)
+        if not reqs:
+            return []
+        spare = self.kv.available_slots() - len(reqs)
+        drafts = []
+        for req in reqs:
+            most = min(spare, req.remaining_new_tokens - 1,
+                       self.runner.context_len - req.seq_len - 1)
+            draft = self.drafter.propose(req, most) if most > 0 else []
+            spare -= len(draft)
+            drafts.append(draft)
+        slots = self.kv.alloc_slots(len(reqs) + sum(map(len, drafts)))
+        entries, offset = [], 0
+        for req, draft in zip(reqs, drafts):
+            n = 1 + len(draft)
+            own = slots[offset:offset + n]
+            offset += n
+            entries.append(BatchEntry(req, req.kv_len, [self._decode_input(req)] + draft, own,
+                                      sample=True, logit_rows=list(range(n)), is_decode=True))
+            self.kv.append_slots(req, own)
+        return entries
+
+    # ---- verify ---------------------------------------------------------------------------
+    def _sample(self, batch: ScheduleBatch,
+                result: ForwardOutput) -> Dict[int, List[Tuple[int, Optional[torch.Tensor]]]]:
+        """Entry index -> the tokens it commits (with their logprob rows when wanted)."""
+        picks, inputs = [], []
+        for i, entry in enumerate(batch.entries):
+            req = entry.req
+            if req.finished:
+                if entry.is_decode:  # aborted meanwhile: keep only KV of tokens it holds
+                    self.kv.truncate(req, req.seq_len)
+                continue
+            if not entry.sample:
+                continue
+            drafts = entry.tokens[1:] if entry.is_decode else []
+            first = result.row_offsets[i + 1] - 1 - len(drafts)
+            picks.append(i)
+            inputs.append(VerifyInput(req.sampling_params, req.input_ids, req.output_ids,
+                                      self.eos_token_ids, drafts, first))
+            if entry.is_decode:
+                self._drafted[id(req)] = len(drafts)
+        if not picks:
+            return {}
+        wants = [batch.entries[i].req.return_logprob for i in picks]
+        committed = self.verifier.verify(result.logits, inputs, wants)
+        return dict(zip(picks, committed))
+
+    # ---- commit ---------------------------------------------------------------------------
+    def _commit(self, req: Req, tokens: List[Tuple[int, Optional[torch.Tensor]]]) -> None:
+        before = len(req.output_ids)
+        for token, logprobs in tokens:
+            self._append_token(req, token, logprobs)
+            if req.finished:
+                break
+        drafted = self._drafted.pop(id(req), None)
+        if drafted is None:  # the first token, sampled after the prompt
+            return
+        accepted = len(tokens) - 1
+        req.spec_verify_ct += 1
+        req.spec_draft_tokens += drafted
+        req.spec_accept_tokens += accepted
+        self.stats.record_verify(drafted, accepted, len(req.output_ids) - before)
+        self.kv.truncate(req, req.seq_len - 1)  # rejected drafts' KV, and any past a stop

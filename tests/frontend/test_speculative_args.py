@@ -1,0 +1,47 @@
+"""The speculative flags: NGRAM resolves to the scheduler's fields; what is not implemented
+(draft-model algorithms, tree drafts, relaxed acceptance) stops the start naming the flag."""
+
+import dataclasses
+
+import pytest
+
+from rollserve.frontend.server_args import ServerArgs, server_args_from_cli
+from tests.frontend.test_flag_table import parser
+
+
+def test_ngram_resolves_draft_counts():
+    config = ServerArgs(model_path="m", speculative_algorithm="NGRAM").scheduler_config()
+    assert (config.speculative_algorithm, config.speculative_num_draft_tokens) == ("NGRAM", 4)
+    steps = ServerArgs(model_path="m", speculative_algorithm="NGRAM", speculative_num_steps=5)
+    assert steps.scheduler_config().speculative_num_draft_tokens == 6
+    both = ServerArgs(model_path="m", speculative_algorithm="NGRAM", speculative_num_steps=5,
+                      speculative_num_draft_tokens=3)
+    assert both.scheduler_config().speculative_num_draft_tokens == 3
+    assert ServerArgs(model_path="m").scheduler_config().speculative_algorithm is None
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"speculative_algorithm": "EAGLE"}, "speculative_algorithm"),
+    ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
+     "speculative_num_draft_tokens"),
+    ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20},
+     "speculative_ngram_max_trie_depth")])
+def test_bad_settings_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        ServerArgs(model_path="m", **kwargs)
+
+
+@pytest.mark.parametrize("argv", [["--speculative-eagle-topk", "4"],
+                                  ["--speculative-draft-model-path", "/x"],
+                                  ["--speculative-accept-threshold-single", "0.5"]])
+def test_unimplemented_flags_are_refused(argv):
+    with pytest.raises(SystemExit, match=argv[0]):
+        server_args_from_cli(parser().parse_args(["--speculative-algorithm", "NGRAM"] + argv))
+
+
+def test_sglang_launch_line_for_ngram_starts():
+    argv = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", "5",
+            "--speculative-eagle-topk", "1", "--speculative-ngram-max-bfs-breadth", "10"]
+    args = server_args_from_cli(parser().parse_args(argv))
+    config = dataclasses.replace(args, model_path="m").scheduler_config()
+    assert config.speculative_num_draft_tokens == 5
