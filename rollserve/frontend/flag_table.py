@@ -54,8 +54,9 @@ OFFLOAD = refused("offloading weights to host memory is not implemented",
 METRICS_EXTRA = refused("this metrics option is not implemented",
                         "--enable-metrics (Prometheus text at /metrics) with its default buckets")
 TRACE = refused("OpenTelemetry tracing is not implemented", "--enable-metrics and --log-requests")
-GRAMMAR_OFF = noop("constrained decoding is not implemented (requests asking for it get a 400), "
-                   "so this grammar setting has nothing to act on")
+GRAMMAR_OFF = noop("a grammar setting rollserve's xgrammar backend does not expose: JSON "
+                   "whitespace follows xgrammar's default, forced tokens are sampled one by "
+                   "one (no jump-forward), compiled grammars are cached in memory, not on disk")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
                 "experts run unsplit through rollserve's fused MoE kernel")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
@@ -267,9 +268,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "sampling_backend": refused("sampling runs in rollserve's own torch/Triton kernels",
                                 "leave it out (or --sampling-backend pytorch)",
                                 accept=(None, "pytorch"), reports="pytorch"),
-    "grammar_backend": refused("constrained decoding (json_schema, regex, ebnf) is not "
-                               "implemented", "leave it out (or --grammar-backend none)",
-                               accept=(None, "none"), reports="none"),
+    "grammar_backend": implemented(),
     "disable_flashinfer_autotune": noop("flashinfer (with --attention-backend flashinfer) runs "
                                         "attention only, with no autotuned kernels"),
     # Speculative decoding

@@ -74,6 +74,8 @@ class ServerArgs:
     # SGLang's custom logit processor, as the operator's code: "module:attribute", called with
     # (logits, [sampling_params.custom_params]) for requests that pass custom_params
     custom_logit_processor: Optional[str] = None
+    # constrained decoding (json_schema / regex / ebnf): xgrammar, or none to refuse them
+    grammar_backend: str = "xgrammar"
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
@@ -226,7 +228,8 @@ class ServerArgs:
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
-            custom_logit_processor=self.custom_logit_processor)
+            custom_logit_processor=self.custom_logit_processor,
+            grammar_backend=self.grammar_backend)
 
     def public_dict(self) -> dict:
         """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
@@ -260,7 +263,7 @@ class ServerArgs:
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
-    "load_balance_method": LOAD_BALANCE_METHODS,
+    "load_balance_method": LOAD_BALANCE_METHODS, "grammar_backend": ("xgrammar", "none"),
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
@@ -319,6 +322,8 @@ HELP = {
     "custom_logit_processor": "MODULE:ATTRIBUTE of a callable (logits[n, V], [custom_params]) -> "
                               "logits applied to requests that set sampling_params.custom_params "
                               "(SGLang's custom logit processor, as server-side code; default: none)",
+    "grammar_backend": "constrained decoding of sampling_params json_schema / regex / ebnf and "
+                       "OpenAI response_format: xgrammar, or none to refuse such requests",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",

@@ -48,6 +48,7 @@ class Req:
     weight_version_spans: List[List[Any]] = field(default_factory=list)
     kv_epoch: int = 0
     stale_kv_tokens: int = 0
+    grammar: Any = None  # scheduler/grammar.py GrammarState when sampling_params constrain it
 
     @classmethod
     def from_message(cls, msg: TokenizedGenerateReq) -> "Req":
