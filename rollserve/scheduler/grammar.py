@@ -20,6 +20,7 @@ matcher; a restart after a weight update drops them and `replay` rebuilds it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -35,6 +36,8 @@ from rollserve.kernels.grammar_mask import apply_token_bitmask
 logger = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 512  # compiled grammars kept (least recently asked for goes first)
+PARALLEL_FILL_ROWS = 8  # from this many constrained rows a step, masks are filled by threads
+FILL_THREADS = min(8, (os.cpu_count() or 1) // 2)
 DEAD_END = ("constrained decoding: no token can continue the {kind} grammar after "
             "{n} output tokens")
 
@@ -82,6 +85,7 @@ class GrammarBackend:
         self.cache: "OrderedDict[Tuple[str, str], Future]" = OrderedDict()
         self._compiler = None
         self._compiler_lock = threading.Lock()
+        self._batch_filler = None  # xgrammar.BatchGrammarMatcher, made on first use
 
     # ---- compile cache ----------------------------------------------------------------------
     def compiler(self):
@@ -140,6 +144,8 @@ class GrammarBackend:
             error = state.compiled.exception()
             if error is not None:
                 req.finish("abort", message=f"{state.kind}: {grammar_error_message(error)}")
+                logger.info("request %s: its grammar did not compile: %s", req.rid,
+                            req.finished_reason["message"])
                 failed.append(req)
                 continue
             self._new_matcher(req)
@@ -193,8 +199,16 @@ class GrammarBackend:
         import xgrammar
 
         bitmask = xgrammar.allocate_token_bitmask(len(reqs), self.vocab_size)
-        for i in rows:
-            reqs[i].grammar.matcher.fill_next_token_bitmask(bitmask, i)
+        if len(rows) >= PARALLEL_FILL_ROWS and FILL_THREADS > 1:
+            # a row inside a free-form string costs up to milliseconds: spread the rows over
+            # threads (xgrammar fills without the GIL)
+            if self._batch_filler is None:
+                self._batch_filler = xgrammar.BatchGrammarMatcher(max_threads=FILL_THREADS)
+            self._batch_filler.batch_fill_next_token_bitmask(
+                [reqs[i].grammar.matcher for i in rows], bitmask, indices=rows)
+        else:
+            for i in rows:
+                reqs[i].grammar.matcher.fill_next_token_bitmask(bitmask, i)
         alive = bitmask[rows].ne(0).any(dim=1).tolist()
         for i, ok in zip(rows, alive):
             if not ok:
