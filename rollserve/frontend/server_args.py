@@ -76,6 +76,7 @@ class ServerArgs:
     custom_logit_processor: Optional[str] = None
     # constrained decoding (json_schema / regex / ebnf): xgrammar, or none to refuse them
     grammar_backend: str = "xgrammar"
+    constrained_json_disable_any_whitespace: bool = False
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
@@ -229,7 +230,8 @@ class ServerArgs:
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
             custom_logit_processor=self.custom_logit_processor,
-            grammar_backend=self.grammar_backend)
+            grammar_backend=self.grammar_backend,
+            json_any_whitespace=not self.constrained_json_disable_any_whitespace)
 
     def public_dict(self) -> dict:
         """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
@@ -324,6 +326,8 @@ HELP = {
                               "(SGLang's custom logit processor, as server-side code; default: none)",
     "grammar_backend": "constrained decoding of sampling_params json_schema / regex / ebnf and "
                        "OpenAI response_format: xgrammar, or none to refuse such requests",
+    "constrained_json_disable_any_whitespace": "JSON schemas allow no whitespace between "
+                                               "tokens (compact JSON; default: any whitespace)",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",

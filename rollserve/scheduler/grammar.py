@@ -50,10 +50,10 @@ def grammar_error_message(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def compile_grammar(compiler, kind: str, text: str):
+def compile_grammar(compiler, kind: str, text: str, any_whitespace: bool = True):
     """One grammar with an xgrammar GrammarCompiler; raises on a malformed one."""
     if kind == "json_schema":
-        return compiler.compile_json_schema(text)
+        return compiler.compile_json_schema(text, any_whitespace=any_whitespace)
     if kind == "regex":
         return compiler.compile_regex(text)
     if kind == "ebnf":
@@ -73,7 +73,8 @@ class GrammarState:
 class GrammarBackend:
     """The compile cache and the matchers' lifecycle (--grammar-backend xgrammar)."""
 
-    def __init__(self, tokenizer, vocab_size: int, eos_token_ids, async_compile: bool = True):
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids, async_compile: bool = True,
+                 json_any_whitespace: bool = True):
         self.tokenizer = tokenizer
         # the bitmask must cover every logit column the sampler may pick from: the model's
         # vocabulary (lm_head rows) and the tokenizer's, whichever is larger
@@ -81,6 +82,7 @@ class GrammarBackend:
         self.stop_token_ids = sorted(int(t) for t in eos_token_ids)
         # tensor-parallel ranks must admit a request at the same step: they compile inline
         self.async_compile = async_compile
+        self.json_any_whitespace = json_any_whitespace
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
         self.cache: "OrderedDict[Tuple[str, str], Future]" = OrderedDict()
         self._compiler = None
@@ -100,7 +102,7 @@ class GrammarBackend:
             return self._compiler
 
     def _compile(self, kind: str, text: str):
-        return compile_grammar(self.compiler(), kind, text)
+        return compile_grammar(self.compiler(), kind, text, self.json_any_whitespace)
 
     def compiled(self, kind: str, text: str) -> Future:
         key = (kind, text)
@@ -249,10 +251,11 @@ class GrammarBackend:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make_grammar_backend(name: Optional[str], tokenizer, vocab_size: int, eos_token_ids,
-                         tp_size: int = 1) -> Optional[GrammarBackend]:
+def make_grammar_backend(config, tokenizer, runner, eos_token_ids) -> Optional[GrammarBackend]:
     """--grammar-backend: xgrammar (the default) or none (no constraints; the front end
-    refuses requests that ask for one)."""
-    if name == "none" or tokenizer is None:
+    refuses requests that ask for one). None too for a pooling model (nothing is sampled)."""
+    if config.grammar_backend == "none" or tokenizer is None or runner.pooling is not None:
         return None
-    return GrammarBackend(tokenizer, vocab_size, eos_token_ids, async_compile=tp_size == 1)
+    return GrammarBackend(tokenizer, runner.vocab_size, eos_token_ids,
+                          async_compile=config.executor.tp_size == 1,
+                          json_any_whitespace=config.json_any_whitespace)

@@ -69,9 +69,8 @@ class Scheduler:
         self.prefilling: Optional[Req] = None  # the request whose prompt is half done
         self.weight_version = config.weight_version
         self.stats = SchedulerStats(config.decode_log_interval)
-        self.grammar = None if self.pooler else make_grammar_backend(  # scheduler/grammar.py
-            config.grammar_backend, tokenizer, runner.vocab_size, self.eos_token_ids,
-            config.executor.tp_size)
+        # constrained decoding (scheduler/grammar.py); None: --grammar-backend none, or pooling
+        self.grammar = make_grammar_backend(config, tokenizer, runner, self.eos_token_ids)
 
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:

@@ -27,7 +27,7 @@ def assert_person(text: str) -> None:
 
 def test_generate_json_schema_n16(http):
     r = http.post("/generate", json={"text": PROMPT, "sampling_params": {
-        "json_schema": json.dumps(PERSON), "n": 16, "temperature": 1.0, "max_new_tokens": 48}})
+        "json_schema": json.dumps(PERSON), "n": 16, "temperature": 1.0, "max_new_tokens": 40}})
     assert r.status_code == 200, r.text
     results = r.json()
     assert len(results) == 16
@@ -85,14 +85,43 @@ def test_malformed_constraints_are_refused(http, model_name):
 def test_openai_client_json_schema_and_json_object(client, model_name):
     messages = [{"role": "user", "content": "Give a person as JSON with name and age."}]
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
-    chat = client.chat.completions.create(model=model_name, messages=messages, n=2,
-                                          temperature=1.0, max_tokens=48, response_format=fmt)
-    for choice in chat.choices:
-        assert choice.finish_reason == "stop"
-        assert_person(choice.message.content)
+    chat = client.chat.completions.create(model=model_name, messages=messages, temperature=1.0,
+                                          max_tokens=48, response_format=fmt)
+    assert chat.choices[0].finish_reason == "stop"
+    assert_person(chat.choices[0].message.content)
     obj = client.chat.completions.create(model=model_name, messages=messages, temperature=0,
-                                         max_tokens=64, response_format={"type": "json_object"})
+                                         max_tokens=48, response_format={"type": "json_object"})
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
     completion = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=48,
                                            temperature=0, extra_body={"response_format": fmt})
     assert_person(completion.choices[0].text)
+
+
+def test_openai_fields_map_onto_the_sampling_params():
+    """api/structured_output.py alone (no server)."""
+    import pytest
+
+    from rollserve.api.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+    from rollserve.api.structured_output import structured_output_params
+
+    def params(**fields):
+        return structured_output_params(ChatCompletionRequest(model="m", messages=[], **fields),
+                                        "xgrammar")
+
+    assert params() == {} and params(response_format={"type": "text"}) == {}
+    assert params(response_format={"type": "json_object"}) == {"json_schema": '{"type": "object"}'}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, "strict": True}}
+    assert json.loads(params(response_format=fmt)["json_schema"]) == PERSON
+    assert params(structured_outputs={"choice": ["a.b", "c"]}) == {"regex": r"(a\.b)|(c)"}
+    assert params(structured_outputs={"grammar": 'root ::= "a"'}) == {"ebnf": 'root ::= "a"'}
+    completion = CompletionRequest(model="m", prompt="x", regex="[0-9]")
+    assert structured_output_params(completion, "xgrammar") == {"regex": "[0-9]"}
+    for fields, param in (({"response_format": {"type": "xml"}}, "response_format.type"),
+                          ({"regex": "a", "ebnf": 'root ::= "a"'}, "ebnf"),
+                          ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+                          ({"structured_outputs": {"regex": "a", "json": {}}}, "structured_outputs")):
+        with pytest.raises(ApiError) as info:
+            params(**fields)
+        assert info.value.status == 400 and info.value.param == param, info.value.message
+    with pytest.raises(ApiError, match="grammar-backend none"):
+        structured_output_params(completion, "none")

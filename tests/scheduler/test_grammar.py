@@ -171,3 +171,14 @@ def test_lm_head_padding_past_the_tokenizer_is_never_sampled(tmp_path, default_m
         request(prompt, rid="re", regex="[a-z]{3}", temperature=1.0, max_new_tokens=8, seed=1)])
     assert results["free"].output_ids[0] >= len(tokenizer)
     assert re.fullmatch("[a-z]{3}", text_of(scheduler, results["re"].output_ids))
+
+
+def test_compact_json_when_any_whitespace_is_off(tiny_models):
+    scheduler = make_scheduler(tiny_models["llama"], constrained_json_disable_any_whitespace=True)
+    schema = '{"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 3}'
+    results = run_all(scheduler, [request(p, rid=f"j{i}", json_schema=schema, temperature=1.0,
+                                          max_new_tokens=16, seed=i)
+                                  for i, p in enumerate(prompts(4))])
+    for got in results.values():
+        text = text_of(scheduler, got.output_ids)
+        assert re.fullmatch(r"\[([0-9](,[0-9]){0,2})?\]", text), text
