@@ -326,8 +326,8 @@ HELP = {
                               "(SGLang's custom logit processor, as server-side code; default: none)",
     "grammar_backend": "constrained decoding of sampling_params json_schema / regex / ebnf and "
                        "OpenAI response_format: xgrammar, or none to refuse such requests",
-    "constrained_json_disable_any_whitespace": "JSON schemas allow no whitespace between "
-                                               "tokens (compact JSON; default: any whitespace)",
+    "constrained_json_disable_any_whitespace": "JSON schemas take json.dumps' layout (one "
+                                               "space after , and :) instead of any whitespace",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",

@@ -181,4 +181,4 @@ def test_compact_json_when_any_whitespace_is_off(tiny_models):
                                   for i, p in enumerate(prompts(4))])
     for got in results.values():
         text = text_of(scheduler, got.output_ids)
-        assert re.fullmatch(r"\[([0-9](,[0-9]){0,2})?\]", text), text
+        assert re.fullmatch(r"\[([0-9](, [0-9]){0,2})?\]", text), text  # json.dumps layout
