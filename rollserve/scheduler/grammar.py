@@ -27,7 +27,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -88,6 +88,7 @@ class GrammarBackend:
         self._compiler = None
         self._compiler_lock = threading.Lock()
         self._batch_filler = None  # xgrammar.BatchGrammarMatcher, made on first use
+        self.pending: Dict[int, object] = {}  # id -> queued request still without a matcher
 
     # ---- compile cache ----------------------------------------------------------------------
     def compiler(self):
@@ -129,20 +130,25 @@ class GrammarBackend:
         grammar = req.sampling_params.grammar
         if grammar is not None:
             req.grammar = GrammarState(grammar[0], self.compiled(*grammar))
+            self.pending[id(req)] = req
 
     @staticmethod
     def admissible(req) -> bool:
         """Whether the request may be admitted: unconstrained, or its matcher is ready."""
         return req.grammar is None or req.grammar.matcher is not None
 
-    def settle(self, waiting: Sequence) -> List:
+    def settle(self) -> List:
         """Gives a matcher to each queued request whose grammar is now compiled. Returns the
         requests whose grammar failed to compile, finished with an abort naming the error."""
         failed = []
-        for req in waiting:
+        for key, req in list(self.pending.items()):
             state = req.grammar
-            if state is None or state.matcher is not None or not state.compiled.done():
+            if req.finished:  # aborted while it waited
+                del self.pending[key]
                 continue
+            if not state.compiled.done():
+                continue
+            del self.pending[key]
             error = state.compiled.exception()
             if error is not None:
                 req.finish("abort", message=f"{state.kind}: {grammar_error_message(error)}")
@@ -167,21 +173,17 @@ class GrammarBackend:
         """One step's look at the queue: matchers for the compiled, the failed taken out
         (`forget` drops their queued KV) and their outputs returned. When nothing runs and
         every queued request waits for a compile, waits a little for one (no busy loop)."""
-        failed = self.settle(waiting)
+        if not self.pending:
+            return []
+        failed = self.settle()
         for req in failed:
             waiting.remove(req)
             forget(req)
-        if idle and waiting and not any(self.admissible(r) for r in waiting):
-            self.wait_for_compiles(waiting)
+        if idle and self.pending and not any(self.admissible(r) for r in waiting):
+            # nothing else to run: wait a little for a compile instead of spinning the loop
+            wait_futures([r.grammar.compiled for r in self.pending.values()], timeout=0.01,
+                         return_when="FIRST_COMPLETED")
         return [req.take_output(weight_version) for req in failed]
-
-    @staticmethod
-    def wait_for_compiles(waiting: Sequence, timeout: float = 0.01) -> None:
-        """Nothing else to run: wait a little for a compile instead of spinning the loop."""
-        futures = [r.grammar.compiled for r in waiting
-                   if r.grammar is not None and r.grammar.matcher is None]
-        if futures:
-            wait_futures(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
     def replay(self, req) -> None:
         """The request's output was rewritten (a restart drops it): rebuild its matcher from

@@ -225,7 +225,7 @@ class Scheduler:
                 return entries
             free -= expected_new_tokens(self.prefilling, ratio)
         order = self.policy.order(list(self.waiting))
-        if self.grammar is not None:  # a request whose grammar still compiles waits its turn
+        if self.grammar is not None and self.grammar.pending:  # still compiling: waits its turn
             order = [req for req in order if self.grammar.admissible(req)]
         for req in order:
             if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
