@@ -249,10 +249,6 @@ class GrammarBackend:
             req.finish("stop", matched=token)
         return True
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
 def make_grammar_backend(config, tokenizer, runner, eos_token_ids) -> Optional[GrammarBackend]:
     """--grammar-backend: xgrammar (the default) or none (no constraints; the front end
     refuses requests that ask for one). None too for a pooling model (nothing is sampled)."""
