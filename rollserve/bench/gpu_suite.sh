@@ -203,9 +203,11 @@ for stage in $STAGES; do
         --context-length 4096 --skip-separate ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b_eos.json" ;;
     grammar)  # issue #21: constrained decoding's cost, JSON schema of moderate size, batch 64
       step grammar_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/kernels/test_grammar_mask.py
-      step grammar_llama-3.1-8b 600 $PY -m rollserve.bench.grammar --shape llama-3.1-8b \
-        --schema moderate --batch-size 64 --max-new-tokens 256 \
-        --output-file "$OUT/grammar_llama-3.1-8b.json" ;;
+      for schema in moderate moderate-free-strings; do
+        step "grammar_llama-3.1-8b_$schema" 600 $PY -m rollserve.bench.grammar --shape llama-3.1-8b \
+          --schema "$schema" --batch-size 64 --max-new-tokens 256 \
+          --output-file "$OUT/grammar_llama-3.1-8b_$schema.json"
+      done ;;
     deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
       step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_batch_invariant.py
