@@ -19,3 +19,13 @@ def tiny_models(tmp_path_factory, default_model_dir) -> dict:
     root = tmp_path_factory.mktemp("tiny")
     return {arch: save_tiny_checkpoint(arch, os.path.join(root, arch), default_model_dir, seed=i)
             for i, arch in enumerate(("llama", "qwen2", "qwen3"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory, default_model_dir) -> dict:
+    """qwen2_vl | qwen2_5_vl -> folder of a tiny random VLM (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny-vlm")
+    return {arch: save_tiny_vlm(arch, os.path.join(root, arch), default_model_dir, seed=i)
+            for i, arch in enumerate(("qwen2_vl", "qwen2_5_vl"))}

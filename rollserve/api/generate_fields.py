@@ -20,7 +20,6 @@ from rollserve.api.protocol import ApiError, GenerateRequest
 _UNSUPPORTED = {
     "input_embeds": "embeddings as input are not supported; send text or input_ids",
     "positional_embed_overrides": "embedding overrides are not supported",
-    "image_data": "image input is not supported (text models only)",
     "video_data": "video input is not supported (text models only)",
     "audio_data": "audio input is not supported (text models only)",
     "modalities": "multimodal input is not supported",
@@ -58,7 +57,6 @@ class SGLangGenerateFields(BaseModel):
 
     input_embeds: Optional[Any] = None
     positional_embed_overrides: Optional[Any] = None
-    image_data: Optional[Any] = None
     video_data: Optional[Any] = None
     audio_data: Optional[Any] = None
     modalities: Optional[List[Any]] = None

@@ -20,13 +20,16 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
                                     CompletionResponse, DeltaMessage, ModelCard, ModelList,
                                     PromptTokensDetails, SamplingFields, TokenLogprob,
                                     TopLogprob, Usage, error_body)
+from rollserve.api.chat_tools import (ChatOutputShaper, check_tools, output_format,
+                                      template_message)
 from rollserve.api.sse import DONE, sse_event
 from rollserve.api.structured_output import structured_output_params
 from rollserve.core.chat_templates import resolve_chat_template, with_template_stop
 from rollserve.frontend.encode_manager import wrong_model_error
 from rollserve.frontend.request_input import GenerateReqInput
-from rollserve.core.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import GRAMMAR_FIELDS, InvalidRequest
 from rollserve.frontend.tokenizer_manager import EngineDeadError
+from rollserve.api.chat_images import message_text
 from rollserve.frontend.truncation import truncate_prompt
 
 MAX_N = 128
@@ -223,28 +226,45 @@ class OpenAIServing:
             requested, param = req.max_completion_tokens, "max_completion_tokens"
         else:
             requested, param = req.max_tokens, "max_tokens"
-        if req.tools:
-            raise ApiError(400, "tools (function calling) are not supported", "tools")
+        tools = check_tools(req)
+        fmt, schema = output_format(req, tools, self.tm.args)
         top = req.top_logprobs or 0
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         if top and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
-        ids = self._check_prompt_len(self.render_chat(req), "messages", requested)
+        images: List[str] = []  # image_url parts, in order (render_chat fills it)
+        ids = self._check_prompt_len(self.render_chat(req, tools.template_tools(), images),
+                                     "messages", requested)
         max_tokens = self._max_tokens(requested, len(ids), param)
         rid = req.rid or uuid.uuid4().hex
         params = self._sampling_params(req, max_tokens)
         params["stop"] = with_template_stop(req.stop, self.template_stop)
+        if schema is not None:  # tool_choice required / named: calls as a JSON array
+            if any(k in params for k in GRAMMAR_FIELDS):  # response_format / regex / ebnf
+                raise ApiError(400, "tool_choice required or naming a function already "
+                                    "constrains the output; leave out response_format", "tool_choice")
+            params["json_schema"] = schema
+        if fmt and fmt.tool_parser and "skip_special_tokens" not in req.model_fields_set:
+            params["skip_special_tokens"] = False  # call markers are special tokens in most models
         obj = GenerateReqInput(input_ids=ids, sampling_params=params,
                                rid=rid, return_logprob=req.logprobs, top_logprobs_num=top,
-                               return_text_in_logprobs=True, stream=req.stream)
+                               return_text_in_logprobs=True, stream=req.stream,
+                               image_data=images or None)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ChatPlan(obj=obj, id=f"chatcmpl-{rid}", model=req.model, n=req.n,
-                        include_usage=include_usage, field_names={"input_ids": "messages",
-                                                                  "max_new_tokens": param},
-                        token_ids=req.return_token_ids, ids_as_tokens=req.return_tokens_as_token_ids)
+                        include_usage=include_usage,
+                        field_names={"input_ids": "messages", "image_data": "messages",
+                                     "max_new_tokens": param,
+                                     **({"json_schema": "tools"} if schema else {})},
+                        token_ids=req.return_token_ids,
+                        ids_as_tokens=req.return_tokens_as_token_ids,
+                        output=ChatOutputShaper(fmt) if fmt else None)
 
-    def render_chat(self, req: ChatCompletionRequest) -> List[int]:
+    def render_chat(self, req: ChatCompletionRequest, tools: Optional[List[dict]] = None,
+                    images: Optional[List[str]] = None) -> List[int]:
+        """The prompt's ids; image_url parts become the model's image placeholder in the text
+        and their URLs are appended to `images` (chat_images.py)."""
         if not req.messages:
             raise ApiError(400, "messages must hold at least one message", "messages")
         messages = []
@@ -253,10 +273,12 @@ class OpenAIServing:
                 raise ApiError(400, f"messages[{i}].role {message.role!r} is not one of "
                                     f"{sorted(CHAT_ROLES)}", f"messages[{i}].role")
             role = "system" if message.role == "developer" else message.role
-            messages.append({"role": role, "content": _message_text(message.content, i)})
-        try:
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                        add_generation_prompt=True)
+            text = message_text(message.content, i, images, self.tm.images)
+            messages.append(template_message(message, i, role, text))
+        try:  # chat_template_kwargs: template variables (enable_thinking, ...)
+            prompt = self.tokenizer.apply_chat_template(
+                messages, **(req.chat_template_kwargs or {}), tools=tools, tokenize=False,
+                add_generation_prompt=True)
         except Exception as e:  # no template, or one that rejects this conversation
             raise ApiError(400, f"cannot apply the chat template: {e}; pass --chat-template "
                                 "if the model has none", "messages") from e
@@ -320,18 +342,6 @@ class OpenAIServing:
         return [self.tokenizer.decode(p) for p in ids]
 
 
-def _message_text(content, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise ApiError(400, f"messages[{index}]: content parts of type {part.type!r} are not "
-                                "supported (text only)", f"messages[{index}].content")
-        texts.append(part.text)
-    return "\n".join(texts)
-
-
 # ---- logprob shapes ---------------------------------------------------------------------------
 def _named(entry: list, ids_as_tokens: bool) -> str:
     """An engine logprob entry's token as text, or vLLM's "token_id:<id>"."""
@@ -385,6 +395,7 @@ class ChatPlan(Plan):
     created: int = field(default_factory=lambda: int(time.time()))
     token_ids: bool = False
     ids_as_tokens: bool = False
+    output: Optional[ChatOutputShaper] = None  # tool calls / reasoning (api/chat_tools.py)
 
     def response(self, out) -> dict:
         items = sorted(as_list(out), key=lambda r: r.get("index", 0))
@@ -395,8 +406,11 @@ class ChatPlan(Plan):
             if self.obj.return_logprob:
                 logprobs = chat_logprobs(meta.get("output_token_logprobs", []),
                                          meta.get("output_top_logprobs"), self.ids_as_tokens)
-            choices.append(ChatChoice(index=i, message=AssistantMessage(content=item["text"]),
-                                      logprobs=logprobs, finish_reason=finish_reason(meta),
+            message, reason = AssistantMessage(content=item["text"]), finish_reason(meta)
+            if self.output is not None:
+                message, reason = self.output.message(item["text"], reason)
+            choices.append(ChatChoice(index=i, message=message,
+                                      logprobs=logprobs, finish_reason=reason,
                                       matched_stop=matched_stop(meta),
                                       token_ids=item["output_ids"] if self.token_ids else None,
                                       weight_version_spans=meta.get("weight_version_spans")))
@@ -447,8 +461,15 @@ class ChatPlan(Plan):
                                      self.ids_as_tokens)
             state.logprobs_sent = len(entries)
         reason = finish_reason(meta)
-        if delta or reason or (logprobs and logprobs.content):
-            events.append(self._chunk(index, DeltaMessage(content=delta), logprobs, reason,
+        deltas = [DeltaMessage(content=delta)] if delta else []
+        if self.output is not None:
+            deltas, reason = self.output.deltas(index, delta, reason)
+        if not deltas and (reason or (logprobs and logprobs.content)):
+            deltas = [DeltaMessage(content="")]
+        for d in deltas[:-1]:
+            events.append(self._chunk(index, d))
+        if deltas:  # the last delta carries the step's logprobs and the finish reason
+            events.append(self._chunk(index, deltas[-1], logprobs, reason,
                                       meta.get("weight_version_spans")))
         return events
 

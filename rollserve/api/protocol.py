@@ -46,6 +46,8 @@ class GenerateRequest(BaseModel):
     # MoE, with --enable-return-routed-experts: meta_info.routed_experts (SGLang's names)
     return_routed_experts: Union[bool, List[bool]] = False
     routed_experts_start_len: Union[int, List[int]] = 0
+    # VLMs: an image (data URL, base64, file:// URL, local path) or a list, per prompt
+    image_data: Optional[Any] = None
 
 
 class AbortRequest(BaseModel):
@@ -94,6 +96,9 @@ class UpdateWeightsFromDiskRequest(InFlightFields):
     flush_cache: bool = True
     abort_all_requests: bool = False
     weight_version: Optional[str] = None
+    # rollserve's: check the checkpoint against the model, write nothing (the DP router asks
+    # every worker first, so that a path one worker cannot read updates none of them)
+    validate_only: bool = False
 
 
 class UpdateWeightsFromTensorRequest(InFlightFields):
@@ -204,12 +209,17 @@ class SamplingFields(BaseModel):
 class ContentPart(BaseModel):
     type: str
     text: Optional[str] = None
+    image_url: Optional[Union[str, Dict[str, Any]]] = None  # {"url": data URL or local file}
 
 
 class ChatMessage(BaseModel):
     role: str
     content: Optional[Union[str, List[ContentPart]]] = None
     name: Optional[str] = None
+    # an assistant turn's calls and a tool turn's answer (api/chat_tools.py checks them)
+    tool_calls: Optional[List[Any]] = None
+    tool_call_id: Optional[str] = None
+    reasoning_content: Optional[str] = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -218,8 +228,13 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = None
-    # accepted only so that they can be refused by name (not implemented)
+    # function calling (api/chat_tools.py checks the shapes and names the field it refuses)
     tools: Optional[List[Any]] = None
+    tool_choice: Optional[Union[str, Dict[str, Any]]] = None
+    parallel_tool_calls: bool = True
+    # SGLang's: split the reasoning out with --reasoning-parser; extra template variables
+    separate_reasoning: bool = True
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
 
 
 class TopLogprob(BaseModel):
@@ -236,9 +251,22 @@ class ChoiceLogprobs(BaseModel):
     content: List[TokenLogprob]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str] = None
+    reasoning_content: Optional[str] = None  # with --reasoning-parser
+    tool_calls: Optional[List[ToolCall]] = None  # with tools and --tool-call-parser
 
 
 class ChatChoice(BaseModel):
@@ -264,9 +292,23 @@ class ChatCompletionResponse(BaseModel):
     metadata: Optional[Dict[str, Any]] = None  # SGLang's: {weight_version}
 
 
+class FunctionCallDelta(BaseModel):
+    name: Optional[str] = None  # on a call's first delta
+    arguments: Optional[str] = None  # fragments, joined by the client
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: Optional[str] = None  # on a call's first delta
+    type: Optional[Literal["function"]] = None
+    function: FunctionCallDelta
+
+
 class DeltaMessage(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
 
 
 class ChatStreamChoice(BaseModel):

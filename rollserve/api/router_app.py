@@ -29,6 +29,8 @@ FAN_OUT = ("/flush_cache", "/update_weights_from_disk", "/update_weights_from_te
            "/destroy_weights_update_group", "/pause_generation", "/continue_generation",
            "/release_memory_occupation", "/resume_memory_occupation", "/update_weight_version",
            "/abort_request", "/start_profile", "/stop_profile", "/post_process_weights")
+# checked on every worker before any applies it (Router.update_all)
+ALL_OR_NONE = ("/update_weights_from_disk",)
 # what the router forwards of the client's headers (the body's type and its caller's key)
 FORWARDED_HEADERS = ("content-type", "authorization")
 
@@ -80,8 +82,9 @@ def create_router_app(router: Router, health_interval_s: Optional[float] = None)
                         media_type=r.headers.get("content-type"))
 
     async def fanned(request: Request) -> Response:
-        status, answer = await router.fan_out(request.method, request.url.path,
-                                              await request.body(), _headers(request))
+        path = request.url.path
+        call = router.update_all if path in ALL_OR_NONE else router.fan_out
+        status, answer = await call(request.method, path, await request.body(), _headers(request))
         return JSONResponse(answer, status_code=status)
 
     for path in ROUTED:

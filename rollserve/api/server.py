@@ -71,7 +71,7 @@ def launch_server(args: ServerArgs) -> int:
     from rollserve.frontend.startup import resolve_server_args
 
     configure_logging(args.log_level, prefix="server")
-    if args.dp_size > 1:  # replicas behind the router (api/dp_launch.py)
+    if args.dp_size > 1 and not args.enable_dp_attention:  # replicas behind the router
         from rollserve.api.dp_launch import launch_data_parallel
 
         policy = "cache_aware" if args.load_balance_method == "auto" else args.load_balance_method

@@ -53,10 +53,9 @@ def add_tokenize_routes(app: FastAPI, state) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give exactly one of prompt or messages", "prompt")
         if body.messages is not None:
-            if body.tools:
-                raise ApiError(400, "tools are not supported", "tools")
-            try:
-                text = tokenizer.apply_chat_template(body.messages, tokenize=False,
+            try:  # tools reach the template as on /v1/chat/completions
+                text = tokenizer.apply_chat_template(body.messages, tools=body.tools or None,
+                                                     tokenize=False,
                                                      add_generation_prompt=body.add_generation_prompt)
             except Exception as e:
                 raise ApiError(400, f"cannot apply the chat template: {e}", "messages") from e

@@ -87,6 +87,20 @@ def deterministic_rows(name: str, report: dict):
            "default / deterministic throughput (SGLang reports ~1.34x with CUDA graphs)")
 
 
+def vlm_rows(name: str, report: dict):
+    """bench/vlm.py (issue #22): vision-tower images/s and image+text batch tok/s."""
+    v = report["vision"]
+    yield (f"{name} vision tower ({v['num_images']} images {v['image_size']}px)",
+           f"{v['rollserve_images_per_s']:.1f} images/s",
+           f"transformers {v['transformers_images_per_s']:.1f} images/s ({v['speedup']:.2f}x)")
+    e = report["engine"]
+    hf = e.get("transformers")
+    yield (f"{name} engine batch {report['args']['batch_size']} "
+           f"({report['args']['distinct_images']} distinct images)",
+           f"{e['rollserve']['tok_per_s']:.0f} out tok/s",
+           f"transformers generate {hf['tok_per_s']:.0f} tok/s ({e['speedup']:.2f}x)" if hf else "")
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -99,7 +113,8 @@ def main(argv=None) -> None:
         rows = one_batch_rows(name, report) if kind == "one_batch" else \
             offline_rows(name, report) if kind == "offline" else \
             rollout_rows(name, report) if kind == "rollout" else \
-            deterministic_rows(name, report) if kind == "deterministic" else []
+            deterministic_rows(name, report) if kind == "deterministic" else \
+            vlm_rows(name, report) if kind == "vlm" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 

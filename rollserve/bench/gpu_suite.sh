@@ -29,7 +29,9 @@
 # constrained decoding against the same batch unconstrained, 8B shape, batch 64); `deterministic` (issue #15:
 # --enable-deterministic-inference against the default mode: throughput, batch invariance,
 # logprob parity with transformers in bf16); `tp` (issue #18, two GPUs: TP=2
-# against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2).
+# against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2);
+# `vlm` (issue #22: the VLM parity tests, then vision-tower images/s and image+text batch tok/s on
+# the Qwen2.5-VL-7B shape beside transformers).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -190,6 +192,16 @@ for stage in $STAGES; do
         step "profile_$shape" 200 $PY -m rollserve.bench.one_batch --shape "$shape" --batch-size 1 8 \
           --input-len 512 --output-len 64 --profile-kernels --output-file "$OUT/profile_$shape.json"
       done ;;
+    vlm)  # issue #22: the VLM tests on the GPU, then Qwen2.5-VL-7B shape (dummy weights): vision
+          # tower images/s and a batch of 32 image+text prompts (distinct images, then one shared
+          # image as in a GRPO group), each beside transformers
+      step vlm_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_vlm.py
+      step vlm_qwen2.5-vl-7b 900 $PY -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 \
+        --num-images 16 --image-size 448 --text-len 128 --output-len 128 \
+        --output-file "$OUT/vlm_qwen2.5-vl-7b.json"
+      step vlm_qwen2.5-vl-7b_shared 600 $PY -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 \
+        --num-images 16 --image-size 448 --text-len 128 --output-len 128 --distinct-images 0 \
+        --skip-hf --output-file "$OUT/vlm_qwen2.5-vl-7b_shared.json" ;;
     rollout)  # issue #17: GRPO-shaped rollouts under KV pressure (dummy weights)
       step rollout_qwen3-0.6b 540 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
         --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --ignore-eos \

@@ -33,6 +33,7 @@ class ForwardContext:
     attn_backend: Any = None  # the executor's AttentionBackend (executor/attention/base.py)
     attn_metadata: Any = None  # what attn_backend.prepare_metadata derived for this forward
     moe_recorder: Any = None  # MoE models report each layer's expert choices here (optional)
+    mm: Any = None  # VLMs: this forward's image features and 3-D rope positions (executor/multimodal.py)
 
     @property
     def batch_size(self) -> int:

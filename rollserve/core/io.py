@@ -21,6 +21,7 @@ class TokenizedGenerateReq:
     # MoE: answer the expert ids of tokens [routed_experts_start_len, seq_len - 1) when finished
     return_routed_experts: bool = False
     routed_experts_start_len: int = 0
+    mm_inputs: Optional[Any] = None  # core/multimodal.py's MultimodalInputs (VLM prompts)
 
 
 @dataclass

@@ -34,6 +34,8 @@ class ExecutorConfig:
     torch_compile_max_bs: int = 32
     # tensor parallel: one scheduler process per rank, tp_size / nnodes of them on each node
     tp_size: int = 1
+    ep_size: int = 1  # MoE: 1, or tp_size (whole experts per rank; layers/moe_parallel.py)
+    dp_attention: bool = False  # attention whole per rank, own requests; experts split
     nnodes: int = 1
     base_gpu_id: int = 0  # rank r of a node uses cuda:(base_gpu_id + r % ranks per node)
     dist_init_addr: Optional[str] = None  # host:port of the TP group's rendezvous (rank 0's)

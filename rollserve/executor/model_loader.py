@@ -13,7 +13,7 @@ from torch import nn
 
 from rollserve.executor.layers.parallel import require_tensor_parallel
 from rollserve.executor.models import get_model_class
-from rollserve.executor.parallel_state import tp_rank, tp_size
+from rollserve.executor.parallel_state import ep_size, tp_rank, tp_size
 from rollserve.executor.sharded_state import SHARDED_STATE, iterate_rank_file
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,11 @@ def _load_rank_file(model: nn.Module, model_path: str) -> None:
 
     targets = getattr(model, "_targets", None)
     if targets is None or not getattr(model, "supports_tensor_parallel", False):
-        raise ValueError(f"load_format sharded_state serves the dense decoder models only, not "
-                         f"{type(model).__name__}")
+        raise ValueError(f"load_format sharded_state serves the decoder models that support "
+                         f"tensor parallelism, not {type(model).__name__}")
     name = type(model).__name__
-    loaded = load_named_tensors(targets, iterate_rank_file(model_path, tp_rank(), tp_size()),
+    loaded = load_named_tensors(targets, iterate_rank_file(model_path, tp_rank(), tp_size(),
+                                                           ep_size()),
                                 model.skips_checkpoint_name, name)
     missing = sorted(set(targets) - loaded)
     if missing:

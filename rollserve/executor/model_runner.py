@@ -24,11 +24,13 @@ from rollserve.executor.mla_kv_pool import MLAKVPool
 from rollserve.executor.routed_experts import RoutedExpertsStore
 from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
+from rollserve.executor.layers.moe import SparseMoeBlock
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
 from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
 from rollserve.kernels.dispatch import host_to_device
 from rollserve.executor.memory_saver import MemorySaver
+from rollserve.executor.multimodal import MultimodalRunner
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,10 @@ class ModelRunner:
                                if config.enable_return_routed_experts else None)
         self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
+        self.num_forwards = 0
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
+        # VLMs: encodes images in the prefill batch, caches their features (executor/multimodal.py)
+        self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
         self.capture_cuda_graphs()
 
@@ -99,6 +104,15 @@ class ModelRunner:
                                                 self.future_tokens, self.attn_backend, sizes,
                                                 compile_max_bs, self.routed_experts)
 
+    def idle_forward(self) -> None:
+        """DP attention: a rank with nothing to run this step still takes part in every MoE
+        block's exchange (with no tokens), so the ranks that do run are not left waiting."""
+        with torch.inference_mode():
+            for block in self.model.modules():
+                if isinstance(block, SparseMoeBlock):  # in layer order, as a forward meets them
+                    weight = block.gate.weight
+                    block.moe(torch.empty(0, weight.shape[1], dtype=self.dtype, device=self.device))
+
     def drop_cuda_graphs(self) -> None:
         self.graph_runner = None
 
@@ -107,6 +121,8 @@ class ModelRunner:
         mla = self.mla_dims
         per_token = (MLAKVPool.latent_bytes_per_token(m.num_layers, mla.latent_dim, self.dtype) if mla
                      else KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype))
+        if self.config.enable_return_routed_experts:  # a row of expert ids per slot, beside the KV
+            per_token += RoutedExpertsStore.bytes_per_token(m)
         self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(per_token)
         default_reqs = 1024 if self.device.type == "cuda" else 256
         self.max_running_requests = min(self.config.max_running_requests or default_reqs,
@@ -163,11 +179,13 @@ class ModelRunner:
         return budget
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
+        self.num_forwards += 1  # DP attention: whether a step ran one (scheduler/dp_attention.py)
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
+        mm = self.multimodal.prepare(batch) if self.multimodal is not None else None
         recorder = self.expert_recorder
         recorder = recorder if recorder is not None and recorder.recording else None
-        if recorder is None and self.graph_runner is not None and self.pooling is None and \
+        if recorder is None and mm is None and self.graph_runner is not None and self.pooling is None and \
                 self.graph_runner.can_run(
                 host, all(e.logit_rows == [0] for e in batch.entries)):
             with torch.inference_mode():
@@ -178,6 +196,7 @@ class ModelRunner:
         # the graphs hold no distribution recorder: eager while recording
         ctx.moe_recorder = (self.routed_experts.bind(ctx.out_cache_loc, forward_to=recorder)
                             if self.routed_experts is not None else recorder)
+        ctx.mm = mm
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

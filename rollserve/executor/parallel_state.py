@@ -27,6 +27,12 @@ class TPState:
     size: int = 1
     group: Any = None  # tensors on the model's device (NCCL on CUDA, gloo on CPU)
     cpu_group: Any = None  # Python objects between the scheduler processes (always gloo)
+    # expert parallel (--ep-size): 1, the MoE experts' own rows split like an MLP's, or
+    # `size`, whole experts split over the same ranks (layers/moe_parallel.py)
+    ep_size: int = 1
+    # --enable-dp-attention: each rank runs attention (and dense layers) alone over its own
+    # requests; only the MoE experts are split over the group (layers/moe_dp.py)
+    dp_attention: bool = False
 
 
 _STATE = TPState()
@@ -63,11 +69,48 @@ def destroy_tensor_parallel() -> None:
 
 
 def tp_rank() -> int:
+    """This rank's index for the split of attention, dense layers and the vocabulary (0 when
+    attention is data-parallel: those are whole on every rank)."""
+    return 0 if _STATE.dp_attention else _STATE.rank
+
+
+def group_rank() -> int:
+    """This scheduler process's index in its replica's group (the MoE split, the scheduler's
+    own collectives, a trainer's weight group)."""
     return _STATE.rank
 
 
-def tp_size() -> int:
+def group_size() -> int:
     return _STATE.size
+
+
+def dp_attention() -> bool:
+    return _STATE.dp_attention
+
+
+def set_dp_attention(on: bool) -> None:
+    """--enable-dp-attention: attention and dense layers whole on every rank (tp_size() reads
+    1 to the layers), the MoE experts split over the group (group_size())."""
+    _STATE.dp_attention = bool(on) and _STATE.size > 1
+
+
+def ep_size() -> int:
+    return _STATE.ep_size
+
+
+def set_expert_parallel(size: int) -> None:
+    """--ep-size: the MoE experts split whole over the TP ranks (size == tp_size), or not (1).
+    SGLang also mixes the two (experts in ep_size groups, each group TP inside); that layout
+    is refused here, with the reason."""
+    if size not in (1, _STATE.size):
+        raise ValueError(f"ep_size {size} must be 1 or equal to tp_size ({_STATE.size}): experts "
+                         f"are split whole over all the ranks, or each expert's rows are")
+    _STATE.ep_size = size
+
+
+def tp_size() -> int:
+    """How many ranks split attention, dense layers and the vocabulary (1 under DP attention)."""
+    return 1 if _STATE.dp_attention else _STATE.size
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -78,6 +121,27 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 
     dist.all_reduce(t, group=_STATE.group)
     return t
+
+
+def all_gather_rows(x: torch.Tensor) -> Tuple[torch.Tensor, slice]:
+    """DP attention's MoE exchange: every rank's rows of `x` [T_r, H], in rank order, on every
+    rank, and which of them are this rank's. Ranks hold different numbers of tokens (an idle
+    rank none), so each pads to the largest count for the collective."""
+    if _STATE.size == 1:
+        return x, slice(0, x.shape[0])
+    import torch.distributed as dist
+
+    count = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    counts = [torch.empty_like(count) for _ in range(_STATE.size)]
+    dist.all_gather(counts, count, group=_STATE.group)
+    sizes = [int(c.item()) for c in counts]
+    most = max(sizes)
+    padded = x.new_zeros(most, *x.shape[1:])
+    padded[:x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(_STATE.size)]
+    dist.all_gather(parts, padded, group=_STATE.group)
+    start = sum(sizes[:_STATE.rank])
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]), slice(start, start + x.shape[0])
 
 
 def all_gather_last_dim(t: torch.Tensor) -> torch.Tensor:
@@ -158,8 +222,8 @@ class as_rank:
     """Builds models as rank `rank` of `size` without a group (rollserve convert writes each
     rank's slices in one process): construction and loading only, no collective."""
 
-    def __init__(self, rank: int, size: int):
-        self.state = TPState(rank, size)
+    def __init__(self, rank: int, size: int, ep_size: int = 1, dp_attention: bool = False):
+        self.state = TPState(rank, size, ep_size=ep_size, dp_attention=dp_attention)
 
     def __enter__(self) -> TPState:
         global _STATE

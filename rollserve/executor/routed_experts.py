@@ -41,6 +41,14 @@ class RoutedExpertsStore:
             return None
         return cls(num_slots, model.num_layers, info["top_k"], info["moe_layers"], device)
 
+    @staticmethod
+    def bytes_per_token(model) -> int:
+        """What one KV slot's row costs (int16 per layer and choice): the pool sizing counts it."""
+        info = model.moe_info() if hasattr(model, "moe_info") else None
+        if not info or not info["moe_layers"]:
+            return 0
+        return model.num_layers * info["top_k"] * 2
+
     def bind(self, slots: torch.Tensor, forward_to=None) -> "RoutedExpertsStore":
         """Called before a forward (or a graph capture, with the graph's static slot buffer)."""
         self.slots, self.forward_to = slots, forward_to

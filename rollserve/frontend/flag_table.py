@@ -42,9 +42,9 @@ LORA = refused("LoRA adapters are not implemented",
                "merge the adapter into the base weights (peft merge_and_unload) and serve that "
                "folder, or push merged weights with /update_weights_from_tensor")
 SPEC = refused("speculative decoding is not implemented", "leave out the --speculative-* flags")
-MOE = refused("expert parallelism is not implemented: MoE models (Qwen3-MoE, Mixtral, "
-              "DeepSeek-V2/V3) run with every expert on each device",
-              "leave it at its default; a MoE model that fits one device's memory")
+MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
+              "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
+              "leave it at its default")
 HICACHE = refused("the hierarchical (host memory / storage) KV cache is not implemented",
                   "--max-total-tokens or --mem-fraction-static to size the device KV pool")
 DISAGG = refused("prefill/decode (and encoder) disaggregation is not implemented",
@@ -65,7 +65,9 @@ TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
 LORA_KNOB = noop("a LoRA setting; LoRA is off (--enable-lora / --lora-paths are refused)")
 SPEC_KNOB = noop("a speculative-decoding setting; it is off (--speculative-algorithm is refused)")
-MM_KNOB = noop("a multimodal setting; rollserve serves text-only models")
+MM_KNOB = noop("a multimodal setting with nothing to act on: images are preprocessed by the "
+               "model's transformers image processor and encoded in the prefill batch, features "
+               "cached by image hash")
 MAMBA_KNOB = noop("a Mamba / hybrid-model setting; rollserve serves no Mamba layers")
 HICACHE_KNOB = noop("a hierarchical-cache setting; that cache is off "
                     "(--enable-hierarchical-cache is refused)")
@@ -233,11 +235,8 @@ _EACH: Dict[str, FlagPolicy] = {
                                    "send the formatted prompt to /v1/completions"),
     "file_storage_path": noop("the OpenAI files API is not served, so nothing is stored"),
     "enable_cache_report": noop("usage.prompt_tokens_details.cached_tokens is always reported"),
-    "reasoning_parser": refused("reasoning parsers are not implemented (the reasoning stays in "
-                                "message.content)", "split it in the client, e.g. at </think>"),
-    "tool_call_parser": refused("tool calling is not implemented (requests with tools get a 400)",
-                                "describe the call format in the prompt and parse it in the "
-                                "client"),
+    "reasoning_parser": implemented(),
+    "tool_call_parser": implemented(),
     "tool_server": refused("tool servers are not implemented", "call tools from the client"),
     "sampling_defaults": refused(
         "sampling defaults are not read from generation_config.json: unset parameters take "
@@ -278,7 +277,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "speculative_draft_model_path": SPEC,
     "enable_multi_layer_eagle": SPEC,
     # MoE
-    "ep_size": MOE,
+    "ep_size": implemented(),
     "moe_a2a_backend": MOE,
     "elastic_ep_backend": MOE,
     "enable_deepep_waterfill": MOE,
@@ -322,8 +321,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_mixed_chunk": refused("mixing prefill chunks and decode in one batch is not "
                                   "implemented (each step runs decode, then prefill chunks)",
                                   "--chunked-prefill-size to bound a prefill step"),
-    "enable_dp_attention": refused("DP attention is not implemented yet",
-                                   _ONE_SERVER_PER_GPU),
+    "enable_dp_attention": implemented(),
     "enable_two_batch_overlap": refused("two-batch overlap is not implemented",
                                         "leave it out (the overlap scheduler is on by default)"),
     "enable_single_batch_overlap": refused("single-batch overlap is not implemented",
@@ -363,6 +361,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_return_hidden_states": refused("returning hidden states is not implemented",
                                            "an embedding model (--is-embedding) for pooled states"),
     "enable_return_routed_experts": implemented(),
+    "limit_mm_data_per_request": implemented(),
     "scheduler_recv_interval": noop("the scheduler reads every new request before each step, "
                                     "which costs nothing measurable here"),
     "numa_node": refused("NUMA binding is not implemented", "numactl --cpunodebind=N rollserve "
@@ -413,7 +412,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "msprobe_dump_config": refused("msProbe dumps (Ascend NPU) are not implemented",
                                    "leave it out"),
     # Deprecated in SGLang
-    "enable_ep_moe": DEPRECATED_MOE,
+    "enable_ep_moe": implemented(),
     "enable_deepep_moe": DEPRECATED_MOE,
     "prefill_round_robin_balance": noop("deprecated in SGLang; one replica per server here"),
     "enable_flashinfer_cutlass_moe": DEPRECATED_MOE,
@@ -500,7 +499,7 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "enable_multimodal", "mm_attention_backend", "disable_fast_image_processor",
         "keep_mm_feature_on_device", "enable_precise_embedding_interpolation",
         "mm_max_concurrent_calls", "mm_per_request_timeout", "enable_broadcast_mm_inputs_process",
-        "mm_process_config", "mm_enable_dp_encoder", "limit_mm_data_per_request",
+        "mm_process_config", "mm_enable_dp_encoder",
         "enable_mm_global_cache", "enable_prefix_mm_cache"),
     MAMBA_KNOB: (
         "max_mamba_cache_size", "mamba_ssm_dtype", "mamba_full_memory_ratio",

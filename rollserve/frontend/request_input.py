@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
 from rollserve.core.sampling_params import MAX_TOP_LOGPROBS, InvalidRequest, SamplingParams
+from rollserve.frontend.multimodal import images_of
 
 
 @dataclass
@@ -23,6 +24,7 @@ class GenerateReqInput:
     stream: bool = False
     return_routed_experts: Union[bool, List[bool]] = False
     routed_experts_start_len: Union[int, List[int]] = 0
+    image_data: Optional[Any] = None  # SGLang's: an image or a list per prompt (frontend/multimodal.py)
 
 
 @dataclass
@@ -40,6 +42,8 @@ class PromptItem:
     return_routed_experts: bool = False
     routed_experts_start_len: int = 0
     extra: dict = field(default_factory=dict)
+    images: List[Any] = field(default_factory=list)  # as sent; decoded by the tokenizer manager
+    mm_inputs: Any = None  # core/multimodal.py's MultimodalInputs, once processed
 
 
 def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
@@ -61,6 +65,7 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
     routed = _per_item(req.return_routed_experts, n, "return_routed_experts", bool, default=False)
     routed_starts = _per_item(req.routed_experts_start_len, n, "routed_experts_start_len", int,
                               default=0)
+    images = images_of(req.image_data, n)
     items = []
     for i in range(n):
         if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
@@ -75,7 +80,8 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
             input_ids=list(prompts[i]) if req.input_ids is not None else None,
             sampling_params=SamplingParams.from_dict(params[i]),
             return_logprob=logprob[i], logprob_start_len=starts[i], top_logprobs_num=tops[i],
-            return_routed_experts=routed[i], routed_experts_start_len=routed_starts[i]))
+            return_routed_experts=routed[i], routed_experts_start_len=routed_starts[i],
+            images=images[i]))
     return items, is_batch
 
 

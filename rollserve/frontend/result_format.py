@@ -64,6 +64,9 @@ class ResultBuilder:
             meta["custom_params"] = CUSTOM_PARAMS_IGNORED  # as SGLang, ignored; but said so
         if self.msg.return_logprob:
             meta.update(self._formatted_logprobs())
+        # token-in/token-out trainers reproduce the prompt (streamed: once, with the last chunk)
+        if self.msg.mm_inputs is not None and (not self.msg.stream or meta["finish_reason"]):
+            meta["expanded_input_ids"] = list(self.msg.input_ids)
         if self.msg.return_routed_experts:
             meta["routed_experts"] = out.routed_experts if out else None
             meta["routed_experts_start_len"] = self.msg.routed_experts_start_len

@@ -5,7 +5,9 @@ cannot be reached (it died, its port closed) before it answered, the request is 
 another one, so a dead worker loses no request that had not started streaming. Control
 calls that change a replica's state (weight updates, flush_cache, pause, memory release)
 go to every worker at once and come back as one answer: success only when every worker
-succeeded, with the failing workers named. A health check marks workers down and up.
+succeeded, with the failing workers named. A disk update is checked by every worker first
+(`validate_only`) and applied only when all accepted it, so a checkpoint path one worker
+cannot read leaves every worker on the old weights. A health check marks workers down and up.
 
 The HTTP side is api/router_app.py; `rollserve serve --dp-size N` (api/dp_launch.py)
 starts N workers and this router, `rollserve router --worker-urls ...` only the router.
@@ -14,6 +16,7 @@ starts N workers and this router, `rollserve router --worker-urls ...` only the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Dict, List, Optional, Tuple
@@ -173,6 +176,30 @@ class Router:
 
         answers = dict(zip(urls, await asyncio.gather(*(one(u) for u in urls))))
         return combine(answers)
+
+    async def update_all(self, method: str, path: str, content: bytes,
+                         headers: Optional[dict] = None) -> Tuple[int, dict]:
+        """A disk update on every worker, all or none: each worker checks the checkpoint
+        against its model first (validate_only: nothing written); any refusal is the answer
+        and no worker changed. Then every worker applies it. (A failure after every worker
+        validated is an I/O or device fault while writing: the answer names that worker and
+        says the others applied the update.)"""
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("validate_only"):
+            return await self.fan_out(method, path, content, headers)
+        check = json.dumps({**body, "validate_only": True}).encode()
+        status, checked = await self.fan_out(method, path, check, headers)
+        if not checked.get("success"):
+            checked["message"] = f"no worker was updated: {checked.get('message', '')}"
+            return status, checked
+        status, answer = await self.fan_out(method, path, content, headers)
+        if not answer.get("success") and "succeeded:" in answer.get("message", ""):
+            answer["message"] += ("; every worker had validated it, so this failed while "
+                                  "writing: the workers that succeeded serve the new weights")
+        return status, answer
 
     # ---- health ------------------------------------------------------------------------------
     async def _is_healthy(self, url: str) -> bool:

@@ -23,7 +23,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from rollserve.executor.attention.registry import ATTENTION_BACKENDS
 from rollserve.executor.config import ExecutorConfig
 from rollserve.frontend import flag_table
+from rollserve.frontend.reasoning_parser import REASONING_PARSERS
 from rollserve.frontend.sglang_flags import BY_DEST
+from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class ServerArgs:
     served_model_name: Optional[str] = None
     chat_template: Optional[str] = None
     hf_chat_template_name: Optional[str] = None
+    # chat answers: tool calls and reasoning parsed out (frontend/tool_parsers, reasoning_parser)
+    tool_call_parser: Optional[str] = None
+    reasoning_parser: Optional[str] = None
     dtype: str = "auto"
     context_length: Optional[int] = None
     load_format: str = "auto"
@@ -84,6 +89,7 @@ class ServerArgs:
     disable_cuda_graph: bool = False
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
+    limit_mm_data_per_request: Optional[str] = None  # VLMs: JSON, e.g. {"image": 4}
     # batch-invariant kernels, per-request sampling seeds (kernels/batch_invariant.py)
     enable_deterministic_inference: bool = False
     disable_overlap_schedule: bool = False
@@ -91,7 +97,12 @@ class ServerArgs:
     torch_compile_max_bs: int = 32
     # parallelism (docs/parallel.md): TP ranks per replica, replicas, nodes
     tp_size: int = 1
+    ep_size: int = 1  # MoE experts split whole over the TP ranks (1 or tp_size)
+    enable_ep_moe: bool = False  # SGLang's deprecated spelling of --ep-size = --tp-size
     dp_size: int = 1
+    # attention data-parallel inside one replica of tp_size ranks (dp_size == tp_size), the
+    # MoE experts split over the same ranks (docs/parallel.md)
+    enable_dp_attention: bool = False
     load_balance_method: str = "auto"  # --dp-size's router policy; auto: cache_aware
     nnodes: int = 1
     node_rank: int = 0
@@ -115,6 +126,8 @@ class ServerArgs:
     weight_version: str = "default"
 
     def __post_init__(self):
+        if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N
+            object.__setattr__(self, "ep_size", self.tp_size)
         self.validate()
 
     def validate(self) -> None:
@@ -150,8 +163,12 @@ class ServerArgs:
         need(self.shutdown_grace_period >= 0, "shutdown_grace_period", "must be >= 0")
         need(self.max_request_body_bytes > 0, "max_request_body_bytes", "must be positive")
         need(0 < self.port < 65536, "port", "must be in 1..65535")
-        for name in ("tp_size", "dp_size", "nnodes"):
+        for name in ("tp_size", "ep_size", "dp_size", "nnodes"):
             need(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        need(self.ep_size in (1, self.tp_size), "ep_size",
+             f"must be 1 or equal to tp_size ({self.tp_size}): the experts are split whole over "
+             f"the tensor-parallel ranks (SGLang's mixed layout, ep_size < tp_size, is not "
+             f"implemented), got {self.ep_size}")
         need(0 <= self.node_rank < self.nnodes, "node_rank",
              f"must be in 0..nnodes-1 ({self.nnodes - 1}), got {self.node_rank}")
         need(self.tp_size % self.nnodes == 0, "nnodes",
@@ -163,6 +180,14 @@ class ServerArgs:
         need(self.nnodes == 1 or self.dp_size == 1, "dp_size",
              "multi-node serving runs one replica; start a router over the replicas instead")
         need(self.base_gpu_id >= 0, "base_gpu_id", "must be >= 0")
+        if self.enable_dp_attention:
+            need(self.tp_size > 1 and self.dp_size == self.tp_size, "enable_dp_attention",
+                 f"needs --dp-size equal to --tp-size (> 1): each of the tp_size ranks runs "
+                 f"attention alone over its own requests; got tp_size {self.tp_size}, dp_size "
+                 f"{self.dp_size}")
+            need(self.nnodes == 1, "enable_dp_attention", "runs on one node here")
+            need(self.load_format != "sharded_state", "enable_dp_attention",
+                 "reads the HF checkpoint (sharded_state files are cut for TP attention)")
 
     def check_machine(self) -> None:
         """What can only be checked on this machine, before any process starts: folders
@@ -211,9 +236,12 @@ class ServerArgs:
             enable_memory_saver=self.enable_memory_saver, attention_backend=self.attention_backend,
             cuda_graph_max_bs=self.cuda_graph_max_bs,
             cuda_graph_bs=tuple(self.cuda_graph_bs) if self.cuda_graph_bs else None,
-            disable_cuda_graph=self.disable_cuda_graph, enable_torch_compile=self.enable_torch_compile,
+            # DP attention's MoE exchange has per-step sizes: eager (not captured yet)
+            disable_cuda_graph=self.disable_cuda_graph or self.enable_dp_attention,
+            enable_torch_compile=self.enable_torch_compile,
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
+            ep_size=self.ep_size, dp_attention=self.enable_dp_attention,
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference)
@@ -225,7 +253,9 @@ class ServerArgs:
             schedule_policy=self.schedule_policy,
             schedule_conservativeness=self.schedule_conservativeness,
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
-            stream_interval=self.stream_interval, disable_overlap_schedule=self.disable_overlap_schedule,
+            stream_interval=self.stream_interval,
+            # DP attention keeps its ranks in step one forward at a time (scheduler/process.py)
+            disable_overlap_schedule=self.disable_overlap_schedule or self.enable_dp_attention,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
@@ -266,10 +296,13 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
     "load_balance_method": LOAD_BALANCE_METHODS, "grammar_backend": ("xgrammar", "none"),
+    "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
 }
 
 # One line of --help for every field; "(default: ...)" is added where the default is a value.
 HELP = {
+    "limit_mm_data_per_request": "VLMs: the most items of each modality one request may carry, "
+                                 "as JSON, e.g. '{\"image\": 4}' (default: 16 images)",
     "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
                                     "token, so /generate's return_routed_experts can answer them "
                                     "(meta_info.routed_experts; default: off)",
@@ -289,6 +322,13 @@ HELP = {
                      "file (default: the tokenizer's own)",
     "hf_chat_template_name": "which of the tokenizer's named chat templates to use (default: "
                              "its default one)",
+    "tool_call_parser": "the tool-call format of the model's answers, parsed into tool_calls on "
+                        "/v1/chat/completions when a request has tools: qwen25 (qwen; "
+                        "<tool_call> JSON), llama3, mistral, deepseekv3 (default: none, the "
+                        "calls stay in the content)",
+    "reasoning_parser": "split <think> reasoning into reasoning_content: deepseek-r1 and "
+                        "qwen3-thinking (the answer starts in the reasoning), qwen3 (when it "
+                        "opens with <think>) (default: none)",
     "dtype": "weights and activations; auto: the config's dtype on CUDA (float32 -> bfloat16), "
              "float32 on CPU",
     "context_length": "the model's maximum context length (default: max_position_embeddings "
@@ -352,6 +392,15 @@ HELP = {
     "watchdog_timeout": "seconds a forward step may take before the server is declared dead",
     "tp_size": "tensor-parallel ranks of one replica: one scheduler process per rank, heads, "
                "MLP and vocabulary split over them (NCCL on CUDA, gloo on CPU)",
+    "ep_size": "expert parallel: 1 (each MoE expert's rows split over the TP ranks, like an "
+               "MLP) or tp_size (whole experts split over the TP ranks; the router runs on "
+               "every rank and one all-reduce combines the experts' outputs)",
+    "enable_dp_attention": "attention data-parallel: with --dp-size equal to --tp-size, each "
+                           "rank holds the whole attention and dense layers and runs its own "
+                           "requests; the MoE experts are split over the ranks, which exchange "
+                           "their tokens at each MoE layer (CPU gloo and CUDA NCCL; eager, no "
+                           "overlap scheduler)",
+    "enable_ep_moe": "deprecated in SGLang: the same as --ep-size equal to --tp-size",
     "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
                "endpoint, balanced by the router (frontend/router.py)",
     "load_balance_method": "how --dp-size's router picks a replica: round_robin, "

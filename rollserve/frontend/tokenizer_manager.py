@@ -30,6 +30,7 @@ from rollserve.frontend.grammar_check import check_grammar
 from rollserve.core.tokenizer import load_tokenizer
 from rollserve.frontend.result_format import ReqState, ResultBuilder
 from rollserve.frontend.truncation import truncate_prompt
+from rollserve.frontend.multimodal import attach_images, image_processor_for
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class TokenizerManager:
         self.tokenizer = load_tokenizer(self.tokenizer_path, args.chat_template,
                                         args.trust_remote_code, args.hf_chat_template_name)
         self.pooling = detect_pooling(args)  # embedding / reward model; None: generation
+        self.images = image_processor_for(args, self.tokenizer)  # None: a text-only model
         self.is_generation = self.pooling is None
         self.procs: EngineProcesses = start_engine_processes(args)
         info = self.procs.info
@@ -193,7 +195,7 @@ class TokenizerManager:
         self._cap_new_tokens(params, len(ids))
         n = params.n
         if n > 1 and not self.args.disable_radix_cache:
-            await self._warm_prefix(ids)
+            await self._warm_prefix(ids, item.mm_inputs)
         out = []
         for k in range(n):
             sample_params = params if n == 1 else _with(params, n=1, seed=None if params.seed is None
@@ -204,7 +206,7 @@ class TokenizerManager:
                 return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
                 top_logprobs_num=item.top_logprobs_num,
                 return_routed_experts=item.return_routed_experts,
-                routed_experts_start_len=item.routed_experts_start_len),
+                routed_experts_start_len=item.routed_experts_start_len, mm_inputs=item.mm_inputs),
                 text_in_logprobs=text_in_logprobs))
         return out
 
@@ -213,6 +215,8 @@ class TokenizerManager:
         ids = self.tokenizer.encode(item.text) if item.text is not None else item.input_ids
         if not ids:
             raise InvalidRequest(field_name, "the prompt is empty")
+        if item.images:  # expands the image placeholders, sets item.mm_inputs
+            ids = attach_images(self.images, item, ids, field_name, self.max_req_input_len)
         vocab = len(self.tokenizer)
         if item.input_ids is not None and any(t < 0 or t >= vocab for t in ids):
             raise InvalidRequest("input_ids", f"token ids must be in [0, {vocab})")
@@ -241,13 +245,14 @@ class TokenizerManager:
             params.max_new_tokens = max(room, 0)
             params.min_new_tokens = min(params.min_new_tokens, params.max_new_tokens)
 
-    async def _warm_prefix(self, ids: List[int]) -> None:
+    async def _warm_prefix(self, ids: List[int], mm_inputs=None) -> None:
         """For n > 1: prefill the prompt once so that the n samples share it."""
         from rollserve.core.sampling_params import SamplingParams
 
         rid = f"warm-{uuid.uuid4().hex}"
         sample = _Sample(-1, rid, TokenizedGenerateReq(rid=rid, input_ids=ids,
-                                                        sampling_params=SamplingParams(max_new_tokens=0)))
+                                                        sampling_params=SamplingParams(max_new_tokens=0),
+                                                        mm_inputs=mm_inputs))
         await self._collect([sample], as_list=False)
 
     def _submit(self, samples: List["_Sample"], stream: bool) -> None:
@@ -408,6 +413,8 @@ class TokenizerManager:
             "context_length": self.context_len,
             **{key: info.get(key) for key in ("architecture", "num_experts", "num_experts_per_tok",
                                               "num_moe_layers", "mla")},
+            "has_image_understanding": self.images is not None,  # SGLang's keys
+            "has_audio_understanding": False,
         }
 
     def shutdown(self) -> None:

@@ -91,7 +91,8 @@ def _down_weighted_kernel(a_ptr, w_ptr, out_ptr, weights_ptr, sorted_ptr, block_
 
 
 def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                     topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+                     topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                     dropped: bool = False) -> torch.Tensor:
     """Same contract as moe.fused_moe_torch: x [T, H], w13 [E, 2I, H], w2 [E, H, I]."""
     x, w13, w2 = x.contiguous(), w13.contiguous(), w2.contiguous()
     num_tokens, top_k = topk_ids.shape
@@ -113,7 +114,9 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         x, w13, act, sorted_ids, block_expert, num_copies, hidden, inter, top_k,
         x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, num_warps=cfg["num_warps"])
-    out = torch.empty(num_copies, hidden, dtype=x.dtype, device=x.device)
+    # copies of another rank's experts are never written: zeros, so they add nothing
+    out = (torch.zeros if dropped else torch.empty)(num_copies, hidden, dtype=x.dtype,
+                                                     device=x.device)
     weights = topk_weights.reshape(-1).to(torch.float32).contiguous()
     _down_weighted_kernel[(num_blocks, triton.cdiv(hidden, bn))](
         act, w2, out, weights, sorted_ids, block_expert, num_copies, hidden, inter,

@@ -7,6 +7,8 @@ a group scores the sum of its two best experts: "noaux_tc").
 
 `fused_moe` computes sum_k w_k * down_e(silu(gate_e(x)) * up_e(x)) over each token's chosen
 experts e: the Triton kernel (fused_moe_triton.py) on CUDA, the torch reference here elsewhere.
+With `dropped` (expert parallel), an id equal to the number of experts given means "an expert
+of another rank": that copy of the token contributes nothing here.
 """
 
 from __future__ import annotations
@@ -67,14 +69,16 @@ def select_experts(router_logits: torch.Tensor, spec: RoutingSpec,
 
 
 def fused_moe_torch(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
-                    topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+                    topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    dropped: bool = False) -> torch.Tensor:
     """The reference: x [T, H], w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I],
     topk_weights / topk_ids [T, K] -> [T, H]. Token copies are grouped by expert, one matmul
     pair per expert that has any."""
     num_tokens, top_k = topk_ids.shape
     flat_ids = topk_ids.reshape(-1)
     order = torch.argsort(flat_ids, stable=True)
-    counts = torch.bincount(flat_ids, minlength=w13.shape[0]).tolist()
+    # the id E ("another rank's expert") sorts last, after every expert held here
+    counts = torch.bincount(flat_ids, minlength=w13.shape[0]).tolist()[:w13.shape[0]]
     flat_weights = topk_weights.reshape(-1)
     out = x.new_zeros(num_tokens * top_k, x.shape[1])
     start = 0
@@ -95,9 +99,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor) -> torch.Tensor:
+              topk_ids: torch.Tensor, dropped: bool = False) -> torch.Tensor:
     if use_triton(x) and not batch_invariant_on():  # its tiles follow the batch
         from rollserve.kernels.fused_moe_triton import fused_moe_triton
 
-        return fused_moe_triton(x, w13, w2, topk_weights, topk_ids)
-    return fused_moe_torch(x, w13, w2, topk_weights, topk_ids)
+        return fused_moe_triton(x, w13, w2, topk_weights, topk_ids, dropped)
+    return fused_moe_torch(x, w13, w2, topk_weights, topk_ids, dropped)

@@ -6,6 +6,7 @@ import importlib
 _EXPORTS = {"RolloutClient": "rollserve.rollout.client",
             "AsyncRolloutClient": "rollserve.rollout.async_client",
             "Sample": "rollserve.rollout.sample",
+            "Trajectory": "rollserve.rollout.trajectory",
             "RolloutError": "rollserve.rollout.errors"}
 __all__ = ["Engine", *_EXPORTS]
 

@@ -46,10 +46,11 @@ class RolloutClient:
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, prompts=None, *, input_ids=None, n: int = 1,
                  sampling_params: Optional[dict] = None, return_logprob: bool = True,
-                 logprob_start_len: int = -1, top_logprobs_num: int = 0) -> List[List[Sample]]:
+                 logprob_start_len: int = -1, top_logprobs_num: int = 0,
+                 image_data: Optional[list] = None) -> List[List[Sample]]:
         """One group of n Samples per prompt, in prompt order."""
         bodies, n = P.generate_payloads(prompts, input_ids, n, sampling_params, return_logprob,
-                                        logprob_start_len, top_logprobs_num)
+                                        logprob_start_len, top_logprobs_num, image_data)
 
         def one_group(i: int) -> List[Sample]:
             return group_from_response(self._call("/generate", bodies[i], weight=n), i, n)

@@ -47,26 +47,28 @@ class Engine(WeightSyncMixin):  # update_weights_* & co. come from weight_sync/e
                  top_logprobs_num: Union[int, List[int]] = 0,
                  return_text_in_logprobs: bool = False,
                  rid: Union[None, str, List[str]] = None,
-                 stream: bool = False):
+                 stream: bool = False, image_data=None):
         """One result dict, a list for a batch (or n > 1), or with stream=True an
-        iterator of cumulative result dicts."""
+        iterator of cumulative result dicts. image_data: as /generate's (VLMs)."""
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params,
                                rid=rid, return_logprob=return_logprob,
                                logprob_start_len=logprob_start_len,
                                top_logprobs_num=top_logprobs_num,
-                               return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+                               return_text_in_logprobs=return_text_in_logprobs, stream=stream,
+                               image_data=image_data)
         if stream:
             return self._stream_sync(obj)
         return self._call(self._first(obj))
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None,
                              return_logprob=False, logprob_start_len=-1, top_logprobs_num=0,
-                             return_text_in_logprobs=False, rid=None, stream=False):
+                             return_text_in_logprobs=False, rid=None, stream=False, image_data=None):
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params,
                                rid=rid, return_logprob=return_logprob,
                                logprob_start_len=logprob_start_len,
                                top_logprobs_num=top_logprobs_num,
-                               return_text_in_logprobs=return_text_in_logprobs, stream=stream)
+                               return_text_in_logprobs=return_text_in_logprobs, stream=stream,
+                               image_data=image_data)
         if stream:
             return self._stream_async(obj)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._first(obj), self.loop))

@@ -62,12 +62,21 @@ def group_sampling_params(sampling_params: Optional[dict], n: int) -> dict:
 
 def generate_payloads(prompts, input_ids, n: int, sampling_params: Optional[dict],
                       return_logprob: bool, logprob_start_len: int,
-                      top_logprobs_num: int) -> Tuple[List[dict], int]:
-    """One /generate body per prompt (its n samples go together) and the group size."""
+                      top_logprobs_num: int, image_data: Optional[list] = None) -> Tuple[List[dict], int]:
+    """One /generate body per prompt (its n samples go together) and the group size.
+    image_data (VLMs): one entry per prompt, an image, a list of images or None."""
     params = group_sampling_params(sampling_params, n)
     shared = {"sampling_params": params, "return_logprob": return_logprob,
               "logprob_start_len": logprob_start_len, "top_logprobs_num": top_logprobs_num}
-    return [{**fields, **shared} for fields in prompt_fields(prompts, input_ids)], params["n"]
+    bodies = [{**fields, **shared} for fields in prompt_fields(prompts, input_ids)]
+    if image_data is not None:
+        if not isinstance(image_data, list) or len(image_data) != len(bodies):
+            raise ValueError(f"image_data: needs one entry (an image, a list of images or None) "
+                             f"per prompt, {len(bodies)} here")
+        for body, images in zip(bodies, image_data):
+            if images is not None:
+                body["image_data"] = images
+    return bodies, params["n"]
 
 
 # ---- classify / encode ----------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class KVManager:
         for req in reqs:
             if self.tree is None or req in self.queued_locks:
                 continue
-            node = self.tree.match_prefix(req.fill_ids[:req.retracted_computed]).last_node
+            node = self.tree.match_prefix(req.radix_key[:req.retracted_computed]).last_node
             self.tree.inc_lock_ref(node)
             if self.available_slots() < spare:
                 self.tree.dec_lock_ref(node)
@@ -181,14 +181,14 @@ class KVManager:
         """Prefix that may come from the cache: at least one token must be computed
         (its logits give the next token), and prompt positions whose logprobs were
         asked for must be computed too."""
-        fill = req.fill_ids
+        fill = req.radix_key
         limit = len(fill) - 1
         if req.wants_input_logprobs:
             limit = min(limit, max(0, req.logprob_start_len - 1))
         return fill[:max(0, limit)]
 
     def _insert_and_relock(self, req: Req, relock: bool) -> None:
-        key = req.fill_ids[:req.kv_len]
+        key = req.radix_key[:req.kv_len]
         own = self.req_pool.slots(req.req_pool_idx, req.kv_len)
         # under the epoch of its oldest KV: KV kept across an update is never matched later
         self.tree.insert(key, own.clone(), req.kv_epoch)

@@ -27,9 +27,10 @@ from rollserve.weight_sync.checker import WeightChecker
 from rollserve.weight_sync.service import DeferredUpdate, WeightSyncService
 from rollserve.weight_sync.trainer_protocols import TrainerProtocols
 from rollserve.executor.expert_distribution import expert_distribution_calls
-from rollserve.executor.parallel_state import tp_rank, tp_size
-from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, join_tensor_parallel,
-                                         share_messages)
+from rollserve.executor.parallel_state import dp_attention, group_rank
+from rollserve.scheduler.dp_attention import DPAttention
+from rollserve.scheduler.tp_sync import (DiscardingSender, combine_answers, done_on_every_rank,
+                                         join_tensor_parallel, share_messages)
 
 logger = logging.getLogger(__name__)
 # SGLang's three (abort, its default; retract; in_place), vLLM's keep (= in_place) and wait
@@ -43,17 +44,19 @@ class SchedulerProcess:
         self.runner = ModelRunner(config.executor)
         self.scheduler = make_scheduler(config, self.runner, tokenizer,
                                         eos_token_ids(config.model_path, tokenizer))
-        self.leader = tp_rank() == 0  # under TP only rank 0 talks to the front end (tp_sync.py)
+        self.leader = group_rank() == 0  # under TP only rank 0 receives (tp_sync.py)
         self.ports = ports
-        if self.leader:
+        # DP attention: each rank runs its own requests, so each sends its own outputs
+        self.dp = DPAttention() if dp_attention() else None
+        self.context, self.recv, self.send = None, None, DiscardingSender()
+        if self.leader or self.dp is not None:
             self.context = context = zmq.Context(2)
             context.setsockopt(zmq.LINGER, 0)
-            self.recv = context.socket(zmq.PULL)
-            self.recv.bind(ports["scheduler"])
             self.send = context.socket(zmq.PUSH)
             self.send.connect(ports["detokenizer"])
-        else:
-            self.context, self.recv, self.send = None, None, DiscardingSender()
+        if self.leader:
+            self.recv = self.context.socket(zmq.PULL)
+            self.recv.bind(ports["scheduler"])
         self.paused = False
         self.draining = False  # pause mode "wait": no new request starts, then pause
         self.held_requests: list = []  # arrived while draining; submitted at continue
@@ -75,6 +78,8 @@ class SchedulerProcess:
         threading.Thread(target=self._watchdog, daemon=True).start()
         if self.leader:  # the front end watches rank 0; the others are its children too
             threading.Thread(target=self._heartbeat, daemon=True).start()
+        if self.dp is not None:
+            return self._loop_dp_attention()
         while True:
             self.loop_tick = time.monotonic()
             self._receive(block=not self.scheduler.has_work() or self._held())
@@ -92,6 +97,35 @@ class SchedulerProcess:
                 self.send.send_pyobj(BatchTokenOutput(outputs))
             self._finish_draining()
             self._run_pending_updates()
+
+    def _loop_dp_attention(self) -> None:
+        """The loop under DP attention: the ranks share whether any has work before each
+        step, then all run one forward each (an idle one where a rank has none)."""
+        while True:
+            self.loop_tick = time.monotonic()
+            self._receive(block=not self.dp.busy_anywhere or self._held())
+            self._answer_deferred()
+            self.dp.sync(self.scheduler.has_work(), self.scheduler.num_requests())
+            self._run_pending_updates()
+            if self._held() or not self.dp.busy_anywhere:
+                self._finish_draining()
+                continue
+            self.last_step_start = time.monotonic()
+            outputs = self.dp.step(self.scheduler, self.scheduler.runner)
+            self.last_step_start = None
+            self.profiler.on_step()
+            self._send_outputs(outputs)
+            self._finish_draining()
+            self._run_pending_updates()
+
+    def _busy(self) -> bool:
+        """Whether the replica has requests in flight (DP attention: any rank, as shared)."""
+        return self.scheduler.has_work() if self.dp is None else self.dp.busy_anywhere
+
+    def _admit(self, msg) -> None:
+        """A request for this replica's scheduler (DP attention: only on the rank that keeps it)."""
+        if self.dp is None or self.dp.owns():
+            self.scheduler.add_request(msg)
 
     def _held(self) -> bool:
         return self.paused or self.weight_sync.holds_generation()
@@ -117,7 +151,7 @@ class SchedulerProcess:
                     or (self.held_requests and self.paused)):
                 self.held_requests.append(msg)
             else:
-                self.scheduler.add_request(msg)
+                self._admit(msg)
         elif isinstance(msg, AbortReq):
             self._unhold_aborted(msg)
             outputs = self.scheduler.abort(msg.rid, msg.abort_all)
@@ -126,10 +160,8 @@ class SchedulerProcess:
         elif isinstance(msg, RpcReq):
             result = self._rpc(msg)
             if isinstance(result, Future):  # it waits on someone outside: answered when done
-                if tp_size() == 1:
-                    self.deferred.append((msg.rpc_id, result))
-                    return
-                result = result.result()  # TP ranks answer together, so they wait in step
+                self.deferred.append((msg.rpc_id, result))  # (every TP rank in the same order)
+                return
             if isinstance(result, DeferredUpdate):  # answered when it runs (_run_pending_updates)
                 # every rank runs it at the same step (same requests), and combines there
                 result.reply = lambda answer, rpc_id=msg.rpc_id: self._send_answer(rpc_id, answer)
@@ -144,9 +176,15 @@ class SchedulerProcess:
             self.send.send_pyobj(RpcResult(rpc_id, answer))
 
     def _answer_deferred(self) -> None:
-        for item in [d for d in self.deferred if d[1].done()]:
-            self.deferred.remove(item)
-            self.send.send_pyobj(RpcResult(item[0], item[1].result()))
+        """Answer the control calls whose outside wait ended, once it ended on every TP rank
+        (their answers combine in one collective, so the ranks take them at the same step)."""
+        if not self.deferred:  # the same on every rank: they handled the same messages
+            return
+        done = done_on_every_rank([future.done() for _, future in self.deferred])
+        for item, finished in zip(list(self.deferred), done):
+            if finished:
+                self.deferred.remove(item)
+                self._send_answer(item[0], item[1].result())
 
     def _send_outputs(self, outputs) -> None:
         if outputs:
@@ -186,7 +224,8 @@ class SchedulerProcess:
 
     # ---- control calls -------------------------------------------------------------
     def get_info(self) -> dict:
-        return {"success": True, **self.scheduler.info(), **self.scheduler.runner.model_summary}
+        info = self.scheduler.info() if self.dp is None else self.dp.combine_info(self.scheduler.info())
+        return {"success": True, **info, **self.scheduler.runner.model_summary}
 
     def start_profile(self, **fields) -> dict:
         return self.profiler.start(ProfileRequest(**fields))
@@ -217,14 +256,14 @@ class SchedulerProcess:
         self.weight_sync.pause_mode = None
         held, self.held_requests = self.held_requests, []
         for msg in held:
-            self.scheduler.add_request(msg)
+            self._admit(msg)
         return {"success": True, "message": "generation continued"}
 
     def is_paused(self) -> dict:
         return {"success": True, "is_paused": self.paused}
 
     def _finish_draining(self) -> None:
-        if self.draining and not self.scheduler.has_work():
+        if self.draining and not self._busy():
             self.draining, self.paused = False, True
             self.weight_sync.pause_mode = "wait"
 
@@ -234,7 +273,7 @@ class SchedulerProcess:
         hit = [m for m in self.held_requests if abort_hits(m.rid, msg.rid, msg.abort_all)]
         for m in hit:
             self.held_requests.remove(m)
-            self.scheduler.add_request(m)
+            self._admit(m)
 
     def _run_pending_updates(self) -> None:
         """Updates waiting for requests in flight run once those finished (or are refused
@@ -242,11 +281,14 @@ class SchedulerProcess:
         if not self.weight_sync.pending:
             return
         self._send_outputs(self.scheduler.drain())
-        self.weight_sync.run_pending()
+        if self.dp is None:
+            self.weight_sync.run_pending()
+        else:  # the ranks decide together: the replica's work, rank 0's clock
+            self.weight_sync.run_pending(busy=self.dp.busy_anywhere, now=self.dp.clock)
         if not self.weight_sync.pending and not (self.paused or self.draining):
             held, self.held_requests = self.held_requests, []
             for msg in held:
-                self.scheduler.add_request(msg)
+                self._admit(msg)
 
     def _heartbeat(self) -> None:
         """The front end's proof that this process runs (a stopped or frozen process sends

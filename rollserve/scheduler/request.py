@@ -49,6 +49,7 @@ class Req:
     kv_epoch: int = 0
     stale_kv_tokens: int = 0
     grammar: Any = None  # scheduler/grammar.py GrammarState when sampling_params constrain it
+    mm_inputs: Any = None  # core/multimodal.py's MultimodalInputs: images of a VLM prompt
 
     @classmethod
     def from_message(cls, msg: TokenizedGenerateReq) -> "Req":
@@ -56,12 +57,19 @@ class Req:
                    return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
                    top_logprobs_num=msg.top_logprobs_num, stream=msg.stream,
                    return_routed_experts=msg.return_routed_experts,
-                   routed_experts_start_len=msg.routed_experts_start_len)
+                   routed_experts_start_len=msg.routed_experts_start_len, mm_inputs=msg.mm_inputs)
 
     @property
     def fill_ids(self) -> List[int]:
         """Every token whose KV the request needs: prompt plus generated tokens."""
         return self.input_ids + self.output_ids
+
+    @property
+    def radix_key(self) -> List[int]:
+        """fill_ids as the prefix cache keys them: image tokens by their image's hash."""
+        if self.mm_inputs is None:
+            return self.fill_ids
+        return self.mm_inputs.radix_key + self.output_ids
 
     @property
     def seq_len(self) -> int:

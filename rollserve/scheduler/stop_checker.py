@@ -12,6 +12,7 @@ class StopChecker:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.context_len = context_len
+        self.special_ids = frozenset(getattr(tokenizer, "all_special_ids", None) or ())
 
     def check(self, req: Req) -> None:
         """Sets req.finished_reason when the last output token ends the request."""
@@ -19,13 +20,19 @@ class StopChecker:
         token = req.output_ids[-1]
         if len(req.output_ids) < params.min_new_tokens:
             return self._check_length(req)
-        if token in params.stop_token_ids:
-            return req.finish("stop", matched=token)
-        if not params.ignore_eos and token in self.eos_token_ids:
-            return req.finish("stop", matched=token)
+        if token in params.stop_token_ids or (
+                not params.ignore_eos and token in self.eos_token_ids):
+            return self._stop_on_token(req, token)
         if params.stop and self._check_stop_strings(req):
             return
         self._check_length(req)
+
+    def _stop_on_token(self, req: Req, token: int) -> None:
+        # As SGLang, the stop token is not part of the text: with skip_special_tokens off
+        # (tool-call parsing needs the markers) EOS would otherwise end it as "<|im_end|>"
+        if not req.sampling_params.skip_special_tokens and token in self.special_ids:
+            req.trim_stop = self.tokenizer.decode([token], skip_special_tokens=False) or None
+        req.finish("stop", matched=token)
 
     def _check_length(self, req: Req) -> None:
         if len(req.output_ids) >= req.sampling_params.max_new_tokens:

@@ -14,8 +14,9 @@ import logging
 import random
 from typing import Any, List, Optional
 
-from rollserve.executor.parallel_state import (broadcast_objects, gather_objects, init_tensor_parallel,
-                                               tp_rank, tp_size)
+from rollserve.executor.parallel_state import (broadcast_objects, gather_objects, group_rank,
+                                               group_size, init_tensor_parallel, set_dp_attention,
+                                               set_expert_parallel)
 from rollserve.scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def join_tensor_parallel(config: SchedulerConfig, rank: int) -> SchedulerConfig:
 
         torch.cuda.set_device(device)  # NCCL binds the current device
     init_tensor_parallel(rank, ex.tp_size, f"tcp://{ex.dist_init_addr}", device, ex.dist_timeout)
+    set_expert_parallel(ex.ep_size)
+    set_dp_attention(ex.dp_attention)
     return dataclasses.replace(config, executor=dataclasses.replace(ex, device=device))
 
 
@@ -54,16 +57,16 @@ def with_shared_seed(config: SchedulerConfig) -> SchedulerConfig:
 
 def share_messages(received: Optional[List[Any]]) -> List[Any]:
     """Rank 0's messages of this round on every rank (rank 0 passes them, the others None)."""
-    return broadcast_objects(received) if tp_size() > 1 else received
+    return broadcast_objects(received) if group_size() > 1 else received
 
 
 def combine_answers(answer: dict) -> Optional[dict]:
     """The replica's answer to a control call that every rank ran: rank 0's when all agree
     on success, else the first failing rank's (named); None on the other ranks."""
-    if tp_size() == 1:
+    if group_size() == 1:
         return answer
     answers = gather_objects(answer)
-    if tp_rank() != 0:
+    if group_rank() != 0:
         return None
     ok = [bool(a.get("success", True)) if isinstance(a, dict) else True for a in answers]
     if all(ok) or not any(ok) and len({str(a) for a in answers}) == 1:
@@ -72,6 +75,16 @@ def combine_answers(answer: dict) -> Optional[dict]:
     failed = dict(answers[failing])
     failed["message"] = f"tensor-parallel rank {failing}: {failed.get('message', '')}"
     return failed
+
+
+def done_on_every_rank(done: List[bool]) -> List[bool]:
+    """Per item, whether it is done on every rank (each rank passes its own flags, in the
+    same order): a wait that ends at different steps on different ranks is taken together."""
+    if group_size() == 1:
+        return done
+    flags = gather_objects(done)
+    agreed = [all(col) for col in zip(*flags)] if group_rank() == 0 else None
+    return broadcast_objects(agreed)
 
 
 class DiscardingSender:

@@ -28,14 +28,16 @@ async def update_weights_from_disk(tm, model_path: str, load_format: Optional[st
                                    flush_cache: bool = True, abort_all_requests: bool = False,
                                    weight_version: Optional[str] = None,
                                    in_flight_requests: Optional[str] = None,
-                                   in_flight_timeout: Optional[float] = None) -> dict:
+                                   in_flight_timeout: Optional[float] = None,
+                                   validate_only: bool = False) -> dict:
     """in_flight_requests / in_flight_timeout: what happens to requests in flight
-    (weight_sync/service.py; None: wait for them, or the pause's mode while paused)."""
+    (weight_sync/service.py; None: wait for them, or the pause's mode while paused).
+    validate_only: check the checkpoint, write nothing."""
     result = await tm.rpc("update_weights_from_disk", model_path=model_path,
                           load_format=load_format, flush_cache=flush_cache,
                           abort_all_requests=abort_all_requests, weight_version=weight_version,
                           in_flight_requests=in_flight_requests,
-                          in_flight_timeout=in_flight_timeout)
+                          in_flight_timeout=in_flight_timeout, validate_only=validate_only)
     if result.get("success"):
         tm.model_path = model_path  # as SGLang: /get_model_info names the checkpoint now served
     return _update_response(result)

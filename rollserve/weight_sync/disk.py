@@ -21,7 +21,8 @@ def validate_checkpoint(model, model_path: str, load_format: str) -> List[Checkp
     files = scan_checkpoint(model_path, load_format)
     infos = [info for f in files for info in f.tensors]
     check_tensor_infos(infos, model.checkpoint_spec(), model.skips_checkpoint_name,
-                       type(model).__name__, require_all=True)
+                       type(model).__name__, require_all=True,
+                       rename=getattr(model, "canonical_name", None))
     return files
 
 

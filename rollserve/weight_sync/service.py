@@ -23,7 +23,7 @@ import torch
 
 from rollserve.executor.model_runner import ModelRunner
 from rollserve.executor.models.weights import checkpoint_targets, full_tensor
-from rollserve.executor.parallel_state import first_failing_rank, tp_rank, tp_size
+from rollserve.executor.parallel_state import first_failing_rank, group_rank, group_size
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
@@ -102,13 +102,15 @@ class WeightSyncService:
         """True while an update waits for the requests in flight: new ones wait for it."""
         return bool(self.pending)
 
-    def run_pending(self) -> None:
+    def run_pending(self, busy: Optional[bool] = None, now: Optional[float] = None) -> None:
         """Apply the deferred updates whose time has come, in order; refuse one whose
-        requests did not finish in time. Called by the scheduler process between steps."""
+        requests did not finish in time. Called by the scheduler process between steps.
+        busy / now: the replica's (DP attention: shared by its ranks, so all decide alike);
+        None: this process's own."""
         while self.pending:
             head = self.pending[0]
-            if head.wait_idle and self.scheduler.has_work():
-                if time.monotonic() < head.deadline:
+            if head.wait_idle and (self.scheduler.has_work() if busy is None else busy):
+                if (time.monotonic() if now is None else now) < head.deadline:
                     return
                 self.pending.popleft()
                 head.reply(_refused(WeightUpdateError(
@@ -124,13 +126,14 @@ class WeightSyncService:
                                      flush_cache: bool = True, abort_all_requests: bool = False,
                                      weight_version: Optional[str] = None,
                                      in_flight_requests: Optional[str] = None,
-                                     in_flight_timeout: Optional[float] = None) -> dict:
+                                     in_flight_timeout: Optional[float] = None,
+                                     validate_only: bool = False) -> dict:
         def prepare():
             files = validate_checkpoint(self.model, model_path, load_format or "auto")
             return lambda: load_checkpoint_files(self.model, files)
 
         return self._update(prepare, f"from {model_path}", flush_cache, abort_all_requests,
-                            weight_version, in_flight_requests, in_flight_timeout)
+                            weight_version, in_flight_requests, in_flight_timeout, validate_only)
 
     def update_weights_from_tensor(self, serialized_named_tensors: Sequence, load_format=None,
                                        flush_cache: bool = True, abort_all_requests: bool = False,
@@ -189,8 +192,8 @@ class WeightSyncService:
         tensors on that rank's device): a rank reads its own. rollserve's own buckets hold
         different tensors each: every rank reads them all and takes its slices."""
         indexed = list(enumerate(payloads))
-        if tp_size() > 1 and len(indexed) == tp_size() and all(is_pickled_payload(p) for p in payloads):
-            return [indexed[tp_rank()]]
+        if group_size() > 1 and len(indexed) == group_size() and all(is_pickled_payload(p) for p in payloads):
+            return [indexed[group_rank()]]
         return indexed
 
     @staticmethod
@@ -202,7 +205,7 @@ class WeightSyncService:
                                "slime's flattened_bucket) are read only from a trusted peer on this "
                                "host: start the server with --trust-local-pickled-tensors and send "
                                "from 127.0.0.1, or use rollserve's pickle-free buckets")
-        return named_tensors_from_pickle(payload, load_format, tp_rank())
+        return named_tensors_from_pickle(payload, load_format, group_rank())
 
     # ---- the distributed group -----------------------------------------------------------------
     def init_weights_update_group(self, master_address: str, master_port: int, rank_offset: int,
@@ -219,7 +222,7 @@ class WeightSyncService:
             return {"success": False, "message": f"group {group_name!r} already exists; destroy it first"}
         backend = backend or ("nccl" if self.runner.device.type == "cuda" else "gloo")
         timeout_s = self.dist_timeout_s
-        rank = int(rank_offset) + tp_rank()  # SGLang's layout: the replica's TP ranks in a row
+        rank = int(rank_offset) + group_rank()  # SGLang's layout: the replica's ranks in a row
 
         def join():
             if backend == "nccl" and self.runner.device.type == "cuda":  # NCCL binds the GPU
@@ -291,12 +294,14 @@ class WeightSyncService:
     # ---- the common update -------------------------------------------------------------------
     def _check(self, infos: List[TensorInfo]) -> None:
         check_tensor_infos(infos, self.model.checkpoint_spec(), self.model.skips_checkpoint_name,
-                           type(self.model).__name__, require_all=False)
+                           type(self.model).__name__, require_all=False,
+                           rename=getattr(self.model, "canonical_name", None))
 
     def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
                 weight_version: Optional[str], in_flight_requests: Optional[str] = None,
-                in_flight_timeout: Optional[float] = None):
-        """The answer, or a DeferredUpdate the scheduler process answers later."""
+                in_flight_timeout: Optional[float] = None, validate_only: bool = False):
+        """The answer, or a DeferredUpdate the scheduler process answers later. validate_only:
+        the answer of every check, nothing written (the DP router's first phase)."""
         try:
             if WEIGHTS in self.memory.released:
                 raise WeightUpdateError("the weights are released; call resume_memory_occupation "
@@ -313,6 +318,10 @@ class WeightSyncService:
             return _refused(refusal)
         if failing is not None:
             return _refused(WeightUpdateError(f"tensor-parallel rank {failing} refused the update"))
+        if validate_only:
+            return {"success": True, "num_paused_requests": 0,
+                    "message": f"the update {source} would be accepted (validate_only: nothing "
+                               f"written)"}
 
         def apply() -> dict:
             return self._apply(write, source, mode, flush_cache, weight_version)

@@ -9,6 +9,7 @@ data is read), which also catches truncated or corrupt files.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass
@@ -55,13 +56,16 @@ def _names(names: Sequence[str]) -> str:
 
 
 def check_tensor_infos(infos: Sequence[TensorInfo], spec: Spec, skip: Callable[[str], bool],
-                       model_name: str, require_all: bool) -> None:
+                       model_name: str, require_all: bool,
+                       rename: Optional[Callable[[str], str]] = None) -> None:
     """Raises WeightUpdateError naming the first kind of problem found.
 
     Floating dtypes that differ from the parameter's are accepted (the copy casts,
     as SGLang does); a non-floating tensor for a floating parameter is refused.
     `require_all`: every tensor of `spec` must be present (a full checkpoint).
     """
+    if rename is not None:  # a model that reads older checkpoint layouts (models/qwen2_vl.py)
+        infos = [dataclasses.replace(info, name=rename(info.name)) for info in infos]
     seen: Dict[str, str] = {}
     for info in infos:
         if skip(info.name):

@@ -106,14 +106,15 @@ def test_n_and_max_tokens_out_of_range(http, model_name):
 
 def test_unsupported_features_are_refused(http, model_name):
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-    assert_error(http.post("/v1/chat/completions", json=chat_body(model_name, tools=[tool])),
-                 400, "tools", "not supported")
+    assert_error(http.post("/v1/chat/completions", json=chat_body(
+        model_name, tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}})),
+                 400, "tool_choice", "'g'")
     assert_error(http.post("/v1/chat/completions", json=chat_body(
         model_name, response_format={"type": "xml"})), 400, "response_format.type")
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
     assert_error(http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 2,
                                                          "messages": [image]}),
-                 400, "messages[0].content", "not supported")
+                 400, "messages[0].content", "takes text only")
     for field, value in (("suffix", "end"), ("best_of", 3)):
         assert_error(http.post("/v1/completions", json={"model": model_name, "prompt": "x",
                                                         field: value}), 400, field)

@@ -45,3 +45,12 @@ def test_captured_routing_equals_transformers(tmp_path, variant):
     assert (ours[:, dense] == -1).all()
     assert torch.equal(ours[:, store.moe_layers].sort(dim=-1).values,
                        expected.sort(dim=-1).values.to(torch.int32))
+
+
+def test_the_rows_are_counted_in_the_kv_pool_sizing(tmp_path):
+    """A row of int16 ids per layer and choice for every slot: what the sizing adds per token."""
+    save_variant("qwen3_moe", str(tmp_path), seed=1)
+    model = load_model(str(tmp_path), torch.float32, "cpu")
+    store = RoutedExpertsStore.for_model(model, 10, torch.device("cpu"))
+    per_row = store.rows[0].numel() * store.rows.element_size()
+    assert RoutedExpertsStore.bytes_per_token(model) == per_row == model.num_layers * 2 * 2

@@ -135,8 +135,36 @@ def test_control_calls_fan_out_with_one_answer(router, tiny_models):
     r = httpx.post(f"{url}/update_weights_from_disk", json={"model_path": "/no/such/ckpt"},
                    timeout=120)
     assert r.status_code >= 400 and r.json()["success"] is False
-    assert r.json()["message"].startswith("2 of 2 workers failed: http://127.0.0.1:")
+    assert r.json()["message"].startswith("no worker was updated: 2 of 2 workers failed: http:")
     assert httpx.post(f"{url}/flush_cache", timeout=60).json()["success"]
+
+
+def test_a_disk_update_one_worker_refuses_updates_none(router, workers, tiny_models, tmp_path):
+    """The workers serve different models here, so the llama checkpoint passes on one and is
+    refused by the other (as a path missing on one machine would be): nobody is updated."""
+    proc, other = spawn_server(["--model-path", tiny_models["qwen3"], *WORKER_ARGS],
+                               log_file=open(tmp_path / "qwen3.log", "w"))
+    try:
+        wait_until_healthy(other, proc, timeout=300)
+        first = workers[0][1]
+        url = router("round_robin", [other])
+        before = httpx.get(f"{first}/get_model_info").json()["weight_version"]
+        r = httpx.post(f"{url}/update_weights_from_disk",
+                       json={"model_path": tiny_models["llama"], "weight_version": "never"},
+                       timeout=120)
+        assert r.status_code == 400 and r.json()["success"] is False
+        assert r.json()["message"].startswith("no worker was updated: 1 of 3 workers failed")
+        assert other in r.json()["message"]
+        assert httpx.get(f"{first}/get_model_info").json()["weight_version"] == before
+        # validate_only alone: the check's answer, nothing written
+        r = httpx.post(f"{first}/update_weights_from_disk",
+                       json={"model_path": tiny_models["llama"], "weight_version": "x",
+                             "validate_only": True}, timeout=120)
+        assert r.json()["success"] and "nothing written" in r.json()["message"]
+        assert httpx.get(f"{first}/get_model_info").json()["weight_version"] == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def test_workers_are_added_listed_and_removed(router, workers):

@@ -76,3 +76,42 @@ def test_triton_kernel_matches_reference(tokens, hidden, inter, experts, top_k, 
     ref = fused_moe_torch(x.float(), w13.float(), w2.float(), weights, ids)
     error = (out.float() - ref).norm() / ref.norm()
     assert error < (2e-2 if dtype != torch.float32 else 1e-2), error
+
+
+def _expert_parallel_sum(moe, x, w13, w2, weights, ids, ranks):
+    """Each rank's experts (ids remapped, the others dropped) summed: the all-reduce's result."""
+    from rollserve.executor.layers.moe_parallel import ExpertLayout
+
+    per = w13.shape[0] // ranks
+    total = torch.zeros_like(x)
+    for r in range(ranks):
+        layout = ExpertLayout(w13.shape[0], w2.shape[2], r * per, per, 0, w2.shape[2])
+        part = slice(r * per, (r + 1) * per)
+        total += moe(x, w13[part], w2[part], weights, layout.local_ids(ids), dropped=True)
+    return total
+
+
+def test_expert_parallel_parts_add_up_to_the_whole():
+    x, w13, w2, weights, ids = _inputs(11, 16, 24, 6, 2)
+    split = _expert_parallel_sum(fused_moe_torch, x, w13, w2, weights, ids, ranks=3)
+    torch.testing.assert_close(split, fused_moe_torch(x, w13, w2, weights, ids))
+
+
+def test_moe_align_skips_copies_of_another_ranks_experts():
+    ids = torch.tensor([[0, 2], [2, 1], [2, 2]])  # 2 = "not on this rank" with 2 experts
+    sorted_ids, block_expert = moe_align(ids, 2, 4)
+    kept = {c for c, e in zip(sorted_ids.view(-1, 4).tolist(), block_expert.tolist()) if e >= 0
+            for c in c}
+    assert kept - {ids.numel()} == {0, 3}  # copies routed to experts 0 and 1 only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_kernel_expert_parallel_parts_add_up():
+    pytest.importorskip("triton")
+    from rollserve.kernels.fused_moe_triton import fused_moe_triton
+
+    x, w13, w2, weights, ids = _inputs(37, 128, 64, 8, 2, torch.float32, "cuda")
+    split = _expert_parallel_sum(fused_moe_triton, x, w13, w2, weights, ids, ranks=2)
+    ref = fused_moe_torch(x, w13, w2, weights, ids)
+    assert (split - ref).norm() / ref.norm() < 1e-2

@@ -105,8 +105,10 @@ def test_tp_size_the_model_cannot_split_fails_start_naming_it(checkpoints):
 
 def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
     """init_weights_update_group: the trainer is rank 0, TP ranks 1 and 2 (rank_offset 1);
-    every rank receives the broadcast and keeps its slices."""
+    the replica generates while it waits for the trainer; every rank receives the broadcast
+    and keeps its slices."""
     import threading
+    import time
 
     from rollserve.api.server import free_port
     from rollserve.weight_sync import distributed
@@ -119,6 +121,11 @@ def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
     joining = threading.Thread(target=engine_side, args=(
         "init", tp2.init_weights_update_group, "127.0.0.1", port, 1, 3, "tp-sync", "gloo"))
     joining.start()
+    # the ranks wait for the trainer beside generation, not in its way
+    time.sleep(0.5)
+    during, _ = greedy(tp2)
+    assert joining.is_alive(), "the join answered before the trainer came"
+    assert [len(ids) for ids in during] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
     group = distributed.init_custom_process_group("gloo", "127.0.0.1", port, 3, 0, "tp-sync")
     joining.join()
     assert results["init"]["success"], results["init"]

@@ -3,7 +3,9 @@ tensor, so the fused kernel reads every expert from one place) and optional shar
 
 Checkpoints name each expert separately (`experts.{e}.gate_proj.weight`, Mixtral's
 `experts.{e}.w1.weight`); `checkpoint_targets` maps those names onto slices of the stacked
-tensors. A recorder on the forward context (ctx.moe_recorder) sees each layer's choices: the
+tensors. Under tensor parallelism the experts are split as layers/moe_parallel.py says (each
+expert's rows, or whole experts with --ep-size), and one all-reduce ends the block.
+A recorder on the forward context (ctx.moe_recorder) sees each layer's choices: the
 expert-distribution counters and the routed experts returned for RL read them there.
 """
 
@@ -16,7 +18,11 @@ from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.layers.linear import FusedLinear
+from rollserve.executor.layers.moe_parallel import expert_layout
 from rollserve.executor.layers.norm import RMSNorm
+from rollserve.executor.layers.parallel import RowParallelLinear, column_slices
+from rollserve.executor.parallel_state import (all_gather_rows, all_reduce, dp_attention, split_evenly,
+                                               tp_rank, tp_size)
 from rollserve.kernels.linear import linear
 from rollserve.kernels.activation import silu_and_mul
 from rollserve.kernels.moe import RoutingSpec, fused_moe, select_experts
@@ -26,13 +32,18 @@ EXPERT_NAMES = {"default": ("gate_proj", "up_proj", "down_proj"), "mixtral": ("w
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) on already-normed input (dense layers and shared experts)."""
+    """down(silu(gate(x)) * up(x)) on already-normed input (dense layers and shared experts).
+    Under TP each rank holds its intermediate rows and returns its partial sum: the caller
+    all-reduces (the MoE block adds it to its experts' part first: one all-reduce)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_up_proj = FusedLinear(hidden_size, {"gate_proj": intermediate_size,
-                                                      "up_proj": intermediate_size}, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        start, size = split_evenly(intermediate_size, tp_rank(), tp_size(), "intermediate_size")
+        slices = None if tp_size() == 1 else column_slices(
+            {"gate_proj": (start, size), "up_proj": (start, size)}, False)
+        self.gate_up_proj = FusedLinear(hidden_size, {"gate_proj": size, "up_proj": size},
+                                        bias=False, slices=slices)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = silu_and_mul(linear(x, self.gate_up_proj.weight))
@@ -58,23 +69,38 @@ class RoutedExperts(nn.Module):
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int,
                  names: Tuple[str, str, str]):
         super().__init__()
-        self.num_experts, self.intermediate_size, self.names = num_experts, intermediate_size, names
-        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
-        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.layout = expert_layout(num_experts, intermediate_size)
+        self.num_experts, self.names = num_experts, names
+        self.intermediate_size = size = self.layout.inter_local  # this rank's rows of each
+        local = self.layout.num_local
+        self.w13_weight = nn.Parameter(torch.empty(local, 2 * size, hidden_size))
+        self.w2_weight = nn.Parameter(torch.empty(local, hidden_size, size))
+        self.tp_slices = self.layout.slices(names)
 
     def checkpoint_targets(self) -> Dict[str, Tuple[nn.Parameter, tuple]]:
-        """Per-expert checkpoint name (relative to this module) -> (stacked parameter, index)."""
-        gate, up, down = self.names
+        """Per-expert checkpoint name (relative to this module) -> (stacked parameter, index);
+        an expert another rank holds gets an empty index (its slice here is empty too)."""
+        gate, up, down = self.layout.names_of(self.names)
         size = self.intermediate_size
         targets = {}
         for e in range(self.num_experts):
-            targets[f"{e}.{gate}.weight"] = (self.w13_weight, (e, slice(0, size)))
-            targets[f"{e}.{up}.weight"] = (self.w13_weight, (e, slice(size, 2 * size)))
-            targets[f"{e}.{down}.weight"] = (self.w2_weight, (e,))
+            if self.layout.is_local(e):
+                i = e - self.layout.first_local
+                rows_gate, rows_up, rows_down = (i, slice(0, size)), (i, slice(size, 2 * size)), (i,)
+            else:
+                rows_gate = rows_up = (0, slice(0, 0))
+                rows_down = (0, slice(None), slice(0, 0))
+            targets[gate % e] = (self.w13_weight, rows_gate)
+            targets[up % e] = (self.w13_weight, rows_up)
+            targets[down % e] = (self.w2_weight, rows_down)
         return targets
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return fused_moe(x, self.w13_weight, self.w2_weight, weights, ids)
+        """This rank's part of the experts' output (the block all-reduces under TP)."""
+        if self.layout.num_local == self.num_experts:
+            return fused_moe(x, self.w13_weight, self.w2_weight, weights, ids)
+        return fused_moe(x, self.w13_weight, self.w2_weight, weights, self.layout.local_ids(ids),
+                         dropped=True)
 
 
 class SparseMoeBlock(nn.Module):
@@ -96,11 +122,28 @@ class SparseMoeBlock(nn.Module):
                 ctx: Optional[ForwardContext] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Same contract as LlamaMLP: (block(norm(hidden + residual)), the new residual)."""
         x, residual = norm(hidden, residual)
+        return self.moe(x, ctx), residual
+
+    def moe(self, x: torch.Tensor, ctx: Optional[ForwardContext] = None) -> torch.Tensor:
+        """The block's output for normed `x`. Under DP attention each rank brings its own
+        tokens (an idle rank none, ModelRunner.idle_forward): the experts see every rank's,
+        the all-reduce adds the ranks' expert parts, each rank keeps its rows; the shared
+        experts are whole on every rank and run on its own tokens."""
+        if not dp_attention():
+            out = self._routed(x, ctx)
+            if self.shared_experts is not None:
+                out = out + self.shared_experts(x)
+            return all_reduce(out)  # the ranks' parts (identity on one rank)
+        every, mine = all_gather_rows(x)
+        if every.shape[0] == 0:  # no rank had a token (all agree: they saw the same counts)
+            return x
+        out = all_reduce(self._routed(every, ctx, mine))[mine]
+        return out if self.shared_experts is None else out + self.shared_experts(x)
+
+    def _routed(self, x: torch.Tensor, ctx: Optional[ForwardContext],
+                mine: Optional[slice] = None) -> torch.Tensor:
         weights, ids = self.gate(x)
         recorder = getattr(ctx, "moe_recorder", None)
-        if recorder is not None:
-            recorder.record(self.layer_id, ids)
-        out = self.experts(x, weights.to(x.dtype), ids)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return out, residual
+        if recorder is not None:  # this rank's tokens' choices (mine: its rows of every rank's)
+            recorder.record(self.layer_id, ids if mine is None else ids[mine])
+        return self.experts(x, weights.to(x.dtype), ids)

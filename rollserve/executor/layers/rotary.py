@@ -38,3 +38,27 @@ class RotaryEmbedding(nn.Module):
             return rope_cos_sin(positions, self.inv_freq.float(), self.attention_scaling)
         rows = self.cos_sin.index_select(0, positions)
         return rows.chunk(2, dim=-1)
+
+
+class MRotaryEmbedding(RotaryEmbedding):
+    """Multimodal RoPE (Qwen2-VL): the rotary frequencies are split into sections (t, h, w)
+    and section i rotates by position stream i % 3. Positions [3, T] give each stream its own
+    index; positions [T] (decode, and every text token after the last image) are the same in
+    all three streams, which is ordinary RoPE, so the table and CUDA graphs still apply."""
+
+    def __init__(self, hf_config, head_dim: int, mrope_section):
+        super().__init__(hf_config, head_dim)
+        if sum(mrope_section) != head_dim // 2:
+            raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim / 2 = "
+                             f"{head_dim // 2}")
+        stream = [i % 3 for i, n in enumerate(mrope_section) for _ in range(n)]
+        self.register_buffer("stream_of_freq", torch.tensor(stream), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if positions.dim() == 1:
+            return super().forward(positions)
+        # [3, T] -> cos/sin per stream [3, T, D/2]; frequency j takes its stream's row
+        cos, sin = rope_cos_sin(positions.reshape(-1), self.inv_freq.float(), self.attention_scaling)
+        pick = self.stream_of_freq[None, None, :].expand(1, positions.shape[1], -1)
+        shape = (3, positions.shape[1], -1)
+        return (cos.view(shape).gather(0, pick)[0], sin.view(shape).gather(0, pick)[0])

@@ -12,6 +12,8 @@ from rollserve.executor.models.decoder_embedding import (LlamaEmbeddingModel, Qw
 from rollserve.executor.models.deepseek_v2 import DeepseekV2ForCausalLM, DeepseekV3ForCausalLM
 from rollserve.executor.models.llama import LlamaForCausalLM
 from rollserve.executor.models.qwen2 import Qwen2ForCausalLM
+from rollserve.executor.models.qwen2_vl import (Qwen2_5_VLForConditionalGeneration,
+                                                Qwen2VLForConditionalGeneration)
 from rollserve.executor.models.mixtral import MixtralForCausalLM
 from rollserve.executor.models.qwen3 import Qwen3ForCausalLM
 from rollserve.executor.models.qwen3_moe import Qwen3MoeForCausalLM
@@ -28,6 +30,8 @@ MODEL_REGISTRY: Dict[str, Type[nn.Module]] = {
     "MixtralForCausalLM": MixtralForCausalLM,
     "DeepseekV2ForCausalLM": DeepseekV2ForCausalLM,
     "DeepseekV3ForCausalLM": DeepseekV3ForCausalLM,
+    "Qwen2VLForConditionalGeneration": Qwen2VLForConditionalGeneration,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
 }
 
 # Embedding and classification (reward) models; their pooling is chosen by
@@ -50,7 +54,9 @@ EMBEDDING_MODEL_OF_CAUSAL_LM = {"LlamaForCausalLM": "LlamaModel", "MistralForCau
 _ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                                "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
-                               "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+                               "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+                               "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 
 
 def get_model_class(hf_config) -> Type[nn.Module]:

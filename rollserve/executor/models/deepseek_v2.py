@@ -13,6 +13,11 @@ top-k within the best groups) scaled by routed_scaling_factor, plus the shared e
 
 Layers past num_hidden_layers in a checkpoint are the MTP (next-n) module: kept in
 `mtp_weights` for speculative decoding, not run here.
+
+Tensor parallel: each rank holds its heads' rows of q_b_proj (or q_proj) and kv_b_proj and
+their columns of o_proj (row-parallel, one all-reduce); the low-rank q_a / kv_a projections
+and the latent they produce are the same on every rank, so each rank caches the same latent
+and attends with its own heads. MoE and dense MLPs split as in layers/moe_parallel.py.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.mla import MLADims, mla_attention
 from rollserve.executor.layers.moe import SparseMoeBlock
 from rollserve.executor.layers.norm import RMSNorm
+from rollserve.executor.layers.parallel import CheckpointSlice, RowParallelLinear
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.executor.layers.utils import default_dtype
 from rollserve.executor.models.llama import LlamaMLP
 from rollserve.executor.models.moe_layer import MoEForCausalLM
+from rollserve.executor.parallel_state import split_evenly, tp_rank, tp_size
 from rollserve.kernels.linear import linear
 from rollserve.kernels.moe import RoutingSpec
 from rollserve.kernels.rotary import apply_rotary_torch, rope_parameters
@@ -52,6 +59,16 @@ def _yarn_mscale(scale: float, mscale: float) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
+def head_rows(in_features: int, num_heads: int, rows_per_head: int) -> nn.Linear:
+    """A projection whose output rows come per head: this rank's heads' rows under TP."""
+    first, local = split_evenly(num_heads, tp_rank(), tp_size(), "num_attention_heads")
+    proj = nn.Linear(in_features, local * rows_per_head, bias=False)
+    if tp_size() > 1:
+        proj.tp_slices = {"weight": CheckpointSlice(0, first * rows_per_head, local * rows_per_head,
+                                                    num_heads * rows_per_head)}
+    return proj
+
+
 def mla_softmax_scale(hf_config) -> float:
     """1/sqrt(qk_head_dim), times mscale^2 under YaRN with mscale_all_dim (DeepSeek's reference)."""
     scale = (hf_config.qk_nope_head_dim + hf_config.qk_rope_head_dim) ** -0.5
@@ -66,7 +83,8 @@ class DeepseekV2Attention(nn.Module):
     def __init__(self, hf_config, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
-        self.num_heads = hf_config.num_attention_heads
+        total_heads = hf_config.num_attention_heads
+        self.num_heads = split_evenly(total_heads, tp_rank(), tp_size(), "num_attention_heads")[1]
         self.dims = MLADims(num_heads=self.num_heads, kv_lora_rank=hf_config.kv_lora_rank,
                             qk_nope_head_dim=hf_config.qk_nope_head_dim,
                             qk_rope_head_dim=hf_config.qk_rope_head_dim,
@@ -74,20 +92,18 @@ class DeepseekV2Attention(nn.Module):
         self.scaling = mla_softmax_scale(hf_config)
         self.interleaved_rope = bool(getattr(hf_config, "rope_interleave", True))
         hidden, bias = hf_config.hidden_size, bool(getattr(hf_config, "attention_bias", False))
-        q_size = self.num_heads * self.dims.qk_head_dim
+        d = self.dims
         self.q_lora_rank = getattr(hf_config, "q_lora_rank", None)
         if self.q_lora_rank:
             self.q_a_proj = nn.Linear(hidden, self.q_lora_rank, bias=bias)
             self.q_a_layernorm = RMSNorm(self.q_lora_rank, LATENT_NORM_EPS)
-            self.q_b_proj = nn.Linear(self.q_lora_rank, q_size, bias=False)
+            self.q_b_proj = head_rows(self.q_lora_rank, total_heads, d.qk_head_dim)
         else:
-            self.q_proj = nn.Linear(hidden, q_size, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.dims.latent_dim, bias=bias)
-        self.kv_a_layernorm = RMSNorm(self.dims.kv_lora_rank, LATENT_NORM_EPS)
-        self.kv_b_proj = nn.Linear(self.dims.kv_lora_rank,
-                                   self.num_heads * (self.dims.qk_nope_head_dim + self.dims.v_head_dim),
-                                   bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.dims.v_head_dim, hidden, bias=bias)
+            self.q_proj = head_rows(hidden, total_heads, d.qk_head_dim)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, d.latent_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(d.kv_lora_rank, LATENT_NORM_EPS)
+        self.kv_b_proj = head_rows(d.kv_lora_rank, total_heads, d.qk_nope_head_dim + d.v_head_dim)
+        self.o_proj = RowParallelLinear(total_heads * d.v_head_dim, hidden, bias=bias)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.interleaved_rope:
@@ -112,7 +128,7 @@ class DeepseekV2Attention(nn.Module):
         k_pe = self._rotate(k_pe.reshape(num_tokens, 1, d.qk_rope_head_dim), cos, sin)
         out = mla_attention(q_nope, q_pe, latent, k_pe[:, 0], self.kv_b_proj.weight, d, ctx,
                             self.layer_id, self.scaling)
-        return linear(out.reshape(num_tokens, -1), self.o_proj.weight, self.o_proj.bias)
+        return self.o_proj(out.reshape(num_tokens, -1))  # all-reduced under TP
 
 
 class DeepseekV2DecoderLayer(nn.Module):
@@ -190,6 +206,8 @@ class DeepseekV2ForCausalLM(MoEForCausalLM):
         def without_mtp():
             for name, tensor in weights:
                 if self._is_mtp(name):
+                    if not isinstance(tensor, torch.Tensor):  # a lazy safetensors slice (TP)
+                        tensor = tensor[:]
                     self.mtp_weights[name] = tensor.to(device=device, dtype=self.dtype
                                                        if tensor.is_floating_point() else tensor.dtype)
                 else:

@@ -126,10 +126,12 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(hf_config, head_dim_of(hf_config))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext,
+                input_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_embeds: the token embeddings when the caller made them (VLMs merge images in)."""
         cos, sin = self.rotary_emb(positions)
-        hidden, residual = self.embed_tokens(input_ids), None
+        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, cos, sin, ctx)
         hidden, _ = self.norm(hidden, residual)

@@ -48,7 +48,8 @@ def moe_layer_ids(model: nn.Module) -> list:
 
 class MoEForCausalLM(LlamaForCausalLM):
     """What the engine asks of any MoE model (server info, recorders)."""
-    supports_tensor_parallel = False  # the experts are not split over ranks yet
+    # attention as Llama's; the experts split per layers/moe_parallel.py (--ep-size)
+    supports_tensor_parallel = True
 
     def moe_info(self) -> dict:
         blocks = [m for m in self.modules() if isinstance(m, SparseMoeBlock)]

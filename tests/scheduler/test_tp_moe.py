@@ -1,0 +1,158 @@
+"""MoE models over tensor-parallel ranks (gloo on CPU): each expert's rows split (--ep-size 1)
+or whole experts split (--ep-size 2, expert parallel) answer as one rank does, load and
+update weights on every rank, and gather an expert's tensor from the rank that holds it.
+Tiny random Qwen3-MoE (6 experts, a dense layer), Mixtral (4 experts) and DeepSeek-V3 (MLA,
+8 experts in grouped routing, a shared expert, a dense first layer) checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rollserve
+from tests.executor.moe_checkpoints import save_variant
+
+pytestmark = pytest.mark.multiprocess
+
+PROMPTS = ["The three primary colors are", "def fibonacci(n):", "Once upon a time"]
+GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+ENGINE_ARGS = dict(max_total_tokens=4096, log_level="warning")
+
+
+def greedy(engine):
+    outs = engine.generate(PROMPTS, GREEDY, return_logprob=True)
+    return ([o["output_ids"] for o in outs],
+            [[lp[0] for lp in o["meta_info"]["output_token_logprobs"]] for o in outs])
+
+
+def assert_same(got, want):
+    assert got[0] == want[0]
+    for a, b in zip(got[1], want[1]):
+        assert a == pytest.approx(b, abs=1e-4)  # the all-reduce adds in another order
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, default_model_dir):
+    out = {}
+    for variant, seeds in (("qwen3_moe", (0, 1)), ("mixtral", (2,)), ("deepseek_v3", (3,))):
+        for seed in seeds:
+            folder = str(tmp_path_factory.mktemp(f"{variant}{seed}"))
+            save_variant(variant, folder, seed, tokenizer_dir=default_model_dir)
+            out[f"{variant}{seed}"] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    out = {}
+    for name, folder in models.items():
+        with rollserve.Engine(model_path=folder, **ENGINE_ARGS) as eng:
+            out[name] = greedy(eng)
+    return out
+
+
+@pytest.mark.parametrize("ep_size", [1, 2])
+def test_qwen3_moe_tp2_answers_as_one_rank_and_updates_weights(models, reference, ep_size):
+    with rollserve.Engine(model_path=models["qwen3_moe0"], tp_size=2, ep_size=ep_size,
+                          **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["qwen3_moe0"])
+        assert eng.update_weights_from_disk(models["qwen3_moe1"])["success"]
+        assert_same(greedy(eng), reference["qwen3_moe1"])
+        # each expert's full tensor, gathered from its rank (experts 0-2 on rank 0, 3-5 on 1)
+        state = load_file(os.path.join(models["qwen3_moe1"], "model.safetensors"))
+        for name in ("model.layers.0.mlp.experts.1.gate_proj.weight",
+                     "model.layers.0.mlp.experts.4.down_proj.weight",
+                     "model.layers.2.mlp.experts.5.up_proj.weight",
+                     "model.layers.0.mlp.gate.weight"):
+            values = eng.get_weights_by_name(name, truncate_size=state[name].numel())
+            assert values == pytest.approx(state[name].flatten().tolist(), abs=1e-6), name
+
+
+def test_mixtral_expert_parallel_answers_as_one_rank(models, reference):
+    with rollserve.Engine(model_path=models["mixtral2"], tp_size=2, enable_ep_moe=True,
+                          **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["mixtral2"])
+        info = eng.get_server_info()
+        assert (info["tp_size"], info["ep_size"]) == (2, 2)
+
+
+@pytest.mark.parametrize("ep_size,disable_mla", [(2, False), (1, True)])
+def test_deepseek_v3_mla_heads_and_experts_split_over_ranks(models, reference, ep_size, disable_mla):
+    """MLA under TP: each rank its heads' rows of q_b / kv_b and columns of o_proj, the same
+    latent cached on every rank (or, --disable-mla, its heads' expanded K/V)."""
+    with rollserve.Engine(model_path=models["deepseek_v33"], tp_size=2, ep_size=ep_size,
+                          disable_mla=disable_mla, **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["deepseek_v33"])
+
+
+@pytest.mark.parametrize("variant,ep_size", [("qwen3_moe", 2), ("deepseek_v3", 1)])
+def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, ep_size):
+    """--enable-dp-attention: each rank keeps some of the requests (whole attention, its own
+    KV) and the MoE blocks exchange the ranks' tokens; one request alone leaves the other
+    rank idle, which must still take part in every exchange."""
+    name = f"{variant}{0 if variant == 'qwen3_moe' else 3}"
+    with rollserve.Engine(model_path=models[name], tp_size=2, dp_size=2, enable_dp_attention=True,
+                          ep_size=ep_size, **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference[name])
+        one = eng.generate(PROMPTS[0], GREEDY)
+        assert one["output_ids"] == reference[name][0][0]
+        if variant == "qwen3_moe":
+            assert eng.update_weights_from_disk(models["qwen3_moe1"])["success"]
+            assert_same(greedy(eng), reference["qwen3_moe1"])
+        info = eng.get_server_info()
+        assert info["enable_dp_attention"] is True and info["num_running_reqs"] == 0
+
+
+def test_ep_size_must_match_tp_size(models):
+    with pytest.raises(ValueError, match="ep_size"):
+        rollserve.Engine(model_path=models["mixtral2"], tp_size=2, ep_size=3, **ENGINE_ARGS)
+
+
+def test_experts_split_whole_and_by_rows():
+    """The layout itself: which experts and rows a rank holds, ids of other ranks' experts."""
+    from rollserve.executor.layers.moe_parallel import expert_layout
+    from rollserve.executor.parallel_state import as_rank
+
+    with as_rank(1, 2, ep_size=2):
+        ep = expert_layout(6, 32)
+    assert (ep.first_local, ep.num_local, ep.inter_local) == (3, 3, 32)
+    ids = torch.tensor([[0, 3], [5, 2]])
+    assert ep.local_ids(ids).tolist() == [[3, 0], [2, 3]]  # 3 = "not on this rank"
+    with as_rank(1, 2):
+        tp = expert_layout(6, 32)
+    assert (tp.num_local, tp.inter_start, tp.inter_local) == (6, 16, 16)
+    assert tp.local_ids(ids).tolist() == ids.tolist()
+
+
+def test_convert_n_experts_cuts_whole_experts_per_rank(models, reference, tmp_path):
+    """rollserve convert --n-experts: each rank's file holds its experts whole (and nothing of
+    the others'); served with --ep-size 2 from those files it answers as the HF folder."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from rollserve.executor.sharded_state import iterate_rank_file
+
+    def convert(out, *extra):
+        return subprocess.run([sys.executable, "-m", "rollserve.cli", "convert", "--hf-ckpt-path",
+                               models["qwen3_moe0"], "--save-path", out, "--model-parallel", "2",
+                               *extra], capture_output=True, text=True, timeout=300)
+
+    out = str(tmp_path / "ep2")
+    done = convert(out, "--n-experts", "6")
+    assert done.returncode == 0, done.stderr
+    with safe_open(os.path.join(out, "model-rank-1-part-0.safetensors"), "pt") as f:
+        shape = lambda name: tuple(f.get_slice(f"model.layers.0.mlp.experts.{name}").get_shape())
+        assert shape("4.gate_proj.weight") == (32, 64)  # whole: rank 1 holds experts 3-5
+        assert shape("1.gate_proj.weight")[0] == 0  # expert 1 lives on rank 0
+    with pytest.raises(ValueError, match="converted for ep_size 2, not 1"):
+        next(iterate_rank_file(out, 0, 2, 1))
+    with rollserve.Engine(model_path=out, tp_size=2, ep_size=2, load_format="sharded_state",
+                          **ENGINE_ARGS) as eng:
+        assert_same(greedy(eng), reference["qwen3_moe0"])
+    refused = convert(str(tmp_path / "bad"), "--n-experts", "5")
+    assert refused.returncode != 0 and "has 6 routed experts, not 5" in refused.stderr
