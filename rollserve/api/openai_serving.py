@@ -23,10 +23,11 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
 from rollserve.api.chat_tools import (ChatOutputShaper, check_tools, output_format,
                                       template_message)
 from rollserve.api.sse import DONE, sse_event
+from rollserve.api.structured_output import structured_output_params
 from rollserve.core.chat_templates import resolve_chat_template, with_template_stop
 from rollserve.frontend.encode_manager import wrong_model_error
 from rollserve.frontend.request_input import GenerateReqInput
-from rollserve.core.sampling_params import InvalidRequest
+from rollserve.core.sampling_params import GRAMMAR_FIELDS, InvalidRequest
 from rollserve.frontend.tokenizer_manager import EngineDeadError
 from rollserve.api.chat_images import message_text
 from rollserve.frontend.truncation import truncate_prompt
@@ -194,17 +195,15 @@ class OpenAIServing:
     def _check_common(req: SamplingFields) -> None:
         if not 1 <= req.n <= MAX_N:
             raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
-        if req.structured_outputs:
-            raise ApiError(400, "structured_outputs (regex, JSON or grammar constrained decoding) "
-                                "is not implemented", "structured_outputs")
         if req.prompt_logprobs is not None:
             raise ApiError(400, "prompt_logprobs is not implemented; /generate's "
                                 "logprob_start_len and top_logprobs_num give the prompt's",
                            "prompt_logprobs")
 
-    @staticmethod
-    def _sampling_params(req: SamplingFields, max_tokens: int) -> dict:
+    def _sampling_params(self, req: SamplingFields, max_tokens: int) -> dict:
         return {
+            # response_format, regex, ebnf, structured_outputs -> json_schema / regex / ebnf
+            **structured_output_params(req, self.tm.args.grammar_backend),
             "max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens,
             # vLLM's clients (TRL) send top_k 0 for "no top_k"; SGLang's spelling is -1
             "temperature": req.temperature, "top_p": req.top_p,
@@ -229,9 +228,6 @@ class OpenAIServing:
             requested, param = req.max_tokens, "max_tokens"
         tools = check_tools(req)
         fmt, schema = output_format(req, tools, self.tm.args)
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            raise ApiError(400, "only response_format {\"type\": \"text\"} is supported",
-                           "response_format")
         top = req.top_logprobs or 0
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
@@ -245,6 +241,9 @@ class OpenAIServing:
         params = self._sampling_params(req, max_tokens)
         params["stop"] = with_template_stop(req.stop, self.template_stop)
         if schema is not None:  # tool_choice required / named: calls as a JSON array
+            if any(k in params for k in GRAMMAR_FIELDS):  # response_format / regex / ebnf
+                raise ApiError(400, "tool_choice required or naming a function already "
+                                    "constrains the output; leave out response_format", "tool_choice")
             params["json_schema"] = schema
         if fmt and fmt.tool_parser and "skip_special_tokens" not in req.model_fields_set:
             params["skip_special_tokens"] = False  # call markers are special tokens in most models

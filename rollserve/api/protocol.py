@@ -190,8 +190,13 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     rid: Optional[str] = None
+    # structured output (api/structured_output.py): OpenAI's response_format, SGLang's regex
+    # and ebnf, vLLM's structured_outputs; at most one
+    response_format: Optional[Dict[str, Any]] = None
+    regex: Optional[str] = None
+    ebnf: Optional[str] = None
     # vLLM extensions (TRL's VLLMClient): the prompt's and each choice's token ids, tokens
-    # named "token_id:<id>" in logprobs; structured outputs are refused by name if set
+    # named "token_id:<id>" in logprobs
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
     structured_outputs: Optional[Dict[str, Any]] = None
@@ -230,8 +235,6 @@ class ChatCompletionRequest(SamplingFields):
     # SGLang's: split the reasoning out with --reasoning-parser; extra template variables
     separate_reasoning: bool = True
     chat_template_kwargs: Optional[Dict[str, Any]] = None
-    # accepted only so that it can be refused by name (not implemented)
-    response_format: Optional[Dict[str, Any]] = None
 
 
 class TopLogprob(BaseModel):

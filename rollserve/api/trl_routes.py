@@ -143,15 +143,14 @@ def _settings(state) -> TransferSettings:
 
 # ---- legacy generation ------------------------------------------------------------------------------
 def legacy_sampling_params(body: LegacySampling) -> dict:
-    if body.structured_outputs_regex or body.guided_decoding_regex:
-        name = "structured_outputs_regex" if body.structured_outputs_regex else "guided_decoding_regex"
-        raise ApiError(400, f"{name}: regex-constrained decoding is not implemented", name)
     params = {"n": body.n, "repetition_penalty": body.repetition_penalty,
               "temperature": body.temperature, "top_p": body.top_p,
               "top_k": -1 if body.top_k in (0, -1) else body.top_k, "min_p": body.min_p,
               "max_new_tokens": body.max_tokens,
               # TRL weighs its importance ratios with the distribution tokens were drawn from
               "logprob_mode": "sampling"}
+    if body.structured_outputs_regex or body.guided_decoding_regex:  # vLLM's guided decoding
+        params["regex"] = body.structured_outputs_regex or body.guided_decoding_regex
     for key, value in (body.generation_kwargs or {}).items():
         if key not in VLLM_SAMPLING_NAMES:
             raise ApiError(400, f"generation_kwargs.{key} is not supported (supported: "

@@ -25,7 +25,8 @@
 # out and Llama-3.1-8B 32 x 16 1024 in / 512 out, ignore_eos, each beside the same samples as
 # separate n=1 requests without the radix cache) and `rollout_eos` (the 0.6B run with lengths
 # unknown to the scheduler: random stop tokens end a sample after ~600 tokens); ROLLOUT_ARGS adds
-# flags to those runs (e.g. --skip-separate for a baseline tree); `deterministic` (issue #15:
+# flags to those runs (e.g. --skip-separate for a baseline tree); `grammar` (issue #21: JSON-schema
+# constrained decoding against the same batch unconstrained, 8B shape, batch 64); `deterministic` (issue #15:
 # --enable-deterministic-inference against the default mode: throughput, batch invariance,
 # logprob parity with transformers in bf16); `tp` (issue #18, two GPUs: TP=2
 # against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2);
@@ -215,6 +216,13 @@ for stage in $STAGES; do
       step rollout_qwen3-0.6b_eos 400 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
         --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --stop-every 600 \
         --context-length 4096 --skip-separate ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b_eos.json" ;;
+    grammar)  # issue #21: constrained decoding's cost, JSON schema of moderate size, batch 64
+      step grammar_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/kernels/test_grammar_mask.py
+      for schema in moderate moderate-free-strings; do
+        step "grammar_llama-3.1-8b_$schema" 600 $PY -m rollserve.bench.grammar --shape llama-3.1-8b \
+          --schema "$schema" --batch-size 64 --max-new-tokens 256 \
+          --output-file "$OUT/grammar_llama-3.1-8b_$schema.json"
+      done ;;
     deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
       step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_batch_invariant.py

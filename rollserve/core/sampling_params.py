@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 MAX_N = 128  # samples per prompt in one request
 MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
+# constrained decoding (scheduler/grammar.py): SGLang's three fields, at most one per request
+GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf")
 # which distribution returned logprobs describe (executor/sampler.py: compute_sampling_logprobs)
 LOGPROB_MODES = ("scaled", "raw", "sampling")
 
@@ -48,6 +51,11 @@ class SamplingParams:
     # rollserve: None follows the server default (SGLang's: "scaled", or "raw" with
     # SGLANG_RETURN_ORIGINAL_LOGPROB=1); "sampling" is the filtered distribution sampled from
     logprob_mode: Optional[str] = None
+    # constrained decoding, SGLang's names: a JSON schema (as a JSON string), a regex or an
+    # EBNF grammar the output must match; at most one
+    json_schema: Optional[str] = None
+    regex: Optional[str] = None
+    ebnf: Optional[str] = None
 
     @classmethod
     def from_dict(cls, params: Optional[dict]) -> "SamplingParams":
@@ -110,6 +118,7 @@ class SamplingParams:
         if self.logprob_mode is not None and self.logprob_mode not in LOGPROB_MODES:
             bad("logprob_mode", f"must be one of {LOGPROB_MODES}, got {self.logprob_mode!r}")
         self.temperature = float(self.temperature)
+        self._check_grammar(bad)
         self._normalize_stop(bad, vocab_size)
         self._normalize_logit_bias(bad, vocab_size)
 
@@ -128,6 +137,27 @@ class SamplingParams:
         if vocab_size is not None and any(t >= vocab_size for t in ids):  # they index logits
             bad("stop_token_ids", f"token ids must be in [0, {vocab_size})")
         self.stop_token_ids = ids
+
+    def _check_grammar(self, bad) -> None:
+        """Shape only; whether the grammar compiles is the front end's check
+        (frontend/grammar_check.py), which knows the grammar backend."""
+        if isinstance(self.json_schema, dict):  # SGLang wants a JSON string; an object means the same
+            self.json_schema = json.dumps(self.json_schema)
+        given = [name for name in GRAMMAR_FIELDS if getattr(self, name) is not None]
+        if len(given) > 1:
+            bad(given[1], f"only one of json_schema, regex and ebnf may be set, got {given}")
+        for name in given:
+            if not isinstance(getattr(self, name), str):
+                bad(name, f"must be a string, got {type(getattr(self, name)).__name__}")
+
+    @property
+    def grammar(self) -> Optional[tuple]:
+        """(kind, text) of the constraint, kind one of GRAMMAR_FIELDS; None when unconstrained."""
+        for name in GRAMMAR_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        return None
 
     def _normalize_logit_bias(self, bad, vocab_size: Optional[int]) -> None:
         if not self.logit_bias:

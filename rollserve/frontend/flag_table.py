@@ -55,8 +55,10 @@ OFFLOAD = refused("offloading weights to host memory is not implemented",
 METRICS_EXTRA = refused("this metrics option is not implemented",
                         "--enable-metrics (Prometheus text at /metrics) with its default buckets")
 TRACE = refused("OpenTelemetry tracing is not implemented", "--enable-metrics and --log-requests")
-GRAMMAR_OFF = noop("constrained decoding is not implemented (requests asking for it get a 400), "
-                   "so this grammar setting has nothing to act on")
+GRAMMAR_OFF = noop("a grammar setting rollserve's xgrammar backend does not expose: a JSON "
+                   "whitespace pattern is outlines' (--constrained-json-disable-any-whitespace "
+                   "is served), forced tokens are sampled one by one (no jump-forward), "
+                   "compiled grammars are cached in memory, not on disk")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
                 "experts run unsplit through rollserve's fused MoE kernel")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
@@ -268,9 +270,8 @@ _EACH: Dict[str, FlagPolicy] = {
     "sampling_backend": refused("sampling runs in rollserve's own torch/Triton kernels",
                                 "leave it out (or --sampling-backend pytorch)",
                                 accept=(None, "pytorch"), reports="pytorch"),
-    "grammar_backend": refused("constrained decoding (json_schema, regex, ebnf) is not "
-                               "implemented", "leave it out (or --grammar-backend none)",
-                               accept=(None, "none"), reports="none"),
+    "grammar_backend": implemented(),
+    "constrained_json_disable_any_whitespace": implemented(),
     "disable_flashinfer_autotune": noop("flashinfer (with --attention-backend flashinfer) runs "
                                         "attention only, with no autotuned kernels"),
     # Speculative decoding
@@ -532,8 +533,8 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
     FP_GEMM_KNOB: (
         "fp8_gemm_backend", "fp4_gemm_backend"),
     GRAMMAR_OFF: (
-        "constrained_json_whitespace_pattern", "constrained_json_disable_any_whitespace",
-        "disable_outlines_disk_cache", "disable_jump_forward", "disable_disk_cache"),
+        "constrained_json_whitespace_pattern", "disable_outlines_disk_cache",
+        "disable_jump_forward", "disable_disk_cache"),
 }
 
 

@@ -82,6 +82,9 @@ class ServerArgs:
     # SGLang's custom logit processor, as the operator's code: "module:attribute", called with
     # (logits, [sampling_params.custom_params]) for requests that pass custom_params
     custom_logit_processor: Optional[str] = None
+    # constrained decoding (json_schema / regex / ebnf): xgrammar, or none to refuse them
+    grammar_backend: str = "xgrammar"
+    constrained_json_disable_any_whitespace: bool = False
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
@@ -265,7 +268,10 @@ class ServerArgs:
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,
-            custom_logit_processor=self.custom_logit_processor, **speculative_fields(self))
+            custom_logit_processor=self.custom_logit_processor,
+            grammar_backend=self.grammar_backend,
+            json_any_whitespace=not self.constrained_json_disable_any_whitespace,
+            **speculative_fields(self))
 
     def public_dict(self) -> dict:
         """to_dict() with secrets hidden, for /get_server_info and Engine.get_server_info."""
@@ -299,6 +305,7 @@ class ServerArgs:
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "schedule_policy": SCHEDULE_POLICIES,
     "attention_backend": ATTENTION_BACKENDS, "log_level": LOG_LEVELS, "log_level_http": LOG_LEVELS,
+    "grammar_backend": ("xgrammar", "none"),
     "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
     "load_balance_method": LOAD_BALANCE_METHODS, "speculative_algorithm": SPECULATIVE_ALGORITHMS,
 }
@@ -368,6 +375,10 @@ HELP = {
     "custom_logit_processor": "MODULE:ATTRIBUTE of a callable (logits[n, V], [custom_params]) -> "
                               "logits applied to requests that set sampling_params.custom_params "
                               "(SGLang's custom logit processor, as server-side code; default: none)",
+    "grammar_backend": "constrained decoding of sampling_params json_schema / regex / ebnf and "
+                       "OpenAI response_format: xgrammar, or none to refuse such requests",
+    "constrained_json_disable_any_whitespace": "JSON schemas take json.dumps' layout (one "
+                                               "space after , and :) instead of any whitespace",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",

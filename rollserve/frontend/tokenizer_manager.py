@@ -26,6 +26,7 @@ from rollserve.core.io import (AbortReq, BatchTokenOutput, Heartbeat, RpcReq, Rp
 from rollserve.frontend.processes import EngineProcesses, start_engine_processes
 from rollserve.frontend.request_input import GenerateReqInput, PromptItem, normalize
 from rollserve.core.sampling_params import InvalidRequest
+from rollserve.frontend.grammar_check import check_grammar
 from rollserve.core.tokenizer import load_tokenizer
 from rollserve.frontend.result_format import ReqState, ResultBuilder
 from rollserve.frontend.truncation import truncate_prompt
@@ -190,6 +191,7 @@ class TokenizerManager:
         ids = self._tokenize(item)
         params = item.sampling_params
         params.normalize_and_validate(vocab_size=len(self.tokenizer))
+        check_grammar(params, self.args.grammar_backend)  # a malformed schema/regex/ebnf: 400
         self._cap_new_tokens(params, len(ids))
         n = params.n
         if n > 1 and not self.args.disable_radix_cache:

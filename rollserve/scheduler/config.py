@@ -27,6 +27,8 @@ class SchedulerConfig:
     watchdog_timeout: float = 300.0
     dist_timeout: Optional[int] = None  # weight-update group join and broadcasts; None: 300 s
     log_level: str = "info"
+    grammar_backend: str = "xgrammar"  # constrained decoding (scheduler/grammar.py), or "none"
+    json_any_whitespace: bool = True  # False: --constrained-json-disable-any-whitespace
     custom_logit_processor: Optional[str] = None  # "module:attribute", SGLang's custom_params hook
     weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after
     # speculative decoding (scheduler/speculative.py): None (off) or NGRAM; tokens per verify

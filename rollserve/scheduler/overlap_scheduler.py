@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 class InFlight:
     batch: ScheduleBatch
     result: ForwardOutput
-    sampling: LaunchedSampling
+    sampling: Optional[LaunchedSampling]  # None until launched (after a grammar's accept)
     sampled_reqs: Set[int]  # id() of each request whose next token is being sampled
 
 
@@ -59,13 +59,19 @@ class OverlapScheduler(Scheduler):
         return self.in_flight is not None or super().has_work()
 
     def step(self) -> List[TokenOutput]:
-        outputs = self._release_aborted()
+        outputs = self._begin_step()
         if self.in_flight is not None and not self._can_overlap():
             outputs.extend(self.drain())
         batch = self._build_batch()
         outputs.extend(self.stats.drain_pending())
-        launched = self._launch(batch) if batch is not None else None
+        # a grammar's mask needs step i's token accepted: the forward of step i+1 still
+        # overlaps step i's processing, its sampling waits for it (scheduler/grammar.py)
+        deferred = batch is not None and self.grammar is not None and any(
+            e.sample and e.req.grammar is not None for e in batch.entries)
+        launched = self._launch(batch, sample=not deferred) if batch is not None else None
         outputs.extend(self.drain())
+        if deferred:
+            self._launch_sample(launched)
         self.in_flight = launched
         return outputs
 
@@ -85,13 +91,20 @@ class OverlapScheduler(Scheduler):
             return False
         return self.kv.available_slots() >= len(self.running)  # no retraction this step
 
-    def _launch(self, batch: ScheduleBatch) -> InFlight:
+    def _launch(self, batch: ScheduleBatch, sample: bool = True) -> InFlight:
         result = self.runner.forward(batch)  # a generation model: make_scheduler says so
-        sampling = self._launch_sampling(batch, result)
+        launched = InFlight(batch, result, None, set())
+        if sample:
+            self._launch_sample(launched)
+        return launched
+
+    def _launch_sample(self, launched: InFlight) -> None:
+        sampling = self._launch_sampling(launched.batch, launched.result)
         if sampling.picks:
             rows = torch.tensor([e.req.req_pool_idx for _, e in sampling.picks], dtype=torch.int64)
             self.runner.future_tokens[host_to_device(rows, self.runner.device)] = sampling.next_ids
-        return InFlight(batch, result, sampling, {id(e.req) for _, e in sampling.picks})
+        launched.sampling = sampling
+        launched.sampled_reqs = {id(e.req) for _, e in sampling.picks}
 
     def _sample(self, batch: ScheduleBatch, result: ForwardOutput):
         return self._resolved  # sampled at launch, resolved by drain()

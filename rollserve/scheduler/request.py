@@ -48,6 +48,7 @@ class Req:
     weight_version_spans: List[List[Any]] = field(default_factory=list)
     kv_epoch: int = 0
     stale_kv_tokens: int = 0
+    grammar: Any = None  # scheduler/grammar.py GrammarState when sampling_params constrain it
     mm_inputs: Any = None  # core/multimodal.py's MultimodalInputs: images of a VLM prompt
     # speculative decoding (scheduler/speculative.py): verify steps run (None: speculation
     # off), drafts proposed / accepted, the drafter's own state (e.g. its n-gram index)

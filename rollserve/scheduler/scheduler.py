@@ -35,6 +35,7 @@ from rollserve.scheduler.stats import SchedulerStats
 from rollserve.scheduler.stop_checker import StopChecker
 from rollserve.scheduler import weight_versions
 from rollserve.scheduler.deterministic import with_default_seed
+from rollserve.scheduler.grammar import make_grammar_backend
 from rollserve.kernels.dispatch import HostCopy, host_to_device
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Scheduler:
         self.prefilling: Optional[Req] = None  # the request whose prompt is half done
         self.weight_version = config.weight_version
         self.stats = SchedulerStats(config.decode_log_interval, config.speculative_algorithm is not None)
+        # constrained decoding (scheduler/grammar.py); None: --grammar-backend none, or pooling
+        self.grammar = make_grammar_backend(config, tokenizer, runner, self.eos_token_ids)
 
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
@@ -76,6 +79,8 @@ class Scheduler:
         if self.config.executor.enable_deterministic_inference and cls is Req:
             req.sampling_params = with_default_seed(req.sampling_params, req.rid,
                                                     self.config.random_seed)
+        if self.grammar is not None and cls is Req:
+            self.grammar.attach(req)  # compiles on a worker thread; the request waits queued
         self.waiting.append(req)
 
     def abort(self, rid: Optional[str], abort_all: bool = False) -> List[TokenOutput]:
@@ -110,7 +115,7 @@ class Scheduler:
     # ---- one step ----------------------------------------------------------------------
     def step(self) -> List[TokenOutput]:
         """Run one forward over the next batch; return the outputs to send."""
-        outputs = self._release_aborted()
+        outputs = self._begin_step()
         batch = self._build_batch()
         outputs.extend(self.stats.drain_pending())
         if batch is None:
@@ -118,6 +123,13 @@ class Scheduler:
         result = self.runner.forward(batch)
         outputs.extend(self._process_result(batch, result))
         self.stats.record_step(batch)
+        return outputs
+
+    def _begin_step(self) -> List[TokenOutput]:
+        outputs = self._release_aborted()
+        if self.grammar is not None:  # queued requests whose grammar compiled (or failed)
+            outputs += self.grammar.settle_queue(self.waiting, not self._active(),
+                                                 self.kv.forget_queued, self.weight_version)
         return outputs
 
     def _release_aborted(self) -> List[TokenOutput]:
@@ -213,6 +225,8 @@ class Scheduler:
                 return entries
             free -= expected_new_tokens(self.prefilling, ratio)
         order = self.policy.order(list(self.waiting))
+        if self.grammar is not None and self.grammar.pending:  # still compiling: waits its turn
+            order = [req for req in order if self.grammar.admissible(req)]
         for req in order:
             if budget <= 0 or len(self.running) + len(entries) >= self.runner.max_running_requests:
                 break
@@ -294,6 +308,8 @@ class Scheduler:
         logits = result.logits
         if rows != list(range(logits.shape[0])):
             logits = logits[host_to_device(torch.tensor(rows, dtype=torch.int64), logits.device)]
+        if self.grammar is not None:  # -inf where the grammar forbids; a masked copy
+            logits = self.grammar.constrain(logits, [e.req for _, e in picks])
         wants = [k for k, (_, e) in enumerate(picks) if e.req.return_logprob]
         sampling_rows = [SamplingRow(e.req.sampling_params, e.req.input_ids, e.req.output_ids,
                                      self.eos_token_ids) for _, e in picks]
@@ -310,6 +326,8 @@ class Scheduler:
     def _append_token(self, req: Req, token: int, logprobs: Optional[torch.Tensor]) -> None:
         if req.finished:
             return
+        if self.grammar is not None and not self.grammar.accept(req, token):
+            return  # refused by the grammar: the request ended without it
         req.output_ids.append(token)
         weight_versions.record_token(req, self.weight_version, self.kv.epoch)
         if req.first_token_time is None:
@@ -412,6 +430,8 @@ class Scheduler:
             for req in [r for r in self.waiting if r.output_ids]:
                 if weight_versions.can_restart(req):
                     weight_versions.reset_for_restart(req)
+                    if self.grammar is not None:
+                        self.grammar.replay(req)
                     continue
                 self.waiting.remove(req)
                 req.finish("abort", message="weights updated with in_flight_requests='restart', "

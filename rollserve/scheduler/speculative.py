@@ -70,7 +70,8 @@ class SpeculativeScheduler(Scheduler):
         for req in reqs:
             most = min(spare, req.remaining_new_tokens - 1,
                        self.runner.context_len - req.seq_len - 1)
-            draft = self.drafter.propose(req, most) if most > 0 else []
+            # a constrained request takes no drafts: its one row gets the grammar's mask
+            draft = self.drafter.propose(req, most) if most > 0 and req.grammar is None else []
             spare -= len(draft)
             drafts.append(draft)
         slots = self.kv.alloc_slots(len(reqs) + sum(map(len, drafts)))
@@ -107,8 +108,21 @@ class SpeculativeScheduler(Scheduler):
         if not picks:
             return {}
         wants = [batch.entries[i].req.return_logprob for i in picks]
-        committed = self.verifier.verify(result.logits, inputs, wants)
+        logits = self._constrained(result.logits, [(inp.first_row, batch.entries[i].req)
+                                                   for i, inp in zip(picks, inputs)])
+        committed = self.verifier.verify(logits, inputs, wants)
         return dict(zip(picks, committed))
+
+    def _constrained(self, logits: torch.Tensor, rows: List[Tuple[int, Req]]) -> torch.Tensor:
+        """The verify logits with the grammar's mask on each constrained request's row (such
+        a request has no drafts, so that row is its only one; scheduler/grammar.py)."""
+        hit = [(row, req) for row, req in rows if req.grammar is not None]
+        if self.grammar is None or not hit:
+            return logits
+        index = torch.tensor([row for row, _ in hit], device=logits.device)
+        out = logits.to(torch.float32, copy=True)
+        out[index] = self.grammar.constrain(logits[index], [req for _, req in hit]).to(out.dtype)
+        return out
 
     # ---- commit ---------------------------------------------------------------------------
     def _commit(self, req: Req, tokens: List[Tuple[int, Optional[torch.Tensor]]]) -> None:

@@ -110,7 +110,7 @@ def test_unsupported_features_are_refused(http, model_name):
         model_name, tools=[tool], tool_choice={"type": "function", "function": {"name": "g"}})),
                  400, "tool_choice", "'g'")
     assert_error(http.post("/v1/chat/completions", json=chat_body(
-        model_name, response_format={"type": "json_object"})), 400, "response_format")
+        model_name, response_format={"type": "xml"})), 400, "response_format.type")
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
     assert_error(http.post("/v1/chat/completions", json={"model": model_name, "max_tokens": 2,
                                                          "messages": [image]}),

@@ -31,7 +31,7 @@ def test_server_info_has_sglangs_keys(http, server):
     # flags rollserve does not implement say what applies here
     assert (info["tp_size"], info["dp_size"], info["page_size"]) == (1, 1, 1)
     assert info["kv_cache_dtype"] == "auto" and info["speculative_algorithm"] is None
-    assert info["sampling_defaults"] == "openai" and info["grammar_backend"] == "none"
+    assert info["sampling_defaults"] == "openai" and info["grammar_backend"] == "xgrammar"
     state = info["internal_states"][0]
     assert state["memory_usage"]["token_capacity"] == 20000
     assert state["memory_usage"]["kvcache"] > 0 and state["memory_usage"]["weight"] > 0

@@ -56,3 +56,16 @@ def test_stop_token_ids_beyond_vocab_are_refused():
         params.normalize_and_validate(vocab_size=100)
     assert info.value.field == "sampling_params.stop_token_ids" and "100" in info.value.message
     SamplingParams(stop_token_ids=[99]).normalize_and_validate(vocab_size=100)
+
+
+def test_grammar_fields_are_one_string_at_most():
+    params = SamplingParams.from_dict({"json_schema": {"type": "object"}})
+    assert params.grammar == ("json_schema", '{"type": "object"}')  # an object becomes its JSON
+    assert SamplingParams.from_dict({"regex": "[0-9]+"}).grammar == ("regex", "[0-9]+")
+    assert SamplingParams.from_dict({}).grammar is None
+    with pytest.raises(InvalidRequest) as info:
+        SamplingParams.from_dict({"regex": "a", "ebnf": 'root ::= "a"'})
+    assert info.value.field == "sampling_params.ebnf" and "only one" in info.value.message
+    with pytest.raises(InvalidRequest) as info:
+        SamplingParams.from_dict({"regex": 5})
+    assert info.value.field == "sampling_params.regex"

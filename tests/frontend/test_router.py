@@ -197,5 +197,12 @@ def test_a_worker_killed_mid_load_loses_no_request(router, workers):
         workers[1][0].kill()
         outs = [f.result() for f in futures]
     assert all(len(o["output_ids"]) == 48 for o in outs)
-    status = httpx.get(f"{url}/list_workers").json()["workers"]
+    # a request that reached the dead worker marked it down at once; if every request had
+    # finished before the kill, the health check (every 5 s) marks it
+    deadline = time.monotonic() + 30
+    while True:
+        status = httpx.get(f"{url}/list_workers").json()["workers"]
+        if [w["healthy"] for w in status] == [True, False] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert [w["healthy"] for w in status] == [True, False]
