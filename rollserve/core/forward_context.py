@@ -11,7 +11,7 @@ owning rows `extend_start_loc[i] : extend_start_loc[i] + extend_lens[i]`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 
@@ -33,6 +33,7 @@ class ForwardContext:
     attn_backend: Any = None  # the executor's AttentionBackend (executor/attention/base.py)
     attn_metadata: Any = None  # what attn_backend.prepare_metadata derived for this forward
     moe_recorder: Any = None  # MoE models report each layer's expert choices here (optional)
+    dp_token_counts: Optional[List[int]] = None  # DP attention: every rank's tokens this forward
     mm: Any = None  # VLMs: this forward's image features and 3-D rope positions (executor/multimodal.py)
 
     @property

@@ -25,6 +25,7 @@ from rollserve.executor.routed_experts import RoutedExpertsStore
 from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
 from rollserve.executor.layers.moe import SparseMoeBlock
+from rollserve.executor.parallel_state import all_gather_counts, dp_attention
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
 from rollserve.executor.attention.registry import create_attention_backend, select_attention_backend
@@ -107,11 +108,13 @@ class ModelRunner:
     def idle_forward(self) -> None:
         """DP attention: a rank with nothing to run this step still takes part in every MoE
         block's exchange (with no tokens), so the ranks that do run are not left waiting."""
+        counts = all_gather_counts(0, self.device)  # as every forward does, once
         with torch.inference_mode():
             for block in self.model.modules():
                 if isinstance(block, SparseMoeBlock):  # in layer order, as a forward meets them
                     weight = block.gate.weight
-                    block.moe(torch.empty(0, weight.shape[1], dtype=self.dtype, device=self.device))
+                    block.moe(torch.empty(0, weight.shape[1], dtype=self.dtype, device=self.device),
+                              counts=counts)
 
     def drop_cuda_graphs(self) -> None:
         self.graph_runner = None
@@ -197,6 +200,8 @@ class ModelRunner:
         ctx.moe_recorder = (self.routed_experts.bind(ctx.out_cache_loc, forward_to=recorder)
                             if self.routed_experts is not None else recorder)
         ctx.mm = mm
+        if dp_attention():  # the MoE blocks' exchanges need every rank's count: taken once
+            ctx.dp_token_counts = all_gather_counts(int(input_ids.shape[0]), self.device)
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]

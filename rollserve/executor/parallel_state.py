@@ -123,18 +123,28 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_gather_rows(x: torch.Tensor) -> Tuple[torch.Tensor, slice]:
+def all_gather_counts(count: int, device: torch.device) -> List[int]:
+    """Every rank's token count of this forward, in rank order (DP attention: taken once per
+    forward, by the runner, for all its MoE exchanges)."""
+    if _STATE.size == 1:
+        return [count]
+    import torch.distributed as dist
+
+    mine = torch.tensor([count], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(mine) for _ in range(_STATE.size)]
+    dist.all_gather(counts, mine, group=_STATE.group)
+    return torch.cat(counts).tolist()  # one host sync
+
+
+def all_gather_rows(x: torch.Tensor, sizes: List[int]) -> Tuple[torch.Tensor, slice]:
     """DP attention's MoE exchange: every rank's rows of `x` [T_r, H], in rank order, on every
-    rank, and which of them are this rank's. Ranks hold different numbers of tokens (an idle
-    rank none), so each pads to the largest count for the collective."""
+    rank, and which of them are this rank's. `sizes`: every rank's row count
+    (all_gather_counts); ranks hold different numbers (an idle rank none), so each pads to the
+    largest for the collective."""
     if _STATE.size == 1:
         return x, slice(0, x.shape[0])
     import torch.distributed as dist
 
-    count = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
-    counts = [torch.empty_like(count) for _ in range(_STATE.size)]
-    dist.all_gather(counts, count, group=_STATE.group)
-    sizes = [int(c.item()) for c in counts]
     most = max(sizes)
     padded = x.new_zeros(most, *x.shape[1:])
     padded[:x.shape[0]] = x

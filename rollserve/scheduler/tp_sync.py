@@ -14,9 +14,9 @@ import logging
 import random
 from typing import Any, List, Optional
 
-from rollserve.executor.parallel_state import (broadcast_objects, gather_objects, group_rank,
-                                               group_size, init_tensor_parallel, set_dp_attention,
-                                               set_expert_parallel)
+from rollserve.executor.parallel_state import (all_gather_objects, broadcast_objects, gather_objects,
+                                               group_rank, group_size, init_tensor_parallel,
+                                               set_dp_attention, set_expert_parallel)
 from rollserve.scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -80,11 +80,7 @@ def combine_answers(answer: dict) -> Optional[dict]:
 def done_on_every_rank(done: List[bool]) -> List[bool]:
     """Per item, whether it is done on every rank (each rank passes its own flags, in the
     same order): a wait that ends at different steps on different ranks is taken together."""
-    if group_size() == 1:
-        return done
-    flags = gather_objects(done)
-    agreed = [all(col) for col in zip(*flags)] if group_rank() == 0 else None
-    return broadcast_objects(agreed)
+    return [all(column) for column in zip(*all_gather_objects(done))] if done else done
 
 
 class DiscardingSender:

@@ -11,7 +11,7 @@ expert-distribution counters and the routed experts returned for RL read them th
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -124,7 +124,8 @@ class SparseMoeBlock(nn.Module):
         x, residual = norm(hidden, residual)
         return self.moe(x, ctx), residual
 
-    def moe(self, x: torch.Tensor, ctx: Optional[ForwardContext] = None) -> torch.Tensor:
+    def moe(self, x: torch.Tensor, ctx: Optional[ForwardContext] = None,
+            counts: Optional[List[int]] = None) -> torch.Tensor:
         """The block's output for normed `x`. Under DP attention each rank brings its own
         tokens (an idle rank none, ModelRunner.idle_forward): the experts see every rank's,
         the all-reduce adds the ranks' expert parts, each rank keeps its rows; the shared
@@ -134,7 +135,8 @@ class SparseMoeBlock(nn.Module):
             if self.shared_experts is not None:
                 out = out + self.shared_experts(x)
             return all_reduce(out)  # the ranks' parts (identity on one rank)
-        every, mine = all_gather_rows(x)
+        # every rank's token count, exchanged once per forward (ctx, or the idle pass's own)
+        every, mine = all_gather_rows(x, counts if counts is not None else ctx.dp_token_counts)
         if every.shape[0] == 0:  # no rank had a token (all agree: they saw the same counts)
             return x
         out = all_reduce(self._routed(every, ctx, mine))[mine]
