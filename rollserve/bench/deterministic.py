@@ -3,6 +3,7 @@ in one run on one device:
 
     python -m rollserve.bench.deterministic                      # embedded SmolLM2-135M
     python -m rollserve.bench.deterministic --model-path DIR --num-prompts 64 --output-len 64
+    python -m rollserve.bench.deterministic --shape qwen3-0.6b     # seeded random weights
 
 For each mode: offline throughput over N random prompts (sampled at --temperature, a seed
 per request), then batch invariance (a probe prompt alone, then in the batch of all N: are
@@ -74,6 +75,9 @@ def parity(args, prompts, row: dict) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M")
+    p.add_argument("--shape", default=None,
+                   help="a bench/configs shape saved with seeded random weights (bf16), for a "
+                        "device without the embedded model; parity then runs on those weights")
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -90,6 +94,13 @@ def main(argv=None) -> dict:
     from rollserve.frontend.server_args import ServerArgs
     from rollserve.frontend.startup import resolve_model_path
 
+    if args.shape:
+        import tempfile
+
+        from rollserve.bench.synthetic_model import materialize_random_weights
+
+        args.model_path = materialize_random_weights(
+            args.shape, tempfile.mkdtemp(prefix="rollserve-shape-"))
     args.model_path = resolve_model_path(ServerArgs(model_path=args.model_path))
     vocab = AutoConfig.from_pretrained(args.model_path).vocab_size
     prompts = random_prompts(args.num_prompts, args.input_len, vocab, seed=0)
@@ -100,7 +111,7 @@ def main(argv=None) -> dict:
     for row in rows:
         del row["outputs"], row["logprobs"]
     report = {"benchmark": "deterministic", "date": now_iso(), "device": device_name(),
-              "commit": git_commit(), "model_path": args.model_path, "dtype": args.dtype,
+              "commit": git_commit(), "model_path": args.model_path, "shape": args.shape, "dtype": args.dtype,
               "num_prompts": args.num_prompts, "input_len": args.input_len,
               "output_len": args.output_len, "temperature": args.temperature, "results": rows,
               "cost_ratio_default_over_deterministic": round(

@@ -28,7 +28,7 @@
 # flags to those runs (e.g. --skip-separate for a baseline tree); `grammar` (issue #21: JSON-schema
 # constrained decoding against the same batch unconstrained, 8B shape, batch 64); `deterministic` (issue #15:
 # --enable-deterministic-inference against the default mode: throughput, batch invariance,
-# logprob parity with transformers in bf16); `tp` (issue #18, two GPUs: TP=2
+# logprob parity with transformers in bf16, on the Qwen3-0.6B shape with seeded random weights); `tp` (issue #18, two GPUs: TP=2
 # against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2);
 # `vlm` (issue #22: the VLM parity tests, then vision-tower images/s and image+text batch tok/s on
 # the Qwen2.5-VL-7B shape beside transformers).
@@ -136,7 +136,7 @@ for stage in $STAGES; do
           --batch-size 1 8 32 128 --output-file "$OUT/moe_roofline_$shape.json"
         step moe_kernel_$shape 300 $PY -m rollserve.bench.moe kernel --shape $shape \
           --tokens 1 16 256 4096 --output-file "$OUT/moe_kernel_$shape.json"
-        step one_batch_$shape 600 $PY -m rollserve.bench.one_batch --shape $shape \
+        step one_batch_$shape 600 $PY -m rollserve.bench.one_batch --shape $shape --hf-baseline \
           --batch-size 1 8 32 --input-len 512 --output-len 64 --output-file "$OUT/one_batch_$shape.json"
         step offline_$shape 600 $PY -m rollserve.bench.offline --shape $shape --num-prompts 256 \
           --input-len 512 --output-len 256 --skip-transformers --output-file "$OUT/offline_$shape.json"
@@ -226,7 +226,7 @@ for stage in $STAGES; do
     deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
       step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_batch_invariant.py
-      step deterministic 900 $PY -m rollserve.bench.deterministic --num-prompts 64 --input-len 256 \
+      step deterministic 900 $PY -m rollserve.bench.deterministic --shape qwen3-0.6b --num-prompts 64 --input-len 256 \
         --output-len 64 --output-file "$OUT/deterministic.json" ;;
     tp)  # issue #18: tensor parallel over NCCL (needs two GPUs)
       step tp_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_tp.py

@@ -39,3 +39,20 @@ def materialize(shape: str, out_dir: str) -> str:
     eos = config.get("eos_token_id")
     save_synthetic_tokenizer(out_dir, config["vocab_size"], eos[0] if isinstance(eos, list) else eos)
     return out_dir
+
+
+def materialize_random_weights(shape: str, out_dir: str, dtype: str = "bfloat16",
+                               seed: int = 0) -> str:
+    """materialize() plus real random weights (transformers' own initialisation, seeded)
+    saved as safetensors: for benches that compare the engine with a transformers forward
+    of the same weights, which --load-format dummy cannot give (its weights live only in
+    the engine)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    materialize(shape, out_dir)
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(out_dir)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(out_dir)
+    return out_dir
