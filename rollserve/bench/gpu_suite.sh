@@ -130,7 +130,7 @@ for stage in $STAGES; do
         --dataset uniform --num-prompts 256 --min-len 100 --max-len 1024 --context-length 4096 \
         --skip-transformers --output-file "$OUT/offline_qwen3-0.6b_nanovllm.json" ;;
     moe)  # issue #19: MoE / MLA shapes (dummy weights), their active-parameter rooflines, fused MoE kernel
-      step moe_tests 600 $PY -m pytest -q -m gpu tests/kernels/test_moe.py
+      step moe_tests 600 $PY -m pytest -q -m gpu -p no:cacheprovider tests/kernels/test_moe.py tests/scheduler/test_moe_gpu.py
       for shape in qwen3-30b-a3b deepseek-v2-lite; do
         step moe_roofline_$shape 120 $PY -m rollserve.bench.moe roofline --shape $shape \
           --batch-size 1 8 32 128 --output-file "$OUT/moe_roofline_$shape.json"
