@@ -73,11 +73,12 @@ class DeferredUpdate:
     wait_idle: bool
     timeout_s: float
     reply: Callable[[dict], None] = field(default=lambda answer: None)
-    # update_weights_from_distributed: the receive beside generation (staged_receive.py);
-    # `received` turns true once it ended on every rank, and `apply` then judges and writes
+    # a receive beside generation (staged_receive.py): `received` turns true once it ended
+    # on every rank; then `apply` judges (an answer, or a DeferredUpdate to go first in line)
     receiving: Optional[Future] = None
     group_name: Optional[str] = None
     received: bool = False
+    judged: bool = True  # False: apply judges at the head of the line (receives, and after them)
 
     def waits_for_trainer(self) -> bool:
         return self.receiving is not None and not self.received
@@ -138,7 +139,7 @@ class WeightSyncService:
             head = self.pending[0]
             if head.waits_for_trainer():
                 return
-            if head.receiving is not None:  # received: judge it, then write or wait as any update
+            if not head.judged:  # received (or queued behind receives): judge it now
                 self.pending.popleft()
                 answer = head.apply()
                 if isinstance(answer, DeferredUpdate):  # mode wait with requests in flight
@@ -245,9 +246,23 @@ class WeightSyncService:
             return self._update(prepare, source, flush_cache, abort_all_requests, weight_version,
                                 in_flight_requests, in_flight_timeout, first_in_line=True)
 
+        return self.stage(received, apply, group_name)
+
+    def stage(self, received: Future, apply: Callable[[], object], group_name: str) -> DeferredUpdate:
+        """Queue a receive started beside generation: `apply` runs between two steps once it
+        ended on every rank, in the order the updates came."""
         deferred = DeferredUpdate(apply, float("inf"), False, 0.0, receiving=received,
-                                  group_name=group_name)
-        self.pending.append(deferred)  # updates apply in the order they came
+                                  group_name=group_name, judged=False)
+        self.pending.append(deferred)
+        return deferred
+
+    def after_receives(self, apply: Callable[[bool], object]):
+        """apply(first_in_line) now, or, while receives are queued, once they were applied
+        (a staged push is judged whole: with every tensor it was sent)."""
+        if not any(d.receiving is not None for d in self.pending):
+            return apply(False)
+        deferred = DeferredUpdate(lambda: apply(True), float("inf"), False, 0.0, judged=False)
+        self.pending.append(deferred)
         return deferred
 
     @staticmethod

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -82,9 +82,15 @@ class GroupReceiver:
                 shapes: Sequence[Sequence[int]], load_format, nbytes: int) -> Future:
         """Start receiving one bucket after those asked for before; the future holds the
         (name, tensor) pairs, or the exception that ended the wait."""
+        names, dtypes, shapes = list(names), list(dtypes), [tuple(s) for s in shapes]
+        return self.run(lambda group, device, timeout_s: distributed.receive_named_tensors(
+            group, names, dtypes, shapes, device, load_format, timeout_s=timeout_s), nbytes)
+
+    def run(self, receive: Callable[[object, torch.device, float], object], nbytes: int) -> Future:
+        """Run `receive(group, device, timeout_s)` in the group's thread after the receives
+        asked for before (other layouts: vLLM's packed chunks, TRL's one tensor and barrier)."""
         self.staged_bytes += nbytes
-        return self._thread.submit(self._receive, list(names), list(dtypes),
-                                   [tuple(s) for s in shapes], load_format)
+        return self._thread.submit(self._receive, receive)
 
     def unstage(self, nbytes: int) -> None:
         """A staged bucket was written or dropped: its memory goes back."""
@@ -92,35 +98,29 @@ class GroupReceiver:
 
     def close(self) -> None:
         self._thread.shutdown(wait=False)
-        distributed.destroy_process_group(self.group)
+        if self.group is not None:
+            distributed.destroy_process_group(self.group)
 
-    def _receive(self, names, dtypes, shapes, load_format) -> List[Tuple[str, torch.Tensor]]:
+    def _receive(self, receive):
         if self._failed is not None:  # the trainer's collectives no longer pair with ours
             raise RuntimeError(f"an earlier receive on this group failed ({self._failed})")
         try:
             if self.device.type != "cuda":
-                return distributed.receive_named_tensors(self.group, names, dtypes, shapes,
-                                                         self.device, load_format,
-                                                         timeout_s=self.timeout_s)
-            return self._receive_cuda(names, dtypes, shapes, load_format)
+                return receive(self.group, self.device, self.timeout_s)
+            # A stream of the receive's own: the collective's wait must not hold the forward
+            # steps queued on the scheduler's stream behind a trainer that has not sent yet.
+            torch.cuda.set_device(self.device)  # per thread; NCCL binds the current device
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._stream):
+                received = receive(self.group, self.device, self.timeout_s)
+            self._stream.synchronize()  # the tensors are whole before the scheduler reads them
+            return received
         except Exception as e:
             self._failed = f"{type(e).__name__}: {e}"
-            if self.backend == "nccl":  # free the posted kernel before NCCL's watchdog acts
-                _abort(self.group)
+            if self.backend == "nccl" and self.group is not None:  # free the posted kernel
+                _abort(self.group)  # before NCCL's watchdog acts on it
             raise
-
-    def _receive_cuda(self, names, dtypes, shapes, load_format):
-        # A stream of the receive's own: the collective's wait must not hold the forward
-        # steps queued on the scheduler's stream behind a trainer that has not sent yet.
-        torch.cuda.set_device(self.device)  # per thread; NCCL binds the current device
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(self._stream):
-            named = distributed.receive_named_tensors(self.group, names, dtypes, shapes,
-                                                      self.device, load_format,
-                                                      timeout_s=self.timeout_s)
-        self._stream.synchronize()  # the tensors are whole before the scheduler reads them
-        return named
 
 
 def _abort(group) -> None:
