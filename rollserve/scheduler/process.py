@@ -178,7 +178,7 @@ class SchedulerProcess:
     def _idle_poll_ms(self) -> int:
         """How long an idle loop waits for a message: briefly while a wait outside (a join, a
         trainer's broadcast) may end, so that its answer is not a second late."""
-        return 10 if self.deferred or self.weight_sync.waits_for_trainer() else 1000
+        return 5 if self.deferred or self.weight_sync.waits_for_trainer() else 1000
 
     def _answer_deferred(self) -> None:
         """Answer the control calls whose outside wait ended, once it ended on every TP rank

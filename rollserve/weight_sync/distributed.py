@@ -207,7 +207,7 @@ def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dt
                           load_format=None, src: int = 0,
                           timeout_s: Optional[float] = None) -> List[Tuple[str, torch.Tensor]]:
     """Receive one bucket into fresh buffers on `device`. timeout_s: wait at most this long
-    for the trainer (TimeoutError after), also where the backend's own wait would not end."""
+    for the trainer (TimeoutError after; see wait_all)."""
     if load_format == FLATTENED_BUCKET:
         offsets, total = bucket_layout(dtypes, shapes)
         buffer = torch.empty(total, dtype=torch.uint8, device=device)
@@ -221,15 +221,16 @@ def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dt
 
 
 def wait_all(works: Sequence, timeout_s: Optional[float] = None) -> None:
-    """Wait for the collectives. A gloo wait ends (raising) at the group's own timeout; an NCCL
-    one only orders the current stream after the collective, so its end is polled on the CPU,
-    at most timeout_s (then TimeoutError: the collective is still posted, the group unusable)."""
+    """Wait for the collectives. A gloo wait blocks, and ends (raising) at the group's own
+    timeout: pass None. An NCCL one only orders the current stream after the collective, so
+    with timeout_s its end is polled on the CPU for at most that long (then TimeoutError:
+    the collective is still posted, the group unusable)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     for work in works:
-        pause = 0.0005
+        pause = 0.0001
         while deadline is not None and not work.is_completed():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the broadcast did not come within {timeout_s:g}s")
-            time.sleep(pause)  # short at first (a broadcast already under way), then 10 ms
-            pause = min(2 * pause, 0.01)
+            time.sleep(pause)  # short at first (a broadcast under way), then every 2 ms
+            pause = min(2 * pause, 0.002)
         work.wait()

@@ -104,16 +104,19 @@ class GroupReceiver:
     def _receive(self, receive):
         if self._failed is not None:  # the trainer's collectives no longer pair with ours
             raise RuntimeError(f"an earlier receive on this group failed ({self._failed})")
+        # gloo's own waits end at the group's timeout (--dist-timeout, as the join's); NCCL's
+        # do not block the CPU, so their end is polled up to the same deadline
+        timeout_s = self.timeout_s if self.backend == "nccl" else None
         try:
             if self.device.type != "cuda":
-                return receive(self.group, self.device, self.timeout_s)
+                return receive(self.group, self.device, timeout_s)
             # A stream of the receive's own: the collective's wait must not hold the forward
             # steps queued on the scheduler's stream behind a trainer that has not sent yet.
             torch.cuda.set_device(self.device)  # per thread; NCCL binds the current device
             if self._stream is None:
                 self._stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(self._stream):
-                received = receive(self.group, self.device, self.timeout_s)
+                received = receive(self.group, self.device, timeout_s)
             self._stream.synchronize()  # the tensors are whole before the scheduler reads them
             return received
         except Exception as e:

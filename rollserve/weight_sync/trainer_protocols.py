@@ -266,7 +266,7 @@ class TrainerProtocols:
 
         def receive(_, device, timeout_s):
             if joining is not None:
-                joining.join(timeout_s)
+                joining.join(self.weight_sync.dist_timeout_s)  # (it gives up by then too)
             if self.group is None:
                 raise RuntimeError(f"no communicator: {self.join_error or 'the trainer did not join'}")
             group, _, src = self.group
