@@ -101,7 +101,10 @@ def group_on_store(backend: str, store, rank: int, world_size: int, group_name: 
     """A process group outside the default one, on a store both sides reach."""
     from torch.distributed.distributed_c10d import _new_process_group_helper, _world
 
-    timeout = datetime.timedelta(seconds=timeout_s)
+    # NCCL's watchdog ends the whole process when a collective outlives the group's timeout;
+    # the engine's receives give up at timeout_s (staged_receive.py) and abort the group
+    # first, so NCCL's own limit is twice that. gloo's is the receives' limit itself.
+    timeout = datetime.timedelta(seconds=timeout_s * (2 if backend == "nccl" else 1))
     # The same private helper SGLang and verl use for a group outside the default one.
     group, _ = _new_process_group_helper(world_size, rank, [], backend, store,
                                          group_name=group_name, timeout=timeout)
