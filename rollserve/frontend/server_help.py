@@ -113,10 +113,10 @@ HELP = {
     "dist_init_addr": "host:port where the TP ranks meet (default: a free port on 127.0.0.1; "
                       "required with --nnodes > 1)",
     "base_gpu_id": "the first CUDA device this server's ranks use",
-    "dist_timeout": "seconds init_weights_update_group waits for the trainer to join (it joins "
-                    "beside generation, not in its way) and each broadcast of the group may take "
-                    "(default: 300); the tensor-parallel group's collectives wait as long "
-                    "(default there: torch's)",
+    "dist_timeout": "seconds init_weights_update_group waits for the trainer to join and "
+                    "update_weights_from_distributed for its broadcast (both beside generation, "
+                    "not in its way; default: 300); the tensor-parallel group's collectives wait "
+                    "as long (default there: torch's)",
     "shutdown_grace_period": "on SIGTERM, seconds in-flight requests get to finish; then each is "
                              "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "

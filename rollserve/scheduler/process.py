@@ -137,7 +137,7 @@ class SchedulerProcess:
 
     def _collect(self, block: bool) -> list:
         msgs = []
-        if block and not self.recv.poll(timeout=1000):
+        if block and not self.recv.poll(timeout=self._idle_poll_ms()):
             return msgs
         while True:
             try:
@@ -175,9 +175,15 @@ class SchedulerProcess:
         if answer is not None:
             self.send.send_pyobj(RpcResult(rpc_id, answer))
 
+    def _idle_poll_ms(self) -> int:
+        """How long an idle loop waits for a message: briefly while a wait outside (a join, a
+        trainer's broadcast) may end, so that its answer is not a second late."""
+        return 5 if self.deferred or self.weight_sync.waits_for_trainer() else 1000
+
     def _answer_deferred(self) -> None:
         """Answer the control calls whose outside wait ended, once it ended on every TP rank
         (their answers combine in one collective, so the ranks take them at the same step)."""
+        self.weight_sync.note_received(done_on_every_rank)  # broadcasts, the same way
         if not self.deferred:  # the same on every rank: they handled the same messages
             return
         done = done_on_every_rank([future.done() for _, future in self.deferred])
@@ -278,14 +284,14 @@ class SchedulerProcess:
     def _run_pending_updates(self) -> None:
         """Updates waiting for requests in flight run once those finished (or are refused
         at their timeout); the requests held meanwhile are then let in."""
-        if not self.weight_sync.pending:
+        if not self.weight_sync.has_runnable():  # (not a receive: generation goes on beside it)
             return
         self._send_outputs(self.scheduler.drain())
         if self.dp is None:
             self.weight_sync.run_pending()
         else:  # the ranks decide together: the replica's work, rank 0's clock
             self.weight_sync.run_pending(busy=self.dp.busy_anywhere, now=self.dp.clock)
-        if not self.weight_sync.pending and not (self.paused or self.draining):
+        if not self.weight_sync.holds_new_requests() and not (self.paused or self.draining):
             held, self.held_requests = self.held_requests, []
             for msg in held:
                 self._admit(msg)

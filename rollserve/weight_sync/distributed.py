@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -100,7 +101,10 @@ def group_on_store(backend: str, store, rank: int, world_size: int, group_name: 
     """A process group outside the default one, on a store both sides reach."""
     from torch.distributed.distributed_c10d import _new_process_group_helper, _world
 
-    timeout = datetime.timedelta(seconds=timeout_s)
+    # NCCL's watchdog ends the whole process when a collective outlives the group's timeout;
+    # the engine's receives give up at timeout_s (staged_receive.py) and abort the group
+    # first, so NCCL's own limit is twice that. gloo's is the receives' limit itself.
+    timeout = datetime.timedelta(seconds=timeout_s * (2 if backend == "nccl" else 1))
     # The same private helper SGLang and verl use for a group outside the default one.
     group, _ = _new_process_group_helper(world_size, rank, [], backend, store,
                                          group_name=group_name, timeout=timeout)
@@ -182,18 +186,54 @@ def broadcast_named_tensors(group, named_tensors: Sequence[Tuple[str, torch.Tens
 
 
 # ---- the engine's side ---------------------------------------------------------------------------
+def check_shapes(shapes) -> List[Tuple[int, ...]]:
+    """Each shape a list of ints >= 0 (a bool is no size), or ValueError naming the bad one."""
+    parsed = []
+    for i, shape in enumerate(shapes):
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise ValueError(f"shapes[{i}] must be a list of integers >= 0, got {shape!r}")
+        parsed.append(tuple(shape))
+    return parsed
+
+
+def bucket_bytes(dtypes: Sequence[torch.dtype], shapes: Sequence[Sequence[int]],
+                 load_format=None) -> int:
+    """What receiving this bucket allocates (the flattened layout pads each tensor to 64 B)."""
+    if load_format == FLATTENED_BUCKET:
+        return bucket_layout(dtypes, shapes)[1]
+    return sum(_nbytes(dtype, shape) for dtype, shape in zip(dtypes, shapes))
+
+
 def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dtype],
                           shapes: Sequence[Sequence[int]], device: torch.device,
-                          load_format=None, src: int = 0) -> List[Tuple[str, torch.Tensor]]:
-    """Receive one bucket into fresh buffers on `device`."""
+                          load_format=None, src: int = 0,
+                          timeout_s: Optional[float] = None) -> List[Tuple[str, torch.Tensor]]:
+    """Receive one bucket into fresh buffers on `device`. timeout_s: wait at most this long
+    for the trainer (TimeoutError after; see wait_all)."""
     if load_format == FLATTENED_BUCKET:
         offsets, total = bucket_layout(dtypes, shapes)
         buffer = torch.empty(total, dtype=torch.uint8, device=device)
-        dist.broadcast(buffer, group=group, group_src=src)
+        wait_all([dist.broadcast(buffer, group=group, group_src=src, async_op=True)], timeout_s)
         return list(zip(names, _views(buffer, offsets, dtypes, shapes)))
     tensors = [torch.empty(tuple(shape), dtype=dtype, device=device)
                for dtype, shape in zip(dtypes, shapes)]
-    works = [dist.broadcast(t, group=group, group_src=src, async_op=True) for t in tensors]
-    for work in works:
-        work.wait()
+    wait_all([dist.broadcast(t, group=group, group_src=src, async_op=True) for t in tensors],
+             timeout_s)
     return list(zip(names, tensors))
+
+
+def wait_all(works: Sequence, timeout_s: Optional[float] = None) -> None:
+    """Wait for the collectives. A gloo wait blocks, and ends (raising) at the group's own
+    timeout: pass None. An NCCL one only orders the current stream after the collective, so
+    with timeout_s its end is polled on the CPU for at most that long (then TimeoutError:
+    the collective is still posted, the group unusable)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    for work in works:
+        pause = 0.0001
+        while deadline is not None and not work.is_completed():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the broadcast did not come within {timeout_s:g}s")
+            time.sleep(pause)  # short at first (a broadcast under way), then every 2 ms
+            pause = min(2 * pause, 0.002)
+        work.wait()

@@ -10,10 +10,12 @@ chunk is one broadcast. The receiver cuts the same chunks from the metadata alon
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+
+from rollserve.weight_sync.distributed import wait_all
 
 DEFAULT_BUFFER_SIZE_BYTES = 1024 * 1024 * 1024  # vLLM's default: both sides must agree
 
@@ -50,13 +52,15 @@ def unpack(buffer: torch.Tensor, names, dtypes, shapes) -> List[Tuple[str, torch
 def receive_packed(group, names: Sequence[str], dtypes: Sequence[torch.dtype],
                    shapes: Sequence[Sequence[int]], device: torch.device, src: int = 0,
                    buffer_size_bytes: int = DEFAULT_BUFFER_SIZE_BYTES,
-                   ) -> List[Tuple[str, torch.Tensor]]:
-    """The engine's half: one broadcast per chunk into fresh buffers."""
-    out = []
-    for chunk in chunk_plan(dtypes, shapes, buffer_size_bytes):
-        size = sum(tensor_nbytes(dtypes[i], shapes[i]) for i in chunk)
-        buffer = torch.empty(size, dtype=torch.uint8, device=device)
-        dist.broadcast(buffer, group=group, group_src=src)
+                   timeout_s: Optional[float] = None) -> List[Tuple[str, torch.Tensor]]:
+    """The engine's half: one broadcast per chunk into fresh buffers. timeout_s: for the
+    whole push (distributed.wait_all)."""
+    out, chunks = [], chunk_plan(dtypes, shapes, buffer_size_bytes)
+    buffers = [torch.empty(sum(tensor_nbytes(dtypes[i], shapes[i]) for i in chunk),
+                           dtype=torch.uint8, device=device) for chunk in chunks]
+    wait_all([dist.broadcast(b, group=group, group_src=src, async_op=True) for b in buffers],
+             timeout_s)
+    for chunk, buffer in zip(chunks, buffers):
         out.extend(unpack(buffer, [names[i] for i in chunk], [dtypes[i] for i in chunk],
                           [shapes[i] for i in chunk]))
     return out

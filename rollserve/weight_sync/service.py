@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Protocol, Sequence
 
@@ -27,6 +28,7 @@ from rollserve.executor.parallel_state import first_failing_rank, group_rank, gr
 from rollserve.weight_sync import distributed
 from rollserve.weight_sync.disk import load_checkpoint_files, validate_checkpoint
 from rollserve.weight_sync.memory import KV_CACHE, WEIGHTS, MemoryOccupation, parse_tags
+from rollserve.weight_sync.staged_receive import GroupReceiver
 from rollserve.weight_sync.pickled_tensors import (FLATTENED_BUCKET, is_pickled_payload,
                                                    named_tensors_from_pickle)
 from rollserve.weight_sync.tensor_transport import PayloadError, deserialize_named_tensors
@@ -71,6 +73,15 @@ class DeferredUpdate:
     wait_idle: bool
     timeout_s: float
     reply: Callable[[dict], None] = field(default=lambda answer: None)
+    # a receive beside generation (staged_receive.py): `received` turns true once it ended
+    # on every rank; then `apply` judges (an answer, or a DeferredUpdate to go first in line)
+    receiving: Optional[Future] = None
+    group_name: Optional[str] = None
+    received: bool = False
+    judged: bool = True  # False: apply judges at the head of the line (receives, and after them)
+
+    def waits_for_trainer(self) -> bool:
+        return self.receiving is not None and not self.received
 
 
 class WeightSyncService:
@@ -82,7 +93,7 @@ class WeightSyncService:
         self.scheduler = scheduler
         self.send_outputs = send_outputs
         self.memory = MemoryOccupation(runner, runner.memory_saver)
-        self.groups: Dict[str, object] = {}
+        self.groups: Dict[str, GroupReceiver] = {}
         self.pause_mode: Optional[str] = None  # the scheduler process sets it while paused
         self.pending: Deque[DeferredUpdate] = deque()
 
@@ -99,8 +110,25 @@ class WeightSyncService:
         return bool(self.memory.released)
 
     def holds_new_requests(self) -> bool:
-        """True while an update waits for the requests in flight: new ones wait for it."""
-        return bool(self.pending)
+        """True while an update waits for the requests in flight: new ones wait for it. Not
+        while the first in line still waits for the trainer's broadcast: generation goes on."""
+        return self.has_runnable()
+
+    def waits_for_trainer(self) -> bool:
+        return any(d.waits_for_trainer() for d in self.pending)
+
+    def note_received(self, done_on_every_rank: Callable[[List[bool]], List[bool]]) -> None:
+        """Mark the receives that ended on every rank (scheduler/tp_sync.done_on_every_rank: a
+        collective, so every rank calls this at the same point of its loop)."""
+        waiting = [d for d in self.pending if d.waits_for_trainer()]
+        if waiting:
+            for deferred, done in zip(waiting, done_on_every_rank(
+                    [d.receiving.done() for d in waiting])):
+                deferred.received = done
+
+    def has_runnable(self) -> bool:
+        """Whether run_pending may act now (it acts on the first in line only)."""
+        return bool(self.pending) and not self.pending[0].waits_for_trainer()
 
     def run_pending(self, busy: Optional[bool] = None, now: Optional[float] = None) -> None:
         """Apply the deferred updates whose time has come, in order; refuse one whose
@@ -109,6 +137,17 @@ class WeightSyncService:
         None: this process's own."""
         while self.pending:
             head = self.pending[0]
+            if head.waits_for_trainer():
+                return
+            if not head.judged:  # received (or queued behind receives): judge it now
+                self.pending.popleft()
+                answer = head.apply()
+                if isinstance(answer, DeferredUpdate):  # mode wait with requests in flight
+                    answer.reply = head.reply
+                    self.pending.appendleft(answer)
+                else:
+                    head.reply(answer)
+                continue
             if head.wait_idle and (self.scheduler.has_work() if busy is None else busy):
                 if (time.monotonic() if now is None else now) < head.deadline:
                     return
@@ -169,22 +208,62 @@ class WeightSyncService:
                                             load_format: Optional[str] = None,
                                             in_flight_requests: Optional[str] = None,
                                             in_flight_timeout: Optional[float] = None) -> dict:
+        """Starts the receive and answers once the bucket is received and applied (a
+        DeferredUpdate): generation goes on while the trainer has not broadcast."""
         try:
-            group, backend = self._group(group_name)
+            receiver = self._group(group_name)
             parsed = _parse_bucket(names, dtypes, shapes, load_format)
+            nbytes = distributed.bucket_bytes(parsed, shapes, load_format)
+            problem = receiver.room_problem(nbytes)
         except WeightUpdateError as e:
             return _refused(e)
-        # Receive before judging: the trainer's broadcast must always find its partner.
-        device = self.runner.device if backend == "nccl" else torch.device("cpu")
-        named = distributed.receive_named_tensors(group, names, parsed, shapes, device, load_format)
+        failing = first_failing_rank(problem is None)  # under TP: all ranks receive, or none
+        if failing is not None:
+            return _refused(WeightUpdateError(problem or f"tensor-parallel rank {failing}: "
+                                                         "not enough memory to stage the bucket"))
+        received = receiver.receive(names, parsed, shapes, load_format, nbytes)
+        source = f"through group {group_name}"
 
-        def prepare():
-            self._check([TensorInfo(n, tuple(t.shape), t.dtype, f"group {group_name}")
-                         for n, t in named])
-            return lambda: len(self.model.load_weights(named))
+        def apply():  # on the loop, once received on every rank
+            receiver.unstage(nbytes)
+            error = received.exception()
+            failing = first_failing_rank(error is None)
+            if failing is not None:
+                receiver.broken = (f"rank {failing} of this replica did not receive a bucket: "
+                                   f"{error or 'see that rank'}")
+                return _refused(WeightUpdateError(
+                    f"nothing received from the trainer on group {group_name!r} within "
+                    f"{receiver.timeout_s:.0f}s (--dist-timeout), or the receive failed: "
+                    f"{error or f'on tensor-parallel rank {failing}'}; the group is out of step "
+                    f"now: destroy_weights_update_group, then init_weights_update_group"))
+            named = received.result()
 
-        return self._update(prepare, f"through group {group_name}", flush_cache, abort_all_requests,
-                            weight_version, in_flight_requests, in_flight_timeout)
+            def prepare():
+                self._check([TensorInfo(n, tuple(t.shape), t.dtype, f"group {group_name}")
+                             for n, t in named])
+                return lambda: len(self.model.load_weights(named))
+
+            return self._update(prepare, source, flush_cache, abort_all_requests, weight_version,
+                                in_flight_requests, in_flight_timeout, first_in_line=True)
+
+        return self.stage(received, apply, group_name)
+
+    def stage(self, received: Future, apply: Callable[[], object], group_name: str) -> DeferredUpdate:
+        """Queue a receive started beside generation: `apply` runs between two steps once it
+        ended on every rank, in the order the updates came."""
+        deferred = DeferredUpdate(apply, float("inf"), False, 0.0, receiving=received,
+                                  group_name=group_name, judged=False)
+        self.pending.append(deferred)
+        return deferred
+
+    def after_receives(self, apply: Callable[[bool], object]):
+        """apply(first_in_line) now, or, while receives are queued, once they were applied
+        (a staged push is judged whole: with every tensor it was sent)."""
+        if not any(d.receiving is not None for d in self.pending):
+            return apply(False)
+        deferred = DeferredUpdate(lambda: apply(True), float("inf"), False, 0.0, judged=False)
+        self.pending.append(deferred)
+        return deferred
 
     @staticmethod
     def _buckets_of_this_rank(payloads: Sequence) -> list:
@@ -237,7 +316,8 @@ class WeightSyncService:
                 raise
 
         def joined(group) -> dict:
-            self.groups[group_name] = (group, backend)
+            device = self.runner.device if backend == "nccl" else torch.device("cpu")
+            self.groups[group_name] = GroupReceiver(group_name, group, backend, device, timeout_s)
             self.joining.discard(group_name)
             return {"success": True, "message": f"joined {group_name!r} ({backend}) as rank "
                                                 f"{rank} of {world_size}"}
@@ -251,14 +331,21 @@ class WeightSyncService:
             return {"success": False, "message": f"group {group_name!r} is still joining"}
         if group_name not in self.groups:
             return {"success": False, "message": f"no group named {group_name!r}"}
-        group, _ = self.groups.pop(group_name)
-        distributed.destroy_process_group(group)
+        if any(d.waits_for_trainer() and d.group_name == group_name for d in self.pending):
+            return {"success": False, "message": (
+                f"group {group_name!r} is still receiving a bucket the trainer has not "
+                f"broadcast; it ends within --dist-timeout ({self.dist_timeout_s:.0f}s)")}
+        self.groups.pop(group_name).close()
         return {"success": True, "message": f"group {group_name!r} destroyed"}
 
-    def _group(self, group_name: str):
+    def _group(self, group_name: str) -> GroupReceiver:
         if group_name not in self.groups:
             raise WeightUpdateError(f"no group named {group_name!r}; call init_weights_update_group")
-        return self.groups[group_name]
+        receiver = self.groups[group_name]
+        if receiver.broken is not None:
+            raise WeightUpdateError(f"group {group_name!r} is broken ({receiver.broken}); "
+                                    "destroy_weights_update_group, then init_weights_update_group")
+        return receiver
 
     # ---- inspection and memory -----------------------------------------------------------------
     def get_weights_by_name(self, name: str, truncate_size: int = 100) -> dict:
@@ -299,9 +386,11 @@ class WeightSyncService:
 
     def _update(self, prepare, source: str, flush_cache: bool, abort_all_requests: bool,
                 weight_version: Optional[str], in_flight_requests: Optional[str] = None,
-                in_flight_timeout: Optional[float] = None, validate_only: bool = False):
+                in_flight_timeout: Optional[float] = None, validate_only: bool = False,
+                first_in_line: bool = False):
         """The answer, or a DeferredUpdate the scheduler process answers later. validate_only:
-        the answer of every check, nothing written (the DP router's first phase)."""
+        the answer of every check, nothing written (the DP router's first phase).
+        first_in_line: run_pending's own (a received bucket): it queues nothing, it goes first."""
         try:
             if WEIGHTS in self.memory.released:
                 raise WeightUpdateError("the weights are released; call resume_memory_occupation "
@@ -327,9 +416,10 @@ class WeightSyncService:
             return self._apply(write, source, mode, flush_cache, weight_version)
 
         wait = mode == "wait" and self.scheduler.has_work()
-        if wait or self.pending:  # updates apply in the order they came
+        if wait or (self.pending and not first_in_line):  # updates apply in the order they came
             deferred = DeferredUpdate(apply, time.monotonic() + timeout, wait, timeout)
-            self.pending.append(deferred)
+            if not first_in_line:
+                self.pending.append(deferred)
             return deferred
         return apply()
 
@@ -392,6 +482,8 @@ def _refused(e: Exception) -> dict:
 
 
 def _parse_bucket(names, dtypes, shapes, load_format) -> List[torch.dtype]:
+    if not all(isinstance(v, (list, tuple)) for v in (names, dtypes, shapes)):
+        raise WeightUpdateError("names, dtypes and shapes must be lists")
     if not (len(names) == len(dtypes) == len(shapes)):
         raise WeightUpdateError(f"names, dtypes and shapes must have the same length, got "
                                 f"{len(names)}, {len(dtypes)}, {len(shapes)}")
@@ -399,6 +491,7 @@ def _parse_bucket(names, dtypes, shapes, load_format) -> List[torch.dtype]:
         raise WeightUpdateError(f"load_format must be one of {distributed.LOAD_FORMATS}, "
                                 f"got {load_format!r}")
     try:
+        distributed.check_shapes(shapes)
         return [distributed.parse_dtype(d) for d in dtypes]
     except ValueError as e:
         raise WeightUpdateError(str(e)) from e

@@ -30,12 +30,14 @@ import torch
 import torch.distributed as dist
 
 from rollserve.weight_sync import distributed
-from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES, receive_packed
+from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES, receive_packed, tensor_nbytes
+from rollserve.weight_sync.staged_receive import GroupReceiver
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError
 
 logger = logging.getLogger(__name__)
 VLLM_GROUP = "vllm_weight_transfer"
 LEGACY_STORE_PREFIX = "client2server"  # what trl vllm-serve's store-based group uses
+LEGACY_GROUP = "trl_communicator"
 CONTROL_CALLS = ("weight_transfer_info", "vllm_init_transfer", "start_staged_update",
                  "vllm_update_weights", "finish_staged_update", "trl_init_communicator",
                  "trl_receive_param", "trl_check_param", "trl_close_communicator")
@@ -57,6 +59,7 @@ class TrainerProtocols:
     def __init__(self, weight_sync):
         self.weight_sync = weight_sync
         self.group = None  # (process group, backend, src rank)
+        self.receiver: Optional[GroupReceiver] = None  # receives beside generation
         self.joining: Optional[threading.Thread] = None
         self.join_error: Optional[str] = None
         self.staging: Optional[Staging] = None
@@ -66,6 +69,49 @@ class TrainerProtocols:
     def device(self) -> torch.device:
         runner = self.weight_sync.runner
         return runner.device if self.group and self.group[1] == "nccl" else torch.device("cpu")
+
+    def _receiver(self, name: str, group, backend: str) -> GroupReceiver:
+        device = self.weight_sync.runner.device if backend == "nccl" else torch.device("cpu")
+        return GroupReceiver(name, group, backend, device, self.weight_sync.dist_timeout_s)
+
+    def _receiving(self) -> Optional[dict]:
+        """The refusal of a new group while a push to the current one is still queued."""
+        if any(d.receiving is not None and d.group_name in (VLLM_GROUP, LEGACY_GROUP)
+               for d in self.weight_sync.pending):
+            return {"success": False, "message": "a weight push is still being received; the "
+                    f"group is replaced after it (within --dist-timeout, "
+                    f"{self.weight_sync.dist_timeout_s:.0f}s)"}
+        return None
+
+    def _stage(self, name: str, nbytes: int, receive, source: str) -> dict:
+        """Receive beside generation (staged_receive.py), then add to the staged push between
+        two steps; the answer comes once it is in (weight_sync/service.py's stage)."""
+        receiver = self.receiver
+        problem = receiver.broken or receiver.room_problem(nbytes)
+        if problem is not None:
+            return {"success": False, "message": problem}
+        received = receiver.run(receive, nbytes)
+
+        def apply() -> dict:
+            receiver.unstage(nbytes)
+            if received.exception() is not None:
+                receiver.broken = (f"a receive failed or waited over --dist-timeout "
+                                   f"({receiver.timeout_s:.0f}s): {received.exception()}; the "
+                                   f"group is out of step with the trainer: open it again")
+                # the push lacks this part: it is refused whole at finish, not applied in part
+                (self.staging or self._open(source)).errors.append(receiver.broken)
+                return {"success": False, "message": receiver.broken}
+            named = received.result()
+            staging = self.staging or self._open(source)
+            staging.add(named)
+            try:  # judged now too, so the caller learns of a bad tensor at once
+                self.weight_sync._check(_infos(named, source))
+            except WeightUpdateError as e:
+                staging.errors.append(str(e))
+                return {"success": False, "message": f"received, but it will be refused: {e}"}
+            return {"success": True, "message": f"received {len(named)} tensors"}
+
+        return self.weight_sync.stage(received, apply, name)
 
     def _backend(self, backend: Optional[str]) -> str:
         backend = backend or ("nccl" if self.weight_sync.runner.device.type == "cuda" else "gloo")
@@ -89,6 +135,9 @@ class TrainerProtocols:
                                                world_size, VLLM_GROUP, backend)
         if problem is not None:
             return {"success": False, "message": problem}
+        refused = self._receiving()
+        if refused is not None:
+            return refused
         if self.group is not None:
             self._destroy()
         backend = self._backend(backend)
@@ -96,6 +145,7 @@ class TrainerProtocols:
 
         def joined(group) -> dict:
             self.group = (group, backend, 0)
+            self.receiver = self._receiver(VLLM_GROUP, group, backend)
             return {"success": True, "message": f"joined the weight-transfer group ({backend}) "
                                                 f"as rank {rank_offset} of {world_size}"}
 
@@ -126,26 +176,28 @@ class TrainerProtocols:
                                                  f"({len(names)}, {len(dtype_names)}, {len(shapes)})"}
         try:
             dtypes = [distributed.parse_dtype(d) for d in dtype_names]
+            shapes = distributed.check_shapes(shapes)
         except ValueError as e:
             return {"success": False, "message": str(e)}
-        group, _, src = self.group
-        if packed:
-            named = receive_packed(group, names, dtypes, shapes, self.device, src,
-                                   int(buffer_size_bytes))
-        else:
-            named = distributed.receive_named_tensors(group, names, dtypes, shapes, self.device,
-                                                      src=src)
-        staging = self.staging or self._open("update_weights")
-        staging.add(named)
-        try:  # judged now too, so the caller learns of a bad tensor at once
-            self.weight_sync._check(_infos(named, "update_weights"))
-        except WeightUpdateError as e:
-            staging.errors.append(str(e))
-            return {"success": False, "message": f"received, but it will be refused: {e}"}
-        return {"success": True, "message": f"received {len(named)} tensors"}
+        _, _, src = self.group
+        names, buffer_size = list(names), int(buffer_size_bytes)
 
-    def finish_staged_update(self, weight_version: Optional[str] = None) -> dict:
-        """Apply everything staged since start as one update (validated whole first)."""
+        def receive(group, device, timeout_s):
+            if packed:
+                return receive_packed(group, names, dtypes, shapes, device, src, buffer_size,
+                                      timeout_s)
+            return distributed.receive_named_tensors(group, names, dtypes, shapes, device,
+                                                     src=src, timeout_s=timeout_s)
+
+        return self._stage(VLLM_GROUP, distributed.bucket_bytes(dtypes, shapes), receive,
+                           "update_weights")
+
+    def finish_staged_update(self, weight_version: Optional[str] = None):
+        """Apply everything staged since start as one update (validated whole first), after
+        the receives still queued (TRL calls it right after its last broadcast)."""
+        return self.weight_sync.after_receives(lambda first: self._finish(weight_version, first))
+
+    def _finish(self, weight_version: Optional[str], first_in_line: bool):
         staging, self.staging = self.staging, None
         if staging is None or not staging.named:
             return {"success": True, "message": "nothing staged: no weights changed",
@@ -159,13 +211,16 @@ class TrainerProtocols:
             return lambda: len(self.weight_sync.model.load_weights(named))
 
         return self.weight_sync._update(prepare, f"through {staging.source}", True, False,
-                                        weight_version)
+                                        weight_version, first_in_line=first_in_line)
 
     # ---- trl vllm-serve (legacy) ----------------------------------------------------------------
     def trl_init_communicator(self, host: str, port: int, world_size: int,
                                   backend: Optional[str] = None) -> dict:
         """Host the group's store and join as rank 0 in a thread: TRL opens its side only
         after this call has answered."""
+        refused = self._receiving()
+        if refused is not None:
+            return refused
         if self.group is not None or (self.joining and self.joining.is_alive()):
             self._destroy()
         backend = self._backend(backend)
@@ -176,6 +231,7 @@ class TrainerProtocols:
             return {"success": False, "message": f"world_size must be 2 (this engine is one rank, "
                                                  f"the trainer the other), got {world_size}"}
         self.join_error = None
+        receiver = self.receiver = self._receiver(LEGACY_GROUP, None, backend)
 
         def join():
             try:
@@ -183,8 +239,9 @@ class TrainerProtocols:
                                       timeout=datetime.timedelta(seconds=self.weight_sync.dist_timeout_s))
                 group = distributed.group_on_store(
                     backend, dist.PrefixStore(LEGACY_STORE_PREFIX, store), 0, world_size,
-                    "trl_communicator", self.weight_sync.dist_timeout_s)
+                    LEGACY_GROUP, self.weight_sync.dist_timeout_s)
                 self.group = (group, backend, world_size - 1)
+                receiver.group = group
                 self._store = store  # the trainer's side connects to it; keep it alive
             except Exception as e:  # reported by the next update_named_param
                 self.join_error = f"{type(e).__name__}: {e}"
@@ -195,18 +252,31 @@ class TrainerProtocols:
         return {"success": True, "message": f"waiting for the trainer on port {port} ({backend})"}
 
     def trl_receive_param(self, name: str, dtype: str, shape: List[int]) -> dict:
-        """Receive one tensor the trainer broadcasts right after /update_named_param/ answered."""
-        if self.joining is not None:
-            self.joining.join()
-        if self.group is None:
-            return {"success": False, "message": f"no communicator: {self.join_error or 'call init_communicator'}"}
-        group, _, src = self.group
-        tensor = torch.empty(tuple(shape), dtype=distributed.parse_dtype(dtype), device=self.device)
-        dist.broadcast(tensor, group=group, group_src=src)
-        dist.barrier(group=group)
-        staging = self.staging or self._open("init_communicator")
-        staging.add([(name, tensor)])
-        return {"success": True, "message": f"received {name}"}
+        """Receive one tensor the trainer broadcasts right after /update_named_param/ answered
+        (beside generation: the join, the broadcast and TRL's barrier are waited for in the
+        group's thread)."""
+        if self.receiver is None:
+            return {"success": False, "message": "no communicator: call init_communicator"}
+        try:
+            parsed = distributed.parse_dtype(dtype)
+            shape = distributed.check_shapes([shape])[0]
+        except ValueError as e:
+            return {"success": False, "message": str(e)}
+        joining = self.joining
+
+        def receive(_, device, timeout_s):
+            if joining is not None:
+                joining.join(self.weight_sync.dist_timeout_s)  # (it gives up by then too)
+            if self.group is None:
+                raise RuntimeError(f"no communicator: {self.join_error or 'the trainer did not join'}")
+            group, _, src = self.group
+            tensor = torch.empty(shape, dtype=parsed, device=device)
+            distributed.wait_all([dist.broadcast(tensor, group=group, group_src=src, async_op=True)],
+                                 timeout_s)
+            distributed.wait_all([dist.barrier(group=group, async_op=True)], timeout_s)
+            return [(name, tensor)]
+
+        return self._stage(LEGACY_GROUP, tensor_nbytes(parsed, shape), receive, "init_communicator")
 
     def trl_check_param(self, name: str, dtype: str, shape: List[int]) -> dict:
         """Judge a tensor before the trainer sends it (so a refusal reaches the client first)."""
@@ -218,12 +288,17 @@ class TrainerProtocols:
             return {"success": False, "message": str(e)}
         if self.group is None and not (self.joining and self.joining.is_alive()):
             return {"success": False, "message": "no communicator: call /init_communicator/ first"}
+        if self.receiver is not None and self.receiver.broken:  # before TRL broadcasts
+            return {"success": False, "message": self.receiver.broken}
         return {"success": True, "message": "ok"}
 
-    def trl_close_communicator(self) -> dict:
-        result = self.finish_staged_update()
-        self._destroy()
-        return result
+    def trl_close_communicator(self):
+        def close(first_in_line: bool):
+            result = self._finish(None, first_in_line)
+            self._destroy()  # after the receives: none uses the group any more
+            return result
+
+        return self.weight_sync.after_receives(close)
 
     def _open(self, source: str) -> Staging:
         self.staging = Staging(source)
@@ -233,9 +308,12 @@ class TrainerProtocols:
         if self.joining is not None:
             self.joining.join(timeout=1)
             self.joining = None
-        if self.group is not None:
+        if self.receiver is not None:
+            self.receiver.close()  # and its group
+            self.receiver = None
+        elif self.group is not None:
             distributed.destroy_process_group(self.group[0])
-            self.group = None
+        self.group = None
         self._store = None
 
 

@@ -106,6 +106,53 @@ def test_a_group_join_does_not_stall_generation(http, guarded):
     assert "already exists" not in again.json()["message"]
 
 
+def test_a_trainer_that_never_broadcasts_does_not_stall_generation(http, guarded):
+    """update_weights_from_distributed receives beside generation: a trainer that calls it
+    and never broadcasts gets a 400 after --dist-timeout, the group is reported broken, and
+    other clients' requests run meanwhile."""
+    from rollserve.weight_sync import distributed
+
+    port, answer = free_port(), {}
+    joined = {}
+    joining = threading.Thread(target=lambda: joined.update(r=httpx.post(
+        guarded.url + "/init_weights_update_group", timeout=300, json={
+            "master_address": "127.0.0.1", "master_port": port, "rank_offset": 1,
+            "world_size": 2, "group_name": "silent", "backend": "gloo"})))
+    joining.start()
+    group = distributed.init_custom_process_group("gloo", "127.0.0.1", port, 2, 0, "silent")
+    joining.join(timeout=300)
+    assert joined["r"].status_code == 200, joined["r"].text
+    bucket = {"names": ["model.norm.weight"], "dtypes": ["float32"], "shapes": [[8]],
+              "group_name": "silent"}
+
+    def update():
+        with httpx.Client(base_url=guarded.url, timeout=300) as c:
+            answer["response"] = c.post("/update_weights_from_distributed", json=bucket)
+            answer["at"] = time.monotonic()
+
+    try:
+        started = time.monotonic()
+        updating = threading.Thread(target=update)
+        updating.start()
+        time.sleep(0.3)
+        for _ in range(3):
+            generated = http.post("/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 2}})
+            assert generated.status_code == 200
+        assert http.get("/health").status_code == 200
+        assert updating.is_alive(), "the update answered before its --dist-timeout"
+        updating.join(timeout=300)
+        response = answer["response"]
+        assert response.status_code == 400, response.text
+        message = response.json()["message"]
+        assert "--dist-timeout" in message and "destroy_weights_update_group" in message
+        assert 2 < answer["at"] - started < 60
+        again = http.post("/update_weights_from_distributed", json=bucket)
+        assert again.status_code == 400 and "broken" in again.json()["message"]
+    finally:
+        assert http.post("/destroy_weights_update_group", json={"group_name": "silent"}).status_code == 200
+        distributed.destroy_process_group(group)
+
+
 def test_health_sees_a_stopped_scheduler(http, guarded):
     scheduler = scheduler_of(guarded)
     scheduler.suspend()  # SIGSTOP: the process is there, but answers nothing

@@ -105,8 +105,8 @@ def test_tp_size_the_model_cannot_split_fails_start_naming_it(checkpoints):
 
 def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
     """init_weights_update_group: the trainer is rank 0, TP ranks 1 and 2 (rank_offset 1);
-    the replica generates while it waits for the trainer; every rank receives the broadcast
-    and keeps its slices."""
+    the replica generates while it waits for the trainer, to join and to broadcast; every rank
+    receives the broadcast and keeps its slices."""
     import threading
     import time
 
@@ -129,19 +129,32 @@ def test_tp2_ranks_all_join_the_trainers_group(tp2, checkpoints, reference):
     group = distributed.init_custom_process_group("gloo", "127.0.0.1", port, 3, 0, "tp-sync")
     joining.join()
     assert results["init"]["success"], results["init"]
+    probe = "model.layers.1.mlp.down_proj.weight"
     try:
         named = list(load_file(os.path.join(checkpoints["b"], "model.safetensors")).items())
         receiving = threading.Thread(target=engine_side, args=(
             "update", tp2.update_weights_from_distributed, [n for n, _ in named],
-            [str(t.dtype) for _, t in named], [list(t.shape) for _, t in named], "tp-sync"))
+            [str(t.dtype) for _, t in named], [list(t.shape) for _, t in named], "tp-sync",
+            True, "b-dist"))
+        before = tp2.get_weights_by_name(probe, 8)
         receiving.start()
+        # the trainer broadcasts late: both ranks generate meanwhile, on the old weights
+        time.sleep(0.5)
+        during, _ = greedy(tp2)
+        assert receiving.is_alive(), "the update answered before the trainer broadcast"
+        assert [len(ids) for ids in during] == [GREEDY["max_new_tokens"]] * len(PROMPTS)
+        assert tp2.get_weights_by_name(probe, 8) == before
+        time.sleep(2.0)
         distributed.broadcast_named_tensors(group, named, None)
         receiving.join()
         assert results["update"]["success"], results["update"]
     finally:
         assert distributed.destroy_group_with_engine(
             group, lambda: tp2.destroy_weights_update_group("tp-sync"))["success"]
-    assert_same(greedy(tp2), reference["b"])
+    b = dict(named)
+    assert tp2.get_weights_by_name(probe, 8) == pytest.approx(b[probe].flatten()[:8].tolist())
+    assert tp2.get_server_info()["weight_version"] == "b-dist"
+    assert_same(greedy(tp2), reference["b"])  # every rank applied it at the same step
 
 
 def test_tp2_get_weights_by_name_gathers_the_whole_tensor(tp2, checkpoints):

@@ -4,6 +4,8 @@ scheduler for ten minutes)."""
 
 import time
 
+import torch
+
 from rollserve.api.server import free_port
 from rollserve.weight_sync import distributed
 
@@ -35,3 +37,18 @@ def test_a_trainer_that_never_comes_fails_within_the_timeout():
     assert result["success"] is False and "could not join" in result["message"]
     assert "--dist-timeout" in result["message"]
     assert time.monotonic() - started < 30
+
+
+def test_bucket_shapes_and_bytes():
+    assert distributed.check_shapes([[2, 3], (4,), []]) == [(2, 3), (4,), ()]
+    for bad in ([-1], [2.0], [True], "3", None):
+        try:
+            distributed.check_shapes([[1], bad])
+        except ValueError as e:
+            assert str(e).startswith("shapes[1]"), e
+        else:
+            raise AssertionError(f"{bad!r} was taken as a shape")
+    dtypes, shapes = [torch.float32, torch.bfloat16], [(3,), (2, 2)]
+    assert distributed.bucket_bytes(dtypes, shapes) == 12 + 8
+    # the flattened layout starts each tensor at a multiple of 64 bytes
+    assert distributed.bucket_bytes(dtypes, shapes, distributed.FLATTENED_BUCKET) == 64 + 8

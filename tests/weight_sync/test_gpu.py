@@ -1,10 +1,11 @@
 """Weight sync with the engine on a GPU: CUDA IPC buckets, memory release with CUDA graphs
 dropped and captured again, the same through torch_memory_saver (addresses kept), and a
-group broadcast (NCCL across two GPUs, else gloo)."""
+group broadcast (NCCL across two GPUs, else gloo) that comes late while the engine generates."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -87,6 +88,10 @@ def test_group_broadcast(engine, ckpts, reference):
             [n for n, _ in named], [str(t.dtype) for _, t in named], [list(t.shape) for _, t in named],
             "gpu-sync", load_format=distributed.FLATTENED_BUCKET)))
         receiving.start()
+        # the receive is posted on a stream of its own: the forward steps do not wait behind it
+        time.sleep(0.5)
+        assert greedy(engine) == reference["A"]
+        assert receiving.is_alive(), "the update answered before the trainer broadcast"
         distributed.broadcast_named_tensors(group, named, distributed.FLATTENED_BUCKET)
         receiving.join()
         assert answers["update"]["success"], answers["update"]

@@ -182,6 +182,8 @@ def test_trl_vllm_serve_protocol_push(http, ckpts, reference, on_a):
         response = httpx.post(f"{base}/update_named_param/",
                               json={"name": name, "dtype": dtype, "shape": shape})
         assert response.status_code == 200, response.text
+        if name == next(iter(tensors)):  # the engine waits for this broadcast beside generation
+            assert greedy(http) == reference["A"]
         communicator.broadcast(weights, src=rank)
         communicator.group.barrier()
     assert greedy(http) == reference["A"]  # staged until reset_prefix_cache
