@@ -92,9 +92,11 @@ def select(checkpoints: Sequence[Checkpoint], *, order: str = "oldest", every: i
            recorded: Iterable[tuple] = ()) -> List[Checkpoint]:
     """The checkpoints to score, in the order to score them.
 
-    every=K keeps every K-th checkpoint by step, counted from the oldest one the watcher
+    every=K keeps every K-th checkpoint by step, counted from the oldest step the watcher
     knows: those on disk and those already recorded (`recorded`: (step, name) pairs), so
     a trainer deleting old folders (save_total_limit) does not shift which ones are kept.
+    Steps are counted, not folders: OpenRLHF's global_stepN and global_stepN_hf are one
+    checkpoint, and both stay for the watcher to pick the one with HF weights.
     order='newest' scores a backlog from the latest step down."""
     if order not in ORDERS:
         raise InvalidRequest("order", f"must be one of {list(ORDERS)}, got {order!r}")
@@ -102,7 +104,7 @@ def select(checkpoints: Sequence[Checkpoint], *, order: str = "oldest", every: i
         raise InvalidRequest("every", "must be >= 1")
     chosen = list(checkpoints)
     if every > 1:
-        known = sorted({(c.step, c.name) for c in checkpoints} | set(recorded))
-        rank = {key: i for i, key in enumerate(known)}
-        chosen = [c for c in chosen if rank[(c.step, c.name)] % every == 0]
+        known = sorted({c.step for c in checkpoints} | {step for step, _ in recorded})
+        rank = {step: i for i, step in enumerate(known)}
+        chosen = [c for c in chosen if rank[c.step] % every == 0]
     return sorted(chosen, key=lambda c: (c.step, c.name), reverse=order == "newest")

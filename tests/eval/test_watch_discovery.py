@@ -8,7 +8,7 @@ import torch
 
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_patterns, discover,
-                                        model_dir, step_of)
+                                        model_dir, select, step_of)
 from rollserve.eval.completeness import Completeness
 from rollserve.eval.plot import plot_metrics, redraw
 from rollserve.eval.report import ResultsLog, latest_rows, result_row, write_csv
@@ -57,6 +57,19 @@ def test_discover_sorts_by_step_and_skips_files_and_output(tmp_path):
     assert [(c.step, c.name) for c in found] == [(3, "checkpoint-3"), (5, "step_5"),
                                                  (10, "global_step_10"), (20, "checkpoint-20")]
     assert discover(str(tmp_path / "missing"), compile_patterns(DEFAULT_PATTERNS)) == []
+
+
+def test_every_counts_steps_not_folders():
+    """OpenRLHF's global_stepN and global_stepN_hf are one checkpoint: --every 2 over steps
+    5, 7, 9, 11 keeps 5 (both folders, the watcher scores the _hf one) and 9, newest first;
+    steps already recorded and deleted since still count."""
+    found = [Checkpoint(5, "global_step5", "/r/a"), Checkpoint(5, "global_step5_hf", "/r/b"),
+             Checkpoint(7, "global_step7_hf", "/r/c"), Checkpoint(9, "global_step9_hf", "/r/d"),
+             Checkpoint(11, "global_step11_hf", "/r/e")]
+    chosen = select(found, order="newest", every=2)
+    assert [c.name for c in chosen] == ["global_step9_hf", "global_step5_hf", "global_step5"]
+    later = select(found[2:], every=2, recorded={(5, "global_step5_hf"), (5, "global_step5")})
+    assert [c.step for c in later] == [9]
 
 
 def test_completeness_needs_two_equal_looks(tmp_path):
