@@ -21,8 +21,16 @@ from rollserve.core.sampling_params import InvalidRequest
 
 DEFAULT_PATTERNS = (r"checkpoint-(\d+)", r"global_step_?(\d+)", r"global_step_?(\d+)_hf",
                     r"step_(\d+)")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 ORDERS = ("oldest", "newest")
+
+
+def is_model_weight(name: str) -> bool:
+    """A file the server loads as model weights: *.safetensors, else pytorch_model*.bin
+    (its loader's rule, as transformers'). A Trainer's training_args.bin, rng_state.pth,
+    optimizer.pt or scheduler.pt are not: a folder holding them and config.json but no
+    model file yet is still being written, not a broken checkpoint."""
+    return name.endswith(".safetensors") or (name.startswith("pytorch_model")
+                                             and name.endswith(".bin"))
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def model_dir(path: str, max_depth: int = 3) -> str:
         if depth > max_depth:
             dirs[:] = []
             continue
-        if "config.json" in names and any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        if "config.json" in names and any(is_model_weight(n) for n in names):
             candidates.append((depth, folder))
     return min(candidates)[1] if candidates else path
 

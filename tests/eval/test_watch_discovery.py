@@ -86,6 +86,21 @@ def test_completeness_needs_two_equal_looks(tmp_path):
     assert check.check(ckpt)      # unchanged: complete
 
 
+def test_trainer_state_files_are_not_model_weights(tmp_path):
+    """config.json beside a Trainer's training_args.bin and rng_state.pth, model file not
+    there yet: not ready (never loaded and recorded as a broken checkpoint)."""
+    ckpt = Checkpoint(3, "checkpoint-3", str(tmp_path))
+    touch(str(tmp_path / "config.json"), b"{}")
+    torch.save({"lr": 1e-5}, str(tmp_path / "training_args.bin"))
+    torch.save({"cpu": torch.get_rng_state()}, str(tmp_path / "rng_state.pth"))
+    check = Completeness()
+    check.state(ckpt)
+    assert check.state(ckpt).kind == "not ready"
+    assert model_dir(str(tmp_path)) == str(tmp_path)
+    torch.save({"w": torch.ones(2)}, str(tmp_path / "pytorch_model.bin"))
+    assert [check.state(ckpt).kind for _ in range(2)] == ["changing", "complete"]
+
+
 def test_completeness_waits_for_every_indexed_shard(tmp_path):
     ckpt = Checkpoint(2, "checkpoint-2", str(tmp_path))
     touch(str(tmp_path / "config.json"), b"{}")
