@@ -21,8 +21,16 @@ from rollserve.core.sampling_params import InvalidRequest
 
 DEFAULT_PATTERNS = (r"checkpoint-(\d+)", r"global_step_?(\d+)", r"global_step_?(\d+)_hf",
                     r"step_(\d+)")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 ORDERS = ("oldest", "newest")
+
+
+def is_model_weight(name: str) -> bool:
+    """A file the server loads as model weights: *.safetensors, else pytorch_model*.bin
+    (its loader's rule, as transformers'). A Trainer's training_args.bin, rng_state.pth,
+    optimizer.pt or scheduler.pt are not: a folder holding them and config.json but no
+    model file yet is still being written, not a broken checkpoint."""
+    return name.endswith(".safetensors") or (name.startswith("pytorch_model")
+                                             and name.endswith(".bin"))
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def model_dir(path: str, max_depth: int = 3) -> str:
         if depth > max_depth:
             dirs[:] = []
             continue
-        if "config.json" in names and any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        if "config.json" in names and any(is_model_weight(n) for n in names):
             candidates.append((depth, folder))
     return min(candidates)[1] if candidates else path
 
@@ -92,9 +100,11 @@ def select(checkpoints: Sequence[Checkpoint], *, order: str = "oldest", every: i
            recorded: Iterable[tuple] = ()) -> List[Checkpoint]:
     """The checkpoints to score, in the order to score them.
 
-    every=K keeps every K-th checkpoint by step, counted from the oldest one the watcher
+    every=K keeps every K-th checkpoint by step, counted from the oldest step the watcher
     knows: those on disk and those already recorded (`recorded`: (step, name) pairs), so
     a trainer deleting old folders (save_total_limit) does not shift which ones are kept.
+    Steps are counted, not folders: OpenRLHF's global_stepN and global_stepN_hf are one
+    checkpoint, and both stay for the watcher to pick the one with HF weights.
     order='newest' scores a backlog from the latest step down."""
     if order not in ORDERS:
         raise InvalidRequest("order", f"must be one of {list(ORDERS)}, got {order!r}")
@@ -102,7 +112,7 @@ def select(checkpoints: Sequence[Checkpoint], *, order: str = "oldest", every: i
         raise InvalidRequest("every", "must be >= 1")
     chosen = list(checkpoints)
     if every > 1:
-        known = sorted({(c.step, c.name) for c in checkpoints} | set(recorded))
-        rank = {key: i for i, key in enumerate(known)}
-        chosen = [c for c in chosen if rank[(c.step, c.name)] % every == 0]
+        known = sorted({c.step for c in checkpoints} | {step for step, _ in recorded})
+        rank = {step: i for i, step in enumerate(known)}
+        chosen = [c for c in chosen if rank[c.step] % every == 0]
     return sorted(chosen, key=lambda c: (c.step, c.name), reverse=order == "newest")

@@ -140,8 +140,31 @@ def _settings(ns):
 
 
 def server_urls(ns) -> List[str]:
-    """Every --server URL, repeated flags and comma-separated lists alike."""
-    return [u.strip() for value in (ns.server or []) for u in value.split(",") if u.strip()]
+    """Every --server URL, repeated flags and comma-separated lists alike. One server named
+    twice is refused: as two shares of --concurrent-checkpoints it would hold two
+    checkpoints at once, each share swapping the other's weights mid-task."""
+    urls = [u.strip() for value in (ns.server or []) for u in value.split(",") if u.strip()]
+    seen = {}
+    for url in urls:
+        key = _server_key(url)
+        if key in seen:
+            raise InvalidRequest("server", f"{url} and {seen[key]} name the same server; "
+                                           "give each server once")
+        seen[key] = url
+    return urls
+
+
+def _server_key(url: str) -> tuple:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1", "0.0.0.0") else host
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a malformed port: left for the client to refuse
+        port = parts.netloc
+    return host, port, parts.path.rstrip("/")
 
 
 def url_groups(urls: List[str], groups: int) -> List[List[str]]:

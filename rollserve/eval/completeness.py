@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from rollserve.eval.checkpoints import WEIGHT_SUFFIXES, Checkpoint, model_dir
+from rollserve.eval.checkpoints import Checkpoint, is_model_weight, model_dir
 from rollserve.eval.layouts import not_scorable_reason
 
 COMPLETE, CHANGING, NOT_READY = "complete", "changing", "not ready"
@@ -100,7 +100,7 @@ def weights_state(path: str) -> Tuple[str, str]:
         names = set(os.listdir(folder))
     except FileNotFoundError:
         return NOT_READY, "the folder is gone"
-    weights = sorted(n for n in names if n.endswith(WEIGHT_SUFFIXES))
+    weights = sorted(n for n in names if is_model_weight(n))
     if "config.json" not in names or not weights:
         return NOT_READY, "no config.json with weights"
     for meta in ["config.json"] + sorted(n for n in names if n.endswith(".index.json")):

@@ -76,9 +76,9 @@ class ServerGuard:
                 "nothing else depends on its weights")
 
     def _server_info(self, url: str) -> dict:
-        response = self.client.http.get(url + "/get_server_info")
-        response.raise_for_status()
-        return response.json()
+        # through the client's call: retries, and a RolloutError naming the call when no
+        # replica answers (a raw httpx error would end the watcher with a traceback)
+        return self.client._call("/get_server_info", None, url=url, method="GET")
 
     def judge(self, expected: str, seen: Counter) -> Optional[str]:
         """None when every response carried `expected`, else the mismatch as an error

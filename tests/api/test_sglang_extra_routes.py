@@ -136,3 +136,20 @@ def test_slime_weights_checker_and_post_process(http):
     post = http.post("/post_process_weights", json={"restore_weights_before_load": False,
                                                     "post_process_quantization": False})
     assert post.status_code == 200 and post.json()["success"] is True
+
+
+def test_verl_and_slime_memory_and_readiness_calls(http):
+    """verl: release/resume_memory_occupation({"tags": None}); slime: release with an empty
+    body; both flush the cache with GET; slime's readiness poll sends
+    `Authorization: Bearer None` when it has no api key. The weights come back unchanged."""
+    greedy = {"text": PROMPT, "sampling_params": {"max_new_tokens": 4, "temperature": 0}}
+    before = http.post("/generate", json=greedy).json()["output_ids"]
+    headers = {"Content-Type": "application/json; charset=utf-8", "Authorization": "Bearer None"}
+    assert http.get("/health_generate", headers=headers).status_code == 200
+    assert http.get("/flush_cache", headers=headers).status_code == 200
+    for release in ({"tags": None}, {}):  # verl's, then slime's
+        answer = http.post("/release_memory_occupation", json=release)
+        assert answer.status_code == 200 and answer.json()["success"], answer.text
+        answer = http.post("/resume_memory_occupation", json={"tags": None})
+        assert answer.status_code == 200 and answer.json()["success"], answer.text
+    assert http.post("/generate", json=greedy).json()["output_ids"] == before

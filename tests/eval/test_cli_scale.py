@@ -39,6 +39,10 @@ def test_bad_flags_exit_2_before_any_server(tmp_path, capsys):
     cases = [
         (["watch", str(run_dir), "--server", unreachable, "--concurrent-checkpoints", "2"],
          "concurrent_checkpoints: 2 checkpoints at once need at least 2 --server URLs"),
+        # one server named twice would be two shares swapping each other's weights
+        (["watch", str(run_dir), "--server", "http://localhost:9/,http://127.0.0.1:9",
+          "--concurrent-checkpoints", "2"], "server: http://127.0.0.1:9 and http://localhost:9/ "
+                                            "name the same server"),
         (["watch", str(run_dir), "--launch", "--concurrent-checkpoints", "2", "--tasks", "gsm8k",
           "--data-dir", data], "concurrent_checkpoints"),
         (["run", "--server", unreachable, "--tasks", "math500", "--data-dir", str(tmp_path / "none")],

@@ -58,6 +58,16 @@ def test_eval_run_bad_flags(argv, message, tmp_path, capsys):
     assert not os.listdir(tmp_path)  # nothing written, no server contacted
 
 
+def test_watch_with_no_server_answering_exits_with_a_message(tmp_path, capsys):
+    """The shared-server check is the watcher's first call: a server that does not answer
+    ends it with exit code 1 and the call named, not a traceback."""
+    os.makedirs(tmp_path / "run" / "checkpoint-1")
+    code = eval_cli("watch", str(tmp_path / "run"), "--server", "http://127.0.0.1:9", "--once",
+                    "--wandb-mode", "disabled", "--no-progress")
+    assert code == 1
+    assert "/get_server_info: connection failed" in capsys.readouterr().err
+
+
 def test_watch_launch_scores_checkpoints_and_stops_its_server(tmp_path, eval_model_dir):
     import psutil
 

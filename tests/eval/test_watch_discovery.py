@@ -8,7 +8,7 @@ import torch
 
 from rollserve.core.sampling_params import InvalidRequest
 from rollserve.eval.checkpoints import (DEFAULT_PATTERNS, Checkpoint, compile_patterns, discover,
-                                        model_dir, step_of)
+                                        model_dir, select, step_of)
 from rollserve.eval.completeness import Completeness
 from rollserve.eval.plot import plot_metrics, redraw
 from rollserve.eval.report import ResultsLog, latest_rows, result_row, write_csv
@@ -59,6 +59,19 @@ def test_discover_sorts_by_step_and_skips_files_and_output(tmp_path):
     assert discover(str(tmp_path / "missing"), compile_patterns(DEFAULT_PATTERNS)) == []
 
 
+def test_every_counts_steps_not_folders():
+    """OpenRLHF's global_stepN and global_stepN_hf are one checkpoint: --every 2 over steps
+    5, 7, 9, 11 keeps 5 (both folders, the watcher scores the _hf one) and 9, newest first;
+    steps already recorded and deleted since still count."""
+    found = [Checkpoint(5, "global_step5", "/r/a"), Checkpoint(5, "global_step5_hf", "/r/b"),
+             Checkpoint(7, "global_step7_hf", "/r/c"), Checkpoint(9, "global_step9_hf", "/r/d"),
+             Checkpoint(11, "global_step11_hf", "/r/e")]
+    chosen = select(found, order="newest", every=2)
+    assert [c.name for c in chosen] == ["global_step9_hf", "global_step5_hf", "global_step5"]
+    later = select(found[2:], every=2, recorded={(5, "global_step5_hf"), (5, "global_step5")})
+    assert [c.step for c in later] == [9]
+
+
 def test_completeness_needs_two_equal_looks(tmp_path):
     ckpt = Checkpoint(1, "checkpoint-1", str(tmp_path / "checkpoint-1"))
     os.makedirs(ckpt.path)
@@ -71,6 +84,21 @@ def test_completeness_needs_two_equal_looks(tmp_path):
     write_weights(os.path.join(ckpt.path, "model.safetensors"), rows=8)
     assert not check.check(ckpt)  # grew since the last look
     assert check.check(ckpt)      # unchanged: complete
+
+
+def test_trainer_state_files_are_not_model_weights(tmp_path):
+    """config.json beside a Trainer's training_args.bin and rng_state.pth, model file not
+    there yet: not ready (never loaded and recorded as a broken checkpoint)."""
+    ckpt = Checkpoint(3, "checkpoint-3", str(tmp_path))
+    touch(str(tmp_path / "config.json"), b"{}")
+    torch.save({"lr": 1e-5}, str(tmp_path / "training_args.bin"))
+    torch.save({"cpu": torch.get_rng_state()}, str(tmp_path / "rng_state.pth"))
+    check = Completeness()
+    check.state(ckpt)
+    assert check.state(ckpt).kind == "not ready"
+    assert model_dir(str(tmp_path)) == str(tmp_path)
+    torch.save({"w": torch.ones(2)}, str(tmp_path / "pytorch_model.bin"))
+    assert [check.state(ckpt).kind for _ in range(2)] == ["changing", "complete"]
 
 
 def test_completeness_waits_for_every_indexed_shard(tmp_path):

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 
 import psutil
+import pytest
 
 from rollserve.eval.plot import panels
 from rollserve.eval.report import ResultsLog, standing_rows
@@ -79,6 +80,37 @@ def all_gone(procs, timeout=45.0):
         except psutil.NoSuchProcess:
             pass
     return left
+
+
+pytestmark = pytest.mark.multiprocess  # watchers, launched servers and their engines
+
+
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+def test_stopped_while_its_server_starts_leaves_nothing(tmp_path, eval_model_dir, stop):
+    """Another moment: the launched server has been spawned but does not answer yet (the
+    watcher waits in wait_until_healthy, before any row or wandb run exists)."""
+    root, out = tmp_path / "run", tmp_path / "run" / "eval"
+    perturbed_copy(eval_model_dir, str(root / "base"), scale=0.1, seed=0)
+    log = str(tmp_path / "watch.log")
+    watcher = start(watch_cmd(root, out, "--launch"), log)
+    try:
+        wait_for(lambda: os.path.exists(out / "server.json"), watcher, log, timeout=120)
+        group = server_group(out)
+        descendants = psutil.Process(watcher.pid).children(recursive=True)
+        assert rows_in(out) == [] and group  # still starting
+        if stop == "kill":
+            watcher.send_signal(signal.SIGKILL)
+            watcher.wait(timeout=10)
+        else:
+            os.killpg(watcher.pid, signal.SIGINT)
+            assert watcher.wait(timeout=90) == 130
+            printed = open(log).read()
+            assert "Traceback" not in printed and "CancelledError" not in printed, printed[-3000:]
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert all_gone(group) == [], "the launched server outlived its watcher"
+    assert all_gone(descendants) == []
 
 
 def test_kill_ctrl_c_and_restart_agree_everywhere(tmp_path, eval_server, eval_model_dir):

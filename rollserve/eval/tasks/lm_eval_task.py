@@ -129,9 +129,7 @@ class LmEvalTask(Task):
 def served_model_name(client) -> str:
     """The name /v1/completions accepts (the server's first model card), which stays the
     served name when checkpoints are loaded into it."""
-    response = client.http.get(client.urls[0] + "/v1/models")
-    response.raise_for_status()
-    return response.json()["data"][0]["id"]
+    return client._call("/v1/models", None, url=client.urls[0], method="GET")["data"][0]["id"]
 
 
 def _sample(doc: dict) -> dict:
