@@ -41,7 +41,7 @@ import torch
 from rollserve.core.batch import BatchEntry
 from rollserve.executor.sampler import SamplingRow, compute_sampling_logprobs
 from rollserve.scheduler import weight_versions
-from rollserve.scheduler.input_logprobs import top_list
+from rollserve.scheduler.input_logprobs import record_output_extras
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,7 @@ class JumpForward:
         index = torch.tensor(tokens, device=logprobs.device).view(-1, 1)
         values = logprobs.gather(1, index).squeeze(1).tolist()
         req.pending_output_logprobs.extend(zip(values, tokens))
-        if req.top_logprobs_num > 0:
-            req.pending_output_top.extend(top_list(logprobs, req.top_logprobs_num))
+        record_output_extras(req, logprobs)
 
 
 def make_jump_forward(scheduler, config) -> Optional[JumpForward]:

@@ -28,7 +28,8 @@ from rollserve.scheduler.pooler import EmbeddingReq, Pooler
 from rollserve.scheduler.request import Req
 from rollserve.executor.sampler import (Sampler, SamplingRow, compute_sampling_logprobs,
                                       default_logprob_mode, load_logit_processor)
-from rollserve.scheduler.input_logprobs import record_input_logprobs, top_list as _top_list
+from rollserve.scheduler.input_logprobs import (clear_input_logprobs, record_input_logprobs,
+                                                record_output_extras)
 from rollserve.scheduler.jump_forward import make_jump_forward
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stats import SchedulerStats
@@ -340,8 +341,7 @@ class Scheduler:
             req.first_token_time = time.monotonic()
         if logprobs is not None:
             req.pending_output_logprobs.append((float(logprobs[token]), token))
-            if req.top_logprobs_num > 0:
-                req.pending_output_top.append(_top_list(logprobs.view(1, -1), req.top_logprobs_num)[0])
+            record_output_extras(req, logprobs.view(1, -1))  # top_logprobs_num, token_ids_logprob
         self.stop_checker.check(req)
 
     def _process_pooled(self, batch: ScheduleBatch, result: ForwardOutput) -> list:
@@ -397,8 +397,7 @@ class Scheduler:
         for req in reversed(active):
             self.kv.retract(req)
             if not req.output_ids:  # mid-prompt: what it gathered from the prompt is redone
-                req.pending_input_logprobs.clear()
-                req.pending_input_top.clear()
+                clear_input_logprobs(req)
                 if isinstance(req, EmbeddingReq):
                     req.pooled, req.pooled_rows = None, 0
             self.waiting.appendleft(req)
