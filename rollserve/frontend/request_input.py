@@ -27,6 +27,8 @@ class GenerateReqInput:
     image_data: Optional[Any] = None  # SGLang's: an image or a list per prompt (frontend/multimodal.py)
     # SGLang's: logprobs of these token ids at every logprob position (a list, or one per prompt)
     token_ids_logprob: Optional[Union[List[int], List[Optional[List[int]]]]] = None
+    # the top_logprobs_num cap; an internal route may raise it (api/sequence_logprobs.py)
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
 
 
 @dataclass
@@ -72,8 +74,8 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
     ids_logprob = _token_ids_logprob(req.token_ids_logprob, n)
     items = []
     for i in range(n):
-        if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
-            raise InvalidRequest("top_logprobs_num", f"must be in [0, {MAX_TOP_LOGPROBS}]")
+        if not 0 <= tops[i] <= req.max_top_logprobs:
+            raise InvalidRequest("top_logprobs_num", f"must be in [0, {req.max_top_logprobs}]")
         if starts[i] < -1:
             raise InvalidRequest("logprob_start_len", "must be >= -1")
         if routed_starts[i] < 0:
