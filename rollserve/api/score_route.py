@@ -23,6 +23,7 @@ from typing import List, Optional, Union
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
+from rollserve.api.engine_calls import generate_all
 from rollserve.api.protocol import ApiError
 from rollserve.frontend.request_input import GenerateReqInput
 
@@ -68,7 +69,7 @@ def score_prompts(body: ScoringRequest, vocab: int) -> dict:
 
 def scores_from(results: list, labels: List[int], apply_softmax: bool) -> List[List[float]]:
     out = []
-    for result in sorted(results, key=lambda r: r.get("index", 0)):
+    for result in results:
         positions = result["meta_info"].get("output_token_ids_logprobs") or []
         if not positions:  # max_new_tokens was capped to 0: the prompt fills the context
             raise ApiError(400, "items: a query + item pair leaves no room in the context for "
@@ -100,11 +101,6 @@ def add_score_route(app: FastAPI, state) -> None:
         prompts = score_prompts(body, len(state.tm.tokenizer))
         obj = GenerateReqInput(**prompts, sampling_params={"max_new_tokens": 1, "temperature": 0.0},
                                return_logprob=True, token_ids_logprob=list(body.label_token_ids))
-        results = state.tm.generate(obj)
-        try:
-            out = await results.__anext__()
-        finally:
-            await results.aclose()
-        out = out if isinstance(out, list) else [out]
+        out = await generate_all(state.tm, obj)
         return {"scores": scores_from(out, body.label_token_ids, body.apply_softmax),
                 "model": state.serving.model_name, "usage": None, "object": "scoring"}

@@ -28,6 +28,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
+from rollserve.api.engine_calls import generate_all
 from rollserve.api.protocol import ApiError
 from rollserve.frontend.request_input import GenerateReqInput
 
@@ -146,13 +147,7 @@ def add_sequence_logprobs_route(app: FastAPI, state) -> None:
                                    sampling_params={"max_new_tokens": 0}, return_logprob=True,
                                    logprob_start_len=[body.prompt_lengths[i] for i in todo],
                                    top_logprobs_num=k, max_top_logprobs=MAX_TEACHER_TOP_LOGPROBS)
-            results = tm.generate(obj)
-            try:
-                out = await results.__anext__()
-            finally:
-                await results.aclose()
-            out = sorted(out if isinstance(out, list) else [out], key=lambda r: r.get("index", 0))
-            for i, result in zip(todo, out):
+            for i, result in zip(todo, await generate_all(tm, obj)):
                 per_seq[i] = positions_of(result, body.sequences[i], body.prompt_lengths[i], k)
         if body.response_format == "binary":
             return binary_response(per_seq, k)

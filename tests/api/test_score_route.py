@@ -7,14 +7,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def hf_model(http):
-    from transformers import AutoModelForCausalLM
-
-    path = http.get("/get_model_info").json()["model_path"]
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
 def next_logprobs(model, ids):
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0].float()

@@ -11,14 +11,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def hf_model(http):
-    from transformers import AutoModelForCausalLM
-
-    path = http.get("/get_model_info").json()["model_path"]
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
 def reference(model, seq):
     with torch.no_grad():
         logits = model(torch.tensor([seq])).logits[0].float()
@@ -73,3 +65,55 @@ def test_bad_requests_name_the_field(http, body, field):
     got = http.post("/get_sequence_logprobs/", json=body)
     assert got.status_code == 400, got.text
     assert got.json()["param"] == field
+
+
+def test_trl_vllm_client_get_sequence_logprobs(server, tokenizer, hf_model):
+    """TRL 1.x's client asks /v1/completions for prompt_logprobs (the route above is the
+    older `trl vllm-serve` one)."""
+    pytest.importorskip("trl")
+    import trl.generation.vllm_client as vc
+
+    with pytest.MonkeyPatch.context() as patch:  # it checks for vLLM, which it does not use here
+        patch.setattr(vc, "is_vllm_available", lambda *a, **k: True)
+        client = vc.VLLMClient(base_url=server.url, connection_timeout=30)
+    seqs = [tokenizer.encode("Knowledge distillation needs a teacher"), tokenizer.encode("a b c")]
+    plens, k = [3, 1], 4
+    got = client.get_sequence_logprobs(seqs, plens, top_logprobs=k)
+    for i, (seq, pl) in enumerate(zip(seqs, plens)):
+        ref = reference(hf_model, seq)
+        assert len(got["logprobs"][i]) == len(seq) - pl
+        for t, pos in enumerate(range(pl, len(seq))):
+            values, top = ref[pos - 1].topk(k)
+            assert got["logprob_token_ids"][i][t] == top.tolist()
+            assert got["logprobs"][i][t] == pytest.approx(values.tolist(), abs=1e-4)
+            assert got["actual_token_ids"][i][t] == [seq[pos]]
+            assert got["actual_logprobs"][i][t][0] == pytest.approx(ref[pos - 1, seq[pos]].item(),
+                                                                    abs=1e-4)
+
+
+def test_completions_prompt_logprobs_match_transformers(http, tokenizer, hf_model, model_name):
+    seq = tokenizer.encode("The three primary colors are red")
+    body = http.post("/v1/completions", json={"model": model_name, "prompt": seq,
+                                              "max_tokens": 1, "temperature": 0,
+                                              "prompt_logprobs": 2, "logprobs": 1}).json()
+    assert "choices" in body, body
+    choice = body["choices"][0]
+    lps = choice["prompt_logprobs"]
+    ref = reference(hf_model, seq)
+    assert len(lps) == len(seq) and lps[0] is None
+    for pos in range(1, len(seq)):
+        values, top = ref[pos - 1].topk(2)
+        ranked = sorted(lps[pos].items(), key=lambda item: item[1]["rank"])
+        assert [int(t) for t, _ in ranked[:2]] == top.tolist()
+        assert [e["logprob"] for _, e in ranked[:2]] == pytest.approx(values.tolist(), abs=1e-4)
+        assert lps[pos][str(seq[pos])]["logprob"] == pytest.approx(ref[pos - 1, seq[pos]].item(),
+                                                                    abs=1e-4)
+    assert all(len(t) == 1 for t in choice["logprobs"]["top_logprobs"])  # logprobs keeps its own 1
+    for bad in ({"prompt_logprobs": -1}, {"prompt_logprobs": 2, "stream": True}):
+        got = http.post("/v1/completions", json={"model": model_name, "prompt": "hi",
+                                                 "max_tokens": 1, **bad})
+        assert got.status_code == 400 and got.json()["param"] == "prompt_logprobs"
+    got = http.post("/v1/chat/completions", json={
+        "model": model_name, "messages": [{"role": "user", "content": "hi"}],
+        "prompt_logprobs": 1})
+    assert got.status_code == 400 and got.json()["param"] == "prompt_logprobs"
