@@ -95,8 +95,10 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
 
 def _token_ids_logprob(value, n: int) -> List[Optional[List[int]]]:
     """One list of token ids (or None) per prompt: a flat list applies to every prompt."""
-    if value is None or _is_id_list(value) and value and not isinstance(value[0], list):
-        return [list(value) if value else None] * n
+    if not value:
+        return [None] * n
+    if _is_id_list(value):
+        return [list(value)] * n
     if isinstance(value, list) and all(v is None or _is_id_list(v) for v in value):
         if len(value) != n:
             raise InvalidRequest("token_ids_logprob", f"has {len(value)} lists for {n} prompts")
