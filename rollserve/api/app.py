@@ -35,6 +35,8 @@ from rollserve.api.weight_sync_routes import add_weight_sync_routes
 from rollserve.api.sglang_extra_routes import add_sglang_extra_routes
 from rollserve.api.tokenize_routes import add_tokenize_routes
 from rollserve.api.trl_routes import add_trl_routes
+from rollserve.api.score_route import add_score_route
+from rollserve.api.sequence_logprobs import add_sequence_logprobs_route
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 
@@ -120,6 +122,8 @@ def create_app(state: ServerState) -> FastAPI:
     add_sglang_extra_routes(app, state)  # /v1/loads, weight version, weights checker, ...
     add_tokenize_routes(app, state)  # /tokenize, /detokenize, /tokenizer_info
     add_trl_routes(app, state)  # TRL's and vLLM's trainer protocol (api/trl_routes.py)
+    add_score_route(app, state)  # SGLang's /v1/score (api/score_route.py)
+    add_sequence_logprobs_route(app, state)  # TRL's /get_sequence_logprobs/ (teacher logprobs)
     add_expert_distribution_routes(app, state)  # /{start,stop,dump}_expert_distribution_record
     return app
 

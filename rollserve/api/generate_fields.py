@@ -2,7 +2,7 @@
 
 Trainers built on SGLang (verl's HTTP adapter, slime) send fields rollserve does not
 implement, usually at their null or default value (verl sends `rid`, `image_data: null`,
-`token_ids_logprob: null`). Each one is accepted at its default; set to anything we
+`token_ids_logprob: null`; that one is implemented). Each one is accepted at its default; set to anything we
 cannot honour it is refused with a 400 naming it, never ignored silently. Fields that
 only label a request (metrics, tracing, routing hints that have one answer with a
 single replica) are accepted whatever their value, as SGLang accepts them.
@@ -23,7 +23,6 @@ _UNSUPPORTED = {
     "video_data": "video input is not supported (text models only)",
     "audio_data": "audio input is not supported (text models only)",
     "modalities": "multimodal input is not supported",
-    "token_ids_logprob": "logprobs of chosen token ids are not implemented; use top_logprobs_num",
     "return_hidden_states": "hidden states are not returned",
     "return_entropy": "entropy is not returned",
     "return_bytes": "byte outputs are only for image generation",
@@ -141,6 +140,7 @@ class SGLangGenerateRequest(GenerateRequest, SGLangGenerateFields):
         """The fields GenerateReqInput takes, after check_sglang_fields passed."""
         check_sglang_fields(self)
         out = self.model_dump(exclude=SGLANG_FIELD_NAMES)
+        out["token_ids_logprob"] = self.token_ids_logprob  # implemented: passed on
         for name, default in (("return_logprob", False), ("logprob_start_len", -1),
                               ("top_logprobs_num", 0)):
             if out[name] is None:

@@ -23,6 +23,8 @@ from rollserve.api.protocol import (ApiError, AssistantMessage, ChatChoice,
 from rollserve.api.chat_tools import (ChatOutputShaper, check_tools, output_format,
                                       template_message)
 from rollserve.api.sse import DONE, sse_event
+from rollserve.api.prompt_logprobs import (check_prompt_logprobs, logprob_fields,
+                                           prompt_logprobs_of, trim_tops)
 from rollserve.api.structured_output import structured_output_params
 from rollserve.core.chat_templates import resolve_chat_template, with_template_stop
 from rollserve.frontend.encode_manager import wrong_model_error
@@ -195,10 +197,7 @@ class OpenAIServing:
     def _check_common(req: SamplingFields) -> None:
         if not 1 <= req.n <= MAX_N:
             raise ApiError(400, f"n must be in [1, {MAX_N}], got {req.n}", "n")
-        if req.prompt_logprobs is not None:
-            raise ApiError(400, "prompt_logprobs is not implemented; /generate's "
-                                "logprob_start_len and top_logprobs_num give the prompt's",
-                           "prompt_logprobs")
+        check_prompt_logprobs(req.prompt_logprobs, req.stream)  # api/prompt_logprobs.py
 
     def _sampling_params(self, req: SamplingFields, max_tokens: int) -> dict:
         return {
@@ -222,6 +221,8 @@ class OpenAIServing:
         self.check_model(req.model)
         self.check_generation()
         self._check_common(req)
+        if req.prompt_logprobs is not None:
+            raise ApiError(400, "prompt_logprobs is served on /v1/completions only", "prompt_logprobs")
         if req.max_completion_tokens is not None:
             requested, param = req.max_completion_tokens, "max_completion_tokens"
         else:
@@ -305,16 +306,16 @@ class OpenAIServing:
             input_ids=prompts[0] if single else prompts,
             sampling_params=self._sampling_params(req, max_tokens),
             rid=rid if single else [f"{rid}-{i}" for i in range(len(prompts))],
-            return_logprob=wants_logprobs,
-            logprob_start_len=0 if wants_logprobs and req.echo else -1,
-            top_logprobs_num=top or 0, return_text_in_logprobs=True, stream=req.stream)
+            **logprob_fields(top, req.prompt_logprobs, req.echo, MAX_TOP_LOGPROBS),
+            return_text_in_logprobs=True, stream=req.stream)
         echo_texts = self._echo_texts(req.prompt, prompts) if req.echo else None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return CompletionPlan(obj=obj, id=f"cmpl-{rid}", model=req.model, n=req.n,
                               include_usage=include_usage, echo_texts=echo_texts,
                               top_logprobs=top, field_names={"input_ids": "prompt"},
                               token_ids=req.return_token_ids,
-                              ids_as_tokens=req.return_tokens_as_token_ids, prompts=prompts)
+                              ids_as_tokens=req.return_tokens_as_token_ids, prompts=prompts,
+                              prompt_logprobs=req.prompt_logprobs)
 
     def _prompt_ids(self, prompt, requested: Optional[int] = None) -> List[List[int]]:
         if isinstance(prompt, str):
@@ -489,6 +490,7 @@ class CompletionPlan(Plan):
     token_ids: bool = False
     ids_as_tokens: bool = False
     prompts: Optional[List[List[int]]] = None
+    prompt_logprobs: Optional[int] = None  # vLLM's, per choice (api/prompt_logprobs.py)
 
     def _echo(self, index: int) -> str:
         return self.echo_texts[index // self.n] if self.echo_texts else ""
@@ -512,8 +514,11 @@ class CompletionPlan(Plan):
         choices = []
         for i, item in enumerate(items):
             meta, echo = item["meta_info"], self._echo(i)
-            logprobs = None
-            if self.obj.return_logprob:
+            logprobs = prompt_lps = None
+            if self.prompt_logprobs is not None:
+                prompt_lps = prompt_logprobs_of(meta, self.prompts[i // self.n], self.prompt_logprobs)
+                trim_tops(meta, self.top_logprobs)
+            if self.top_logprobs is not None:
                 logprobs = self._logprobs(meta, echo if self.echo_texts else None, 0, 0)
             ids = self.token_ids
             choices.append(CompletionChoice(index=i, text=echo + item["text"], logprobs=logprobs,
@@ -521,7 +526,7 @@ class CompletionPlan(Plan):
                                             matched_stop=matched_stop(meta),
                                             token_ids=item["output_ids"] if ids else None,
                                             prompt_token_ids=self.prompts[i // self.n]
-                                            if ids else None,
+                                            if ids else None, prompt_logprobs=prompt_lps,
                                             weight_version_spans=meta.get("weight_version_spans")))
         return CompletionResponse(id=self.id, created=self.created, model=self.model,
                                   choices=choices,

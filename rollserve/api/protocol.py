@@ -200,7 +200,7 @@ class SamplingFields(BaseModel):
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
     structured_outputs: Optional[Dict[str, Any]] = None
-    prompt_logprobs: Optional[int] = None  # refused by name when set (not implemented)
+    prompt_logprobs: Optional[int] = None  # vLLM's: completions only (api/prompt_logprobs.py)
     # rollserve: which distribution logprobs describe (core/sampling_params.LOGPROB_MODES)
     logprob_mode: Optional[str] = None
 
@@ -353,6 +353,7 @@ class CompletionChoice(BaseModel):
     matched_stop: Optional[Union[int, str]] = None
     token_ids: Optional[List[int]] = None  # with return_token_ids
     prompt_token_ids: Optional[List[int]] = None
+    prompt_logprobs: Optional[List[Optional[Dict[str, Any]]]] = None  # vLLM's, when asked
     # rollserve's extension: [first token index, weight_version] per run of tokens one
     # policy sampled (meta_info.weight_version_spans of /generate; in a stream, the spans so far)
     weight_version_spans: Optional[List[List[Any]]] = None

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
+from rollserve.api.engine_calls import generate_all
 from rollserve.api.protocol import ApiError
 from rollserve.api.sse import JSONBody
 from rollserve.executor.sampler import default_logprob_mode
@@ -173,12 +174,7 @@ async def run_legacy(state, prompt_ids: List[List[int]], params: dict) -> dict:
     if not prompt_ids:
         raise ApiError(400, "no prompts", "prompts")
     obj = GenerateReqInput(input_ids=prompt_ids, sampling_params=params, return_logprob=True)
-    results = tm.generate(obj)
-    try:
-        out = await results.__anext__()
-    finally:
-        await results.aclose()
-    items = sorted(out if isinstance(out, list) else [out], key=lambda r: r.get("index", 0))
+    items = await generate_all(tm, obj)
     logprobs = [[entry[0] for entry in r["meta_info"].get("output_token_logprobs", [])]
                 for r in items]
     return {"prompt_ids": prompt_ids,

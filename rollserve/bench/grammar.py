@@ -11,7 +11,10 @@ its constrained twin produced (ignore_eos), so both runs have the same batch siz
 step and the ratio is the grammar's cost alone (--repeats alternates the two runs and keeps
 each one's best time) (mask fill on the host, mask apply on the
 device, the matcher's accept, and on CUDA the overlap scheduler's sampling waiting for the
-previous step). A --shape model takes the embedded SmolLM2 tokenizer (a real byte-level
+previous step). Both runs sample every token (--disable-jump-forward), so that the step
+counts match. --jump-forward adds a third run: the constrained batch on an engine with
+jump-forward on (scheduler/jump_forward.py; the overlap scheduler off, as jump-forward
+needs), reported as its own tok/s beside the tokens it appended unsampled. A --shape model takes the embedded SmolLM2 tokenizer (a real byte-level
 vocabulary that JSON can be spelled in; ids past it are lm_head padding the grammar masks).
 """
 
@@ -99,7 +102,7 @@ def run(args) -> dict:
         kwargs["load_format"] = "dummy"
     constrained = [{"json_schema": schema, "temperature": args.temperature, "seed": 1000 + i,
                     "max_new_tokens": args.max_new_tokens} for i in range(len(prompts))]
-    with rollserve.Engine(model_path=path, **kwargs) as engine:
+    with rollserve.Engine(model_path=path, disable_jump_forward=True, **kwargs) as engine:
         start = time.perf_counter()  # warm-up, and the grammar's first compile
         engine.generate(input_ids=prompts[:2], sampling_params=dict(constrained[0], max_new_tokens=4))
         first_compile_s = time.perf_counter() - start
@@ -130,7 +133,28 @@ def run(args) -> dict:
         "ratio_constrained_over_unconstrained": round(free_s / constrained_s, 4),
         "grammar_cost_pct": round(100 * (constrained_s / free_s - 1), 2),
     }
+    if args.jump_forward:
+        report.update(jump_forward_run(path, kwargs, prompts, constrained, args.repeats))
     return report
+
+
+def jump_forward_run(path, kwargs, prompts, constrained, repeats: int) -> dict:
+    """The constrained batch with jump-forward on (and overlap off, which it needs)."""
+    import rollserve
+
+    with rollserve.Engine(model_path=path, disable_overlap_schedule=True, **kwargs) as engine:
+        engine.generate(input_ids=prompts[:2], sampling_params=dict(constrained[0], max_new_tokens=4))
+        before = engine.get_server_info().get("jump_forward_tokens_total", 0)
+        best, outs = None, []
+        for _ in range(repeats):
+            outs, seconds = timed(engine, prompts, constrained)
+            best = seconds if best is None else min(best, seconds)
+        jumped = engine.get_server_info().get("jump_forward_tokens_total", 0) - before
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    return {"jump_forward_tok_s": round(tokens / best, 2),
+            "jump_forward_output_tokens": tokens,
+            "jump_forward_outputs_that_parse": sum(1 for o in outs if _parses(o["text"])),
+            "jump_forward_tokens_per_run": round(jumped / repeats, 1)}
 
 
 def timed(engine, prompts, params):
@@ -162,6 +186,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--max-total-tokens", type=int, default=None)
     p.add_argument("--disable-cuda-graph", action="store_true")
+    p.add_argument("--jump-forward", action="store_true",
+                   help="also time the constrained batch with jump-forward on (overlap off)")
     p.add_argument("--output-file", default=None)
     args = p.parse_args(argv)
     report = run(args)
@@ -173,6 +199,10 @@ def main(argv=None) -> dict:
     print(f"  constrained (json_schema): {report['constrained_tok_s']:>8.1f} tok/s   ratio "
           f"{report['ratio_constrained_over_unconstrained']:.3f} "
           f"({report['grammar_cost_pct']:+.1f}% time)")
+    if args.jump_forward:
+        print(f"  constrained, jump-forward (no overlap): {report['jump_forward_tok_s']:>8.1f} tok/s, "
+              f"{report['jump_forward_tokens_per_run']} tokens per run appended unsampled, "
+              f"{report['jump_forward_outputs_that_parse']}/{report['batch_size']} parse")
     if args.output_file:
         write_json(report, args.output_file)
     return report

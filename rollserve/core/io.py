@@ -22,6 +22,7 @@ class TokenizedGenerateReq:
     return_routed_experts: bool = False
     routed_experts_start_len: int = 0
     mm_inputs: Optional[Any] = None  # core/multimodal.py's MultimodalInputs (VLM prompts)
+    token_ids_logprob: Optional[List[int]] = None  # SGLang's: logprobs of these ids at each position
 
 
 @dataclass
@@ -85,6 +86,9 @@ class TokenOutput:
     input_top_logprobs: Optional[List[Optional[List[Tuple[float, int]]]]] = None
     output_token_logprobs: Optional[List[Tuple[float, int]]] = None
     output_top_logprobs: Optional[List[List[Tuple[float, int]]]] = None
+    # token_ids_logprob: per position, (logprob, token_id) of each listed id (None: no logprob)
+    input_token_ids_logprobs: Optional[List[Optional[List[Tuple[float, int]]]]] = None
+    output_token_ids_logprobs: Optional[List[List[Tuple[float, int]]]] = None
     routed_experts: Optional[str] = None  # on the finished output only: SGLang's base64 int32
     text_delta: str = ""  # filled by the detokenizer
 

@@ -57,8 +57,7 @@ METRICS_EXTRA = refused("this metrics option is not implemented",
 TRACE = refused("OpenTelemetry tracing is not implemented", "--enable-metrics and --log-requests")
 GRAMMAR_OFF = noop("a grammar setting rollserve's xgrammar backend does not expose: a JSON "
                    "whitespace pattern is outlines' (--constrained-json-disable-any-whitespace "
-                   "is served), forced tokens are sampled one by one (no jump-forward), "
-                   "compiled grammars are cached in memory, not on disk")
+                   "is served), compiled grammars are cached in memory, not on disk")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
                 "experts run unsplit through rollserve's fused MoE kernel")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
@@ -272,6 +271,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                 accept=(None, "pytorch"), reports="pytorch"),
     "grammar_backend": implemented(),
     "constrained_json_disable_any_whitespace": implemented(),
+    "disable_jump_forward": implemented(),
     "disable_flashinfer_autotune": noop("flashinfer (with --attention-backend flashinfer) runs "
                                         "attention only, with no autotuned kernels"),
     # Speculative decoding
@@ -534,7 +534,7 @@ _SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "fp8_gemm_backend", "fp4_gemm_backend"),
     GRAMMAR_OFF: (
         "constrained_json_whitespace_pattern", "disable_outlines_disk_cache",
-        "disable_jump_forward", "disable_disk_cache"),
+        "disable_disk_cache"),
 }
 
 

@@ -25,6 +25,10 @@ class GenerateReqInput:
     return_routed_experts: Union[bool, List[bool]] = False
     routed_experts_start_len: Union[int, List[int]] = 0
     image_data: Optional[Any] = None  # SGLang's: an image or a list per prompt (frontend/multimodal.py)
+    # SGLang's: logprobs of these token ids at every logprob position (a list, or one per prompt)
+    token_ids_logprob: Optional[Union[List[int], List[Optional[List[int]]]]] = None
+    # the top_logprobs_num cap; an internal route may raise it (api/sequence_logprobs.py)
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
 
 
 @dataclass
@@ -44,6 +48,7 @@ class PromptItem:
     extra: dict = field(default_factory=dict)
     images: List[Any] = field(default_factory=list)  # as sent; decoded by the tokenizer manager
     mm_inputs: Any = None  # core/multimodal.py's MultimodalInputs, once processed
+    token_ids_logprob: Optional[List[int]] = None
 
 
 def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
@@ -66,14 +71,17 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
     routed_starts = _per_item(req.routed_experts_start_len, n, "routed_experts_start_len", int,
                               default=0)
     images = images_of(req.image_data, n)
+    ids_logprob = _token_ids_logprob(req.token_ids_logprob, n)
     items = []
     for i in range(n):
-        if not 0 <= tops[i] <= MAX_TOP_LOGPROBS:
-            raise InvalidRequest("top_logprobs_num", f"must be in [0, {MAX_TOP_LOGPROBS}]")
+        if not 0 <= tops[i] <= req.max_top_logprobs:
+            raise InvalidRequest("top_logprobs_num", f"must be in [0, {req.max_top_logprobs}]")
         if starts[i] < -1:
             raise InvalidRequest("logprob_start_len", "must be >= -1")
         if routed_starts[i] < 0:
             raise InvalidRequest("routed_experts_start_len", "must be >= 0")
+        if ids_logprob[i] is not None and not logprob[i]:
+            raise InvalidRequest("token_ids_logprob", "needs return_logprob: true")
         items.append(PromptItem(
             index=i, rid=rids[i] or uuid.uuid4().hex,
             text=prompts[i] if req.text is not None else None,
@@ -81,8 +89,22 @@ def normalize(req: GenerateReqInput) -> Tuple[List[PromptItem], bool]:
             sampling_params=SamplingParams.from_dict(params[i]),
             return_logprob=logprob[i], logprob_start_len=starts[i], top_logprobs_num=tops[i],
             return_routed_experts=routed[i], routed_experts_start_len=routed_starts[i],
-            images=images[i]))
+            images=images[i], token_ids_logprob=ids_logprob[i]))
     return items, is_batch
+
+
+def _token_ids_logprob(value, n: int) -> List[Optional[List[int]]]:
+    """One list of token ids (or None) per prompt: a flat list applies to every prompt."""
+    if not value:
+        return [None] * n
+    if _is_id_list(value):
+        return [list(value)] * n
+    if isinstance(value, list) and all(v is None or _is_id_list(v) for v in value):
+        if len(value) != n:
+            raise InvalidRequest("token_ids_logprob", f"has {len(value)} lists for {n} prompts")
+        return [list(v) if v else None for v in value]
+    raise InvalidRequest("token_ids_logprob", "must be a list of token ids, or one such list "
+                                              "(or null) per prompt")
 
 
 def _is_id_list(value: Any) -> bool:

@@ -33,7 +33,9 @@ class ResultBuilder:
         self.last: Optional[TokenOutput] = None
         self.first_token_latency: Optional[float] = None
         self.logprobs: Dict[str, list] = {"input_token_logprobs": [], "input_top_logprobs": [],
-                                          "output_token_logprobs": [], "output_top_logprobs": []}
+                                          "output_token_logprobs": [], "output_top_logprobs": [],
+                                          "input_token_ids_logprobs": [],
+                                          "output_token_ids_logprobs": []}
 
     def add(self, out: TokenOutput) -> None:
         self.text += out.text_delta
@@ -94,6 +96,9 @@ class ResultBuilder:
         if self.msg.top_logprobs_num > 0:
             formatted["input_top_logprobs"] = [top(e) for e in lp["input_top_logprobs"]]
             formatted["output_top_logprobs"] = [top(e) for e in lp["output_top_logprobs"]]
+        if self.msg.token_ids_logprob:  # SGLang's keys, shaped as the top logprobs
+            formatted["input_token_ids_logprobs"] = [top(e) for e in lp["input_token_ids_logprobs"]]
+            formatted["output_token_ids_logprobs"] = [top(e) for e in lp["output_token_ids_logprobs"]]
         return formatted
 
 

@@ -86,6 +86,7 @@ class ServerArgs:
     # constrained decoding (json_schema / regex / ebnf): xgrammar, or none to refuse them
     grammar_backend: str = "xgrammar"
     constrained_json_disable_any_whitespace: bool = False
+    disable_jump_forward: bool = False  # SGLang's: grammar-forced tokens are appended unsampled
     # gpu path
     attention_backend: Optional[str] = None  # default: triton on CUDA, torch_native on CPU
     cuda_graph_max_bs: Optional[int] = None  # decode graphs up to this batch size (default 512)
@@ -272,6 +273,7 @@ class ServerArgs:
             custom_logit_processor=self.custom_logit_processor,
             grammar_backend=self.grammar_backend,
             json_any_whitespace=not self.constrained_json_disable_any_whitespace,
+            disable_jump_forward=self.disable_jump_forward,
             **speculative_fields(self))
 
     def public_dict(self) -> dict:

@@ -70,6 +70,9 @@ HELP = {
                        "OpenAI response_format: xgrammar, or none to refuse such requests",
     "constrained_json_disable_any_whitespace": "JSON schemas take json.dumps' layout (one "
                                                "space after , and :) instead of any whitespace",
+    "disable_jump_forward": "sample every token of a constrained request, also those its "
+                            "grammar forces (jump-forward is off anyway under the overlap "
+                            "scheduler and speculative decoding, as in SGLang)",
     "trust_local_pickled_tensors": "accept SGLang's pickled update_weights_from_tensor payloads "
                                    "(verl, slime flattened_bucket) from 127.0.0.1 only; a pickle "
                                    "runs code, so only with a trainer on this host you trust",

@@ -206,7 +206,8 @@ class TokenizerManager:
                 return_logprob=item.return_logprob, logprob_start_len=item.logprob_start_len,
                 top_logprobs_num=item.top_logprobs_num,
                 return_routed_experts=item.return_routed_experts,
-                routed_experts_start_len=item.routed_experts_start_len, mm_inputs=item.mm_inputs),
+                routed_experts_start_len=item.routed_experts_start_len, mm_inputs=item.mm_inputs,
+                token_ids_logprob=item.token_ids_logprob),
                 text_in_logprobs=text_in_logprobs))
         return out
 
@@ -220,6 +221,8 @@ class TokenizerManager:
         vocab = len(self.tokenizer)
         if item.input_ids is not None and any(t < 0 or t >= vocab for t in ids):
             raise InvalidRequest("input_ids", f"token ids must be in [0, {vocab})")
+        if item.token_ids_logprob and any(t < 0 or t >= vocab for t in item.token_ids_logprob):
+            raise InvalidRequest("token_ids_logprob", f"token ids must be in [0, {vocab})")
         limit = self.max_req_input_len
         if len(ids) > limit:
             if not self.args.allow_auto_truncate:

@@ -29,6 +29,7 @@ class SchedulerConfig:
     log_level: str = "info"
     grammar_backend: str = "xgrammar"  # constrained decoding (scheduler/grammar.py), or "none"
     json_any_whitespace: bool = True  # False: --constrained-json-disable-any-whitespace
+    disable_jump_forward: bool = False  # grammar-forced tokens unsampled (scheduler/jump_forward.py)
     custom_logit_processor: Optional[str] = None  # "module:attribute", SGLang's custom_params hook
     weight_version: str = "default"  # the version the first weights carry; the scheduler owns it after
     # speculative decoding (scheduler/speculative.py): None (off) or NGRAM; tokens per verify

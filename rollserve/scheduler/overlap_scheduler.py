@@ -53,6 +53,7 @@ class OverlapScheduler(Scheduler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.in_flight: Optional[InFlight] = None
+        self.jump_forward = None  # as SGLang: off when overlapping (the next input is in flight)
         self._resolved: dict = {}  # the step being processed: entry index -> (token, logprobs)
 
     def has_work(self) -> bool:

@@ -40,6 +40,9 @@ class Req:
     pending_input_top: List[Optional[List[Tuple[float, int]]]] = field(default_factory=list)
     pending_output_logprobs: List[Tuple[float, int]] = field(default_factory=list)
     pending_output_top: List[List[Tuple[float, int]]] = field(default_factory=list)
+    token_ids_logprob: Optional[List[int]] = None  # SGLang's: these ids' logprobs, each position
+    pending_input_ids: List[Optional[List[Tuple[float, int]]]] = field(default_factory=list)
+    pending_output_ids: List[List[Tuple[float, int]]] = field(default_factory=list)
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: Optional[float] = None
     # provenance (scheduler/weight_versions.py): [first output index, weight_version] per run
@@ -63,7 +66,8 @@ class Req:
                    return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
                    top_logprobs_num=msg.top_logprobs_num, stream=msg.stream,
                    return_routed_experts=msg.return_routed_experts,
-                   routed_experts_start_len=msg.routed_experts_start_len, mm_inputs=msg.mm_inputs)
+                   routed_experts_start_len=msg.routed_experts_start_len, mm_inputs=msg.mm_inputs,
+                   token_ids_logprob=msg.token_ids_logprob)
 
     @property
     def fill_ids(self) -> List[int]:
@@ -136,4 +140,7 @@ class Req:
             out.input_top_logprobs, self.pending_input_top = self.pending_input_top, []
             out.output_token_logprobs, self.pending_output_logprobs = self.pending_output_logprobs, []
             out.output_top_logprobs, self.pending_output_top = self.pending_output_top, []
+            if self.token_ids_logprob:
+                out.input_token_ids_logprobs, self.pending_input_ids = self.pending_input_ids, []
+                out.output_token_ids_logprobs, self.pending_output_ids = self.pending_output_ids, []
         return out

@@ -26,10 +26,11 @@ from rollserve.scheduler.policy import SchedulePolicy
 from rollserve.scheduler.output_modes import GenerationOutputs, OutputMode
 from rollserve.scheduler.pooler import EmbeddingReq, Pooler
 from rollserve.scheduler.request import Req
-from rollserve.executor.sampler import (Sampler, SamplingRow, compute_logprobs,
-                                      compute_sampling_logprobs, default_logprob_mode,
-                                      load_logit_processor,
-                                      gather_token_logprobs, top_logprobs)
+from rollserve.executor.sampler import (Sampler, SamplingRow, compute_sampling_logprobs,
+                                      default_logprob_mode, load_logit_processor)
+from rollserve.scheduler.input_logprobs import (clear_input_logprobs, record_input_logprobs,
+                                                record_output_extras)
+from rollserve.scheduler.jump_forward import make_jump_forward
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.scheduler.stats import SchedulerStats
 from rollserve.scheduler.stop_checker import StopChecker
@@ -71,6 +72,7 @@ class Scheduler:
         self.stats = SchedulerStats(config.decode_log_interval, config.speculative_algorithm is not None)
         # constrained decoding (scheduler/grammar.py); None: --grammar-backend none, or pooling
         self.grammar = make_grammar_backend(config, tokenizer, runner, self.eos_token_ids)
+        self.jump_forward = make_jump_forward(self, config)  # scheduler/jump_forward.py; or None
 
     # ---- requests in ---------------------------------------------------------------
     def add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> None:
@@ -157,6 +159,9 @@ class Scheduler:
         reqs = self._decoding_requests()
         if not reqs:
             return []
+        jumped = self.jump_forward.decode_entries(reqs) if self.jump_forward else None
+        if jumped is not None:  # grammar-forced tokens ride in the entries
+            return jumped
         slots = self.kv.alloc_slots(len(reqs))
         entries = [BatchEntry(req, req.kv_len, [self._decode_input(req)], slot, sample=True,
                               logit_rows=[0], is_decode=True)
@@ -286,7 +291,9 @@ class Scheduler:
         for i, entry in enumerate(batch.entries):
             req = entry.req
             if req.wants_input_logprobs and not req.output_ids:  # slicing costs ~5us a row
-                self._record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
+                record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
+            elif self.jump_forward is not None:  # forced tokens' logprobs, from their rows
+                self.jump_forward.record_logprobs(entry, result.logits, result.row_offsets[i])
             prompt_done = entry.completes_prompt
             if i in sampled:
                 self._commit(req, sampled[i])
@@ -334,27 +341,8 @@ class Scheduler:
             req.first_token_time = time.monotonic()
         if logprobs is not None:
             req.pending_output_logprobs.append((float(logprobs[token]), token))
-            if req.top_logprobs_num > 0:
-                req.pending_output_top.append(_top_list(logprobs.view(1, -1), req.top_logprobs_num)[0])
+            record_output_extras(req, logprobs.view(1, -1))  # top_logprobs_num, token_ids_logprob
         self.stop_checker.check(req)
-
-    def _record_input_logprobs(self, entry: BatchEntry, logits: torch.Tensor) -> None:
-        req = entry.req
-        if not req.wants_input_logprobs or req.output_ids:
-            return
-        if entry.start == 0 and req.logprob_start_len == 0:
-            req.pending_input_logprobs.append((None, req.input_ids[0]))
-            if req.top_logprobs_num > 0:
-                req.pending_input_top.append(None)
-        n_prompt_rows = sum(1 for r in entry.logit_rows if entry.start + r <= len(req.input_ids) - 2)
-        if n_prompt_rows == 0:
-            return
-        logprobs = compute_logprobs(logits[:n_prompt_rows])
-        targets = [req.input_ids[entry.start + r + 1] for r in entry.logit_rows[:n_prompt_rows]]
-        values = gather_token_logprobs(logprobs, torch.tensor(targets, device=logprobs.device))
-        req.pending_input_logprobs.extend(zip(values.tolist(), targets))
-        if req.top_logprobs_num > 0:
-            req.pending_input_top.extend(_top_list(logprobs, req.top_logprobs_num))
 
     def _process_pooled(self, batch: ScheduleBatch, result: ForwardOutput) -> list:
         self.pooler.absorb(batch, result)  # finishes the requests whose input is complete
@@ -409,8 +397,7 @@ class Scheduler:
         for req in reversed(active):
             self.kv.retract(req)
             if not req.output_ids:  # mid-prompt: what it gathered from the prompt is redone
-                req.pending_input_logprobs.clear()
-                req.pending_input_top.clear()
+                clear_input_logprobs(req)
                 if isinstance(req, EmbeddingReq):
                     req.pooled, req.pooled_rows = None, 0
             self.waiting.appendleft(req)
@@ -488,7 +475,3 @@ class LaunchedSampling:
         next_ids = self.host_ids.wait().tolist()  # waits for this step's kernels only
         return {i: (t, self.row_logprobs.get(k)) for k, ((i, _), t) in enumerate(zip(self.picks, next_ids))}
 
-
-def _top_list(logprobs: torch.Tensor, k: int):
-    values, ids = top_logprobs(logprobs, k)
-    return [list(zip(v, i)) for v, i in zip(values.tolist(), ids.tolist())]

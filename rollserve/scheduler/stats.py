@@ -33,6 +33,7 @@ class SchedulerStats:
         self._log_start = time.monotonic()
         self._log_tokens = 0
         self.spec = SpecCounters() if speculative else None  # speculative decoding's acceptance
+        self.sources: list = []  # more counters, objects with snapshot() (scheduler/jump_forward.py)
         self._log_spec = SpecCounters()
 
     def record_step(self, batch: ScheduleBatch) -> None:
@@ -99,7 +100,8 @@ class SchedulerStats:
                 "num_retracted_reqs_total": self.num_retracted_reqs,
                 "peak_running_reqs": self.peak_running_reqs,
                 "peak_gen_throughput": round(self.peak_gen_throughput, 3),
-                **(self.spec.snapshot() if self.spec is not None else {})}
+                **(self.spec.snapshot() if self.spec is not None else {}),
+                **{k: v for source in self.sources for k, v in source.snapshot().items()}}
 
 
 class SpecCounters:

@@ -48,8 +48,8 @@ def reset_for_restart(req: Req) -> None:
 
 
 def clear_pending_logprobs(req: Req) -> None:
-    for pending in (req.pending_input_logprobs, req.pending_input_top,
-                    req.pending_output_logprobs, req.pending_output_top):
+    for pending in (req.pending_input_logprobs, req.pending_input_top, req.pending_input_ids,
+                    req.pending_output_logprobs, req.pending_output_top, req.pending_output_ids):
         pending.clear()
 
 

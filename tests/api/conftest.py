@@ -112,3 +112,13 @@ def idle_server_info(http, timeout: float = 20.0) -> dict:
         if time.monotonic() > deadline:
             return info
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def hf_model(http):
+    """The served model in transformers, float32: the reference for logprob tests."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = http.get("/get_model_info").json()["model_path"]
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

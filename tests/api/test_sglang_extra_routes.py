@@ -38,7 +38,7 @@ def test_verl_generate_with_sglang_nulls(http):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("image_data", "data:image/png;base64,AAAA"), ("token_ids_logprob", [1, 2]),
+    ("image_data", "data:image/png;base64,AAAA"), ("return_entropy", True),
     ("lora_path", "adapter"), ("return_hidden_states", True), ("data_parallel_rank", 1),
     ("custom_logit_processor", "gASV..."), ("return_routed_experts", True),
 ])

@@ -53,8 +53,11 @@ def test_vllm_client_chat_and_server_queries(trl_client, tokenizer):
     guided = trl_client.generate(PROMPTS[:1], max_tokens=4, structured_outputs_regex="[0-9]+")
     text = tokenizer.decode(guided["completion_ids"][0], skip_special_tokens=True)
     assert text and text.isdigit(), text
-    with pytest.raises(Exception, match="prompt_logprobs"):  # distillation's call: not served
-        trl_client.get_sequence_logprobs([[504, 3458, 282]], [1], top_logprobs=2)
+    # distillation's teacher call: /v1/completions with prompt_logprobs (values checked
+    # against transformers in test_sequence_logprobs.py)
+    teacher = trl_client.get_sequence_logprobs([[504, 3458, 282]], [1], top_logprobs=2)
+    assert teacher["actual_token_ids"] == [[[3458], [282]]]
+    assert all(len(row) == 2 for row in teacher["logprobs"][0])
 
 
 def test_async_grpo_client_pause_keep_and_resume(server, http):
