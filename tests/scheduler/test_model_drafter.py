@@ -5,7 +5,6 @@ layer in step with the target. Draft checkpoints are real safetensors folders in
 SGLang loads (tests/scheduler/draft_checkpoints.py)."""
 
 import dataclasses
-import os
 import random
 from collections import Counter
 
@@ -23,15 +22,25 @@ CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7:
 
 
 @pytest.fixture(scope="module")
-def drafts(tmp_path_factory, tiny_models, default_model_dir):
-    root = tmp_path_factory.mktemp("drafts")
-    small = save_small_vocab_llama(str(root / "small"), default_model_dir)
-    deepseek = str(root / "deepseek")
-    save_variant("deepseek_v3", deepseek, tokenizer_dir=default_model_dir)
+def heads(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("heads")
     return {"eagle": save_eagle_head(tiny_models["llama"], str(root / "eagle")),
-            "eagle3": save_eagle3_head(tiny_models["llama"], str(root / "eagle3")),
-            "small": small, "trained": train_eagle_head(small, str(root / "trained")),
-            "deepseek": add_mtp_layer(deepseek)}
+            "eagle3": save_eagle3_head(tiny_models["llama"], str(root / "eagle3"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, default_model_dir):
+    """(a tiny small-vocabulary Llama, an EAGLE head trained on it)."""
+    root = tmp_path_factory.mktemp("trained")
+    small = save_small_vocab_llama(str(root / "small"), default_model_dir)
+    return small, train_eagle_head(small, str(root / "head"))
+
+
+@pytest.fixture(scope="module")
+def deepseek_with_mtp(tmp_path_factory, default_model_dir):
+    folder = str(tmp_path_factory.mktemp("mtp") / "deepseek")
+    save_variant("deepseek_v3", folder, tokenizer_dir=default_model_dir)
+    return add_mtp_layer(folder)
 
 
 def make_spec(model_path, algorithm, draft=None, num_draft_tokens=4, **overrides):
@@ -46,11 +55,11 @@ def make_spec(model_path, algorithm, draft=None, num_draft_tokens=4, **overrides
 @pytest.mark.parametrize("algorithm,overrides", [
     ("EAGLE", {}), ("EAGLE", {"chunked_prefill_size": 16, "max_total_tokens": 120}),
     ("EAGLE3", {})])
-def test_heads_greedy_equal_plain_scheduler(tiny_models, drafts, algorithm, overrides):
-    msgs = lambda: repetitive_requests(1)  # noqa: E731
+def test_heads_greedy_equal_plain_scheduler(tiny_models, heads, algorithm, overrides):
+    msgs = lambda: repetitive_requests(1)[:6]  # noqa: E731
     plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(),
                     arrivals={4: repetitive_requests(2)[:3]})
-    spec = make_spec(tiny_models["llama"], algorithm, drafts[algorithm.lower()], **overrides)
+    spec = make_spec(tiny_models["llama"], algorithm, heads[algorithm.lower()], **overrides)
     got = run_all(spec, msgs(), arrivals={4: repetitive_requests(2)[:3]})
     assert strip(got) == strip(plain)
     assert spec.stats.spec.verify_ct > 0 and spec.stats.spec.draft_tokens > 0
@@ -62,9 +71,10 @@ def _greedy_prompts(n=6, length=24):
                     temperature=0, max_new_tokens=length, ignore_eos=True) for k in range(n)]
 
 
-def test_trained_eagle_head_gets_drafts_accepted(drafts):
-    plain = run_all(make_scheduler(drafts["small"]), _greedy_prompts())
-    spec = make_spec(drafts["small"], "EAGLE", drafts["trained"])
+def test_trained_eagle_head_gets_drafts_accepted(trained):
+    small, head = trained
+    plain = run_all(make_scheduler(small), _greedy_prompts())
+    spec = make_spec(small, "EAGLE", head)
     got = run_all(spec, _greedy_prompts())
     assert strip(got) == strip(plain)
     stats = spec.stats.spec
@@ -73,20 +83,22 @@ def test_trained_eagle_head_gets_drafts_accepted(drafts):
     assert_pool_free(spec)
 
 
-def test_temperature_one_keeps_the_target_distribution(drafts):
+def test_temperature_one_keeps_the_target_distribution(trained):
     """The first two sampled tokens over many requests (top_k 3, the second one verified
     against an EAGLE draft) against the target's own probabilities of each pair."""
     from transformers import AutoModelForCausalLM
 
     prompt = [random.Random(7).randrange(3, 500) for _ in range(6)]
-    spec = make_spec(drafts["small"], "EAGLE", drafts["trained"], num_draft_tokens=2)
+    small, head = trained
+    spec = make_spec(small, "EAGLE", head, num_draft_tokens=2)
     n = 600
-    msgs = [request(prompt, rid=f"d{i}", temperature=1.0, top_k=3, max_new_tokens=2,
+    # max_new_tokens 3: the step after the first token verifies one draft
+    msgs = [request(prompt, rid=f"d{i}", temperature=1.0, top_k=3, max_new_tokens=3,
                     ignore_eos=True) for i in range(n)]
     got = run_all(spec, msgs)
-    pairs = Counter(tuple(r.output_ids) for r in got.values())
+    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
     assert spec.stats.spec.accept_tokens > 0  # some second tokens came from an accepted draft
-    target = AutoModelForCausalLM.from_pretrained(drafts["small"]).eval()
+    target = AutoModelForCausalLM.from_pretrained(small).eval()
 
     def top3(ids):
         with torch.no_grad():
@@ -106,8 +118,8 @@ def test_temperature_one_keeps_the_target_distribution(drafts):
     assert stat < CHI2_999[len(big) - 1]
 
 
-def test_nextn_greedy_equal_and_follows_weight_updates(drafts):
-    folder = drafts["deepseek"]
+def test_nextn_greedy_equal_and_follows_weight_updates(deepseek_with_mtp):
+    folder = deepseek_with_mtp
     msgs = lambda: repetitive_requests(3)[:5]  # noqa: E731
     plain = run_all(make_scheduler(folder), msgs())
     spec = make_spec(folder, "NEXTN", num_draft_tokens=3)
