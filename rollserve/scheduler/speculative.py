@@ -1,7 +1,8 @@
 """Speculative decoding in the scheduler: draft, verify in one forward, commit what holds.
 
 Each step, every running request gets drafts from the drafter (NGRAM: its own context,
-scheduler/ngram_drafter.py) and one decode entry [last token, drafts...] whose KV slots
+scheduler/ngram_drafter.py; EAGLE, EAGLE3, NEXTN: a draft model that catches up after each
+forward, scheduler/model_drafter.py) and one decode entry [last token, drafts...] whose KV slots
 are allocated as for a short prefill chunk; the target computes all of them in one
 batched extend over the paged KV cache (prefill chunks of other requests ride along as
 usual). executor/spec_verify.py decides which drafts hold and draws the next token;
@@ -16,7 +17,8 @@ never retracts for a draft), to max_new_tokens and to the context length.
 
 Overlap scheduling is turned off while speculating (make_scheduler): the next step's
 drafts depend on how many tokens this one accepted. Verify forwards run eager (no CUDA
-graph); steps where no request has a draft replay the decode graphs as usual.
+graph); steps where no request has a draft replay the decode graphs as usual, except with
+a draft model, which needs every forward's hidden states (executor/draft_runner.py).
 """
 
 from __future__ import annotations
