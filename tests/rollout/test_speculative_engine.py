@@ -1,5 +1,5 @@
-"""--speculative-algorithm NGRAM (default model) and EAGLE (a tiny model and head) through rollserve.Engine: greedy
-outputs equal the non-speculative scheduler's, n > 1 works, results carry SGLang's spec_*
+"""--speculative-algorithm NGRAM (default model) and EAGLE (a tiny model and head) through
+rollserve.Engine: greedy outputs equal the non-speculative scheduler's, n > 1 works, results carry SGLang's spec_*
 meta_info and the server info its average accept length."""
 
 import pytest
