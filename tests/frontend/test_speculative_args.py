@@ -66,3 +66,18 @@ def test_sglang_launch_line_for_ngram_starts():
     args = server_args_from_cli(parser().parse_args(argv))
     config = dataclasses.replace(args, model_path="m").scheduler_config()
     assert config.speculative_num_draft_tokens == 5
+
+
+def test_eagle_without_a_head_on_deepseek_drafts_with_its_mtp_layer(tmp_path):
+    """SGLang's DeepSeek line (--speculative-algorithm EAGLE, no draft folder) runs NEXTN."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["DeepseekV3ForCausalLM"]}))
+    config = ServerArgs(model_path=str(tmp_path), speculative_algorithm="EAGLE").scheduler_config()
+    assert (config.speculative_algorithm, config.speculative_draft_model_path) == ("NEXTN", None)
+    own = ServerArgs(model_path=str(tmp_path), speculative_algorithm="NEXTN",
+                     speculative_draft_model_path=str(tmp_path)).scheduler_config()
+    assert (own.speculative_algorithm, own.speculative_draft_model_path) == ("NEXTN", None)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match="^speculative_draft_model_path: "):
+        ServerArgs(model_path=str(tmp_path), speculative_algorithm="EAGLE")
