@@ -134,3 +134,39 @@ def test_nextn_greedy_equal_and_follows_weight_updates(deepseek_with_mtp):
     model.load_weights([(name, new)])
     spec.weights_changed("retract")
     torch.testing.assert_close(draft.eh_proj.weight, new)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["triton", "torch_native"])
+def test_cuda_heads_greedy_equal_overlap_scheduler_with_graphs(tiny_models, heads, trained,
+                                                               deepseek_with_mtp, backend):
+    """On CUDA the plain run is the server's (overlap, decode CUDA graphs); with a draft model
+    every forward is eager and keeps its hidden states. float32: no argmax is a rounding tie."""
+    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+    from rollserve.executor.model_runner import ModelRunner
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
+
+    small, head = trained
+    cases = [(tiny_models["llama"], "EAGLE", heads["eagle"], repetitive_requests(1)),
+             (tiny_models["llama"], "EAGLE3", heads["eagle3"], repetitive_requests(1)),
+             (small, "EAGLE", head, _greedy_prompts()),
+             (deepseek_with_mtp, "NEXTN", None, repetitive_requests(3)[:5])]
+    for path, algorithm, draft, msgs in cases:
+        results = []
+        for spec in (None, algorithm):
+            args = ServerArgs(model_path=path, device="cuda", dtype="float32",
+                              max_total_tokens=4096, attention_backend=backend,
+                              speculative_algorithm=spec,
+                              speculative_draft_model_path=draft if spec else None)
+            config = args.scheduler_config()
+            tokenizer = load_tokenizer(path)
+            scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
+                                        eos_token_ids(path, tokenizer))
+            results.append(run_all(scheduler, [dataclasses.replace(m) for m in msgs]))
+            if spec:
+                assert_pool_free(scheduler)
+                if draft == head:
+                    assert scheduler.stats.spec.accept_tokens > 0
+        assert strip(results[1]) == strip(results[0]), (algorithm, path)
