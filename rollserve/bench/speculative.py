@@ -158,7 +158,8 @@ def make_schedulers(args):
         max_running_requests=max(args.batch_size), context_length=args.input_len + args.output_len + 64,
         mem_fraction_static=args.mem_fraction_static, cuda_graph_max_bs=args.cuda_graph_max_bs,
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
-        disable_overlap_schedule=args.disable_overlap_schedule, decode_log_interval=0)
+        disable_overlap_schedule=args.disable_overlap_schedule, decode_log_interval=0,
+        grammar_backend="none")  # no constrained requests here
     config = server_args.scheduler_config()
     runner = ModelRunner(config.executor)
     tokenizer = load_tokenizer(args.model_path)
