@@ -68,7 +68,9 @@ class ModelDrafter:
             prefix.append(entry.start)
             tokens.append(req.fill_ids[entry.start + 1:entry.start + n + 1])
             index.extend(range(first, first + n))
-            if entry.start + n == req.seq_len - 1:
+            # a chain only where the next step can verify one (scheduler/speculative.py)
+            if entry.start + n == req.seq_len - 1 and req.grammar is None \
+                    and req.remaining_new_tokens > 1:
                 wanting.append(req)
             else:
                 req.spec_state = None
@@ -119,4 +121,5 @@ class ModelDrafter:
             chain = chains[id(req)]
             req.spec_state = DraftChain(req.seq_len, chain)
             if len(chain) > 1:  # scratch ids out of the table: the target's pool has no such slots
-                pool.write(req.req_pool_idx, req.seq_len - 1, torch.zeros(len(chain) - 1, dtype=torch.int64))
+                pool.write(req.req_pool_idx, req.seq_len - 1,
+                           torch.zeros(len(chain) - 1, dtype=torch.int64))
