@@ -36,7 +36,8 @@ from rollserve.executor.layers.norm import RMSNorm
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.executor.layers.utils import default_dtype, head_dim_of
 from rollserve.executor.model_loader import iterate_checkpoint
-from rollserve.executor.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP
+from rollserve.executor.models.llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP,
+                                             LlamaModel)
 from rollserve.executor.models.weights import checkpoint_targets, load_named_tensors
 from rollserve.kernels.linear import linear
 
@@ -160,6 +161,9 @@ class Eagle3Draft(DraftModel):
         self.register_buffer("d2t", torch.zeros(self.draft_vocab_size or 0, dtype=torch.int64))
         self.num_kv_heads, self.head_dim = config.num_key_value_heads, head_dim_of(config)
         self.aux_layers = aux_layers(config, target.config.num_hidden_layers)
+        if not isinstance(getattr(target, "model", None), LlamaModel):  # where the capture hook is
+            raise ValueError(f"speculative_algorithm EAGLE3: {type(target).__name__} does not "
+                             "expose its layers' hidden states (Llama-family decoders do)")
 
     def forward(self, input_ids, positions, ctx: ForwardContext, hidden: torch.Tensor) -> State:
         hidden = hidden.to(self.fc.weight.dtype)
@@ -190,10 +194,12 @@ def aux_layers(config, num_target_layers: int) -> Tuple[int, ...]:
     """The target layers whose input stream EAGLE3 reads: the head's eagle_config names them
     (as layer outputs, hence + 1), else low / middle / high as SGLang picks them."""
     ids = (getattr(config, "eagle_config", None) or {}).get("eagle_aux_hidden_state_layer_ids")
-    if ids:
-        return tuple(i + 1 for i in ids)
     n = num_target_layers
-    return (min(2, n - 1), n // 2, max(n - 3, 0))
+    layers = tuple(i + 1 for i in ids) if ids else (min(2, n - 1), n // 2, max(n - 3, 0))
+    if len(layers) != 3 or not all(0 <= i < n for i in layers):
+        raise ValueError(f"speculative_draft_model_path: the EAGLE3 head reads target layers "
+                         f"{layers}; the target has {n} (three, each below {n})")
+    return layers
 
 
 class NextNDraft(DraftModel):

@@ -66,6 +66,13 @@ def test_heads_greedy_equal_plain_scheduler(tiny_models, heads, algorithm, overr
     assert_pool_free(spec)
 
 
+def test_a_head_of_the_wrong_kind_is_refused_naming_the_flag(tiny_models, heads):
+    with pytest.raises(ValueError, match="^speculative_draft_model_path: EAGLE3 expects"):
+        make_spec(tiny_models["llama"], "EAGLE3", heads["eagle"])
+    with pytest.raises(ValueError, match="^speculative_algorithm NEXTN needs a DeepSeek"):
+        make_spec(tiny_models["llama"], "NEXTN")
+
+
 def _greedy_prompts(n=6, length=24):
     return [request([random.Random(k).randrange(3, 500) for _ in range(6)], rid=f"q{k}",
                     temperature=0, max_new_tokens=length, ignore_eos=True) for k in range(n)]
