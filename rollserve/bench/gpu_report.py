@@ -102,9 +102,12 @@ def vlm_rows(name: str, report: dict):
 
 
 def speculative_rows(name: str, report: dict):
-    """bench/speculative.py: NGRAM and oracle drafts against plain decoding of the same run."""
+    """bench/speculative.py: NGRAM and oracle drafts (and, with --algorithm EAGLE, a dummy
+    EAGLE head at forced acceptance) against plain decoding of the same run."""
     for r in report["results"]:
-        for kind in ("ngram", "oracle"):
+        for kind in ("ngram", "oracle", "eagle"):
+            if kind not in r:
+                continue
             s = r[kind]
             yield (f"{name} bs={r['batch_size']} {kind}", f"{s['speedup']}x",
                    f"{s['decode_tok_s']} vs {r['plain_tok_s']} tok/s plain; accept length "

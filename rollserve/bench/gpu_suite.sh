@@ -34,7 +34,8 @@
 # the Qwen2.5-VL-7B shape beside transformers).
 # `speculative` (issue #20: the speculative tests, then decode bs 1/8/32 with NGRAM drafts and with
 # oracle drafts (every draft holds: the verify cost alone) beside plain decoding of the same run,
-# on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights)).
+# on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights), where
+# a dummy EAGLE head's run at forced acceptance adds the draft model's cost (--algorithm EAGLE)).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -237,13 +238,15 @@ for stage in $STAGES; do
       done ;;
     speculative)  # issue #20
       step speculative_tests 600 $PY -m pytest -q -s -p no:cacheprovider \
-        tests/scheduler/test_speculative.py tests/executor/test_spec_verify.py
+        tests/scheduler/test_speculative.py tests/executor/test_spec_verify.py \
+        tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py
       step speculative_smollm2 300 $PY -m rollserve.bench.speculative --batch-size 1 8 32 \
         --input-len 512 --output-len 256 --output-file "$OUT/speculative_smollm2.json"
       for drafts in 4 6; do
         step "speculative_llama-3.1-8b_d$drafts" 400 $PY -m rollserve.bench.speculative \
           --shape llama-3.1-8b --dtype bfloat16 --batch-size 1 8 32 --input-len 512 --output-len 256 \
-          --num-draft-tokens "$drafts" --output-file "$OUT/speculative_llama-3.1-8b_d$drafts.json"
+          --num-draft-tokens "$drafts" --algorithm EAGLE \
+          --output-file "$OUT/speculative_llama-3.1-8b_d$drafts.json"
       done ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \

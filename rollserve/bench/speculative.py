@@ -2,6 +2,7 @@
 
     python -m rollserve.bench.speculative --batch-size 1 8 32                  # SmolLM2, CPU or GPU
     python -m rollserve.bench.speculative --shape llama-3.1-8b --batch-size 1 8 32   # dummy weights
+    python -m rollserve.bench.speculative --shape llama-3.1-8b --algorithm EAGLE      # + a dummy head
 
 For each batch size, greedy requests on a repetitive workload (each prompt a random
 phrase repeated) decode in-process through the scheduler three times:
@@ -9,7 +10,12 @@ phrase repeated) decode in-process through the scheduler three times:
 * `ngram`: --speculative-algorithm NGRAM (drafts from the request's own context);
 * `oracle`: the same verify path with drafts taken from the plain run's own output, so
   every draft holds by construction (up to batch-variant rounding on a GPU): the verify
-  cost alone, the ceiling a perfect draft model would reach at this draft length.
+  cost alone, the ceiling a perfect draft model would reach at this draft length;
+* `eagle` (with `--algorithm EAGLE`): the oracle's drafts again, but through a dummy EAGLE
+  head (random weights, the target's shape) that runs as a real one would (its draft
+  forwards, the hidden states every target forward keeps, no decode CUDA graphs): the
+  verify cost plus the draft's, at forced acceptance. Runs after the others, since a draft
+  model changes the shared model runner.
 Decode tok/s counts the tokens generated once every request is past its prompt, over the
 wall time from there; the accept length is tokens per verify step of one request
 (SGLang's). `same_as_plain` says whether the greedy outputs equal the plain run's (on a GPU
@@ -41,6 +47,52 @@ class OracleDrafter:
     def propose(self, req, most: int) -> List[int]:
         done = len(req.output_ids)
         return self.outputs[req.rid][done:done + min(most, self.num_drafts)]
+
+
+def dummy_eagle_head(runner, folder: str) -> str:
+    """An EAGLE head of the target's shape with small random weights, saved as SGLang's
+    LlamaForCausalLMEagle folder: what its forward costs, not what it predicts."""
+    import copy
+    import os
+
+    from safetensors.torch import save_file
+
+    from rollserve.executor.draft_models import EagleDraft
+    from rollserve.executor.models.weights import checkpoint_spec, checkpoint_targets
+
+    config = copy.deepcopy(runner.hf_config)
+    config.num_hidden_layers, config.architectures = 1, ["LlamaForCausalLMEagle"]
+    head = EagleDraft(config, runner.model, runner.dtype)
+    gen = torch.Generator().manual_seed(0)
+    tensors = {name: (torch.ones(shape) if "norm" in name else torch.randn(shape, generator=gen) * 0.02
+                      ).to(dtype) for name, (shape, dtype) in checkpoint_spec(checkpoint_targets(head)).items()}
+    os.makedirs(folder, exist_ok=True)
+    save_file(tensors, os.path.join(folder, "model.safetensors"))
+    config.save_pretrained(folder)
+    return folder
+
+
+def eagle_oracle_rows(args, plain, base_outputs: Dict[int, dict], prompts_of) -> Dict[int, dict]:
+    """bs -> the `eagle` run: a dummy head's real draft work, the oracle's drafts."""
+    import tempfile
+
+    from rollserve.scheduler.model_drafter import ModelDrafter
+    from rollserve.scheduler.speculative import SpeculativeScheduler
+
+    folder = dummy_eagle_head(plain.runner, tempfile.mkdtemp(prefix="eagle-dummy-"))
+    config = dataclasses.replace(plain.config, speculative_algorithm="EAGLE",
+                                 speculative_draft_model_path=folder,
+                                 speculative_num_draft_tokens=args.num_draft_tokens)
+    spec = SpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
+                                plain.eos_token_ids)
+    drafter: ModelDrafter = spec.drafter
+    rows = {}
+    for bs, outputs in base_outputs.items():
+        prompts = prompts_of(bs)
+        drafter.propose = OracleDrafter(outputs, args.num_draft_tokens - 1).propose
+        run(spec, prompts[:2], 8)  # warm-up
+        rows[bs] = run(spec, prompts, args.output_len)
+    return rows
 
 
 def repetitive_prompts(batch: int, input_len: int, vocab: int, seed: int) -> List[List[int]]:
@@ -106,7 +158,8 @@ def make_schedulers(args):
         max_running_requests=max(args.batch_size), context_length=args.input_len + args.output_len + 64,
         mem_fraction_static=args.mem_fraction_static, cuda_graph_max_bs=args.cuda_graph_max_bs,
         attention_backend=args.attention_backend, disable_cuda_graph=args.disable_cuda_graph,
-        disable_overlap_schedule=args.disable_overlap_schedule, decode_log_interval=0)
+        disable_overlap_schedule=args.disable_overlap_schedule, decode_log_interval=0,
+        grammar_backend="none")  # no constrained requests here
     config = server_args.scheduler_config()
     runner = ModelRunner(config.executor)
     tokenizer = load_tokenizer(args.model_path)
@@ -128,19 +181,26 @@ def main(argv=None) -> dict:
     p.add_argument("--num-draft-tokens", type=int, default=4,
                    help="tokens per verify step: the last one and num-draft-tokens - 1 drafts")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--algorithm", choices=["NGRAM", "EAGLE"], default="NGRAM",
+                   help="EAGLE: also a dummy EAGLE head's run at forced acceptance")
     add_engine_arguments(p)
     p.add_argument("--output-file", default=None)
     args = p.parse_args(argv)
     vocab = resolve_model(args)
     plain, spec = make_schedulers(args)
     ngram_drafter = spec.drafter
-    rows = []
+    rows, base_outputs = [], {}
+
+    def prompts_of(bs):
+        return repetitive_prompts(bs, args.input_len, vocab, args.seed + bs)
+
     for bs in args.batch_size:
-        prompts = repetitive_prompts(bs, args.input_len, vocab, args.seed + bs)
+        prompts = prompts_of(bs)
         spec.drafter = ngram_drafter
         for scheduler in (plain, spec):  # warm-up (kernels, graphs, allocator) outside the timing
             run(scheduler, prompts[:2], 8)
         base = run(plain, prompts, args.output_len)
+        base_outputs[bs] = base["outputs"]
         ngram = run(spec, prompts, args.output_len)
         spec.drafter = OracleDrafter(base["outputs"], args.num_draft_tokens - 1)
         oracle = run(spec, prompts, args.output_len)
@@ -151,6 +211,11 @@ def main(argv=None) -> dict:
             row[name]["same_as_plain"] = r["outputs"] == base["outputs"]
         rows.append(row)
         gc.collect()
+    if args.algorithm == "EAGLE":
+        for row, (bs, r) in zip(rows, eagle_oracle_rows(args, plain, base_outputs, prompts_of).items()):
+            row["eagle"] = {k: v for k, v in r.items() if k != "outputs"}
+            row["eagle"]["speedup"] = round(r["decode_tok_s"] / row["plain_tok_s"], 3)
+            row["eagle"]["same_as_plain"] = r["outputs"] == base_outputs[bs]
     report = {"benchmark": "speculative", "date": now_iso(), "device": device_name(),
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
@@ -173,6 +238,13 @@ def print_table(report: dict) -> None:
               f"{n['speedup']:>6.2f} {n['accept_length']:>8.2f} {str(n['same_as_plain']):>5} | "
               f"{o['decode_tok_s']:>12.1f} {o['speedup']:>6.2f} {o['accept_length']:>8.2f} "
               f"{str(o['same_as_plain']):>5}")
+    eagle = [r for r in report["results"] if "eagle" in r]
+    if eagle:
+        print(f"{'bs':>4} {'EAGLE dummy head, oracle drafts: tok/s':>40} {'x':>6} {'acc len':>8} {'same':>5}")
+        for r in eagle:
+            e = r["eagle"]
+            print(f"{r['batch_size']:>4} {e['decode_tok_s']:>40.1f} {e['speedup']:>6.2f} "
+                  f"{e['accept_length']:>8.2f} {str(e['same_as_plain']):>5}")
 
 
 if __name__ == "__main__":

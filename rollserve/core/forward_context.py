@@ -34,6 +34,9 @@ class ForwardContext:
     attn_metadata: Any = None  # what attn_backend.prepare_metadata derived for this forward
     moe_recorder: Any = None  # MoE models report each layer's expert choices here (optional)
     dp_token_counts: Optional[List[int]] = None  # DP attention: every rank's tokens this forward
+    # EAGLE3 drafts: the residual stream entering these layers is appended to aux_hidden
+    capture_layers: Optional[frozenset] = None
+    aux_hidden: Optional[List[Any]] = None
     mm: Any = None  # VLMs: this forward's image features and 3-D rope positions (executor/multimodal.py)
 
     @property

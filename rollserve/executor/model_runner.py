@@ -44,6 +44,7 @@ class ForwardOutput:
     logits: Optional[torch.Tensor]  # [sum of len(entry.logit_rows)] x vocab, float32
     row_offsets: List[int]  # entry i's logits are logits[row_offsets[i] : row_offsets[i+1]]
     hidden: Optional[torch.Tensor] = None  # pooling models: those rows' hidden states, not logits
+    spec_hidden: Optional[torch.Tensor] = None  # every token's, for a draft model (draft_runner.py)
 
 
 class ModelRunner:
@@ -85,6 +86,7 @@ class ModelRunner:
         # VLMs: encodes images in the prefill batch, caches their features (executor/multimodal.py)
         self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
+        self.hidden_capture = None  # a draft model's HiddenCapture (executor/draft_runner.py)
         self.capture_cuda_graphs()
 
     def capture_cuda_graphs(self) -> None:
@@ -189,6 +191,7 @@ class ModelRunner:
         recorder = self.expert_recorder
         recorder = recorder if recorder is not None and recorder.recording else None
         if recorder is None and mm is None and self.graph_runner is not None and self.pooling is None and \
+                self.hidden_capture is None and \
                 self.graph_runner.can_run(
                 host, all(e.logit_rows == [0] for e in batch.entries)):
             with torch.inference_mode():
@@ -202,6 +205,9 @@ class ModelRunner:
         ctx.mm = mm
         if dp_attention():  # the MoE blocks' exchanges need every rank's count: taken once
             ctx.dp_token_counts = all_gather_counts(int(input_ids.shape[0]), self.device)
+        capture = self.hidden_capture
+        if capture is not None:
+            capture.begin(ctx)
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             rows, offsets = [], [0]
@@ -212,4 +218,5 @@ class ModelRunner:
             if self.pooling is not None:
                 return ForwardOutput(None, offsets, hidden=hidden.index_select(0, index))
             logits = self.model.compute_logits(hidden.index_select(0, index)).float()
-        return ForwardOutput(logits=logits, row_offsets=offsets)
+        return ForwardOutput(logits=logits, row_offsets=offsets,
+                             spec_hidden=capture.collect(ctx, hidden) if capture else None)

@@ -41,8 +41,8 @@ QUANT = refused("quantized weights and activations are not implemented",
 LORA = refused("LoRA adapters are not implemented",
                "merge the adapter into the base weights (peft merge_and_unload) and serve that "
                "folder, or push merged weights with /update_weights_from_tensor")
-SPEC = refused("speculative decoding with a draft model (EAGLE, EAGLE3, NEXTN, STANDALONE) is not "
-               "implemented", "--speculative-algorithm NGRAM, which needs no draft model")
+SPEC = refused("multi-layer EAGLE (several MTP layers drafting in turn) is not implemented",
+               "--speculative-algorithm EAGLE, EAGLE3 or NEXTN, which draft with one layer")
 MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
               "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
               "leave it at its default")
@@ -64,8 +64,9 @@ TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch
                "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
 LORA_KNOB = noop("a LoRA setting; LoRA is off (--enable-lora / --lora-paths are refused)")
-SPEC_KNOB = noop("a setting of draft models or of SGLang's shared n-gram trie; rollserve's NGRAM "
-                 "drafts from each request's own context and runs no draft model")
+SPEC_KNOB = noop("a setting of draft models or of SGLang's shared n-gram trie: a draft loads "
+                 "from safetensors in the target's dtype and attention backend, and rollserve's "
+                 "NGRAM drafts from each request's own context")
 MM_KNOB = noop("a multimodal setting with nothing to act on: images are preprocessed by the "
                "model's transformers image processor and encoded in the prefill batch, features "
                "cached by image hash")
@@ -279,7 +280,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "speculative_num_steps": implemented(),
     "speculative_num_draft_tokens": implemented(),
     "speculative_ngram_max_trie_depth": implemented(),
-    "speculative_draft_model_path": SPEC,
+    "speculative_draft_model_path": implemented(),
     "speculative_eagle_topk": refused("tree drafts (topk > 1) are not implemented; drafts form "
                                       "a chain", "leave it out or 1", accept=(None, 1)),
     "speculative_accept_threshold_single": refused(

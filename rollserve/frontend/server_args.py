@@ -129,8 +129,10 @@ class ServerArgs:
     # the version label of the weights loaded at start (SGLang's --weight-version); after
     # start-up the scheduler owns the current one
     weight_version: str = "default"
-    # speculative decoding (frontend/speculative_args.py): NGRAM drafts, a chain per request
+    # speculative decoding (frontend/speculative_args.py): NGRAM, EAGLE, EAGLE3 or NEXTN
+    # drafts, a chain per request
     speculative_algorithm: Optional[str] = None
+    speculative_draft_model_path: Optional[str] = None
     speculative_num_steps: Optional[int] = None
     speculative_num_draft_tokens: Optional[int] = None
     speculative_ngram_max_trie_depth: int = 18

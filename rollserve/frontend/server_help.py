@@ -124,10 +124,12 @@ HELP = {
                              "answered with a 503 error (streams: an error event and [DONE])",
     "weight_version": "version label of the weights loaded at start (/get_model_info, "
                       "meta_info)",
-    "speculative_algorithm": "speculative decoding: NGRAM drafts from the request's own prompt "
-                             "and output, verified by the model in one forward, exact in "
-                             "distribution (EAGLE, EAGLE3, NEXTN, STANDALONE: not implemented) "
-                             "(default: off)",
+    "speculative_algorithm": "speculative decoding: drafts verified by the model in one "
+                             "forward, exact in distribution; NGRAM (the request's own prompt "
+                             "and output), EAGLE / EAGLE3 (a draft head), NEXTN (DeepSeek's MTP "
+                             "layer) (STANDALONE: not implemented) (default: off)",
+    "speculative_draft_model_path": "EAGLE / EAGLE3: the draft head's folder "
+                                    "(LlamaForCausalLMEagle / LlamaForCausalLMEagle3 safetensors)",
     "speculative_num_steps": "drafts per request and verify step (default: 3)",
     "speculative_num_draft_tokens": "tokens per request and verify step: the last one plus the "
                                     "drafts; overrides --speculative-num-steps (default: "

@@ -1,33 +1,70 @@
 """The speculative-decoding flags: what they may be, and the scheduler fields they resolve to.
 
 Implemented: --speculative-algorithm NGRAM (prompt / context lookup, a chain of drafts),
---speculative-num-steps / --speculative-num-draft-tokens (how many drafts a step
-verifies) and --speculative-ngram-max-trie-depth (NGRAM's match window plus drafts).
-EAGLE, EAGLE3, NEXTN and STANDALONE need draft models, which are not implemented; they
-are refused here with one line, as are tree drafts (frontend/flag_table.py).
+EAGLE / EAGLE3 (a draft head from --speculative-draft-model-path) and NEXTN (DeepSeek's MTP
+layer, from the target's own checkpoint; also SGLang's `EAGLE` with no draft folder on a
+DeepSeek model); --speculative-num-steps /
+--speculative-num-draft-tokens (how many drafts a step verifies) and
+--speculative-ngram-max-trie-depth (NGRAM's match window plus drafts). STANDALONE (a
+separate small model) is refused here with one line, as are tree drafts
+(--speculative-eagle-topk > 1, frontend/flag_table.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict
 
-ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")  # SGLang's; NGRAM implemented
+ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")  # SGLang's; all but STANDALONE
+HEADS = ("EAGLE", "EAGLE3")  # need --speculative-draft-model-path
+MTP_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
+
+
+def _own_checkpoint(args) -> bool:
+    """NEXTN given the target's own folder as its draft path (SGLang fills it in so)."""
+    path, model = args.speculative_draft_model_path, args.model_path
+    return args.speculative_algorithm == "NEXTN" and bool(model) and \
+        os.path.abspath(path) == os.path.abspath(model)
+
+
+def _drafts_with_mtp(args) -> bool:
+    """SGLang's DeepSeek launch line, `--speculative-algorithm EAGLE` with no draft folder:
+    the target's own MTP layer drafts (NEXTN), when model_path's config names a DeepSeek."""
+    if args.speculative_algorithm != "EAGLE" or args.speculative_draft_model_path:
+        return False
+    try:
+        with open(os.path.join(args.model_path or "", "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(a in MTP_ARCHITECTURES for a in architectures)
 DEFAULT_NUM_DRAFTS = 3  # drafts per verify step when neither count is given
 
 
 def check_speculative(args) -> None:
     """Raises ValueError naming the flag when the speculative settings cannot run."""
     algorithm = args.speculative_algorithm
-    if algorithm is not None and algorithm != "NGRAM":
-        raise ValueError(f"speculative_algorithm: {algorithm} needs a draft model (EAGLE heads, "
-                         "MTP layers, a small model), which rollserve does not implement; "
-                         "--speculative-algorithm NGRAM (prompt lookup, no weights) is")
+    if algorithm == "STANDALONE":
+        raise ValueError("speculative_algorithm: STANDALONE (a separate small draft model) is not "
+                         "implemented; EAGLE, EAGLE3 (draft heads), NEXTN (DeepSeek's MTP layer) "
+                         "and NGRAM (prompt lookup, no weights) are")
+    if algorithm in HEADS and not args.speculative_draft_model_path and not _drafts_with_mtp(args):
+        raise ValueError(f"speculative_draft_model_path: {algorithm} needs the draft head's folder "
+                         "(--speculative-draft-model-path); DeepSeek's MTP layer is "
+                         "--speculative-algorithm NEXTN")
+    if args.speculative_draft_model_path and algorithm not in HEADS and not _own_checkpoint(args):
+        raise ValueError(f"speculative_draft_model_path: only EAGLE and EAGLE3 read a draft "
+                         f"folder (NEXTN: the model's own), not --speculative-algorithm {algorithm}")
+    if algorithm in ("EAGLE", "EAGLE3", "NEXTN") and (args.tp_size > 1 or args.dp_size > 1):
+        raise ValueError(f"speculative_algorithm: {algorithm} runs its draft model on one GPU: "
+                         "with --tp-size / --dp-size > 1 use NGRAM")
     for name, least in (("speculative_num_steps", 1), ("speculative_num_draft_tokens", 2),
                         ("speculative_ngram_max_trie_depth", 2)):
         value = getattr(args, name)
         if value is not None and value < least:
             raise ValueError(f"{name}: must be >= {least}, got {value}")
-    if algorithm is not None and args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
+    if algorithm == "NGRAM" and args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
         raise ValueError("speculative_ngram_max_trie_depth: must exceed the tokens of a verify "
                          f"step ({num_draft_tokens(args)}): it holds the match window and the drafts")
 
@@ -43,6 +80,9 @@ def num_draft_tokens(args) -> int:
 
 def scheduler_fields(args) -> Dict[str, Any]:
     """SchedulerConfig's speculative fields."""
-    return {"speculative_algorithm": args.speculative_algorithm,
+    algorithm = "NEXTN" if _drafts_with_mtp(args) else args.speculative_algorithm
+    return {"speculative_algorithm": algorithm,
             "speculative_num_draft_tokens": num_draft_tokens(args),
-            "speculative_ngram_max_trie_depth": args.speculative_ngram_max_trie_depth}
+            "speculative_ngram_max_trie_depth": args.speculative_ngram_max_trie_depth,
+            "speculative_draft_model_path": None if algorithm == "NEXTN"
+            else args.speculative_draft_model_path}

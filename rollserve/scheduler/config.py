@@ -37,6 +37,7 @@ class SchedulerConfig:
     speculative_algorithm: Optional[str] = None
     speculative_num_draft_tokens: int = 4
     speculative_ngram_max_trie_depth: int = 18
+    speculative_draft_model_path: Optional[str] = None  # EAGLE / EAGLE3 heads (model_drafter.py)
 
     @property
     def model_path(self) -> str:

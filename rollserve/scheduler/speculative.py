@@ -1,7 +1,8 @@
 """Speculative decoding in the scheduler: draft, verify in one forward, commit what holds.
 
 Each step, every running request gets drafts from the drafter (NGRAM: its own context,
-scheduler/ngram_drafter.py) and one decode entry [last token, drafts...] whose KV slots
+scheduler/ngram_drafter.py; EAGLE, EAGLE3, NEXTN: a draft model that catches up after each
+forward, scheduler/model_drafter.py) and one decode entry [last token, drafts...] whose KV slots
 are allocated as for a short prefill chunk; the target computes all of them in one
 batched extend over the paged KV cache (prefill chunks of other requests ride along as
 usual). executor/spec_verify.py decides which drafts hold and draws the next token;
@@ -16,7 +17,8 @@ never retracts for a draft), to max_new_tokens and to the context length.
 
 Overlap scheduling is turned off while speculating (make_scheduler): the next step's
 drafts depend on how many tokens this one accepted. Verify forwards run eager (no CUDA
-graph); steps where no request has a draft replay the decode graphs as usual.
+graph); steps where no request has a draft replay the decode graphs as usual, except with
+a draft model, which needs every forward's hidden states (executor/draft_runner.py).
 """
 
 from __future__ import annotations
@@ -29,19 +31,24 @@ import torch
 from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.executor.spec_verify import Verifier, VerifyInput
+from rollserve.scheduler.model_drafter import ModelDrafter
 from rollserve.scheduler.ngram_drafter import NgramDrafter
 from rollserve.scheduler.request import Req
 from rollserve.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
-SPECULATIVE_ALGORITHMS = ("NGRAM",)  # the ones implemented; EAGLE, EAGLE3, NEXTN are refused
+SPECULATIVE_ALGORITHMS = ("NGRAM", "EAGLE", "EAGLE3", "NEXTN")  # implemented; STANDALONE is not
+DRAFT_MODEL_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN")  # scheduler/model_drafter.py
 
 
-def make_drafter(config):
+def make_drafter(config, runner):
     num_drafts = config.speculative_num_draft_tokens - 1
     if config.speculative_algorithm == "NGRAM":
         return NgramDrafter(num_drafts, config.speculative_ngram_max_trie_depth - num_drafts - 1)
+    if config.speculative_algorithm in DRAFT_MODEL_ALGORITHMS:
+        return ModelDrafter(runner, config.speculative_algorithm,
+                            config.speculative_draft_model_path, num_drafts)
     raise ValueError(f"speculative_algorithm: {config.speculative_algorithm!r} is not implemented "
                      f"(implemented: {', '.join(SPECULATIVE_ALGORITHMS)})")
 
@@ -49,7 +56,7 @@ def make_drafter(config):
 class SpeculativeScheduler(Scheduler):
     def __init__(self, config, runner, tokenizer, eos_token_ids):
         super().__init__(config, runner, tokenizer, eos_token_ids)
-        self.drafter = make_drafter(config)
+        self.drafter = make_drafter(config, runner)
         self.verifier = Verifier(self.sampler, self.logprob_mode)
         self._drafted: Dict[int, int] = {}  # id(req) -> drafts verified this step
 
@@ -123,6 +130,18 @@ class SpeculativeScheduler(Scheduler):
         out = logits.to(torch.float32, copy=True)
         out[index] = self.grammar.constrain(logits[index], [req for _, req in hit]).to(out.dtype)
         return out
+
+    def _process_result(self, batch: ScheduleBatch, result: ForwardOutput):
+        outputs = super()._process_result(batch, result)
+        if isinstance(self.drafter, ModelDrafter):  # the draft catches up; the next chains
+            self.drafter.after_step(batch, result)
+        return outputs
+
+    def weights_changed(self, mode: str, flush_cache: bool = True):
+        outputs = super().weights_changed(mode, flush_cache)
+        if isinstance(self.drafter, ModelDrafter):
+            self.drafter.weights_changed()
+        return outputs
 
     # ---- commit ---------------------------------------------------------------------------
     def _commit(self, req: Req, tokens: List[Tuple[int, Optional[torch.Tensor]]]) -> None:

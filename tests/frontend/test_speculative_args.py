@@ -21,7 +21,16 @@ def test_ngram_resolves_draft_counts():
 
 
 @pytest.mark.parametrize("kwargs,field", [
-    ({"speculative_algorithm": "EAGLE"}, "speculative_algorithm"),
+    ({"speculative_algorithm": "EAGLE"}, "speculative_draft_model_path"),
+    ({"speculative_algorithm": "EAGLE3"}, "speculative_draft_model_path"),
+    ({"speculative_algorithm": "STANDALONE", "speculative_draft_model_path": "/d"},
+     "speculative_algorithm"),
+    ({"speculative_algorithm": "NGRAM", "speculative_draft_model_path": "/d"},
+     "speculative_draft_model_path"),
+    ({"speculative_algorithm": "NEXTN", "speculative_draft_model_path": "/d"},
+     "speculative_draft_model_path"),
+    ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "/d", "tp_size": 2},
+     "speculative_algorithm"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
      "speculative_num_draft_tokens"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20},
@@ -32,11 +41,23 @@ def test_bad_settings_name_the_field(kwargs, field):
 
 
 @pytest.mark.parametrize("argv", [["--speculative-eagle-topk", "4"],
-                                  ["--speculative-draft-model-path", "/x"],
+                                  ["--enable-multi-layer-eagle"],
                                   ["--speculative-accept-threshold-single", "0.5"]])
 def test_unimplemented_flags_are_refused(argv):
     with pytest.raises(SystemExit, match=argv[0]):
         server_args_from_cli(parser().parse_args(["--speculative-algorithm", "NGRAM"] + argv))
+
+
+def test_eagle_resolves_the_draft_folder():
+    args = server_args_from_cli(parser().parse_args(
+        ["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", "/heads/e3",
+         "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+         "--speculative-num-draft-tokens", "4"]))
+    config = dataclasses.replace(args, model_path="m").scheduler_config()
+    assert (config.speculative_algorithm, config.speculative_draft_model_path,
+            config.speculative_num_draft_tokens) == ("EAGLE3", "/heads/e3", 4)
+    nextn = ServerArgs(model_path="m", speculative_algorithm="NEXTN").scheduler_config()
+    assert nextn.speculative_draft_model_path is None
 
 
 def test_sglang_launch_line_for_ngram_starts():
@@ -45,3 +66,18 @@ def test_sglang_launch_line_for_ngram_starts():
     args = server_args_from_cli(parser().parse_args(argv))
     config = dataclasses.replace(args, model_path="m").scheduler_config()
     assert config.speculative_num_draft_tokens == 5
+
+
+def test_eagle_without_a_head_on_deepseek_drafts_with_its_mtp_layer(tmp_path):
+    """SGLang's DeepSeek line (--speculative-algorithm EAGLE, no draft folder) runs NEXTN."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["DeepseekV3ForCausalLM"]}))
+    config = ServerArgs(model_path=str(tmp_path), speculative_algorithm="EAGLE").scheduler_config()
+    assert (config.speculative_algorithm, config.speculative_draft_model_path) == ("NEXTN", None)
+    own = ServerArgs(model_path=str(tmp_path), speculative_algorithm="NEXTN",
+                     speculative_draft_model_path=str(tmp_path)).scheduler_config()
+    assert (own.speculative_algorithm, own.speculative_draft_model_path) == ("NEXTN", None)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match="^speculative_draft_model_path: "):
+        ServerArgs(model_path=str(tmp_path), speculative_algorithm="EAGLE")

@@ -1,5 +1,5 @@
-"""--speculative-algorithm NGRAM through rollserve.Engine on the default model: greedy
-outputs equal the non-speculative scheduler's, n > 1 works, results carry SGLang's spec_*
+"""--speculative-algorithm NGRAM (default model) and EAGLE (a tiny model and head) through
+rollserve.Engine: greedy outputs equal the non-speculative scheduler's, n > 1 works, results carry SGLang's spec_*
 meta_info and the server info its average accept length."""
 
 import pytest
@@ -37,3 +37,22 @@ def test_ngram_greedy_equals_plain_decoding(default_model_dir):
     assert sum(o["meta_info"]["spec_accept_token_num"] for o in outs) > 5  # NGRAM pays here
     assert [o["output_ids"] for o in several] == [want["0"].output_ids] * 2
     assert info["internal_states"][0]["avg_spec_accept_length"] > 1.0
+
+
+def test_eagle_head_through_the_engine(tiny_models, tmp_path):
+    """--speculative-algorithm EAGLE with --speculative-draft-model-path reaches the scheduler
+    process: greedy outputs equal plain decoding, and results carry the spec_* meta."""
+    from tests.scheduler.draft_checkpoints import save_eagle_head
+
+    head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
+    prompts = [[5, 6, 7, 8, 9] * 3, [40, 41, 42] * 4]
+    with rollserve.Engine(model_path=tiny_models["llama"], max_total_tokens=2048,
+                          speculative_algorithm="EAGLE", speculative_draft_model_path=head,
+                          speculative_num_steps=3,
+                          speculative_num_draft_tokens=4, log_level="warning") as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params=PARAMS)
+    want = run_all(make_scheduler(tiny_models["llama"], max_total_tokens=2048),
+                   [request(p, rid=str(i), **PARAMS) for i, p in enumerate(prompts)])
+    for i, out in enumerate(outs):
+        assert out["output_ids"] == want[str(i)].output_ids
+        assert out["meta_info"]["spec_verify_ct"] >= 1

@@ -132,7 +132,10 @@ class LlamaModel(nn.Module):
         cos, sin = self.rotary_emb(positions)
         hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         residual = None
-        for layer in self.layers:
+        capture = ctx.capture_layers  # EAGLE3 drafts read some layers' input (draft_runner.py)
+        for i, layer in enumerate(self.layers):
+            if capture is not None and i in capture:
+                ctx.aux_hidden.append(hidden.clone() if residual is None else hidden + residual)
             hidden, residual = layer(hidden, residual, cos, sin, ctx)
         hidden, _ = self.norm(hidden, residual)
         return hidden

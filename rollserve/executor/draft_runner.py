@@ -1,0 +1,118 @@
+"""Runs a draft model (executor/draft_models.py) beside the target: its own KV cache, and
+the target's hidden states it drafts from.
+
+The draft's KV cache is a one-layer pool indexed by the target's KV slot ids: the draft KV
+of the token at position i of a request lives in the slot where the target keeps that
+token's KV (req_to_token's row is shared). It therefore needs no allocator of its own: it
+is taken and freed with the target's slots, prefixes shared through the radix cache
+bring their draft KV along, and the pool is free whenever the target's is. The draft KV of
+a shared prefix's last position was computed with the token that followed it in the
+request that cached it: a different continuation then sees a slightly different draft,
+which changes only how many drafts are accepted, never the output (the target verifies).
+
+Draft tokens past the committed ones (a chain's steps 2..k) have no target slot yet: each
+request row owns k - 1 scratch slots past the target's range, entered into its
+req_to_token row past its KV length while the chain is drafted, then reset to the padding
+slot 0 (scheduler/model_drafter.py): the target's pool has no such slots.
+
+Hidden states: `HiddenCapture` on the model runner makes every target forward keep, for
+every token, what the draft reads (the final hidden state, or EAGLE3's three layers'
+streams); with it set the decode CUDA graphs are not replayed (they return logits only).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from rollserve.core.forward_context import ForwardContext
+from rollserve.executor.attention.registry import create_attention_backend
+from rollserve.executor.draft_models import DraftModel, load_draft_model
+from rollserve.executor.forward_batch import HostBatch, build_context
+from rollserve.executor.kv_pool import KVPool
+from rollserve.executor.layers.rotary import RotaryEmbedding
+from rollserve.executor.mla_kv_pool import MLAKVPool
+
+
+class HiddenCapture:
+    """Installed on a ModelRunner: each forward's ForwardOutput.spec_hidden is [T, H] (the
+    target's final hidden state of every token) or, with `layers`, [T, len(layers) * H]
+    (the residual stream entering each of those layers, models/llama.py)."""
+
+    def __init__(self, layers: Optional[Sequence[int]] = None):
+        self.layers = frozenset(layers) if layers else None
+        self.order = tuple(sorted(set(layers))) if layers else ()
+        self.wanted = tuple(layers) if layers else ()
+
+    def begin(self, ctx: ForwardContext) -> None:
+        if self.layers is not None:
+            ctx.capture_layers, ctx.aux_hidden = self.layers, []
+
+    def collect(self, ctx: ForwardContext, hidden: torch.Tensor) -> torch.Tensor:
+        if self.layers is None:
+            return hidden
+        by_layer = dict(zip(self.order, ctx.aux_hidden))  # captured in layer order
+        return torch.cat([by_layer[i] for i in self.wanted], dim=-1)
+
+
+class DraftRunner:
+    def __init__(self, runner, algorithm: str, path: Optional[str], num_drafts: int):
+        self.runner = runner
+        self.device = runner.device
+        self.model: DraftModel = load_draft_model(algorithm, path, runner.model, runner.dtype,
+                                                  runner.device)
+        for module in self.model.modules():
+            if isinstance(module, RotaryEmbedding):
+                module.cache_positions(runner.context_len + 1)
+        self.scratch_per_row = max(num_drafts - 1, 0)
+        self.scratch_base = runner.max_total_tokens + 1  # past the target's slots (and slot 0)
+        slots = runner.max_total_tokens + runner.max_running_requests * self.scratch_per_row
+        if runner.mla_dims is not None:
+            dims = runner.mla_dims
+            self.pool = MLAKVPool(slots, 1, dims.kv_lora_rank, dims.qk_rope_head_dim,
+                                  runner.dtype, self.device)
+        else:
+            heads, head_dim = self.model.kv_layout()
+            self.pool = KVPool(slots, 1, heads, head_dim, runner.dtype, self.device)
+        self.backend = create_attention_backend(runner.attention_backend, self.device,
+                                                self.pool.num_kv_heads)
+        runner.hidden_capture = HiddenCapture(self.model.aux_layers)
+        runner.drop_cuda_graphs()
+
+    def scratch_slot(self, row: int, k: int) -> int:
+        """Request row `row`'s scratch slot for its (k + 2)-th draft token (k from 0)."""
+        return self.scratch_base + row * self.scratch_per_row + k
+
+    def forward(self, rows: List[int], prefix_lens: List[int], tokens: List[List[int]],
+                slots: torch.Tensor, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One draft forward: request row rows[i] brings tokens[i] at positions prefix_lens[i]..,
+        writing their draft KV into slots (packed); hidden [T, H_in] (packed). Returns the
+        packed (states for the logits, states for the next step)."""
+        runner = self.runner
+        runner.req_pool.flush()  # scratch slots entered since the last forward
+        extend = [len(t) for t in tokens]
+        starts = np.concatenate([[0], np.cumsum(extend)[:-1]]).astype(np.int64).tolist()
+        host = HostBatch(
+            input_ids=np.fromiter((t for ts in tokens for t in ts), dtype=np.int64, count=sum(extend)),
+            positions=np.concatenate([np.arange(p, p + n, dtype=np.int64)
+                                      for p, n in zip(prefix_lens, extend)]),
+            out_cache_loc=slots.numpy().astype(np.int64, copy=False), req_pool_indices=list(rows),
+            prefix_lens=list(prefix_lens), extend_lens=extend, starts=starts)
+        ctx, input_ids = build_context(host, self.device, runner.future_tokens,
+                                       runner.req_pool.req_to_token, self.pool, self.backend)
+        with torch.inference_mode():
+            return self.model(input_ids, ctx.positions, ctx, hidden)
+
+    def draft_ids(self, states: torch.Tensor) -> List[int]:
+        with torch.inference_mode():
+            return self.model.draft_ids(states).tolist()
+
+    def weights_changed(self) -> None:
+        """The target's weights were written: NEXTN's layer is part of them and reloads; an
+        EAGLE head reads the target's embeddings and head where they live, and keeps its own
+        layer as loaded from --speculative-draft-model-path (docs/speculative.md)."""
+        sync = getattr(self.model, "sync_from_target", None)
+        if sync is not None:
+            sync()

@@ -1,0 +1,125 @@
+"""Drafts from a draft model (EAGLE, EAGLE3, NEXTN): a chain of the draft's greedy tokens.
+
+After every target forward (executor/draft_runner.py keeps its hidden states), `after_step`
+brings the draft up to date with what the step committed, in one batched draft forward:
+each request's new positions (the prefill chunk, or the verified tokens it kept) get the
+draft's KV, token i+1 paired with the target's hidden state at position i. For a request
+whose every token is now computed but the newest, the last row of that forward gives its
+first draft; k - 1 more draft decode steps (batched over those requests) extend the chain.
+The chain waits in `req.spec_state` for the next step's `propose`, tagged with the
+sequence length it continues, so a request that changed meanwhile (retracted, restarted)
+gets no stale drafts.
+
+Drafts are the draft's argmax: the verifier treats them as one-hot proposals, which keeps
+sampled requests exact in distribution (spec_verify.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+
+from rollserve.core.batch import ScheduleBatch
+from rollserve.executor.draft_runner import DraftRunner
+from rollserve.executor.model_runner import ForwardOutput
+from rollserve.kernels.dispatch import host_to_device
+from rollserve.scheduler.request import Req
+
+
+@dataclass
+class DraftChain:
+    seq_len: int  # the request's length the drafts continue
+    tokens: List[int]
+
+
+class ModelDrafter:
+    def __init__(self, runner, algorithm: str, draft_model_path, num_drafts: int):
+        self.runner = runner
+        self.num_drafts = num_drafts
+        self.draft = DraftRunner(runner, algorithm, draft_model_path, num_drafts)
+
+    def propose(self, req: Req, most: int) -> List[int]:
+        chain = req.spec_state
+        if not isinstance(chain, DraftChain) or chain.seq_len != req.seq_len:
+            return []
+        return chain.tokens[:max(min(most, self.num_drafts), 0)]
+
+    def weights_changed(self) -> None:
+        self.draft.weights_changed()
+
+    def after_step(self, batch: ScheduleBatch, result: ForwardOutput) -> None:
+        """Draft KV for what this step computed and committed; the next chains."""
+        hidden = result.spec_hidden
+        rows, prefix, tokens, index = [], [], [], []
+        wanting: List[Req] = []  # requests whose last row drafts, in forward order
+        offset = 0
+        for entry in batch.entries:
+            req, first = entry.req, offset
+            offset += len(entry.tokens)
+            if req.finished or req.req_pool_idx is None:
+                continue
+            # tokens whose successor is known: all of a prefill chunk, the kept ones of a verify
+            n = min(len(entry.tokens), req.seq_len - 1 - entry.start)
+            if n <= 0:
+                continue
+            rows.append(req.req_pool_idx)
+            prefix.append(entry.start)
+            tokens.append(req.fill_ids[entry.start + 1:entry.start + n + 1])
+            index.extend(range(first, first + n))
+            # a chain only where the next step can verify one (scheduler/speculative.py)
+            if entry.start + n == req.seq_len - 1 and req.grammar is None \
+                    and req.remaining_new_tokens > 1:
+                wanting.append(req)
+            else:
+                req.spec_state = None
+        if not rows:
+            return
+        pool = self.runner.req_pool
+        # the slots the request holds now (the radix cache may have swapped a chunk's for its own)
+        slots = torch.cat([pool.slots(r, p + len(t))[p:] for r, p, t in zip(rows, prefix, tokens)])
+        picked = hidden[host_to_device(torch.tensor(index, dtype=torch.int64), hidden.device)]
+        for_logits, carried = self.draft.forward(rows, prefix, tokens, slots, picked)
+        if not wanting:
+            return
+        ends, last = {}, -1  # request row -> its last packed row in that forward
+        for row, t in zip(rows, tokens):
+            last += len(t)
+            ends[row] = last
+        pick = host_to_device(torch.tensor([ends[r.req_pool_idx] for r in wanting],
+                                           dtype=torch.int64), for_logits.device)
+        self._chains(wanting, self.draft.draft_ids(for_logits[pick]), carried[pick])
+
+    def _chains(self, reqs: List[Req], first: List[int], carried: torch.Tensor) -> None:
+        """Steps 2..k of each chain, one batched draft decode step each; `carried` row j
+        belongs to reqs[live[j]]."""
+        chains: Dict[int, List[int]] = {id(r): [t] for r, t in zip(reqs, first)}
+        pool, limit = self.runner.req_pool, self.runner.context_len - 1
+        live = list(range(len(reqs)))
+        for k in range(self.num_drafts - 1):
+            # draft token k + 1 sits at position seq_len - 1 + k, in a scratch slot
+            still = [j for j, i in enumerate(live) if reqs[i].seq_len - 1 + k <= limit]
+            if not still:
+                break
+            if len(still) != len(live):
+                carried = carried[host_to_device(torch.tensor(still, dtype=torch.int64),
+                                                 carried.device)]
+                live = [live[j] for j in still]
+            batch = [reqs[i] for i in live]
+            positions = [req.seq_len - 1 + k for req in batch]
+            slots = torch.tensor([self.draft.scratch_slot(req.req_pool_idx, k) for req in batch],
+                                 dtype=torch.int64)
+            for req, pos, slot in zip(batch, positions, slots):
+                pool.write(req.req_pool_idx, pos, slot.view(1))
+            for_logits, carried = self.draft.forward([req.req_pool_idx for req in batch], positions,
+                                                     [[chains[id(req)][-1]] for req in batch],
+                                                     slots, carried)
+            for req, token in zip(batch, self.draft.draft_ids(for_logits)):
+                chains[id(req)].append(token)
+        for req in reqs:
+            chain = chains[id(req)]
+            req.spec_state = DraftChain(req.seq_len, chain)
+            if len(chain) > 1:  # scratch ids out of the table: the target's pool has no such slots
+                pool.write(req.req_pool_idx, req.seq_len - 1,
+                           torch.zeros(len(chain) - 1, dtype=torch.int64))
