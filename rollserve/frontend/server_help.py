@@ -129,7 +129,9 @@ HELP = {
                              "and output), EAGLE / EAGLE3 (a draft head), NEXTN (DeepSeek's MTP "
                              "layer) (STANDALONE: not implemented) (default: off)",
     "speculative_draft_model_path": "EAGLE / EAGLE3: the draft head's folder "
-                                    "(LlamaForCausalLMEagle / LlamaForCausalLMEagle3 safetensors)",
+                                    "(LlamaForCausalLMEagle / LlamaForCausalLMEagle3 safetensors; default: none, "
+                                    "which NEXTN and a DeepSeek model's EAGLE take as the "
+                                    "model's own MTP layer)",
     "speculative_num_steps": "drafts per request and verify step (default: 3)",
     "speculative_num_draft_tokens": "tokens per request and verify step: the last one plus the "
                                     "drafts; overrides --speculative-num-steps (default: "
