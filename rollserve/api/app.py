@@ -59,6 +59,12 @@ class ServerState:
             return "the scheduler or detokenizer process died"
         return None
 
+    def check_alive(self) -> None:
+        """A 503 naming why, for a route about to submit work to a dead engine."""
+        reason = self.why_dead()
+        if reason:
+            raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+
 
 def build_state(args: ServerArgs, tm: TokenizerManager) -> ServerState:
     name = args.served_model_name or tm.model_path
@@ -90,9 +96,7 @@ async def run_plan(state: ServerState, request: Request, plan: Plan) -> Response
     before the 200 is sent, so a request the engine rejects still gets a 4xx."""
     if state.stopping:
         raise ApiError(503, state.stopping, kind="server_error")
-    reason = state.why_dead()
-    if reason:
-        raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+    state.check_alive()
     results = observed(state.tm.generate(plan.obj), state.metrics)
     try:
         if not plan.obj.stream:

@@ -63,10 +63,11 @@ async def run_encode_call(state, request: Request, work: Awaitable[Any],
                           param_names: Optional[Dict[str, str]] = None) -> Any:
     """Await the tokenizer manager (aborting if the client leaves); engine errors become
     API errors naming the field the client sent."""
-    reason = state.why_dead()
-    if reason:
-        work.close()
-        raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+    try:
+        state.check_alive()
+    except ApiError:
+        work.close()  # the coroutine was never awaited
+        raise
     try:
         return await until_disconnect(request, work)
     except InvalidRequest as e:

@@ -95,9 +95,7 @@ def add_score_route(app: FastAPI, state) -> None:
         if body.model is not None:
             state.serving.check_model(body.model)
         state.serving.check_generation()
-        reason = state.why_dead()
-        if reason:
-            raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+        state.check_alive()
         prompts = score_prompts(body, len(state.tm.tokenizer))
         obj = GenerateReqInput(**prompts, sampling_params={"max_new_tokens": 1, "temperature": 0.0},
                                return_logprob=True, token_ids_logprob=list(body.label_token_ids))

@@ -29,11 +29,9 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from rollserve.api.engine_calls import generate_all
+from rollserve.api.prompt_logprobs import MAX_PROMPT_LOGPROBS as MAX_TEACHER_TOP_LOGPROBS
 from rollserve.api.protocol import ApiError
 from rollserve.frontend.request_input import GenerateReqInput
-
-
-MAX_TEACHER_TOP_LOGPROBS = 100  # TRL's default top_logprobs (the OpenAI routes stop at 20)
 
 
 class SequenceLogprobsRequest(BaseModel):
@@ -132,9 +130,7 @@ def add_sequence_logprobs_route(app: FastAPI, state) -> None:
     async def get_sequence_logprobs(request: Request):
         body = await parse_body(request, SequenceLogprobsRequest)
         state.serving.check_generation()
-        reason = state.why_dead()
-        if reason:
-            raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+        state.check_alive()
         tm = state.tm
         check_request(body, len(tm.tokenizer), tm.max_req_input_len)
         k = body.top_logprobs

@@ -168,9 +168,7 @@ def _truncate(ids: List[int], keep: Optional[int]) -> List[int]:
 
 async def run_legacy(state, prompt_ids: List[List[int]], params: dict) -> dict:
     tm = state.tm
-    reason = state.why_dead()
-    if reason:
-        raise ApiError(503, f"the engine is down: {reason}", kind="server_error")
+    state.check_alive()
     if not prompt_ids:
         raise ApiError(400, "no prompts", "prompts")
     obj = GenerateReqInput(input_ids=prompt_ids, sampling_params=params, return_logprob=True)

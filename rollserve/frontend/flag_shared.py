@@ -42,7 +42,8 @@ GRAMMAR_OFF = noop("a grammar setting rollserve's xgrammar backend does not expo
                    "whitespace pattern is outlines' (--constrained-json-disable-any-whitespace "
                    "is served), compiled grammars are cached in memory, not on disk")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
-                "experts run unsplit through rollserve's fused MoE kernel")
+                "experts run through rollserve's fused MoE kernel, split over the TP ranks by "
+                "--ep-size and combined with one all-reduce (no DeepEP, no expert rebalancing)")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
                "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")
@@ -61,8 +62,9 @@ DSA_KNOB = noop("only used by DeepSeek sparse attention (DSA / NSA, DeepSeek-V3.
 KT_KNOB = noop("a KTransformers setting; it is off (--kt-weight-path is refused)")
 DISAGG_KNOB = noop("a disaggregation setting; disaggregation is off (--disaggregation-mode is refused)")
 FP_GEMM_KNOB = noop("only used by FP8/FP4 GEMMs; rollserve runs no quantized GEMMs")
-DEPRECATED_MOE = refused("deprecated in SGLang, and expert parallelism / MoE kernels are not "
-                         "implemented here", "leave it out")
+DEPRECATED_MOE = refused("deprecated in SGLang, and it picks a MoE kernel backend rollserve "
+                         "does not have (its own fused Triton MoE kernel always runs; --ep-size "
+                         "and --enable-ep-moe split the experts)", "leave it out")
 PRIORITY_KNOB = feature_off("priority scheduling", "--enable-priority-scheduling")
 DP_ATTN_KNOB = noop("a DP-attention tuning knob (prefill delayer, DP LM head) that rollserve's DP "
                     "attention does not have: every rank steps in lockstep, the LM head is replicated")

@@ -292,7 +292,7 @@ class Scheduler:
             req = entry.req
             if req.wants_input_logprobs and not req.output_ids:  # slicing costs ~5us a row
                 record_input_logprobs(entry, result.logits[result.row_offsets[i]:result.row_offsets[i + 1]])
-            elif self.jump_forward is not None:  # forced tokens' logprobs, from their rows
+            elif self.jump_forward is not None and self.jump_forward.forced:  # forced tokens' logprobs
                 self.jump_forward.record_logprobs(entry, result.logits, result.row_offsets[i])
             prompt_done = entry.completes_prompt
             if i in sampled:
