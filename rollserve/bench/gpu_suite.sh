@@ -49,6 +49,8 @@ mkdir -p "$OUT"
 step() {  # step NAME TIMEOUT_S CMD...: runs, logs to OUT/NAME.log, never aborts the suite
     local name=$1 limit=$2
     shift 2
+    # STEP_LIMIT caps every step's limit (a device call has a fixed budget; what ran still reports)
+    if [ -n "${STEP_LIMIT:-}" ] && [ "$limit" -gt "$STEP_LIMIT" ]; then limit=$STEP_LIMIT; fi
     echo "== $(date -u +%H:%M:%S) $name: $*" | tee -a "$OUT/suite.log"
     local start=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
