@@ -225,7 +225,10 @@ for stage in $STAGES; do
         step "grammar_llama-3.1-8b_$schema" 600 $PY -m rollserve.bench.grammar --shape llama-3.1-8b \
           --schema "$schema" --batch-size 64 --max-new-tokens 256 \
           --output-file "$OUT/grammar_llama-3.1-8b_$schema.json"
-      done ;;
+      done
+      step grammar_llama-3.1-8b_moderate_jump_forward 600 $PY -m rollserve.bench.grammar \
+        --shape llama-3.1-8b --schema moderate --batch-size 64 --max-new-tokens 256 --jump-forward \
+        --output-file "$OUT/grammar_llama-3.1-8b_moderate_jump_forward.json" ;;
     deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
       step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_batch_invariant.py
