@@ -220,15 +220,14 @@ for stage in $STAGES; do
         --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --stop-every 600 \
         --context-length 4096 --skip-separate ${ROLLOUT_ARGS:-} --output-file "$OUT/rollout_qwen3-0.6b_eos.json" ;;
     grammar)  # issue #21: constrained decoding's cost, JSON schema of moderate size, batch 64
+      # (the moderate schema also with jump-forward on, in the same run)
       step grammar_tests 300 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/kernels/test_grammar_mask.py
       for schema in moderate moderate-free-strings; do
         step "grammar_llama-3.1-8b_$schema" 600 $PY -m rollserve.bench.grammar --shape llama-3.1-8b \
           --schema "$schema" --batch-size 64 --max-new-tokens 256 \
+          $([ "$schema" = moderate ] && echo --jump-forward) \
           --output-file "$OUT/grammar_llama-3.1-8b_$schema.json"
-      done
-      step grammar_llama-3.1-8b_moderate_jump_forward 600 $PY -m rollserve.bench.grammar \
-        --shape llama-3.1-8b --schema moderate --batch-size 64 --max-new-tokens 256 --jump-forward \
-        --output-file "$OUT/grammar_llama-3.1-8b_moderate_jump_forward.json" ;;
+      done ;;
     deterministic)  # issue #15: --enable-deterministic-inference's cost, invariance, HF bf16 parity
       step deterministic_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
         tests/kernels/test_batch_invariant.py
