@@ -41,3 +41,31 @@ def test_dp2_spreads_a_load_over_both_replicas(tiny_models, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_dp2_replicas_each_draft_with_an_eagle_head(tiny_models, tmp_path):
+    """--dp-size 2 with a draft model: each replica is a whole server with its own draft."""
+    from tests.scheduler.draft_checkpoints import save_eagle_head
+
+    head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
+    log = open(tmp_path / "dp2-eagle.log", "w+")
+    proc, url = spawn_server(["--model-path", tiny_models["llama"], "--dp-size", "2",
+                              "--load-balance-method", "round_robin", "--max-total-tokens", "2048",
+                              "--speculative-algorithm", "EAGLE", "--speculative-draft-model-path",
+                              head, "--speculative-num-draft-tokens", "3",
+                              "--log-level", "warning"], log_file=log)
+    try:
+        try:
+            wait_until_healthy(url, proc, timeout=300)
+        except Exception:
+            log.seek(0)
+            raise RuntimeError(f"--dp-size 2 with EAGLE did not start:\n{log.read()[-3000:]}")
+        body = {"input_ids": [5, 6, 7, 8, 9] * 3,
+                "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": True}}
+        outs = [httpx.post(f"{url}/generate", timeout=120, json=body).json() for _ in range(2)]
+        assert outs[0]["output_ids"] == outs[1]["output_ids"]  # one per replica, same answer
+        assert all(o["meta_info"]["spec_verify_ct"] >= 1 for o in outs)
+        assert [w["served"] for w in httpx.get(f"{url}/list_workers").json()["workers"]] == [1, 1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
