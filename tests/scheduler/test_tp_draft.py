@@ -98,18 +98,9 @@ def test_tp2_draft_models_answer_as_one_rank_without_speculation(cases):
 def test_tp2_engine_drafts_with_an_eagle_head(tiny_models, tmp_path):
     """The server's path: rank 0 hands every rank its requests (scheduler/tp_sync.py) and each
     rank's draft runs in step; greedy answers equal one rank's without speculation."""
-    import rollserve
-    from tests.scheduler.scheduler_harness import request
+    from tests.rollout.test_speculative_engine import assert_eagle_engine_decodes_as_plain
 
     head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
-    prompts = [[5, 6, 7, 8, 9] * 3, [40, 41, 42] * 4]
-    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
-    with rollserve.Engine(model_path=tiny_models["llama"], max_total_tokens=2048, tp_size=2,
-                          speculative_algorithm="EAGLE", speculative_draft_model_path=head,
-                          speculative_num_draft_tokens=3, log_level="warning") as engine:
-        outs = engine.generate(input_ids=prompts, sampling_params=params)
-    want = run_all(make_scheduler(tiny_models["llama"], max_total_tokens=2048),
-                   [request(p, rid=str(i), **params) for i, p in enumerate(prompts)])
-    for i, out in enumerate(outs):
-        assert out["output_ids"] == want[str(i)].output_ids
-        assert out["meta_info"]["spec_verify_ct"] >= 1
+    assert_eagle_engine_decodes_as_plain(
+        tiny_models["llama"], head, {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True},
+        tp_size=2, speculative_num_draft_tokens=3)
