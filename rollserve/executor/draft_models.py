@@ -275,7 +275,12 @@ def load_draft_model(algorithm: str, path: Optional[str], target: nn.Module, dty
         if archs and expected not in archs:
             raise ValueError(f"speculative_draft_model_path: {algorithm} expects a {expected} "
                              f"checkpoint, {path} is {archs}")
-        model = cls(config, target, dtype)
+        try:
+            model = cls(config, target, dtype)
+        except ValueError as e:  # a head the TP ranks cannot split (its heads, its MLP)
+            if str(e).startswith("speculative_"):
+                raise
+            raise ValueError(f"speculative_draft_model_path: the head at {path}: {e}") from e
     def renamed():
         for name, tensor in iterate_checkpoint(path):
             name = re.sub(r"^model\.", "", name)
