@@ -8,6 +8,15 @@ from typing import Optional, Tuple
 
 
 @dataclass(frozen=True)
+class DraftSpec:
+    """A speculative draft model (EAGLE, EAGLE3, NEXTN) the runner loads beside the target, so
+    the KV pool is sized with its weights and KV inside the same budget (executor/kv_budget.py)."""
+    algorithm: str
+    path: Optional[str]  # EAGLE / EAGLE3 head folder; None for NEXTN (the target's checkpoint)
+    num_drafts: int  # drafts per request and step: each request row's k - 1 scratch slots
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     model_path: str
     device: str = "cpu"  # resolved: "cuda" or "cpu", never None
@@ -40,3 +49,4 @@ class ExecutorConfig:
     base_gpu_id: int = 0  # rank r of a node uses cuda:(base_gpu_id + r % ranks per node)
     dist_init_addr: Optional[str] = None  # host:port of the TP group's rendezvous (rank 0's)
     dist_timeout: Optional[int] = None  # seconds a collective may wait (None: torch's default)
+    draft: Optional[DraftSpec] = None  # --speculative-algorithm EAGLE / EAGLE3 / NEXTN

@@ -20,6 +20,11 @@ verifier treats as one-hot proposals, exact in distribution).
 * NEXTN (DeepSeek-V3's MTP layer, kept by models/deepseek_v2.py in `mtp_weights`):
   eh_proj(concat(enorm(embed(token)), hnorm(hidden))) through one decoder layer of the
   target's kind (MLA + MoE), shared_head.norm, then the target's LM head.
+
+Tensor parallel: the draft's decoder layer is split over the ranks as the target's are
+(q|k|v and gate|up column-parallel, o_proj and down_proj row-parallel, each rank caching its
+KV heads); fc / eh_proj, the norms and EAGLE3's lm_head are replicated: their inputs (the
+all-reduced hidden states and embeddings) are the same on every rank.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from rollserve.executor.layers.utils import default_dtype, head_dim_of
 from rollserve.executor.model_loader import iterate_checkpoint
 from rollserve.executor.models.llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP,
                                              LlamaModel)
-from rollserve.executor.models.weights import checkpoint_targets, load_named_tensors
+from rollserve.executor.models.weights import (checkpoint_slices, checkpoint_targets,
+                                               load_named_tensors)
 from rollserve.kernels.linear import linear
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -64,13 +70,15 @@ class DraftModel(nn.Module):
         return self.target.compute_logits(states).argmax(dim=-1)
 
     def kv_layout(self) -> Tuple[int, int]:
-        """(KV heads, head dim) of its one attention layer's cache."""
+        """(KV heads on this rank, head dim) of its one attention layer's cache."""
         return self.num_kv_heads, self.head_dim
 
     def load_named(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """Loads checkpoint tensors (already renamed to this module's names); all required."""
+        """Loads checkpoint tensors (already renamed to this module's names); all required.
+        Under TP each rank keeps its slice of the layer's split projections, as the target's."""
         targets = checkpoint_targets(self)
-        loaded = load_named_tensors(targets, weights, lambda name: False, type(self).__name__)
+        loaded = load_named_tensors(targets, weights, lambda name: False, type(self).__name__,
+                                    checkpoint_slices(self))
         missing = sorted(set(targets) - loaded - set(self.optional_names()))
         if missing:
             raise ValueError(f"the draft checkpoint lacks tensors {type(self).__name__} needs: "
@@ -105,7 +113,7 @@ class EagleDraft(DraftModel):
             self.fc = nn.Linear(2 * hidden, hidden, bias=bool(getattr(config, "bias", True)))
             self.layers = nn.ModuleList(EagleLayer(config, i) for i in range(config.num_hidden_layers))
             self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
-        self.num_kv_heads, self.head_dim = config.num_key_value_heads, head_dim_of(config)
+        self.num_kv_heads, self.head_dim = self.layers[0].self_attn.num_kv_heads, head_dim_of(config)
         if config.num_hidden_layers != 1:
             raise ValueError("speculative_draft_model_path: EAGLE heads with "
                              f"{config.num_hidden_layers} layers are not supported (one layer)")
@@ -127,9 +135,10 @@ class Eagle3Layer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(config, 0)
         attn = self.self_attn
-        # the attention reads [embeds | hidden], twice the width
+        # the attention reads [embeds | hidden], twice the width; under TP the same rows
         attn.qkv_proj = FusedLinear(2 * config.hidden_size, {"q_proj": attn.q_size, "k_proj": attn.kv_size,
-                                                             "v_proj": attn.kv_size}, bias=False)
+                                                             "v_proj": attn.kv_size}, bias=False,
+                                    slices=attn.qkv_proj.tp_slices)
         self.mlp = LlamaMLP(config)
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps)
@@ -159,7 +168,7 @@ class Eagle3Draft(DraftModel):
             self.lm_head = nn.Linear(hidden, self.draft_vocab_size, bias=False) \
                 if self.draft_vocab_size else None
         self.register_buffer("d2t", torch.zeros(self.draft_vocab_size or 0, dtype=torch.int64))
-        self.num_kv_heads, self.head_dim = config.num_key_value_heads, head_dim_of(config)
+        self.num_kv_heads, self.head_dim = self.midlayer.self_attn.num_kv_heads, head_dim_of(config)
         self.aux_layers = aux_layers(config, target.config.num_hidden_layers)
         if not isinstance(getattr(target, "model", None), LlamaModel):  # where the capture hook is
             raise ValueError(f"speculative_algorithm EAGLE3: {type(target).__name__} does not "
@@ -266,7 +275,12 @@ def load_draft_model(algorithm: str, path: Optional[str], target: nn.Module, dty
         if archs and expected not in archs:
             raise ValueError(f"speculative_draft_model_path: {algorithm} expects a {expected} "
                              f"checkpoint, {path} is {archs}")
-        model = cls(config, target, dtype)
+        try:
+            model = cls(config, target, dtype)
+        except ValueError as e:  # a head the TP ranks cannot split (its heads, its MLP)
+            if str(e).startswith("speculative_"):
+                raise
+            raise ValueError(f"speculative_draft_model_path: the head at {path}: {e}") from e
     def renamed():
         for name, tensor in iterate_checkpoint(path):
             name = re.sub(r"^model\.", "", name)

@@ -34,6 +34,7 @@ from rollserve.executor.forward_batch import HostBatch, build_context
 from rollserve.executor.kv_pool import KVPool
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.executor.mla_kv_pool import MLAKVPool
+from rollserve.executor.parallel_state import broadcast_tensor
 
 
 class HiddenCapture:
@@ -57,16 +58,32 @@ class HiddenCapture:
         return torch.cat([by_layer[i] for i in self.wanted], dim=-1)
 
 
+def scratch_slots_per_row(num_drafts: int) -> int:
+    """Scratch slots each request row owns: a chain's drafts 2..k have no target slot."""
+    return max(num_drafts - 1, 0)
+
+
+def draft_kv_bytes_per_token(model: DraftModel, mla_dims, dtype: torch.dtype) -> int:
+    """One token's draft KV on this rank (one layer: MLA's latent, else the head's K and V);
+    the model runner sizes the target's pool with it (executor/kv_budget.py)."""
+    if mla_dims is not None:
+        return MLAKVPool.latent_bytes_per_token(1, mla_dims.latent_dim, dtype)
+    heads, head_dim = model.kv_layout()
+    return KVPool.bytes_per_token(1, heads, head_dim, dtype)
+
+
 class DraftRunner:
     def __init__(self, runner, algorithm: str, path: Optional[str], num_drafts: int):
         self.runner = runner
         self.device = runner.device
-        self.model: DraftModel = load_draft_model(algorithm, path, runner.model, runner.dtype,
-                                                  runner.device)
+        spec = runner.config.draft  # loaded with the target, inside the memory budget
+        self.model: DraftModel = runner.draft_model if spec is not None and \
+            (spec.algorithm, spec.path) == (algorithm, path) else \
+            load_draft_model(algorithm, path, runner.model, runner.dtype, runner.device)
         for module in self.model.modules():
             if isinstance(module, RotaryEmbedding):
                 module.cache_positions(runner.context_len + 1)
-        self.scratch_per_row = max(num_drafts - 1, 0)
+        self.scratch_per_row = scratch_slots_per_row(num_drafts)
         self.scratch_base = runner.max_total_tokens + 1  # past the target's slots (and slot 0)
         slots = runner.max_total_tokens + runner.max_running_requests * self.scratch_per_row
         if runner.mla_dims is not None:
@@ -106,8 +123,10 @@ class DraftRunner:
             return self.model(input_ids, ctx.positions, ctx, hidden)
 
     def draft_ids(self, states: torch.Tensor) -> List[int]:
+        """The draft's argmax; under TP rank 0's on every rank, so that the ranks cannot
+        propose apart (their schedulers must build the same verify batch)."""
         with torch.inference_mode():
-            return self.model.draft_ids(states).tolist()
+            return broadcast_tensor(self.model.draft_ids(states)).tolist()
 
     def weights_changed(self) -> None:
         """The target's weights were written: NEXTN's layer is part of them and reloads; an

@@ -17,6 +17,9 @@ from transformers import AutoConfig
 from rollserve.kernels import batch_invariant
 from rollserve.executor.config import ExecutorConfig
 from rollserve.executor.cuda_graph_runner import CudaGraphRunner, graph_sizes
+from rollserve.executor.draft_models import load_draft_model
+from rollserve.executor.draft_runner import draft_kv_bytes_per_token, scratch_slots_per_row
+from rollserve.executor.kv_budget import kv_pool_tokens
 from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
 from rollserve.executor.kv_pool import KVPool, ReqToTokenPool, SlotAllocator
@@ -66,6 +69,10 @@ class ModelRunner:
                 module.cache_positions(self.context_len + 1)
         # MLA models cache one latent per token unless --disable-mla (then expanded K/V)
         self.mla_dims = None if config.disable_mla else getattr(self.model, "mla_dims", None)
+        # a draft model (executor/draft_runner.py) loads first: the pool is sized around it
+        self.draft_model = None if config.draft is None or self.pooling is not None else \
+            load_draft_model(config.draft.algorithm, config.draft.path, self.model, self.dtype,
+                             self.device)
         self._init_memory()
         self.attention_backend = select_attention_backend(
             config.attention_backend, self.device, mla=self.mla_dims is not None,
@@ -128,10 +135,15 @@ class ModelRunner:
                      else KVPool.bytes_per_token(m.num_layers, m.num_kv_heads, m.head_dim, self.dtype))
         if self.config.enable_return_routed_experts:  # a row of expert ids per slot, beside the KV
             per_token += RoutedExpertsStore.bytes_per_token(m)
-        self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(per_token)
         default_reqs = 1024 if self.device.type == "cuda" else 256
-        self.max_running_requests = min(self.config.max_running_requests or default_reqs,
-                                        self.max_total_tokens)
+        most_reqs = self.config.max_running_requests or default_reqs
+        draft_per_token = draft_scratch = 0  # the draft's pool shares the budget (kv_budget.py)
+        if self.draft_model is not None:
+            draft_per_token = draft_kv_bytes_per_token(self.draft_model, mla, self.dtype)
+            draft_scratch = most_reqs * scratch_slots_per_row(self.config.draft.num_drafts)
+        self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(
+            per_token, draft_per_token, draft_scratch)
+        self.max_running_requests = min(most_reqs, self.max_total_tokens)
         with self.memory_saver.region("kv_cache"):
             self.kv_pool = (MLAKVPool(self.max_total_tokens, m.num_layers, mla.kv_lora_rank,
                                       mla.qk_rope_head_dim, self.dtype, self.device) if mla else
@@ -139,19 +151,25 @@ class ModelRunner:
                                    self.dtype, self.device))
         self.req_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
         self.allocator = SlotAllocator(self.max_total_tokens)
-        logger.info("KV pool: %d tokens (%.1f MiB), %d request rows, context length %d",
-                    self.max_total_tokens, self.max_total_tokens * per_token / 2**20,
+        logger.info("KV pool: %d tokens (%.1f MiB; draft KV %.1f MiB), %d request rows, context "
+                    "length %d", self.max_total_tokens, self.max_total_tokens * per_token / 2**20,
+                    (self.max_total_tokens + draft_scratch) * draft_per_token / 2**20,
                     self.max_running_requests, self.context_len)
 
     def memory_usage(self) -> dict:
         """GiB held by the weights and the KV pool, and the pool's size in tokens (the
         `memory_usage` SGLang reports in /get_server_info's internal_states)."""
         kv = sum(t.numel() * t.element_size() for t in self.kv_pool.k_buffers + self.kv_pool.v_buffers)
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return {"weight": round(weights / 2**30, 3), "kvcache": round(kv / 2**30, 3),
+        return {"weight": round(self._weight_bytes() / 2**30, 3), "kvcache": round(kv / 2**30, 3),
                 "token_capacity": int(self.max_total_tokens)}
 
-    def _profile_kv_tokens(self, bytes_per_token: int) -> int:
+    def _weight_bytes(self) -> int:
+        """The target's weights and a draft model's own (not the target tensors it reads)."""
+        models = [self.model] + ([self.draft_model] if self.draft_model is not None else [])
+        return sum(p.numel() * p.element_size() for m in models for p in m.parameters())
+
+    def _profile_kv_tokens(self, bytes_per_token: int, draft_bytes_per_token: int = 0,
+                           draft_scratch_slots: int = 0) -> int:
         if self.device.type == "cuda":
             fraction = self.config.mem_fraction_static or CUDA_DEFAULT_MEM_FRACTION
             free, total = torch.cuda.mem_get_info(self.device)
@@ -159,7 +177,7 @@ class ModelRunner:
         else:
             fraction = self.config.mem_fraction_static or CPU_DEFAULT_MEM_FRACTION
             budget = self._cpu_kv_budget(fraction)
-        tokens = int(budget // bytes_per_token)
+        tokens = kv_pool_tokens(budget, bytes_per_token, draft_bytes_per_token, draft_scratch_slots)
         if tokens < self.context_len // 4:
             raise RuntimeError(
                 f"mem_fraction_static={fraction} leaves room for only {max(tokens, 0)} KV tokens; "
@@ -172,7 +190,7 @@ class ModelRunner:
         that would size the pool by whatever happened to be free at start."""
         page = os.sysconf("SC_PAGE_SIZE")
         total = os.sysconf("SC_PHYS_PAGES") * page
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights = self._weight_bytes()  # a draft model's included
         budget = max(total - weights, 0) * fraction
         free = os.sysconf("SC_AVPHYS_PAGES") * page
         logger.info("KV pool on CPU: %.2f x (total memory %.1f GiB - weights %.2f GiB) = %.2f GiB "

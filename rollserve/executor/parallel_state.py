@@ -166,6 +166,17 @@ def all_gather_last_dim(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `t` on every rank of the attention group, in place (a draft model's proposals:
+    ranks whose floating point rounded apart still verify the same drafts)."""
+    if tp_size() == 1:
+        return t
+    import torch.distributed as dist
+
+    dist.broadcast(t, src=0, group=_STATE.group)
+    return t
+
+
 def broadcast_objects(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (pickled over the CPU group)."""
     if _STATE.size == 1:

@@ -29,7 +29,7 @@ from rollserve.frontend.sglang_flags import BY_DEST
 from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
 from rollserve.frontend.speculative_args import ALGORITHMS as SPECULATIVE_ALGORITHMS
 from rollserve.frontend.speculative_args import check_speculative
-from rollserve.frontend.speculative_args import scheduler_fields as speculative_fields
+from rollserve.frontend.speculative_args import draft_spec, scheduler_fields as speculative_fields
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,8 @@ class ServerArgs:
             ep_size=self.ep_size, dp_attention=self.enable_dp_attention,
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
-            enable_deterministic_inference=self.enable_deterministic_inference)
+            enable_deterministic_inference=self.enable_deterministic_inference,
+            draft=draft_spec(self))
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(

@@ -45,11 +45,12 @@ HELP = {
     "max_request_body_bytes": "largest request body accepted (413 above); "
                               "/update_weights_from_tensor has no limit",
     "device": "cuda, cuda:N or cpu (default: cuda when available, else cpu)",
-    "mem_fraction_static": "share of device memory for weights + KV pool (default: 0.85 on "
-                           "CUDA; on CPU the KV pool takes 0.1 of total host memory minus the "
-                           "weights)",
-    "max_total_tokens": "size of the KV pool in tokens; overrides --mem-fraction-static "
-                        "(default: sized from memory)",
+    "mem_fraction_static": "share of device memory for weights + KV pool, a draft model's "
+                           "weights and KV included (default: 0.85 on CUDA; on CPU the KV "
+                           "pool takes 0.1 of total host memory minus the weights)",
+    "max_total_tokens": "size of the target's KV pool in tokens (a draft model's one-layer "
+                        "pool matches it); overrides --mem-fraction-static (default: sized "
+                        "from memory)",
     "max_running_requests": "most requests decoding at once (default: 1024 on CUDA, 256 on CPU, "
                             "at most the pool size)",
     "max_prefill_tokens": "new prompt tokens one prefill step may take",

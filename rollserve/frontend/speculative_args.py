@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
+
+from rollserve.executor.config import DraftSpec
 
 ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")  # SGLang's; all but STANDALONE
 HEADS = ("EAGLE", "EAGLE3")  # need --speculative-draft-model-path
+DRAFT_MODELS = HEADS + ("NEXTN",)
 MTP_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 
@@ -56,9 +59,10 @@ def check_speculative(args) -> None:
     if args.speculative_draft_model_path and algorithm not in HEADS and not _own_checkpoint(args):
         raise ValueError(f"speculative_draft_model_path: only EAGLE and EAGLE3 read a draft "
                          f"folder (NEXTN: the model's own), not --speculative-algorithm {algorithm}")
-    if algorithm in ("EAGLE", "EAGLE3", "NEXTN") and (args.tp_size > 1 or args.dp_size > 1):
-        raise ValueError(f"speculative_algorithm: {algorithm} runs its draft model on one GPU: "
-                         "with --tp-size / --dp-size > 1 use NGRAM")
+    if algorithm in DRAFT_MODELS and args.enable_dp_attention:
+        raise ValueError(f"speculative_algorithm: {algorithm}'s draft model is not run under "
+                         "--enable-dp-attention (each rank's own requests); use NGRAM there, or "
+                         "--tp-size / --dp-size without it")
     for name, least in (("speculative_num_steps", 1), ("speculative_num_draft_tokens", 2),
                         ("speculative_ngram_max_trie_depth", 2)):
         value = getattr(args, name)
@@ -86,3 +90,13 @@ def scheduler_fields(args) -> Dict[str, Any]:
             "speculative_ngram_max_trie_depth": args.speculative_ngram_max_trie_depth,
             "speculative_draft_model_path": None if algorithm == "NEXTN"
             else args.speculative_draft_model_path}
+
+
+def draft_spec(args) -> Optional[DraftSpec]:
+    """The draft model the executor loads beside the target (its weights and KV are sized
+    inside --mem-fraction-static's budget), or None (NGRAM, or no speculation)."""
+    fields = scheduler_fields(args)
+    if fields["speculative_algorithm"] not in DRAFT_MODELS:
+        return None
+    return DraftSpec(fields["speculative_algorithm"], fields["speculative_draft_model_path"],
+                     fields["speculative_num_draft_tokens"] - 1)

@@ -53,3 +53,25 @@ def test_moe_tp2_on_gpus_matches_tp1(tmp_path, default_model_dir, variant, ep_si
     assert tp_tokens == tokens
     for a, b in zip(tp_logprobs, logprobs):
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["EAGLE", "NEXTN"])
+def test_draft_models_tp2_on_gpus_match_tp1_plain(tiny_models, tmp_path, default_model_dir,
+                                                  algorithm):
+    """A draft model split over two GPUs (NCCL; rank 0's drafts broadcast) keeps TP 1's plain
+    greedy tokens; NEXTN drafts with DeepSeek-V3's MTP layer (MLA latent, MoE experts)."""
+    from tests.executor.moe_checkpoints import save_variant
+    from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle_head
+
+    if algorithm == "EAGLE":
+        model = tiny_models["llama"]
+        draft = {"speculative_draft_model_path": save_eagle_head(model, str(tmp_path / "head"))}
+    else:
+        save_variant("deepseek_v3", str(tmp_path / "ds"), seed=4, tokenizer_dir=default_model_dir)
+        model, draft = add_mtp_layer(str(tmp_path / "ds")), {}
+    tokens, logprobs = run(model, 1)
+    tp_tokens, tp_logprobs = run(model, 2, speculative_algorithm=algorithm,
+                                 speculative_num_draft_tokens=3, **draft)
+    assert tp_tokens == tokens
+    for a, b in zip(tp_logprobs, logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3

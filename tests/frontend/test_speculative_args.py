@@ -1,5 +1,6 @@
-"""The speculative flags: NGRAM resolves to the scheduler's fields; what is not implemented
-(draft-model algorithms, tree drafts, relaxed acceptance) stops the start naming the flag."""
+"""The speculative flags: NGRAM and the draft models resolve to the scheduler's and the
+executor's fields; what is not implemented (tree drafts, relaxed acceptance, draft models
+under DP attention) stops the start naming the flag."""
 
 import dataclasses
 
@@ -29,8 +30,8 @@ def test_ngram_resolves_draft_counts():
      "speculative_draft_model_path"),
     ({"speculative_algorithm": "NEXTN", "speculative_draft_model_path": "/d"},
      "speculative_draft_model_path"),
-    ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "/d", "tp_size": 2},
-     "speculative_algorithm"),
+    ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "/d", "tp_size": 2,
+      "dp_size": 2, "enable_dp_attention": True}, "speculative_algorithm"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
      "speculative_num_draft_tokens"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20},
@@ -58,6 +59,19 @@ def test_eagle_resolves_the_draft_folder():
             config.speculative_num_draft_tokens) == ("EAGLE3", "/heads/e3", 4)
     nextn = ServerArgs(model_path="m", speculative_algorithm="NEXTN").scheduler_config()
     assert nextn.speculative_draft_model_path is None
+
+
+@pytest.mark.parametrize("parallel", [{"tp_size": 2}, {"dp_size": 2}, {"tp_size": 2, "dp_size": 2}])
+def test_draft_models_run_under_tp_and_dp(parallel):
+    """The draft runs under the target's TP on every rank, and in every DP replica; the
+    executor loads it beside the target (its memory inside the same budget)."""
+    for algorithm, path in (("EAGLE", "/d"), ("EAGLE3", "/d"), ("NEXTN", None)):
+        args = ServerArgs(model_path="m", speculative_algorithm=algorithm,
+                          speculative_draft_model_path=path, speculative_num_steps=2, **parallel)
+        draft = args.executor_config().draft
+        assert (draft.algorithm, draft.path, draft.num_drafts) == (algorithm, path, 2)
+    ngram = ServerArgs(model_path="m", speculative_algorithm="NGRAM", **parallel)
+    assert ngram.executor_config().draft is None and ServerArgs(model_path="m").executor_config().draft is None
 
 
 def test_sglang_launch_line_for_ngram_starts():

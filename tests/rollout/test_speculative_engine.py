@@ -45,14 +45,20 @@ def test_eagle_head_through_the_engine(tiny_models, tmp_path):
     from tests.scheduler.draft_checkpoints import save_eagle_head
 
     head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
+    assert_eagle_engine_decodes_as_plain(tiny_models["llama"], head, speculative_num_steps=3,
+                                         speculative_num_draft_tokens=4)
+
+
+def assert_eagle_engine_decodes_as_plain(model: str, head: str, params=PARAMS, **engine_args):
+    """An Engine drafting with the EAGLE head `head` answers two greedy prompts as the plain
+    in-process scheduler does, verifying drafts for each."""
     prompts = [[5, 6, 7, 8, 9] * 3, [40, 41, 42] * 4]
-    with rollserve.Engine(model_path=tiny_models["llama"], max_total_tokens=2048,
-                          speculative_algorithm="EAGLE", speculative_draft_model_path=head,
-                          speculative_num_steps=3,
-                          speculative_num_draft_tokens=4, log_level="warning") as engine:
-        outs = engine.generate(input_ids=prompts, sampling_params=PARAMS)
-    want = run_all(make_scheduler(tiny_models["llama"], max_total_tokens=2048),
-                   [request(p, rid=str(i), **PARAMS) for i, p in enumerate(prompts)])
+    with rollserve.Engine(model_path=model, max_total_tokens=2048, speculative_algorithm="EAGLE",
+                          speculative_draft_model_path=head, log_level="warning",
+                          **engine_args) as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+    want = run_all(make_scheduler(model, max_total_tokens=2048),
+                   [request(p, rid=str(i), **params) for i, p in enumerate(prompts)])
     for i, out in enumerate(outs):
         assert out["output_ids"] == want[str(i)].output_ids
         assert out["meta_info"]["spec_verify_ct"] >= 1
