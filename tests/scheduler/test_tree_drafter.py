@@ -34,3 +34,79 @@ def test_eagle_trees_greedy_equal_plain_scheduler(tiny_models, heads, topk, step
     assert strip(got) == strip(plain)
     assert spec.stats.spec.verify_ct > 0 and spec.stats.spec.draft_tokens > 0
     assert_pool_free(spec)
+
+
+def test_trained_head_trees_accept_and_are_connected(trained, monkeypatch):
+    """A trained EAGLE head's trees get drafts accepted (more per step than one chain of the
+    same depth would need to be wrong about); every proposed tree is rooted and ranked."""
+    import rollserve.scheduler.speculative as speculative
+
+    small, head = trained
+    seen = []
+    real = speculative.BatchEntry
+
+    def spy(*args, **kwargs):
+        if kwargs.get("tree_parents") is not None:
+            seen.append(kwargs["tree_parents"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(speculative, "BatchEntry", spy)
+    plain = run_all(make_scheduler(small), _greedy_prompts())
+    spec = make_tree(small, "EAGLE", head, 3, 3, 8)
+    got = run_all(spec, _greedy_prompts())
+    assert strip(got) == strip(plain)
+    stats = spec.stats.spec
+    assert (stats.accept_tokens + stats.verify_ct) / stats.verify_ct > 1.0
+    assert seen and max(map(len, seen)) == 8  # root + 7 nodes
+    for parents in seen:
+        assert parents[0] == -1 and all(0 <= p < i for i, p in enumerate(parents) if i)
+    assert_pool_free(spec)
+
+
+def test_eagle3_and_nextn_trees_greedy_equal_plain_scheduler(tiny_models, heads,
+                                                             deepseek_with_mtp):  # noqa: F811
+    """EAGLE3's own draft vocabulary; NEXTN's MLA attention applies the tree mask itself."""
+    for path, algorithm, draft, msgs in [
+            (tiny_models["llama"], "EAGLE3", heads["eagle3"], lambda: repetitive_requests(1)[:4]),
+            (deepseek_with_mtp, "NEXTN", None, lambda: repetitive_requests(3)[:4])]:
+        plain = run_all(make_scheduler(path), msgs())
+        spec = make_tree(path, algorithm, draft, 2, 2, 4)
+        got = run_all(spec, msgs())
+        assert strip(got) == strip(plain), algorithm
+        assert spec.stats.spec.draft_tokens > 0
+        assert_pool_free(spec)
+
+
+def test_temperature_one_trees_keep_the_target_distribution(trained):
+    """The first two sampled tokens over many requests (top_k 3; the second one verified
+    against a tree of two first-token candidates) against the target's own probabilities."""
+    from transformers import AutoModelForCausalLM
+
+    prompt = [random.Random(7).randrange(3, 500) for _ in range(6)]
+    small, head = trained
+    spec = make_tree(small, "EAGLE", head, 2, 2, 5)
+    n = 600
+    msgs = [request(prompt, rid=f"d{i}", temperature=1.0, top_k=3, max_new_tokens=3,
+                    ignore_eos=True) for i in range(n)]
+    got = run_all(spec, msgs)
+    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
+    assert spec.stats.spec.accept_tokens > 0
+    assert_pool_free(spec)
+    target = AutoModelForCausalLM.from_pretrained(small).eval()
+
+    def top3(ids):
+        with torch.no_grad():
+            logits = target(torch.tensor([ids])).logits[0, -1]
+        values, index = logits.topk(3)
+        return dict(zip(index.tolist(), torch.softmax(values, -1).tolist()))
+
+    expected = {(a, b): pa * pb for a, pa in top3(prompt).items()
+                for b, pb in top3(prompt + [a]).items()}
+    assert set(pairs) <= set(expected)
+    cells = [(pairs.get(k, 0), n * p) for k, p in expected.items()]
+    big = [(o, e) for o, e in cells if e >= 5]
+    rest = [(o, e) for o, e in cells if e < 5]
+    if rest:
+        big.append((sum(o for o, _ in rest), sum(e for _, e in rest)))
+    stat = sum((o - e) ** 2 / e for o, e in big)
+    assert stat < CHI2_999[len(big) - 1]
