@@ -12,35 +12,10 @@ import pytest
 import torch
 
 from rollserve.scheduler.speculative import SpeculativeScheduler
-from tests.executor.moe_checkpoints import save_variant
-from tests.scheduler.draft_checkpoints import (add_mtp_layer, save_eagle3_head, save_eagle_head,
-                                               save_small_vocab_llama, train_eagle_head)
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 from tests.scheduler.test_speculative import assert_pool_free, repetitive_requests, strip
 
 CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7: 24.322, 8: 26.124}
-
-
-@pytest.fixture(scope="module")
-def heads(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("heads")
-    return {"eagle": save_eagle_head(tiny_models["llama"], str(root / "eagle")),
-            "eagle3": save_eagle3_head(tiny_models["llama"], str(root / "eagle3"))}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, default_model_dir):
-    """(a tiny small-vocabulary Llama, an EAGLE head trained on it)."""
-    root = tmp_path_factory.mktemp("trained")
-    small = save_small_vocab_llama(str(root / "small"), default_model_dir)
-    return small, train_eagle_head(small, str(root / "head"))
-
-
-@pytest.fixture(scope="module")
-def deepseek_with_mtp(tmp_path_factory, default_model_dir):
-    folder = str(tmp_path_factory.mktemp("mtp") / "deepseek")
-    save_variant("deepseek_v3", folder, tokenizer_dir=default_model_dir)
-    return add_mtp_layer(folder)
 
 
 def make_spec(model_path, algorithm, draft=None, num_draft_tokens=4, **overrides):
@@ -93,8 +68,6 @@ def test_trained_eagle_head_gets_drafts_accepted(trained):
 def test_temperature_one_keeps_the_target_distribution(trained):
     """The first two sampled tokens over many requests (top_k 3, the second one verified
     against an EAGLE draft) against the target's own probabilities of each pair."""
-    from transformers import AutoModelForCausalLM
-
     prompt = [random.Random(7).randrange(3, 500) for _ in range(6)]
     small, head = trained
     spec = make_spec(small, "EAGLE", head, num_draft_tokens=2)
@@ -103,9 +76,16 @@ def test_temperature_one_keeps_the_target_distribution(trained):
     msgs = [request(prompt, rid=f"d{i}", temperature=1.0, top_k=3, max_new_tokens=3,
                     ignore_eos=True) for i in range(n)]
     got = run_all(spec, msgs)
-    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
     assert spec.stats.spec.accept_tokens > 0  # some second tokens came from an accepted draft
-    target = AutoModelForCausalLM.from_pretrained(small).eval()
+    assert_first_pairs_follow_target(small, prompt, got, n)
+
+
+def assert_first_pairs_follow_target(model_path, prompt, got, n):
+    """Chi-square: the first two tokens of the n results against the target's top-3 pairs."""
+    from transformers import AutoModelForCausalLM
+
+    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
+    target = AutoModelForCausalLM.from_pretrained(model_path).eval()
 
     def top3(ids):
         with torch.no_grad():
