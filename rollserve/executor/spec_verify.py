@@ -3,7 +3,8 @@
 The verify forward itself is an ordinary extend over the paged KV cache: each decoding
 request brings [its last token, d draft tokens] at positions kv_len .. kv_len + d and
 asks for the logits of every one of those rows (a chain, topk=1: causal attention is
-the right mask). Row j's logits are the target's next-token distribution after the
+the right mask; a tree brings [last token, nodes] at kv_len + depth under a tree mask,
+core/draft_tree.py). Row j's logits are the target's next-token distribution after the
 request's tokens plus drafts[:j], so row j is processed exactly as the sampler would
 process that step: custom logit processor and penalties over output + drafts[:j], then
 temperature, top_k, top_p, min_p.

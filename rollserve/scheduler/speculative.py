@@ -8,8 +8,10 @@ batched extend over the paged KV cache (prefill chunks of other requests ride al
 usual). executor/spec_verify.py decides which drafts hold and draws the next token;
 the committed tokens go through the usual per-token path (stop ids and strings,
 max_new_tokens, logprobs, provenance), so a request that stops on an accepted draft
-ends there. The KV of tokens not committed (rejected drafts, or drafts past a stop) is
-freed at once: between steps a request holds exactly seq_len - 1 slots, as without
+ends there. A draft tree (--speculative-eagle-topk > 1) is one such entry too, its rows
+[last token, nodes] at kv_len + depth under a tree mask; the accepted path's slots become
+the request's (scheduler/tree_commit.py). The KV of tokens not committed (rejected drafts,
+or drafts past a stop) is freed at once: between steps a request holds exactly seq_len - 1 slots, as without
 speculation, and the pool is fully free when idle.
 
 Drafts are cut to the room the pool has beyond one slot per running request (a step
