@@ -22,12 +22,17 @@ def make_tree(model_path, algorithm, draft, topk, num_steps, num_draft_tokens, *
     return type(spec)(config, spec.runner, spec.stop_checker.tokenizer, spec.eos_token_ids)
 
 
-@pytest.mark.parametrize("topk,steps,tokens", [(2, 3, 6), (4, 2, 8)])
-def test_eagle_trees_greedy_equal_plain_scheduler(tiny_models, heads, topk, steps, tokens):
+@pytest.mark.parametrize("topk,steps,tokens,overrides", [
+    (2, 3, 6, {}), (4, 2, 8, {}),
+    # a pool so small that trees are cut to the room left (and prefill is chunked)
+    (4, 3, 10, {"chunked_prefill_size": 16, "max_total_tokens": 120})])
+def test_eagle_trees_greedy_equal_plain_scheduler(tiny_models, heads, topk, steps, tokens,
+                                                  overrides):
     msgs = lambda: repetitive_requests(1)[:6]  # noqa: E731
-    plain = run_all(make_scheduler(tiny_models["llama"]), msgs(),
+    plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(),
                     arrivals={4: repetitive_requests(2)[:3]})
-    spec = make_tree(tiny_models["llama"], "EAGLE", heads["eagle"], topk, steps, tokens)
+    spec = make_tree(tiny_models["llama"], "EAGLE", heads["eagle"], topk, steps, tokens,
+                     **overrides)
     got = run_all(spec, msgs(), arrivals={4: repetitive_requests(2)[:3]})
     assert strip(got) == strip(plain)
     assert spec.stats.spec.verify_ct > 0 and spec.stats.spec.draft_tokens > 0
