@@ -130,30 +130,40 @@ def test_cuda_heads_greedy_equal_overlap_scheduler_with_graphs(tiny_models, head
                                                                deepseek_with_mtp, backend):
     """On CUDA the plain run is the server's (overlap, decode CUDA graphs); with a draft model
     every forward is eager and keeps its hidden states. float32: no argmax is a rounding tie."""
-    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
-    from rollserve.executor.model_runner import ModelRunner
-    from rollserve.frontend.server_args import ServerArgs
-    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
-
     small, head = trained
     cases = [(tiny_models["llama"], "EAGLE", heads["eagle"], repetitive_requests(1)),
              (tiny_models["llama"], "EAGLE3", heads["eagle3"], repetitive_requests(1)),
              (small, "EAGLE", head, _greedy_prompts()),
              (deepseek_with_mtp, "NEXTN", None, repetitive_requests(3)[:5])]
+    for (_, _, draft, _), spec in zip(cases, cuda_spec_equals_plain(cases, backend)):
+        if draft == head:
+            assert spec.stats.spec.accept_tokens > 0
+
+
+def cuda_spec_equals_plain(cases, backend, **spec_flags):
+    """For each (model, algorithm, draft, requests): the server's CUDA scheduler with and
+    without speculation (float32) gives the same greedy results and frees its pool; returns
+    the speculative schedulers."""
+    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+    from rollserve.executor.model_runner import ModelRunner
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
+
+    specs = []
     for path, algorithm, draft, msgs in cases:
         results = []
         for spec in (None, algorithm):
             args = ServerArgs(model_path=path, device="cuda", dtype="float32",
                               max_total_tokens=4096, attention_backend=backend,
                               speculative_algorithm=spec,
-                              speculative_draft_model_path=draft if spec else None)
+                              speculative_draft_model_path=draft if spec else None,
+                              **(spec_flags if spec else {}))
             config = args.scheduler_config()
             tokenizer = load_tokenizer(path)
             scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
                                         eos_token_ids(path, tokenizer))
             results.append(run_all(scheduler, [dataclasses.replace(m) for m in msgs]))
-            if spec:
-                assert_pool_free(scheduler)
-                if draft == head:
-                    assert scheduler.stats.spec.accept_tokens > 0
+        assert_pool_free(scheduler)
+        specs.append(scheduler)
         assert strip(results[1]) == strip(results[0]), (algorithm, path)
+    return specs

@@ -11,7 +11,7 @@ import torch
 
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 from tests.scheduler.test_model_drafter import (_greedy_prompts, assert_first_pairs_follow_target,
-                                                make_spec)
+                                                cuda_spec_equals_plain, make_spec)
 from tests.scheduler.test_speculative import assert_pool_free, repetitive_requests, strip
 
 
@@ -102,29 +102,9 @@ def test_cuda_trees_greedy_equal_overlap_scheduler_with_graphs(tiny_models, head
     """On CUDA the plain run is the server's (overlap, decode CUDA graphs); tree forwards run
     the torch attention path whatever the backend (triton: its fallback). float32: no argmax
     is a rounding tie."""
-    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
-    from rollserve.executor.model_runner import ModelRunner
-    from rollserve.frontend.server_args import ServerArgs
-    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
-
     small, head = trained
     cases = [(tiny_models["llama"], "EAGLE", heads["eagle"], repetitive_requests(1)),
              (small, "EAGLE", head, _greedy_prompts()),
              (deepseek_with_mtp, "NEXTN", None, repetitive_requests(3)[:5])]
-    for path, algorithm, draft, msgs in cases:
-        results = []
-        for spec in (None, algorithm):
-            tree = dict(speculative_eagle_topk=4, speculative_num_steps=3,
-                        speculative_num_draft_tokens=8) if spec else {}
-            args = ServerArgs(model_path=path, device="cuda", dtype="float32",
-                              max_total_tokens=4096, attention_backend=backend,
-                              speculative_algorithm=spec,
-                              speculative_draft_model_path=draft if spec else None, **tree)
-            config = args.scheduler_config()
-            tokenizer = load_tokenizer(path)
-            scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
-                                        eos_token_ids(path, tokenizer))
-            results.append(run_all(scheduler, [dataclasses.replace(m) for m in msgs]))
-            if spec:
-                assert_pool_free(scheduler)
-        assert strip(results[1]) == strip(results[0]), (algorithm, path)
+    cuda_spec_equals_plain(cases, backend, speculative_eagle_topk=4, speculative_num_steps=3,
+                           speculative_num_draft_tokens=8)
