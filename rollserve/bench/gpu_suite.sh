@@ -35,7 +35,8 @@
 # `speculative` (issue #20: the speculative tests, then decode bs 1/8/32 with NGRAM drafts and with
 # oracle drafts (every draft holds: the verify cost alone) beside plain decoding of the same run,
 # on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights), where
-# a dummy EAGLE head's run at forced acceptance adds the draft model's cost (--algorithm EAGLE)).
+# a dummy EAGLE head's run at forced acceptance adds the draft model's cost (--algorithm EAGLE);
+# then the same with tree drafts, --eagle-topk 4).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -243,7 +244,9 @@ for stage in $STAGES; do
     speculative)  # issue #20
       step speculative_tests 600 $PY -m pytest -q -s -p no:cacheprovider \
         tests/scheduler/test_speculative.py tests/executor/test_spec_verify.py \
-        tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py
+        tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py \
+        tests/scheduler/test_tree_drafter.py tests/executor/test_spec_tree.py \
+        tests/executor/attention/test_tree_mask.py
       step speculative_smollm2 300 $PY -m rollserve.bench.speculative --batch-size 1 8 32 \
         --input-len 512 --output-len 256 --output-file "$OUT/speculative_smollm2.json"
       for drafts in 4 6; do
@@ -251,7 +254,12 @@ for stage in $STAGES; do
           --shape llama-3.1-8b --dtype bfloat16 --batch-size 1 8 32 --input-len 512 --output-len 256 \
           --num-draft-tokens "$drafts" --algorithm EAGLE \
           --output-file "$OUT/speculative_llama-3.1-8b_d$drafts.json"
-      done ;;
+      done
+      # tree drafts (--speculative-eagle-topk 4, 3 levels, 7 nodes): the dummy head's real trees
+      step speculative_llama-3.1-8b_tree 400 $PY -m rollserve.bench.speculative \
+        --shape llama-3.1-8b --dtype bfloat16 --batch-size 1 8 32 --input-len 512 --output-len 256 \
+        --num-draft-tokens 8 --algorithm EAGLE --eagle-topk 4 --num-steps 3 \
+        --output-file "$OUT/speculative_llama-3.1-8b_tree.json" ;;
     weight_sync)
       step weight_sync 300 $PY -m rollserve.bench.weight_sync --models smollm2-135m llama-3.2-1b \
         --output-file "$OUT/weight_sync.json" ;;

@@ -3,6 +3,8 @@
     python -m rollserve.bench.speculative --batch-size 1 8 32                  # SmolLM2, CPU or GPU
     python -m rollserve.bench.speculative --shape llama-3.1-8b --batch-size 1 8 32   # dummy weights
     python -m rollserve.bench.speculative --shape llama-3.1-8b --algorithm EAGLE      # + a dummy head
+    python -m rollserve.bench.speculative --shape llama-3.1-8b --algorithm EAGLE \
+        --eagle-topk 4 --num-steps 3 --num-draft-tokens 8                          # + tree drafts
 
 For each batch size, greedy requests on a repetitive workload (each prompt a random
 phrase repeated) decode in-process through the scheduler three times:
@@ -15,7 +17,11 @@ phrase repeated) decode in-process through the scheduler three times:
   head (random weights, the target's shape) that runs as a real one would (its draft
   forwards, the hidden states every target forward keeps, no decode CUDA graphs): the
   verify cost plus the draft's, at forced acceptance. Runs after the others, since a draft
-  model changes the shared model runner.
+  model changes the shared model runner. With `--eagle-topk` k > 1 the head grows real
+  trees (k children per frontier node, --num-steps levels, --num-draft-tokens - 1 nodes)
+  and the oracle's tokens replace the tree's first branch (its siblings kept distinct): the
+  tree's draft and verify cost (tree mask, torch attention path on GPU) at forced
+  acceptance along one branch.
 Decode tok/s counts the tokens generated once every request is past its prompt, over the
 wall time from there; the accept length is tokens per verify step of one request
 (SGLang's). `same_as_plain` says whether the greedy outputs equal the plain run's (on a GPU
@@ -47,6 +53,32 @@ class OracleDrafter:
     def propose(self, req, most: int) -> List[int]:
         done = len(req.output_ids)
         return self.outputs[req.rid][done:done + min(most, self.num_drafts)]
+
+
+class OracleTree:
+    """The head's real tree (its draft work done), whose first branch becomes the plain run's
+    next tokens: acceptance forced down that branch."""
+
+    def __init__(self, real_propose, outputs: Dict[str, List[int]], vocab: int):
+        self.real, self.outputs, self.vocab = real_propose, outputs, vocab
+
+    def propose(self, req, most: int):
+        tree = self.real(req, most)
+        if not getattr(tree, "tokens", None):
+            return tree
+        want = self.outputs[req.rid][len(req.output_ids):]
+        tokens, parents, node = list(tree.tokens), tree.parents, -1
+        for token in want:
+            kids = [i for i, p in enumerate(parents) if p == node]
+            if not kids:
+                break
+            node = kids[0]
+            for sibling in kids[1:]:  # siblings stay distinct from the branch's token
+                if tokens[sibling] == token:
+                    taken = {tokens[k] for k in kids}
+                    tokens[sibling] = next(t for t in range(self.vocab) if t not in taken)
+            tokens[node] = token
+        return dataclasses.replace(tree, tokens=tokens)
 
 
 def dummy_eagle_head(runner, folder: str) -> str:
@@ -82,14 +114,19 @@ def eagle_oracle_rows(args, plain, base_outputs: Dict[int, dict], prompts_of) ->
     folder = dummy_eagle_head(plain.runner, tempfile.mkdtemp(prefix="eagle-dummy-"))
     config = dataclasses.replace(plain.config, speculative_algorithm="EAGLE",
                                  speculative_draft_model_path=folder,
-                                 speculative_num_draft_tokens=args.num_draft_tokens)
+                                 speculative_num_draft_tokens=args.num_draft_tokens,
+                                 speculative_eagle_topk=args.eagle_topk,
+                                 speculative_num_steps=args.num_steps)
     spec = SpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
                                 plain.eos_token_ids)
     drafter: ModelDrafter = spec.drafter
+    real = drafter.propose
     rows = {}
     for bs, outputs in base_outputs.items():
         prompts = prompts_of(bs)
-        drafter.propose = OracleDrafter(outputs, args.num_draft_tokens - 1).propose
+        drafter.propose = (OracleTree(real, outputs, plain.runner.vocab_size).propose
+                           if args.eagle_topk > 1
+                           else OracleDrafter(outputs, args.num_draft_tokens - 1).propose)
         run(spec, prompts[:2], 8)  # warm-up
         rows[bs] = run(spec, prompts, args.output_len)
     return rows
@@ -183,6 +220,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--algorithm", choices=["NGRAM", "EAGLE"], default="NGRAM",
                    help="EAGLE: also a dummy EAGLE head's run at forced acceptance")
+    p.add_argument("--eagle-topk", type=int, default=1,
+                   help="EAGLE: > 1 drafts trees (--speculative-eagle-topk)")
+    p.add_argument("--num-steps", type=int, default=None,
+                   help="EAGLE trees: levels (--speculative-num-steps; default num-draft-tokens - 1)")
     add_engine_arguments(p)
     p.add_argument("--output-file", default=None)
     args = p.parse_args(argv)
@@ -219,7 +260,8 @@ def main(argv=None) -> dict:
     report = {"benchmark": "speculative", "date": now_iso(), "device": device_name(),
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
-              "num_draft_tokens": args.num_draft_tokens, "results": rows}
+              "num_draft_tokens": args.num_draft_tokens, "eagle_topk": args.eagle_topk,
+              "num_steps": args.num_steps, "results": rows}
     print_table(report)
     if args.output_file:
         write_json(report, args.output_file)
@@ -240,7 +282,9 @@ def print_table(report: dict) -> None:
               f"{str(o['same_as_plain']):>5}")
     eagle = [r for r in report["results"] if "eagle" in r]
     if eagle:
-        print(f"{'bs':>4} {'EAGLE dummy head, oracle drafts: tok/s':>40} {'x':>6} {'acc len':>8} {'same':>5}")
+        kind = (f"trees topk {report['eagle_topk']}" if report.get("eagle_topk", 1) > 1
+                else "oracle drafts")
+        print(f"{'bs':>4} {'EAGLE dummy head, ' + kind + ': tok/s':>40} {'x':>6} {'acc len':>8} {'same':>5}")
         for r in eagle:
             e = r["eagle"]
             print(f"{r['batch_size']:>4} {e['decode_tok_s']:>40.1f} {e['speedup']:>6.2f} "

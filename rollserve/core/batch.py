@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 
@@ -18,6 +18,8 @@ class BatchEntry:
     sample: bool  # the last new token's logits give the request's next token
     logit_rows: List[int] = field(default_factory=list)  # offsets (within tokens) whose logits are needed
     is_decode: bool = False
+    # a draft tree to verify: the parent row of each of `tokens` (core/draft_tree.py); None: a chain
+    tree_parents: Optional[List[int]] = None
 
     @property
     def completes_prompt(self) -> bool:

@@ -37,6 +37,10 @@ class ForwardContext:
     # EAGLE3 drafts: the residual stream entering these layers is appended to aux_hidden
     capture_layers: Optional[frozenset] = None
     aux_hidden: Optional[List[Any]] = None
+    # tree attention (speculative tree drafts): per request None or a bool [extend_len, M] mask
+    # over its last M keys (the new tokens and, for the draft's steps, earlier tree nodes);
+    # the keys before those are all visible (executor/attention/tree_mask.py)
+    tree_masks: Optional[List[Optional[torch.Tensor]]] = None
     mm: Any = None  # VLMs: this forward's image features and 3-D rope positions (executor/multimodal.py)
 
     @property

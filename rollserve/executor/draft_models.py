@@ -66,8 +66,20 @@ class DraftModel(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.target.model.embed_tokens(input_ids)
 
+    def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.target.compute_logits(states)
+
+    def target_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Target vocabulary ids of draft vocabulary ids."""
+        return ids
+
     def draft_ids(self, states: torch.Tensor) -> torch.Tensor:
-        return self.target.compute_logits(states).argmax(dim=-1)
+        return self.target_ids(self.draft_logits(states).argmax(dim=-1))
+
+    def draft_topk(self, states: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs [R, k], target ids [R, k]) of the draft's k likeliest tokens (tree drafts)."""
+        logp, ids = self.draft_logits(states).float().log_softmax(dim=-1).topk(k, dim=-1)
+        return logp, self.target_ids(ids)
 
     def kv_layout(self) -> Tuple[int, int]:
         """(KV heads on this rank, head dim) of its one attention layer's cache."""
@@ -182,11 +194,13 @@ class Eagle3Draft(DraftModel):
         x, residual = self.midlayer(self.embed(input_ids), hidden, cos, sin, ctx)
         return self.norm(x, residual)  # (normed for the head, the pre-norm stream fed back)
 
-    def draft_ids(self, states: torch.Tensor) -> torch.Tensor:
+    def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
-            return super().draft_ids(states)
-        ids = linear(states, self.lm_head.weight).argmax(dim=-1)
-        return ids + self.d2t[ids]
+            return super().draft_logits(states)
+        return linear(states, self.lm_head.weight)
+
+    def target_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.lm_head is None else ids + self.d2t[ids]
 
     def load_named(self, weights):
         def own():

@@ -103,20 +103,23 @@ class DraftRunner:
         return self.scratch_base + row * self.scratch_per_row + k
 
     def forward(self, rows: List[int], prefix_lens: List[int], tokens: List[List[int]],
-                slots: torch.Tensor, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                slots: torch.Tensor, hidden: torch.Tensor, positions: Optional[List[int]] = None,
+                tree_masks: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """One draft forward: request row rows[i] brings tokens[i] at positions prefix_lens[i]..,
         writing their draft KV into slots (packed); hidden [T, H_in] (packed). Returns the
-        packed (states for the logits, states for the next step)."""
+        packed (states for the logits, states for the next step). A tree step
+        (scheduler/tree_drafter.py) gives every token's position and each request's tree mask
+        over its last keys (the tree nodes entered in its row past its committed KV)."""
         runner = self.runner
         runner.req_pool.flush()  # scratch slots entered since the last forward
         extend = [len(t) for t in tokens]
         starts = np.concatenate([[0], np.cumsum(extend)[:-1]]).astype(np.int64).tolist()
         host = HostBatch(
             input_ids=np.fromiter((t for ts in tokens for t in ts), dtype=np.int64, count=sum(extend)),
-            positions=np.concatenate([np.arange(p, p + n, dtype=np.int64)
-                                      for p, n in zip(prefix_lens, extend)]),
+            positions=np.asarray(positions, dtype=np.int64) if positions is not None else
+            np.concatenate([np.arange(p, p + n, dtype=np.int64) for p, n in zip(prefix_lens, extend)]),
             out_cache_loc=slots.numpy().astype(np.int64, copy=False), req_pool_indices=list(rows),
-            prefix_lens=list(prefix_lens), extend_lens=extend, starts=starts)
+            prefix_lens=list(prefix_lens), extend_lens=extend, starts=starts, tree_masks=tree_masks)
         ctx, input_ids = build_context(host, self.device, runner.future_tokens,
                                        runner.req_pool.req_to_token, self.pool, self.backend)
         with torch.inference_mode():
@@ -127,6 +130,10 @@ class DraftRunner:
         propose apart (their schedulers must build the same verify batch)."""
         with torch.inference_mode():
             return broadcast_tensor(self.model.draft_ids(states)).tolist()
+
+    def draft_topk(self, states: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return self.model.draft_topk(states, k)
 
     def weights_changed(self) -> None:
         """The target's weights were written: NEXTN's layer is part of them and reloads; an

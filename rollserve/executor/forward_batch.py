@@ -12,13 +12,15 @@ the request holding req_to_token row r (written right after each sampling).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.core.batch import ScheduleBatch
+from rollserve.core.draft_tree import ancestor_mask, depths
+from rollserve.executor.attention.registry import tree_mask_backend
 from rollserve.kernels.dispatch import host_to_device
 
 
@@ -33,6 +35,8 @@ class HostBatch:
     prefix_lens: List[int]
     extend_lens: List[int]
     starts: List[int]  # first packed row of each request
+    # per request None or a bool [extend_len, M] tree mask over its last M keys (tree drafts)
+    tree_masks: Optional[List[Optional[torch.Tensor]]] = None
 
     @property
     def has_placeholders(self) -> bool:
@@ -53,14 +57,21 @@ def host_batch(batch: ScheduleBatch) -> HostBatch:
         offset += n
     input_ids = np.fromiter((t for e in entries for t in e.tokens), dtype=np.int64,
                             count=sum(extend_lens))
+    trees = any(e.tree_parents is not None for e in entries)
     if all(n == 1 for n in extend_lens):
         positions = np.asarray(prefix_lens, dtype=np.int64)
+    elif trees:  # a tree row sits at kv_len + its depth
+        positions = np.concatenate([
+            e.start + (np.asarray(depths(e.tree_parents), dtype=np.int64) if e.tree_parents
+                       is not None else np.arange(len(e.tokens), dtype=np.int64)) for e in entries])
     else:
         positions = np.concatenate([np.arange(e.start, e.start + len(e.tokens), dtype=np.int64)
                                     for e in entries])
     out_cache_loc = torch.cat([e.slots for e in entries]).numpy().astype(np.int64, copy=False)
+    masks = [ancestor_mask(e.tree_parents) if e.tree_parents is not None and len(e.tokens) > 1
+             else None for e in entries] if trees else None
     return HostBatch(input_ids, positions, out_cache_loc, [e.req.req_pool_idx for e in entries],
-                     prefix_lens, extend_lens, starts)
+                     prefix_lens, extend_lens, starts, masks)
 
 
 def resolve_placeholders(input_ids: torch.Tensor, future_tokens: torch.Tensor) -> torch.Tensor:
@@ -88,5 +99,9 @@ def build_context(host: HostBatch, device: torch.device, future_tokens: torch.Te
         seq_lens=per_req[3], extend_start_loc=per_req[4], kv_pool=kv_pool,
         prefix_lens_cpu=host.prefix_lens, extend_lens_cpu=host.extend_lens,
         attn_backend=attn_backend)
+    if host.tree_masks is not None and any(m is not None for m in host.tree_masks):
+        ctx.tree_masks = [None if m is None else m.to(device, non_blocking=True)
+                          for m in host.tree_masks]
+        ctx.attn_backend = attn_backend = tree_mask_backend(attn_backend)
     ctx.attn_metadata = attn_backend.prepare_metadata(ctx)
     return ctx, input_ids

@@ -3,7 +3,8 @@
 The verify forward itself is an ordinary extend over the paged KV cache: each decoding
 request brings [its last token, d draft tokens] at positions kv_len .. kv_len + d and
 asks for the logits of every one of those rows (a chain, topk=1: causal attention is
-the right mask). Row j's logits are the target's next-token distribution after the
+the right mask; a tree brings [last token, nodes] at kv_len + depth under a tree mask,
+core/draft_tree.py). Row j's logits are the target's next-token distribution after the
 request's tokens plus drafts[:j], so row j is processed exactly as the sampler would
 process that step: custom logit processor and penalties over output + drafts[:j], then
 temperature, top_k, top_p, min_p.
@@ -18,6 +19,8 @@ Acceptance (the pure rule is `speculative_accept`):
   after d acceptances from p_d. Each committed token is then distributed as p.
   A draft without a distribution (NGRAM: q_j is one-hot on x_j) passes q=None.
 
+Tree drafts (VerifyInput.parents, --speculative-eagle-topk > 1) follow spec_tree.py's rule.
+
 Logprobs of committed tokens are the target's (compute_sampling_logprobs of their rows).
 """
 
@@ -29,6 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from rollserve.core.sampling_params import SamplingParams
+from rollserve.executor.spec_tree import tree_accept_greedy, tree_residual, tree_walk_sampled
 from rollserve.executor.sampler import (Sampler, SamplingRow, apply_custom_processor,
                                         apply_penalties, compute_sampling_logprobs, row_seed)
 from rollserve.kernels.dispatch import host_to_device
@@ -46,11 +50,19 @@ class VerifyInput:
     drafts: List[int]
     first_row: int  # index of its row 0 in the forward's logits
     draft_probs: Optional[torch.Tensor] = None  # [len(drafts), V] q, or None: one-hot drafts
+    # a tree (spec_tree.py): the parent row of each row [root, drafts...]; None: a chain
+    parents: Optional[List[int]] = None
 
     def sampling_rows(self) -> List[SamplingRow]:
-        """The sampler's view of each verify row: output so far plus the drafts before it."""
-        return [SamplingRow(self.params, self.prompt_ids, self.output_ids + self.drafts[:j],
-                            self.eos_token_ids) for j in range(len(self.drafts) + 1)]
+        """The sampler's view of each verify row: output so far plus the drafts on its path."""
+        if self.parents is None:
+            return [SamplingRow(self.params, self.prompt_ids, self.output_ids + self.drafts[:j],
+                                self.eos_token_ids) for j in range(len(self.drafts) + 1)]
+        paths: List[List[int]] = []
+        for r, p in enumerate(self.parents):
+            paths.append([] if p < 0 else paths[p] + [self.drafts[r - 1]])
+        return [SamplingRow(self.params, self.prompt_ids, self.output_ids + path,
+                            self.eos_token_ids) for path in paths]
 
 
 def speculative_accept(p: torch.Tensor, drafts: torch.Tensor, num_drafts: torch.Tensor,
@@ -119,19 +131,26 @@ class Verifier:
             offsets.append(offsets[-1] + len(inp.drafts) + 1)
         accepted = [0] * len(inputs)
         next_ids = [0] * len(inputs)
-        greedy = [b for b, inp in enumerate(inputs) if inp.params.is_greedy]
-        sampled = [b for b, inp in enumerate(inputs) if not inp.params.is_greedy]
+        kept: List[List[int]] = [[] for _ in inputs]  # tree inputs: the accepted path's rows
+        trees = [b for b, inp in enumerate(inputs) if inp.parents is not None]
+        chains = [b for b, inp in enumerate(inputs) if inp.parents is None]
+        greedy = [b for b in chains if inputs[b].params.is_greedy]
+        sampled = [b for b in chains if not inputs[b].params.is_greedy]
         if greedy:
             self._run(greedy, inputs, offsets, processed.argmax(dim=-1), None, accepted, next_ids)
         if sampled:
             self._run(sampled, inputs, offsets, None, processed, accepted, next_ids)
+        if trees:
+            self._run_trees(trees, inputs, offsets, processed, kept, next_ids)
         out = []
         for b, inp in enumerate(inputs):
-            tokens = inp.drafts[:accepted[b]] + [next_ids[b]]
+            path = kept[b] if inp.parents is not None else list(range(accepted[b] + 1))
+            tokens = [inp.drafts[r - 1] for r in path[1:]] + [next_ids[b]]
             logprobs: List[Optional[torch.Tensor]] = [None] * len(tokens)
             if wants_logprobs[b]:
-                lp = compute_sampling_logprobs(raw[offsets[b]:offsets[b] + len(tokens)],
-                                               rows[offsets[b]:offsets[b] + len(tokens)], vocab,
+                at = [offsets[b] + r for r in path]
+                lp = compute_sampling_logprobs(raw[host_to_device(torch.tensor(at), raw.device)],
+                                               [rows[i] for i in at], vocab,
                                                self.logprob_mode, self.sampler.logit_processor)
                 logprobs = list(lp)
             out.append(list(zip(tokens, logprobs)))
@@ -170,6 +189,50 @@ class Verifier:
             acc, nxt = speculative_accept(p, drafts, num, uniform, noise, q)
         for b, a, t in zip(batch, acc.tolist(), nxt.tolist()):
             accepted[b], next_ids[b] = a, t
+
+    def _run_trees(self, batch: List[int], inputs: Sequence[VerifyInput], offsets: List[int],
+                   processed: torch.Tensor, kept: List[List[int]], next_ids: List[int]) -> None:
+        """The tree rule (spec_tree.py) for the tree inputs `batch`: two host reads in all."""
+        greedy = [b for b in batch if inputs[b].params.is_greedy]
+        sampled = [b for b in batch if not inputs[b].params.is_greedy]
+        if greedy:
+            at = [offsets[b] + r for b in greedy for r in range(len(inputs[b].parents))]
+            top = processed[host_to_device(torch.tensor(at), processed.device)].argmax(dim=-1).tolist()
+            i = 0
+            for b in greedy:
+                n = len(inputs[b].parents)
+                kept[b], next_ids[b] = tree_accept_greedy(top[i:i + n], inputs[b].parents,
+                                                          [0] + inputs[b].drafts)
+                i += n
+        if not sampled:
+            return
+        device = processed.device
+        at = [offsets[b] + r for b in sampled for r in range(len(inputs[b].parents))]
+        params = [inputs[b].params for b in sampled for _ in inputs[b].parents]
+        p = filtered_probs(processed[host_to_device(torch.tensor(at), device)], params)
+        # p of each node's token at its parent row, in one gather
+        parent_at, token_at, starts = [], [], [0]
+        for b in sampled:
+            inp = inputs[b]
+            parent_at.extend(starts[-1] + max(q, 0) for q in inp.parents)
+            token_at.extend([0] + inp.drafts)
+            starts.append(starts[-1] + len(inp.parents))
+        p_child = p[host_to_device(torch.tensor(parent_at), device),
+                    host_to_device(torch.tensor(token_at), device)].tolist()
+        width = max(len(inputs[b].parents) for b in sampled)
+        uniform, noise = self._randoms([inputs[b] for b in sampled], width, p.shape[-1], device)
+        uniform = uniform.tolist()
+        last, removed = [], []
+        for i, b in enumerate(sampled):
+            inp = inputs[b]
+            path, rejected = tree_walk_sampled(p_child[starts[i]:starts[i + 1]], inp.parents,
+                                               [0] + inp.drafts, uniform[i])
+            kept[b] = path
+            last.append(starts[i] + path[-1])
+            removed.append([inp.drafts[r - 1] for r in rejected])
+        final = tree_residual(p[host_to_device(torch.tensor(last), device)], removed)
+        for b, t in zip(sampled, (final / noise).argmax(dim=1).tolist()):
+            next_ids[b] = t
 
     def _randoms(self, inputs: Sequence[VerifyInput], K: int, vocab: int, device):
         """uniform [B, K] and Exp(1) noise [B, V]; a request with a seed draws from a generator

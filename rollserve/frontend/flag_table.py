@@ -222,8 +222,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "speculative_num_draft_tokens": implemented(),
     "speculative_ngram_max_trie_depth": implemented(),
     "speculative_draft_model_path": implemented(),
-    "speculative_eagle_topk": refused("tree drafts (topk > 1) are not implemented; drafts form "
-                                      "a chain", "leave it out or 1", accept=(None, 1)),
+    "speculative_eagle_topk": implemented(),
     "speculative_accept_threshold_single": refused(
         "a relaxed acceptance threshold changes the output distribution; verification is exact",
         "leave it out (1.0)"),

@@ -130,10 +130,11 @@ class ServerArgs:
     # start-up the scheduler owns the current one
     weight_version: str = "default"
     # speculative decoding (frontend/speculative_args.py): NGRAM, EAGLE, EAGLE3 or NEXTN
-    # drafts, a chain per request
+    # drafts, a chain per request (a tree with --speculative-eagle-topk > 1)
     speculative_algorithm: Optional[str] = None
     speculative_draft_model_path: Optional[str] = None
     speculative_num_steps: Optional[int] = None
+    speculative_eagle_topk: Optional[int] = None
     speculative_num_draft_tokens: Optional[int] = None
     speculative_ngram_max_trie_depth: int = 18
 

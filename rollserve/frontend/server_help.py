@@ -133,10 +133,14 @@ HELP = {
                                     "(LlamaForCausalLMEagle / LlamaForCausalLMEagle3 safetensors; default: none, "
                                     "which NEXTN and a DeepSeek model's EAGLE take as the "
                                     "model's own MTP layer)",
-    "speculative_num_steps": "drafts per request and verify step (default: 3)",
+    "speculative_num_steps": "draft steps per verify step: a chain's drafts, a tree's depth "
+                             "(default: 3)",
+    "speculative_eagle_topk": "EAGLE / EAGLE3 / NEXTN: children each draft step expands per "
+                              "frontier node; > 1 drafts a tree verified with a tree attention "
+                              "mask (default: 1, a chain)",
     "speculative_num_draft_tokens": "tokens per request and verify step: the last one plus the "
-                                    "drafts; overrides --speculative-num-steps (default: "
-                                    "num_steps + 1)",
+                                    "drafts (a tree's nodes); a chain's overrides "
+                                    "--speculative-num-steps (default: num_steps * topk + 1)",
     "speculative_ngram_max_trie_depth": "NGRAM: the longest context match plus the drafts, in "
                                         "tokens",
 }

@@ -6,8 +6,8 @@ layer, from the target's own checkpoint; also SGLang's `EAGLE` with no draft fol
 DeepSeek model); --speculative-num-steps /
 --speculative-num-draft-tokens (how many drafts a step verifies) and
 --speculative-ngram-max-trie-depth (NGRAM's match window plus drafts). STANDALONE (a
-separate small model) is refused here with one line, as are tree drafts
-(--speculative-eagle-topk > 1, frontend/flag_table.py).
+separate small model) is refused here with one line. --speculative-eagle-topk > 1 makes a
+draft model's drafts a tree (scheduler/tree_drafter.py); NGRAM drafts a chain.
 """
 
 from __future__ import annotations
@@ -64,22 +64,25 @@ def check_speculative(args) -> None:
                          "--enable-dp-attention (each rank's own requests); use NGRAM there, or "
                          "--tp-size / --dp-size without it")
     for name, least in (("speculative_num_steps", 1), ("speculative_num_draft_tokens", 2),
-                        ("speculative_ngram_max_trie_depth", 2)):
+                        ("speculative_ngram_max_trie_depth", 2), ("speculative_eagle_topk", 1)):
         value = getattr(args, name)
         if value is not None and value < least:
             raise ValueError(f"{name}: must be >= {least}, got {value}")
+    if algorithm == "NGRAM" and (args.speculative_eagle_topk or 1) > 1:
+        raise ValueError("speculative_eagle_topk: NGRAM drafts a chain (its one longest match); "
+                         "tree drafts need EAGLE, EAGLE3 or NEXTN")
     if algorithm == "NGRAM" and args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
         raise ValueError("speculative_ngram_max_trie_depth: must exceed the tokens of a verify "
                          f"step ({num_draft_tokens(args)}): it holds the match window and the drafts")
 
 
 def num_draft_tokens(args) -> int:
-    """Tokens one request brings to a verify step (its last token and the drafts, a chain):
-    --speculative-num-draft-tokens, else --speculative-num-steps + 1."""
+    """Tokens one request brings to a verify step (its last token and the drafts, a chain or
+    a tree's nodes): --speculative-num-draft-tokens, else num_steps * topk + 1."""
     if args.speculative_num_draft_tokens is not None:
         return args.speculative_num_draft_tokens
     steps = args.speculative_num_steps
-    return (steps if steps is not None else DEFAULT_NUM_DRAFTS) + 1
+    return (steps if steps is not None else DEFAULT_NUM_DRAFTS) * (args.speculative_eagle_topk or 1) + 1
 
 
 def scheduler_fields(args) -> Dict[str, Any]:
@@ -87,6 +90,9 @@ def scheduler_fields(args) -> Dict[str, Any]:
     algorithm = "NEXTN" if _drafts_with_mtp(args) else args.speculative_algorithm
     return {"speculative_algorithm": algorithm,
             "speculative_num_draft_tokens": num_draft_tokens(args),
+            "speculative_eagle_topk": args.speculative_eagle_topk or 1,
+            # a tree's depth; a chain's length is num_draft_tokens - 1
+            "speculative_num_steps": args.speculative_num_steps or DEFAULT_NUM_DRAFTS,
             "speculative_ngram_max_trie_depth": args.speculative_ngram_max_trie_depth,
             "speculative_draft_model_path": None if algorithm == "NEXTN"
             else args.speculative_draft_model_path}

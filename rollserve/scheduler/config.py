@@ -36,6 +36,8 @@ class SchedulerConfig:
     # chain (the last token + drafts); NGRAM's longest match window plus drafts
     speculative_algorithm: Optional[str] = None
     speculative_num_draft_tokens: int = 4
+    speculative_eagle_topk: int = 1  # > 1: tree drafts (scheduler/tree_drafter.py)
+    speculative_num_steps: Optional[int] = None  # a tree's depth (default: num_draft_tokens - 1)
     speculative_ngram_max_trie_depth: int = 18
     speculative_draft_model_path: Optional[str] = None  # EAGLE / EAGLE3 heads (model_drafter.py)
 

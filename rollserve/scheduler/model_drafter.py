@@ -1,4 +1,5 @@
-"""Drafts from a draft model (EAGLE, EAGLE3, NEXTN): a chain of the draft's greedy tokens.
+"""Drafts from a draft model (EAGLE, EAGLE3, NEXTN): a chain of the draft's greedy tokens, or
+with --speculative-eagle-topk > 1 a tree (scheduler/tree_drafter.py).
 
 After every target forward (executor/draft_runner.py keeps its hidden states), `after_step`
 brings the draft up to date with what the step committed, in one batched draft forward:
@@ -17,15 +18,17 @@ sampled requests exact in distribution (spec_verify.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 import torch
 
 from rollserve.core.batch import ScheduleBatch
+from rollserve.core.draft_tree import DraftTree, path_rows
 from rollserve.executor.draft_runner import DraftRunner
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.kernels.dispatch import host_to_device
 from rollserve.scheduler.request import Req
+from rollserve.scheduler.tree_drafter import grow_trees
 
 
 @dataclass
@@ -35,16 +38,24 @@ class DraftChain:
 
 
 class ModelDrafter:
-    def __init__(self, runner, algorithm: str, draft_model_path, num_drafts: int):
+    def __init__(self, runner, algorithm: str, draft_model_path, num_drafts: int,
+                 topk: int = 1, num_steps: Optional[int] = None):
         self.runner = runner
         self.num_drafts = num_drafts
-        self.draft = DraftRunner(runner, algorithm, draft_model_path, num_drafts)
+        self.topk = topk
+        self.num_steps = num_steps or num_drafts  # a tree's depth (a chain's is num_drafts)
+        # a tree's frontier takes topk scratch slots per draft step past the first
+        scratch = (self.num_steps - 1) * topk if topk > 1 else num_drafts - 1
+        self.draft = DraftRunner(runner, algorithm, draft_model_path, scratch + 1)
 
-    def propose(self, req: Req, most: int) -> List[int]:
-        chain = req.spec_state
-        if not isinstance(chain, DraftChain) or chain.seq_len != req.seq_len:
+    def propose(self, req: Req, most: int) -> Union[List[int], DraftTree]:
+        """The drafts for req's next verify step, at most `most` of them: a chain's tokens, or a
+        DraftTree (topk > 1)."""
+        drafts = req.spec_state
+        if not isinstance(drafts, (DraftChain, DraftTree)) or drafts.seq_len != req.seq_len:
             return []
-        return chain.tokens[:max(min(most, self.num_drafts), 0)]
+        most = max(min(most, self.num_drafts), 0)
+        return drafts.cut(most) if isinstance(drafts, DraftTree) else drafts.tokens[:most]
 
     def weights_changed(self) -> None:
         self.draft.weights_changed()
@@ -67,7 +78,11 @@ class ModelDrafter:
             rows.append(req.req_pool_idx)
             prefix.append(entry.start)
             tokens.append(req.fill_ids[entry.start + 1:entry.start + n + 1])
-            index.extend(range(first, first + n))
+            if entry.tree_parents is None:
+                index.extend(range(first, first + n))
+            else:  # a verified tree: the hidden states of the accepted path's rows
+                index.extend(first + r for r in path_rows(entry.tree_parents, entry.tokens,
+                                                          tokens[-1][:n - 1]))
             # a chain only where the next step can verify one (scheduler/speculative.py)
             if entry.start + n == req.seq_len - 1 and req.grammar is None \
                     and req.remaining_new_tokens > 1:
@@ -89,7 +104,11 @@ class ModelDrafter:
             ends[row] = last
         pick = host_to_device(torch.tensor([ends[r.req_pool_idx] for r in wanting],
                                            dtype=torch.int64), for_logits.device)
-        self._chains(wanting, self.draft.draft_ids(for_logits[pick]), carried[pick])
+        if self.topk > 1:
+            grow_trees(self.draft, wanting, for_logits[pick], carried[pick], self.topk,
+                       self.num_steps, self.num_drafts, self.runner.context_len)
+        else:
+            self._chains(wanting, self.draft.draft_ids(for_logits[pick]), carried[pick])
 
     def _chains(self, reqs: List[Req], first: List[int], carried: torch.Tensor) -> None:
         """Steps 2..k of each chain, one batched draft decode step each; `carried` row j

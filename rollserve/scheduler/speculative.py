@@ -8,8 +8,10 @@ batched extend over the paged KV cache (prefill chunks of other requests ride al
 usual). executor/spec_verify.py decides which drafts hold and draws the next token;
 the committed tokens go through the usual per-token path (stop ids and strings,
 max_new_tokens, logprobs, provenance), so a request that stops on an accepted draft
-ends there. The KV of tokens not committed (rejected drafts, or drafts past a stop) is
-freed at once: between steps a request holds exactly seq_len - 1 slots, as without
+ends there. A draft tree (--speculative-eagle-topk > 1) is one such entry too, its rows
+[last token, nodes] at kv_len + depth under a tree mask; the accepted path's slots become
+the request's (scheduler/tree_commit.py). The KV of tokens not committed (rejected drafts,
+or drafts past a stop) is freed at once: between steps a request holds exactly seq_len - 1 slots, as without
 speculation, and the pool is fully free when idle.
 
 Drafts are cut to the room the pool has beyond one slot per running request (a step
@@ -29,12 +31,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from rollserve.core.batch import BatchEntry, ScheduleBatch
+from rollserve.core.draft_tree import DraftTree
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.executor.spec_verify import Verifier, VerifyInput
 from rollserve.scheduler.model_drafter import ModelDrafter
 from rollserve.scheduler.ngram_drafter import NgramDrafter
 from rollserve.scheduler.request import Req
 from rollserve.scheduler.scheduler import Scheduler
+from rollserve.scheduler.tree_commit import keep_path_slots
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,8 @@ def make_drafter(config, runner):
         return NgramDrafter(num_drafts, config.speculative_ngram_max_trie_depth - num_drafts - 1)
     if config.speculative_algorithm in DRAFT_MODEL_ALGORITHMS:
         return ModelDrafter(runner, config.speculative_algorithm,
-                            config.speculative_draft_model_path, num_drafts)
+                            config.speculative_draft_model_path, num_drafts,
+                            config.speculative_eagle_topk, config.speculative_num_steps)
     raise ValueError(f"speculative_algorithm: {config.speculative_algorithm!r} is not implemented "
                      f"(implemented: {', '.join(SPECULATIVE_ALGORITHMS)})")
 
@@ -58,7 +63,7 @@ class SpeculativeScheduler(Scheduler):
         super().__init__(config, runner, tokenizer, eos_token_ids)
         self.drafter = make_drafter(config, runner)
         self.verifier = Verifier(self.sampler, self.logprob_mode)
-        self._drafted: Dict[int, int] = {}  # id(req) -> drafts verified this step
+        self._drafted: Dict[int, Tuple[int, BatchEntry]] = {}  # id(req) -> (drafts, its entry)
 
     def add_request(self, msg) -> None:
         super().add_request(msg)
@@ -79,16 +84,19 @@ class SpeculativeScheduler(Scheduler):
                        self.runner.context_len - req.seq_len - 1)
             # a constrained request takes no drafts: its one row gets the grammar's mask
             draft = self.drafter.propose(req, most) if most > 0 and req.grammar is None else []
-            spare -= len(draft)
+            spare -= len(draft.tokens if isinstance(draft, DraftTree) else draft)
             drafts.append(draft)
+        trees = [d if isinstance(d, DraftTree) else None for d in drafts]
+        drafts = [d.tokens if isinstance(d, DraftTree) else d for d in drafts]
         slots = self.kv.alloc_slots(len(reqs) + sum(map(len, drafts)))
         entries, offset = [], 0
-        for req, draft in zip(reqs, drafts):
+        for req, draft, tree in zip(reqs, drafts, trees):
             n = 1 + len(draft)
-            own = slots[offset:offset + n]
+            own = slots[offset:offset + n]  # a tree: one slot per node (scheduler/tree_commit.py)
             offset += n
             entries.append(BatchEntry(req, req.kv_len, [self._decode_input(req)] + draft, own,
-                                      sample=True, logit_rows=list(range(n)), is_decode=True))
+                                      sample=True, logit_rows=list(range(n)), is_decode=True,
+                                      tree_parents=tree.row_parents() if tree and draft else None))
             self.kv.append_slots(req, own)
         return entries
 
@@ -109,9 +117,10 @@ class SpeculativeScheduler(Scheduler):
             first = result.row_offsets[i + 1] - 1 - len(drafts)
             picks.append(i)
             inputs.append(VerifyInput(req.sampling_params, req.input_ids, req.output_ids,
-                                      self.eos_token_ids, drafts, first))
+                                      self.eos_token_ids, drafts, first,
+                                      parents=entry.tree_parents))
             if entry.is_decode:
-                self._drafted[id(req)] = len(drafts)
+                self._drafted[id(req)] = (len(drafts), entry)
         if not picks:
             return {}
         wants = [batch.entries[i].req.return_logprob for i in picks]
@@ -146,13 +155,17 @@ class SpeculativeScheduler(Scheduler):
     # ---- commit ---------------------------------------------------------------------------
     def _commit(self, req: Req, tokens: List[Tuple[int, Optional[torch.Tensor]]]) -> None:
         before = len(req.output_ids)
+        verified = self._drafted.pop(id(req), None)
+        if verified is not None and verified[1].tree_parents is not None:
+            # the accepted path's slots become the request's, before anything may cache them
+            keep_path_slots(self.kv.req_pool, verified[1], [t for t, _ in tokens[:-1]])
         for token, logprobs in tokens:
             self._append_token(req, token, logprobs)
             if req.finished:
                 break
-        drafted = self._drafted.pop(id(req), None)
-        if drafted is None:  # the first token, sampled after the prompt
+        if verified is None:  # the first token, sampled after the prompt
             return
+        drafted = verified[0]
         accepted = len(tokens) - 1
         req.spec_verify_ct += 1
         req.spec_draft_tokens += drafted

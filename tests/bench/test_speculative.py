@@ -13,3 +13,14 @@ def test_eagle_oracle_row(tiny_models, tmp_path):
     assert row["oracle"]["same_as_plain"] and row["eagle"]["same_as_plain"]
     assert row["eagle"]["accept_length"] > 2  # the oracle's drafts hold (3 per step)
     assert (tmp_path / "out.json").exists()
+
+
+def test_eagle_tree_row(tiny_models):
+    """--eagle-topk 2: the dummy head grows real trees; the oracle's tokens down one branch."""
+    report = speculative.main(["--model-path", tiny_models["llama"], "--device", "cpu",
+                               "--dtype", "float32", "--batch-size", "2", "--input-len", "24",
+                               "--output-len", "12", "--algorithm", "EAGLE", "--eagle-topk", "2",
+                               "--num-steps", "2", "--num-draft-tokens", "5"])
+    row = report["results"][0]
+    assert report["eagle_topk"] == 2 and row["eagle"]["same_as_plain"]
+    assert row["eagle"]["accept_length"] > 1.5  # at least the branch's first node holds

@@ -148,12 +148,12 @@ def test_sglang_launch_lines_that_ask_for_the_defaults_start():
 
 
 def test_several_refusals_are_reported_together():
-    argv = ["--pp-size", "8", "--speculative-eagle-topk", "4", "--quantization", "fp8"]
+    argv = ["--pp-size", "8", "--speculative-accept-threshold-acc", "0.5", "--quantization", "fp8"]
     with pytest.raises(SystemExit) as stop:
         server_args_from_cli(parser().parse_args(argv))
     lines = str(stop.value).splitlines()
     assert [line.split(":")[1].strip() for line in lines] == \
-        ["--pp-size 8", "--speculative-eagle-topk 4", "--quantization fp8"]
+        ["--pp-size 8", "--speculative-accept-threshold-acc 0.5", "--quantization fp8"]
 
 
 def test_engine_kwargs_follow_the_same_table():

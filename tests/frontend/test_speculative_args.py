@@ -35,14 +35,15 @@ def test_ngram_resolves_draft_counts():
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
      "speculative_num_draft_tokens"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20},
-     "speculative_ngram_max_trie_depth")])
+     "speculative_ngram_max_trie_depth"),
+    ({"speculative_algorithm": "NGRAM", "speculative_eagle_topk": 4}, "speculative_eagle_topk"),
+    ({"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 0}, "speculative_eagle_topk")])
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         ServerArgs(model_path="m", **kwargs)
 
 
-@pytest.mark.parametrize("argv", [["--speculative-eagle-topk", "4"],
-                                  ["--enable-multi-layer-eagle"],
+@pytest.mark.parametrize("argv", [["--enable-multi-layer-eagle"],
                                   ["--speculative-accept-threshold-single", "0.5"]])
 def test_unimplemented_flags_are_refused(argv):
     with pytest.raises(SystemExit, match=argv[0]):
@@ -72,6 +73,20 @@ def test_draft_models_run_under_tp_and_dp(parallel):
         assert (draft.algorithm, draft.path, draft.num_drafts) == (algorithm, path, 2)
     ngram = ServerArgs(model_path="m", speculative_algorithm="NGRAM", **parallel)
     assert ngram.executor_config().draft is None and ServerArgs(model_path="m").executor_config().draft is None
+
+
+def test_tree_drafts_resolve_topk_steps_and_nodes():
+    """--speculative-eagle-topk > 1: a tree of num_steps levels; its node count defaults to
+    num_steps * topk (plus the last token)."""
+    argv = ["--speculative-algorithm", "EAGLE", "--speculative-draft-model-path", "/heads/e",
+            "--speculative-num-steps", "3", "--speculative-eagle-topk", "4"]
+    config = dataclasses.replace(server_args_from_cli(parser().parse_args(argv)),
+                                 model_path="m").scheduler_config()
+    assert (config.speculative_eagle_topk, config.speculative_num_steps,
+            config.speculative_num_draft_tokens) == (4, 3, 13)
+    config = ServerArgs(model_path="m", speculative_algorithm="NEXTN", speculative_eagle_topk=2,
+                        speculative_num_steps=2, speculative_num_draft_tokens=4).scheduler_config()
+    assert (config.speculative_eagle_topk, config.speculative_num_draft_tokens) == (2, 4)
 
 
 def test_sglang_launch_line_for_ngram_starts():

@@ -12,35 +12,10 @@ import pytest
 import torch
 
 from rollserve.scheduler.speculative import SpeculativeScheduler
-from tests.executor.moe_checkpoints import save_variant
-from tests.scheduler.draft_checkpoints import (add_mtp_layer, save_eagle3_head, save_eagle_head,
-                                               save_small_vocab_llama, train_eagle_head)
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 from tests.scheduler.test_speculative import assert_pool_free, repetitive_requests, strip
 
 CHI2_999 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7: 24.322, 8: 26.124}
-
-
-@pytest.fixture(scope="module")
-def heads(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("heads")
-    return {"eagle": save_eagle_head(tiny_models["llama"], str(root / "eagle")),
-            "eagle3": save_eagle3_head(tiny_models["llama"], str(root / "eagle3"))}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, default_model_dir):
-    """(a tiny small-vocabulary Llama, an EAGLE head trained on it)."""
-    root = tmp_path_factory.mktemp("trained")
-    small = save_small_vocab_llama(str(root / "small"), default_model_dir)
-    return small, train_eagle_head(small, str(root / "head"))
-
-
-@pytest.fixture(scope="module")
-def deepseek_with_mtp(tmp_path_factory, default_model_dir):
-    folder = str(tmp_path_factory.mktemp("mtp") / "deepseek")
-    save_variant("deepseek_v3", folder, tokenizer_dir=default_model_dir)
-    return add_mtp_layer(folder)
 
 
 def make_spec(model_path, algorithm, draft=None, num_draft_tokens=4, **overrides):
@@ -93,8 +68,6 @@ def test_trained_eagle_head_gets_drafts_accepted(trained):
 def test_temperature_one_keeps_the_target_distribution(trained):
     """The first two sampled tokens over many requests (top_k 3, the second one verified
     against an EAGLE draft) against the target's own probabilities of each pair."""
-    from transformers import AutoModelForCausalLM
-
     prompt = [random.Random(7).randrange(3, 500) for _ in range(6)]
     small, head = trained
     spec = make_spec(small, "EAGLE", head, num_draft_tokens=2)
@@ -103,9 +76,16 @@ def test_temperature_one_keeps_the_target_distribution(trained):
     msgs = [request(prompt, rid=f"d{i}", temperature=1.0, top_k=3, max_new_tokens=3,
                     ignore_eos=True) for i in range(n)]
     got = run_all(spec, msgs)
-    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
     assert spec.stats.spec.accept_tokens > 0  # some second tokens came from an accepted draft
-    target = AutoModelForCausalLM.from_pretrained(small).eval()
+    assert_first_pairs_follow_target(small, prompt, got, n)
+
+
+def assert_first_pairs_follow_target(model_path, prompt, got, n):
+    """Chi-square: the first two tokens of the n results against the target's top-3 pairs."""
+    from transformers import AutoModelForCausalLM
+
+    pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
+    target = AutoModelForCausalLM.from_pretrained(model_path).eval()
 
     def top3(ids):
         with torch.no_grad():
@@ -150,30 +130,40 @@ def test_cuda_heads_greedy_equal_overlap_scheduler_with_graphs(tiny_models, head
                                                                deepseek_with_mtp, backend):
     """On CUDA the plain run is the server's (overlap, decode CUDA graphs); with a draft model
     every forward is eager and keeps its hidden states. float32: no argmax is a rounding tie."""
-    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
-    from rollserve.executor.model_runner import ModelRunner
-    from rollserve.frontend.server_args import ServerArgs
-    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
-
     small, head = trained
     cases = [(tiny_models["llama"], "EAGLE", heads["eagle"], repetitive_requests(1)),
              (tiny_models["llama"], "EAGLE3", heads["eagle3"], repetitive_requests(1)),
              (small, "EAGLE", head, _greedy_prompts()),
              (deepseek_with_mtp, "NEXTN", None, repetitive_requests(3)[:5])]
+    for (_, _, draft, _), spec in zip(cases, cuda_spec_equals_plain(cases, backend)):
+        if draft == head:
+            assert spec.stats.spec.accept_tokens > 0
+
+
+def cuda_spec_equals_plain(cases, backend, **spec_flags):
+    """For each (model, algorithm, draft, requests): the server's CUDA scheduler with and
+    without speculation (float32) gives the same greedy results and frees its pool; returns
+    the speculative schedulers."""
+    from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
+    from rollserve.executor.model_runner import ModelRunner
+    from rollserve.frontend.server_args import ServerArgs
+    from rollserve.scheduler.overlap_scheduler import make_scheduler as make_for_config
+
+    specs = []
     for path, algorithm, draft, msgs in cases:
         results = []
         for spec in (None, algorithm):
             args = ServerArgs(model_path=path, device="cuda", dtype="float32",
                               max_total_tokens=4096, attention_backend=backend,
                               speculative_algorithm=spec,
-                              speculative_draft_model_path=draft if spec else None)
+                              speculative_draft_model_path=draft if spec else None,
+                              **(spec_flags if spec else {}))
             config = args.scheduler_config()
             tokenizer = load_tokenizer(path)
             scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
                                         eos_token_ids(path, tokenizer))
             results.append(run_all(scheduler, [dataclasses.replace(m) for m in msgs]))
-            if spec:
-                assert_pool_free(scheduler)
-                if draft == head:
-                    assert scheduler.stats.spec.accept_tokens > 0
+        assert_pool_free(scheduler)
+        specs.append(scheduler)
         assert strip(results[1]) == strip(results[0]), (algorithm, path)
+    return specs

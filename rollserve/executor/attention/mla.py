@@ -17,13 +17,14 @@ A Triton decode kernel over the latent pool is a GPU follow-up; this backend is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.base import AttentionBackend, attention
+from rollserve.executor.attention.tree_mask import dense_tree_mask
 from rollserve.kernels.linear import linear
 
 
@@ -51,13 +52,16 @@ def _split_kv_b(kv_b_weight: torch.Tensor, d: MLADims):
 
 
 def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prefix_len: int,
-            scaling: float) -> torch.Tensor:
+            scaling: float, tree: Optional[torch.Tensor] = None) -> torch.Tensor:
     """queries [H, E, D] (the request's new tokens), keys [H or 1, S, D], values [H or 1, S, Dv]
-    with S = prefix_len + E; causal: new token j sees positions <= prefix_len + j."""
+    with S = prefix_len + E; causal: new token j sees positions <= prefix_len + j, or what the
+    [E, S] tree mask allows (attention/tree_mask.py)."""
     num_new, seq_len = queries.shape[1], keys.shape[1]
     keys = keys.expand(queries.shape[0], -1, -1)
     values = values.expand(queries.shape[0], -1, -1)
-    if num_new == 1:
+    if tree is not None:
+        mask = tree
+    elif num_new == 1:
         mask = None  # the last token sees everything
     else:
         query_pos = torch.arange(prefix_len, prefix_len + num_new, device=queries.device)
@@ -71,6 +75,7 @@ class MLABackend(AttentionBackend):
     (tests check both forms agree)."""
 
     name = "mla"
+    supports_tree_mask = True
 
     def __init__(self, device: torch.device, num_kv_heads: int = 1, absorb_extend: bool = False):
         super().__init__(device, num_kv_heads)
@@ -97,9 +102,10 @@ class MLABackend(AttentionBackend):
             start += num_new
             slots = ctx.req_to_token[ctx.req_pool_indices[i], :prefix_len + num_new].long()
             seq = cache.index_select(0, slots)  # [S, R + r]
+            tree = dense_tree_mask(ctx, i, rows.start)
             if i in absorbed:
                 o_lat = _attend(q_abs[rows].transpose(0, 1), seq[None], seq[None, :, :d.kv_lora_rank],
-                                prefix_len, scaling)  # [H, E, R]
+                                prefix_len, scaling, tree)  # [H, E, R]
                 out[rows] = torch.einsum("her,hvr->ehv", o_lat, w_uv.to(o_lat.dtype)).to(out.dtype)
             else:
                 kv = linear(seq[:, :d.kv_lora_rank].to(kv_b_weight.dtype), kv_b_weight)
@@ -108,7 +114,7 @@ class MLABackend(AttentionBackend):
                 k_rope = seq[:, None, d.kv_lora_rank:].to(k_nope.dtype).expand(-1, d.num_heads, -1)
                 keys = torch.cat([k_nope, k_rope], dim=-1).transpose(0, 1)  # [H, S, Dqk]
                 queries = torch.cat([q_nope[rows], q_pe[rows]], dim=-1).transpose(0, 1)
-                result = _attend(queries, keys, values.transpose(0, 1), prefix_len, scaling)
+                result = _attend(queries, keys, values.transpose(0, 1), prefix_len, scaling, tree)
                 out[rows] = result.transpose(0, 1).to(out.dtype)
         return out
 

@@ -84,3 +84,15 @@ def select_attention_backend(requested: Optional[str], device: torch.device, mla
 
 def create_attention_backend(name: str, device: torch.device, num_kv_heads: int) -> AttentionBackend:
     return BACKENDS[name]()(device, num_kv_heads)
+
+
+def tree_mask_backend(backend: AttentionBackend) -> AttentionBackend:
+    """The backend that runs a forward carrying tree masks (attention/tree_mask.py): the
+    backend itself where it applies them (torch_native, mla), else the torch reference over
+    the same pool (one per backend, kept)."""
+    if getattr(backend, "supports_tree_mask", False):
+        return backend
+    fallback = getattr(backend, "tree_fallback", None)
+    if fallback is None:
+        fallback = backend.tree_fallback = TorchNativeBackend(backend.device, backend.num_kv_heads)
+    return fallback

@@ -4,7 +4,8 @@ Request i brings extend_lens[i] new tokens (packed rows extend_start_loc[i]...) 
 already has prefix_lens[i] tokens in the pool; its seq_lens[i] slots are listed in
 req_to_token[req_pool_indices[i]]. New token j of request i sees the positions
 0..prefix_lens[i] + j (and, with a sliding window W, only the last W of them); with
-causal=False (encoders such as BERT) every token sees its whole sequence.
+causal=False (encoders such as BERT) every token sees its whole sequence. A request with a
+tree mask (speculative tree drafts, attention/tree_mask.py) sees what the mask allows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.base import AttentionBackend
+from rollserve.executor.attention.tree_mask import dense_tree_mask
 from rollserve.kernels.rotary import RopeInputs, rope_store_torch
 
 
@@ -30,8 +32,10 @@ def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Forw
         q = rope_store_torch(q, k, v, rope, ctx.kv_pool, layer_id, ctx.out_cache_loc)
     k_buffer, v_buffer = ctx.kv_pool.kv(layer_id)
     out = torch.empty_like(q)
-    single = [i for i, n in enumerate(ctx.extend_lens_cpu) if n == 1]
-    multi = [i for i, n in enumerate(ctx.extend_lens_cpu) if n > 1]
+    # a tree draft's lone token may still have masked keys (earlier tree nodes): the masked path
+    plain = ctx.tree_masks or [None] * ctx.batch_size
+    single = [i for i, n in enumerate(ctx.extend_lens_cpu) if n == 1 and plain[i] is None]
+    multi = [i for i, n in enumerate(ctx.extend_lens_cpu) if n > 1 or plain[i] is not None]
     if single:  # a lone new token is its sequence's last: it sees everything, causal or not
         _single_token_attention(q, k_buffer, v_buffer, ctx, single, scaling, sliding_window, out)
     for i in multi:
@@ -98,7 +102,10 @@ def _extend_attention(q, k_buffer, v_buffer, ctx: ForwardContext, i: int, scalin
     keys = _gather(k_buffer, slots).transpose(0, 1)  # [Hkv, S, D]
     values = _gather(v_buffer, slots).transpose(0, 1)
     queries = q[start:start + extend_len].transpose(0, 1).to(keys.dtype)  # [Hq, E, D]
-    if not causal:
+    tree = dense_tree_mask(ctx, i, start, sliding_window) if causal else None
+    if tree is not None:
+        mask, causal = tree, False
+    elif not causal:
         mask = None  # every new token sees the whole sequence
     elif prefix_len == 0 and sliding_window is None:
         mask, causal = None, True
@@ -117,6 +124,7 @@ class TorchNativeBackend(AttentionBackend):
     GPU backends are tested against."""
 
     name = "torch_native"
+    supports_tree_mask = True
 
     def forward(self, q, k, v, ctx, layer_id, scaling, sliding_window=None, causal=True, rope=None):
         return attention_torch(q, k, v, ctx, layer_id, scaling, sliding_window, causal, rope)
