@@ -13,7 +13,9 @@ class DraftSpec:
     the KV pool is sized with its weights and KV inside the same budget (executor/kv_budget.py)."""
     algorithm: str
     path: Optional[str]  # EAGLE / EAGLE3 head folder; None for NEXTN (the target's checkpoint)
-    num_drafts: int  # drafts per request and step: each request row's k - 1 scratch slots
+    num_drafts: int  # drafts per request and step
+    topk: int = 1  # > 1: tree drafts (their frontier takes more scratch slots)
+    num_steps: Optional[int] = None  # a tree's depth
 
 
 @dataclass(frozen=True)

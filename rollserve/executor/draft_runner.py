@@ -58,8 +58,11 @@ class HiddenCapture:
         return torch.cat([by_layer[i] for i in self.wanted], dim=-1)
 
 
-def scratch_slots_per_row(num_drafts: int) -> int:
-    """Scratch slots each request row owns: a chain's drafts 2..k have no target slot."""
+def scratch_slots_per_row(num_drafts: int, topk: int = 1, num_steps: Optional[int] = None) -> int:
+    """Scratch slots each request row owns: a chain's drafts 2..k have no target slot; a
+    tree's frontier takes topk of them per draft step past the first."""
+    if topk > 1:
+        return max(((num_steps or num_drafts) - 1) * topk, 0)
     return max(num_drafts - 1, 0)
 
 

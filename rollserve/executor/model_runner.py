@@ -140,7 +140,8 @@ class ModelRunner:
         draft_per_token = draft_scratch = 0  # the draft's pool shares the budget (kv_budget.py)
         if self.draft_model is not None:
             draft_per_token = draft_kv_bytes_per_token(self.draft_model, mla, self.dtype)
-            draft_scratch = most_reqs * scratch_slots_per_row(self.config.draft.num_drafts)
+            spec = self.config.draft
+            draft_scratch = most_reqs * scratch_slots_per_row(spec.num_drafts, spec.topk, spec.num_steps)
         self.max_total_tokens = self.config.max_total_tokens or self._profile_kv_tokens(
             per_token, draft_per_token, draft_scratch)
         self.max_running_requests = min(most_reqs, self.max_total_tokens)

@@ -105,4 +105,5 @@ def draft_spec(args) -> Optional[DraftSpec]:
     if fields["speculative_algorithm"] not in DRAFT_MODELS:
         return None
     return DraftSpec(fields["speculative_algorithm"], fields["speculative_draft_model_path"],
-                     fields["speculative_num_draft_tokens"] - 1)
+                     fields["speculative_num_draft_tokens"] - 1, fields["speculative_eagle_topk"],
+                     fields["speculative_num_steps"])

@@ -24,7 +24,7 @@ import torch
 
 from rollserve.core.batch import ScheduleBatch
 from rollserve.core.draft_tree import DraftTree, path_rows
-from rollserve.executor.draft_runner import DraftRunner
+from rollserve.executor.draft_runner import DraftRunner, scratch_slots_per_row
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.kernels.dispatch import host_to_device
 from rollserve.scheduler.request import Req
@@ -44,8 +44,7 @@ class ModelDrafter:
         self.num_drafts = num_drafts
         self.topk = topk
         self.num_steps = num_steps or num_drafts  # a tree's depth (a chain's is num_drafts)
-        # a tree's frontier takes topk scratch slots per draft step past the first
-        scratch = (self.num_steps - 1) * topk if topk > 1 else num_drafts - 1
+        scratch = scratch_slots_per_row(num_drafts, topk, self.num_steps)
         self.draft = DraftRunner(runner, algorithm, draft_model_path, scratch + 1)
 
     def propose(self, req: Req, most: int) -> Union[List[int], DraftTree]:

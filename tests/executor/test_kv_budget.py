@@ -31,3 +31,13 @@ def test_nonsense_sizes_are_refused():
         kv_pool_tokens(1000, 0)
     with pytest.raises(ValueError):
         kv_pool_tokens(1000, 10, -1)
+
+
+def test_scratch_slots_cover_a_tree_frontier():
+    """A tree's frontier takes topk scratch slots per draft step past the first, whatever the
+    node count: the pool sized for it must hold them (scheduler/tree_drafter.py uses them)."""
+    from rollserve.executor.draft_runner import scratch_slots_per_row
+
+    assert scratch_slots_per_row(3) == 2  # a chain of 3 drafts
+    assert scratch_slots_per_row(3, topk=4, num_steps=3) == 8  # fewer nodes than the frontier
+    assert scratch_slots_per_row(12, topk=4, num_steps=3) == 8
