@@ -42,7 +42,8 @@ def use_rollserve_weight_sync(backend=None) -> None:
             raise RuntimeError(f"{self.base_url} has no weight-transfer engine")
         init_info = {"master_address": "127.0.0.1" if self.host in ("localhost", "127.0.0.1")
                      else self.host, "master_port": self.group_port, "rank_offset": 1,
-                     "world_size": self.get_world_size() + 1, "packed": True}
+                     "world_size": self.get_world_size() + 1, "packed": True,
+                     "group": "torch"}  # rollserve's helpers, not vLLM's PyNccl
         if backend:
             init_info["backend"] = backend
         with ThreadPoolExecutor(max_workers=1) as executor:
