@@ -21,6 +21,7 @@ import base64
 import ctypes
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,11 +31,17 @@ from datetime import timedelta
 import pytest
 import torch
 
-from rollserve.api.server import free_port
 from rollserve.weight_sync import vllm_group
 from rollserve.weight_sync.vllm_group import UNIQUE_ID_KEY, fetch_unique_id, load_unique_id
 
 TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    """(rollserve.api.server has one, but it needs uvicorn, which a bare GPU machine lacks)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def vllm_pythonpath():

@@ -12,7 +12,6 @@ NCCL refuses two ranks of one communicator on one GPU, so the push needs two.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,18 +28,12 @@ from rollserve.weight_sync.nccl_ctypes import NcclCommunicator, NcclLibrary, wai
 from rollserve.weight_sync.packed import receive_packed  # noqa: E402
 from rollserve.weight_sync.staged_receive import GroupReceiver  # noqa: E402
 from rollserve.weight_sync.vllm_group import join_vllm_group  # noqa: E402
+from tests.weight_sync.test_vllm_group import free_port  # noqa: E402
 
 TIMEOUT_S = 120
 SHAPES = [(64, 32), (32,), (128, 64), (7, 3), (1000,)]
 DTYPES = [torch.bfloat16, torch.float32, torch.float16, torch.float32, torch.bfloat16]
 BUFFER = 8192  # small, so the packed push spans several chunks
-
-
-def free_port() -> int:
-    """(rollserve.api.server's needs uvicorn, which a bare GPU machine may lack)"""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def named_tensors(device) -> list:
