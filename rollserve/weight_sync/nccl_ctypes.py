@@ -165,6 +165,8 @@ class NcclCommunicator:
         self.nccl = library or NcclLibrary.load()
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
+        if self.device.index is None:  # "cuda": the tensors it gets say cuda:<current>
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.comm = ctypes.c_void_p()
         # NCCL binds the communicator to the current device; ncclCommInitRank returns once
         # every rank has called it (it fails when the peer that made the id is gone)
