@@ -1,4 +1,6 @@
-"""What TRL's server mode needs besides rollserve's URL, on a machine without vLLM.
+"""What TRL's server mode needs besides rollserve's URL, on a machine without vLLM
+(a CPU trainer). A GPU trainer with vLLM installed needs none of this: rollserve's engine
+joins vLLM's own weight-transfer group (rollserve/weight_sync/vllm_group.py).
 
 TRL's GRPOTrainer(use_vllm=True, vllm_mode="server") talks to its generation server
 over HTTP through trl.generation.vllm_client.VLLMClient, and rollserve serves those
@@ -13,7 +15,8 @@ calls as vLLM does (api/trl_routes.py). Two things in TRL still reach for vLLM i
 `use_rollserve_weight_sync()` answers both for this process: TRL's availability checks
 see vLLM, and its client opens the weight push with rollserve's helpers of the same
 names and arguments (rollserve.weight_sync.trl_trainer / packed: gloo on CPU, NCCL on
-CUDA), which the engine side speaks. Every HTTP call, the trainer and the loss stay TRL's.
+CUDA), which the engine side speaks; its init_info says "group": "torch" so the engine
+joins that group, not vLLM's. Every HTTP call, the trainer and the loss stay TRL's.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def use_rollserve_weight_sync(backend=None) -> None:
             raise RuntimeError(f"{self.base_url} has no weight-transfer engine")
         init_info = {"master_address": "127.0.0.1" if self.host in ("localhost", "127.0.0.1")
                      else self.host, "master_port": self.group_port, "rank_offset": 1,
-                     "world_size": self.get_world_size() + 1, "packed": True}
+                     "world_size": self.get_world_size() + 1, "packed": True,
+                     "group": "torch"}  # rollserve's helpers, not vLLM's PyNccl
         if backend:
             init_info["backend"] = backend
         with ThreadPoolExecutor(max_workers=1) as executor:

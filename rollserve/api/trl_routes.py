@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
@@ -89,6 +89,10 @@ class InitInfo(BaseModel):
     packed: bool = True
     packed_buffer_size_bytes: int = DEFAULT_BUFFER_SIZE_BYTES
     backend: Optional[str] = None  # rollserve: gloo between CPU processes (NCCL on CUDA)
+    # rollserve: which group the trainer opened. vLLM's own trainer_init sends neither this
+    # nor backend, and gets "vllm" (its StatelessProcessGroup and PyNccl); rollserve's
+    # helpers (examples/trl/rollserve_trl.py) send "torch" (a torch.distributed group)
+    group: Optional[Literal["vllm", "torch"]] = None
 
 
 class InitTransferRequest(BaseModel):
@@ -241,7 +245,8 @@ def add_trl_routes(app: FastAPI, state) -> None:
         settings.packed, settings.buffer_size_bytes = info.packed, info.packed_buffer_size_bytes
         result = await tm.rpc("vllm_init_transfer", master_address=info.master_address,
                               master_port=info.master_port, rank_offset=info.rank_offset,
-                              world_size=info.world_size, backend=info.backend)
+                              world_size=info.world_size, backend=info.backend,
+                              group=info.group)
         return {"message": "Weight transfer initialized"} if result.get("success") else _fail(result)
 
     @app.post("/start_weight_update")

@@ -113,7 +113,23 @@ def group_on_store(backend: str, store, rank: int, world_size: int, group_name: 
 
 
 def destroy_process_group(group) -> None:
-    dist.destroy_process_group(group)
+    """Leave a group: a torch process group, or an NCCL communicator of rollserve's own
+    (weight_sync/vllm_group.py), which has its own `release`."""
+    release = getattr(group, "release", None)
+    if release is not None:
+        release()
+    else:
+        dist.destroy_process_group(group)
+
+
+def post_broadcast(tensor: torch.Tensor, group, src: int):
+    """Start one broadcast from group rank `src`; the returned work has is_completed() and
+    wait() (wait_all). `group` is a torch process group, or a communicator of rollserve's own
+    that posts its own (vLLM's group, weight_sync/vllm_group.py): the receives are the same."""
+    own = getattr(group, "post_broadcast", None)
+    if own is not None:
+        return own(tensor, src)
+    return dist.broadcast(tensor, group=group, group_src=src, async_op=True)
 
 
 def destroy_group_with_engine(group, destroy_engine_side: Callable[[], dict]) -> dict:
@@ -214,12 +230,11 @@ def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dt
     if load_format == FLATTENED_BUCKET:
         offsets, total = bucket_layout(dtypes, shapes)
         buffer = torch.empty(total, dtype=torch.uint8, device=device)
-        wait_all([dist.broadcast(buffer, group=group, group_src=src, async_op=True)], timeout_s)
+        wait_all([post_broadcast(buffer, group, src)], timeout_s)
         return list(zip(names, _views(buffer, offsets, dtypes, shapes)))
     tensors = [torch.empty(tuple(shape), dtype=dtype, device=device)
                for dtype, shape in zip(dtypes, shapes)]
-    wait_all([dist.broadcast(t, group=group, group_src=src, async_op=True) for t in tensors],
-             timeout_s)
+    wait_all([post_broadcast(t, group, src) for t in tensors], timeout_s)
     return list(zip(names, tensors))
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from rollserve.weight_sync.distributed import wait_all
+from rollserve.weight_sync.distributed import post_broadcast, wait_all
 
 DEFAULT_BUFFER_SIZE_BYTES = 1024 * 1024 * 1024  # vLLM's default: both sides must agree
 
@@ -58,8 +58,7 @@ def receive_packed(group, names: Sequence[str], dtypes: Sequence[torch.dtype],
     out, chunks = [], chunk_plan(dtypes, shapes, buffer_size_bytes)
     buffers = [torch.empty(sum(tensor_nbytes(dtypes[i], shapes[i]) for i in chunk),
                            dtype=torch.uint8, device=device) for chunk in chunks]
-    wait_all([dist.broadcast(b, group=group, group_src=src, async_op=True) for b in buffers],
-             timeout_s)
+    wait_all([post_broadcast(b, group, src) for b in buffers], timeout_s)
     for chunk, buffer in zip(chunks, buffers):
         out.extend(unpack(buffer, [names[i] for i in chunk], [dtypes[i] for i in chunk],
                           [shapes[i] for i in chunk]))

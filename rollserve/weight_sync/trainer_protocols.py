@@ -15,8 +15,14 @@ Staging is what makes a push atomic like rollserve's own updates: tensors are re
 (a broadcast must always find its partner, even for a tensor that will be refused),
 kept aside, then validated as a whole against the model and written between two steps
 through WeightSyncService (running requests paused, KV recomputed, version set), or
-refused whole with the old weights serving. Groups are gloo between CPU processes and
-NCCL on CUDA; both halves are rollserve's (weight_sync/trl_trainer.py has the trainer's).
+refused whole with the old weights serving.
+
+Groups, for vLLM's protocol: vLLM's own (a trainer with vLLM installed: its
+StatelessProcessGroup and PyNccl, joined by weight_sync/vllm_group.py, NCCL only), or a
+torch.distributed group (gloo between CPU processes, NCCL on CUDA) whose trainer half is
+rollserve's (weight_sync/trl_trainer.py; init_info says group "torch"). `trl vllm-serve`'s
+is always a torch.distributed group. Only the transport differs: the receives, staging
+and validation are the same for all.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from rollserve.weight_sync import distributed
 from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES, receive_packed, tensor_nbytes
 from rollserve.weight_sync.staged_receive import GroupReceiver
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError
+from rollserve.weight_sync.vllm_group import join_vllm_group
 
 logger = logging.getLogger(__name__)
 VLLM_GROUP = "vllm_weight_transfer"
@@ -130,9 +137,17 @@ class TrainerProtocols:
 
     # ---- vLLM's weight-transfer engine ---------------------------------------------------------
     def vllm_init_transfer(self, master_address: str, master_port: int, rank_offset: int,
-                               world_size: int, backend: Optional[str] = None) -> dict:
+                               world_size: int, backend: Optional[str] = None,
+                               group: Optional[str] = None) -> dict:
+        """group: "vllm" (vLLM's own StatelessProcessGroup and PyNccl, what a trainer with
+        vLLM opens; weight_sync/vllm_group.py) or "torch" (a torch.distributed group, what
+        rollserve's trainer helpers open: weight_sync/trl_trainer.py). Unnamed: torch when
+        init_info names a backend (vLLM's never does), else vllm."""
+        group = group or ("torch" if backend else "vllm")
         problem = distributed.check_group_args(master_address, master_port, rank_offset,
                                                world_size, VLLM_GROUP, backend)
+        if problem is None:
+            problem = self._vllm_group_problem(group, backend)
         if problem is not None:
             return {"success": False, "message": problem}
         refused = self._receiving()
@@ -140,8 +155,10 @@ class TrainerProtocols:
             return refused
         if self.group is not None:
             self._destroy()
-        backend = self._backend(backend)
         timeout_s = self.weight_sync.dist_timeout_s
+        if group == "vllm":
+            return self._join_vllm_group(master_address, master_port, rank_offset, world_size)
+        backend = self._backend(backend)
 
         def joined(group) -> dict:
             self.group = (group, backend, 0)
@@ -155,6 +172,32 @@ class TrainerProtocols:
                 backend, master_address, master_port, world_size, rank_offset, VLLM_GROUP,
                 timeout_s=timeout_s),
             joined, f"the weight-transfer group at {master_address}:{master_port}", timeout_s)
+
+    def _vllm_group_problem(self, group: Optional[str], backend: Optional[str]) -> Optional[str]:
+        if group not in ("vllm", "torch"):
+            return f"group must be vllm or torch, got {group!r}"
+        if group == "vllm" and backend not in (None, "nccl"):
+            return f"vLLM's weight-transfer group is NCCL; backend {backend!r} needs group torch"
+        if group == "vllm" and self.weight_sync.runner.device.type != "cuda":
+            return ("init_info comes from vLLM's own trainer_init (an NCCL group), and this "
+                    "engine runs on the CPU: push with rollserve's helpers instead "
+                    "(examples/trl/rollserve_trl.py, which sends group torch)")
+        return None
+
+    def _join_vllm_group(self, master_address: str, master_port: int, rank_offset: int,
+                         world_size: int):
+        device, timeout_s = self.weight_sync.runner.device, self.weight_sync.dist_timeout_s
+
+        def joined(group) -> dict:
+            self.group = (group, "nccl", 0)
+            self.receiver = GroupReceiver(VLLM_GROUP, group, "nccl", device, timeout_s)
+            return {"success": True, "message": f"joined vLLM's weight-transfer group (NCCL) "
+                                                f"as rank {group.rank} of {world_size}"}
+
+        return distributed.join_in_background(
+            lambda: join_vllm_group(master_address, master_port, rank_offset, world_size,
+                                    device, timeout_s),
+            joined, f"vLLM's weight-transfer group at {master_address}:{master_port}", timeout_s)
 
     def start_staged_update(self, source: str) -> dict:
         if self.staging is not None and self.staging.named:

@@ -148,3 +148,19 @@ def test_trl_vllm_serve_generate_and_chat(http, tokenizer):
     expected = tokenizer.apply_chat_template(messages[1], tokenize=False, add_generation_prompt=True)
     assert chat["prompt_ids"][1] == tokenizer.encode(expected, add_special_tokens=False)
     assert http.get("/get_world_size/").json() == {"world_size": 1}
+
+
+def test_init_weight_transfer_engine_names_the_group(http):
+    """TRL's own init_info (no rollserve fields) asks for vLLM's NCCL group, which this CPU
+    server cannot join: refused at once, naming the shim; a bad group names the field.
+    Nothing listens on the port: a refusal must not wait for a rendezvous."""
+    from rollserve.api.server import free_port
+
+    trl_info = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1,
+                "world_size": 2, "packed": True}  # VLLMClient.init_communicator's, verbatim
+    refused = http.post("/init_weight_transfer_engine", json={"init_info": trl_info})
+    assert refused.status_code == 400 and "rollserve_trl.py" in refused.text
+    for group, field in (("nccl", "group"), ("vllm", "backend")):
+        bad = http.post("/init_weight_transfer_engine", json={"init_info": {
+            **trl_info, "group": group, "backend": "gloo"}})
+        assert bad.status_code in (400, 422) and field in bad.text, bad.text

@@ -130,7 +130,8 @@ def open_communicator(client):
 
     assert client.get_server_info()["weight_transfer_config"] is not None
     init_info = {"master_address": "127.0.0.1", "master_port": client.group_port,
-                 "rank_offset": 1, "world_size": client.get_world_size() + 1, "packed": True}
+                 "rank_offset": 1, "world_size": client.get_world_size() + 1, "packed": True,
+                 "group": "torch"}  # as examples/trl/rollserve_trl.py: rollserve's helpers
     with ThreadPoolExecutor(max_workers=1) as executor:
         future = executor.submit(client._post, f"{client.base_url}/init_weight_transfer_engine",
                                  json={"init_info": init_info})
