@@ -82,8 +82,11 @@ class UpdateNamedParamRequest(BaseModel):
 
 
 class InitInfo(BaseModel):
-    master_address: str
-    master_port: int
+    # vLLM's two rendezvous: the trainer's store (master_address, master_port), or an NCCL
+    # id the trainer minted and shares here (nccl_unique_id_b64, torch-free trainers)
+    master_address: Optional[str] = None
+    master_port: Optional[int] = None
+    nccl_unique_id_b64: Optional[str] = None
     rank_offset: int = 1
     world_size: int = 2
     packed: bool = True
@@ -246,7 +249,7 @@ def add_trl_routes(app: FastAPI, state) -> None:
         result = await tm.rpc("vllm_init_transfer", master_address=info.master_address,
                               master_port=info.master_port, rank_offset=info.rank_offset,
                               world_size=info.world_size, backend=info.backend,
-                              group=info.group)
+                              group=info.group, nccl_unique_id_b64=info.nccl_unique_id_b64)
         return {"message": "Weight transfer initialized"} if result.get("success") else _fail(result)
 
     @app.post("/start_weight_update")

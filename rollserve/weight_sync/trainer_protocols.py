@@ -39,7 +39,7 @@ from rollserve.weight_sync import distributed
 from rollserve.weight_sync.packed import DEFAULT_BUFFER_SIZE_BYTES, receive_packed, tensor_nbytes
 from rollserve.weight_sync.staged_receive import GroupReceiver
 from rollserve.weight_sync.validate import TensorInfo, WeightUpdateError
-from rollserve.weight_sync.vllm_group import join_vllm_group
+from rollserve.weight_sync.vllm_group import decode_unique_id_b64, fetch_unique_id, join_vllm_group
 
 logger = logging.getLogger(__name__)
 VLLM_GROUP = "vllm_weight_transfer"
@@ -66,6 +66,8 @@ class TrainerProtocols:
     def __init__(self, weight_sync):
         self.weight_sync = weight_sync
         self.group = None  # (process group, backend, src rank)
+        # the last update_weights' (names, dtype_names, shapes): empty lists reuse them
+        self.last_update_meta = None
         self.receiver: Optional[GroupReceiver] = None  # receives beside generation
         self.joining: Optional[threading.Thread] = None
         self.join_error: Optional[str] = None
@@ -138,14 +140,31 @@ class TrainerProtocols:
     # ---- vLLM's weight-transfer engine ---------------------------------------------------------
     def vllm_init_transfer(self, master_address: str, master_port: int, rank_offset: int,
                                world_size: int, backend: Optional[str] = None,
-                               group: Optional[str] = None) -> dict:
+                               group: Optional[str] = None,
+                               nccl_unique_id_b64: Optional[str] = None) -> dict:
         """group: "vllm" (vLLM's own StatelessProcessGroup and PyNccl, what a trainer with
         vLLM opens; weight_sync/vllm_group.py) or "torch" (a torch.distributed group, what
         rollserve's trainer helpers open: weight_sync/trl_trainer.py). Unnamed: torch when
-        init_info names a backend (vLLM's never does), else vllm."""
+        init_info names a backend (vLLM's never does), else vllm. nccl_unique_id_b64 instead
+        of master_address / master_port: vLLM's torch-free rendezvous (the trainer minted
+        the NCCL id itself and shares it here; no store), vLLM's group only."""
         group = group or ("torch" if backend else "vllm")
-        problem = distributed.check_group_args(master_address, master_port, rank_offset,
-                                               world_size, VLLM_GROUP, backend)
+        unique_id, problem = None, None
+        if nccl_unique_id_b64 is not None:
+            try:
+                unique_id = decode_unique_id_b64(nccl_unique_id_b64)
+            except ValueError as e:
+                problem = str(e)
+            if problem is None and (master_address is not None or master_port is not None):
+                problem = ("init_info: pass nccl_unique_id_b64 or master_address / "
+                           "master_port, not both")
+            if problem is None and group != "vllm":
+                problem = "nccl_unique_id_b64 is vLLM's NCCL rendezvous: it needs group vllm"
+            # the address is not used: check the ranks with a placeholder rendezvous
+            master_address, master_port = "unique-id", 1
+        if problem is None:
+            problem = distributed.check_group_args(master_address, master_port, rank_offset,
+                                                   world_size, VLLM_GROUP, backend)
         if problem is None:
             problem = self._vllm_group_problem(group, backend)
         if problem is not None:
@@ -156,8 +175,10 @@ class TrainerProtocols:
         if self.group is not None:
             self._destroy()
         timeout_s = self.weight_sync.dist_timeout_s
+        self.last_update_meta = None  # vLLM forgets it at every init too
         if group == "vllm":
-            return self._join_vllm_group(master_address, master_port, rank_offset, world_size)
+            return self._join_vllm_group(master_address, master_port, rank_offset, world_size,
+                                         unique_id)
         backend = self._backend(backend)
 
         def joined(group) -> dict:
@@ -185,8 +206,12 @@ class TrainerProtocols:
         return None
 
     def _join_vllm_group(self, master_address: str, master_port: int, rank_offset: int,
-                         world_size: int):
+                         world_size: int, unique_id: Optional[bytes] = None):
         device, timeout_s = self.weight_sync.runner.device, self.weight_sync.dist_timeout_s
+        # with a pre-shared id there is no store: every rank enters ncclCommInitRank at once
+        fetch = fetch_unique_id if unique_id is None else (lambda *args: unique_id)
+        where = ("a pre-shared NCCL id" if unique_id is not None
+                 else f"{master_address}:{master_port}")
 
         def joined(group) -> dict:
             self.group = (group, "nccl", 0)
@@ -196,8 +221,8 @@ class TrainerProtocols:
 
         return distributed.join_in_background(
             lambda: join_vllm_group(master_address, master_port, rank_offset, world_size,
-                                    device, timeout_s),
-            joined, f"vLLM's weight-transfer group at {master_address}:{master_port}", timeout_s)
+                                    device, timeout_s, fetch=fetch),
+            joined, f"vLLM's weight-transfer group at {where}", timeout_s)
 
     def start_staged_update(self, source: str) -> dict:
         if self.staging is not None and self.staging.named:
@@ -209,10 +234,14 @@ class TrainerProtocols:
     def vllm_update_weights(self, names: List[str], dtype_names: List[str],
                                 shapes: List[List[int]], packed: bool = True,
                                 buffer_size_bytes: int = DEFAULT_BUFFER_SIZE_BYTES) -> dict:
-        """Receive one announced bucket into the staging area (opened if none is)."""
+        """Receive one announced bucket into the staging area (opened if none is). Three
+        empty lists reuse the previous call's names, dtypes and shapes (vLLM's rule: a trainer
+        that pushes the same parameters every round announces them once after each init)."""
         if self.group is None:
             return {"success": False, "message": "no weight-transfer group: call "
                                                  "/init_weight_transfer_engine first"}
+        if not names and not dtype_names and not shapes and self.last_update_meta is not None:
+            names, dtype_names, shapes = self.last_update_meta
         if not (len(names) == len(dtype_names) == len(shapes)):
             # the trainer's broadcast cannot be matched; nothing is received, say why
             return {"success": False, "message": f"names, dtype_names and shapes differ in length "
@@ -224,6 +253,8 @@ class TrainerProtocols:
             return {"success": False, "message": str(e)}
         _, _, src = self.group
         names, buffer_size = list(names), int(buffer_size_bytes)
+        if names:
+            self.last_update_meta = (names, list(dtype_names), shapes)
 
         def receive(group, device, timeout_s):
             if packed:

@@ -27,6 +27,8 @@ engine's NCCL at a peer of their choice and push weights: keep it on a trusted n
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import io
 import logging
@@ -97,6 +99,23 @@ def load_unique_id(raw: bytes) -> bytes:
         raise pickle.UnpicklingError(f"the trainer's store held a {type(value).__name__}, "
                                      f"not an ncclUniqueId")
     return value.raw
+
+
+def decode_unique_id_b64(text) -> bytes:
+    """vLLM's torch-free rendezvous (a JAX trainer, say): init_info's nccl_unique_id_b64 is
+    the standard base64 (not URL-safe) of the 128 bytes the trainer's ncclGetUniqueId gave.
+    ValueError naming the field when it is anything else."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("nccl_unique_id_b64 must be a non-empty base64 string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("nccl_unique_id_b64 is not standard base64 (URL-safe base64 is "
+                         "not accepted)") from None
+    if len(raw) != UNIQUE_ID_BYTES:
+        raise ValueError(f"nccl_unique_id_b64 must decode to {UNIQUE_ID_BYTES} bytes, got "
+                         f"{len(raw)}")
+    return raw
 
 
 def fetch_unique_id(master_address: str, master_port: int, world_size: int,

@@ -164,3 +164,23 @@ def test_init_weight_transfer_engine_names_the_group(http):
         bad = http.post("/init_weight_transfer_engine", json={"init_info": {
             **trl_info, "group": group, "backend": "gloo"}})
         assert bad.status_code in (400, 422) and field in bad.text, bad.text
+
+
+def test_init_with_a_pre_shared_nccl_id(http):
+    """vLLM's torch-free rendezvous (nccl_unique_id_b64 instead of the store's address): a
+    malformed id, both rendezvous at once, or the id with rollserve's torch group get a 400
+    naming the field; a well-formed one reaches the NCCL group, which this CPU engine refuses
+    with the shim's name. Neither rendezvous names master_address."""
+    import base64
+
+    good = base64.b64encode(bytes(128)).decode()
+    base = {"rank_offset": 1, "world_size": 2}
+    cases = [({"nccl_unique_id_b64": "@@"}, "nccl_unique_id_b64"),
+             ({"nccl_unique_id_b64": good, "master_address": "127.0.0.1", "master_port": 29500},
+              "not both"),
+             ({"nccl_unique_id_b64": good, "group": "torch"}, "group vllm"),
+             ({"nccl_unique_id_b64": good}, "rollserve_trl.py"),
+             ({}, "master_address")]
+    for extra, expected in cases:
+        r = http.post("/init_weight_transfer_engine", json={"init_info": {**base, **extra}})
+        assert r.status_code == 400 and expected in r.text, (extra, r.text)

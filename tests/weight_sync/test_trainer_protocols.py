@@ -156,6 +156,30 @@ def test_trl_vllm_client_pushes_a_whole_model(http, trl_client, ckpts, reference
     trl_client.communicator = None
 
 
+def test_empty_update_info_reuses_the_last_announced_tensors(http, trl_client, ckpts, on_a):
+    """vLLM's rule: update_weights with three empty lists receives the tensors the previous
+    call announced (a trainer that pushes the same parameters each round announces them
+    once after init)."""
+    import trl.generation.vllm_client as vc
+
+    open_communicator(trl_client)
+    param = dict(hf_model(ckpts["A"]).named_parameters())[NAME].detach()
+    trl_client.update_named_param(NAME, torch.zeros_like(param))  # announces NAME
+    assert first_values(http) == [0.0] * 5
+    with trl_client.weight_update():
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            future = executor.submit(trl_client._post, f"{trl_client.base_url}/update_weights",
+                                     json={"update_info": {"names": [], "dtype_names": [],
+                                                           "shapes": []}})
+            vc.packed_nccl_broadcast_producer(iterator=iter([(NAME, torch.full_like(param, 2.0))]),
+                                              group=trl_client.communicator, src=0,
+                                              post_iter_func=lambda item: item[1])
+            future.result()
+    assert first_values(http) == [2.0] * 5
+    trl_client.close_communicator()
+    trl_client.communicator = None
+
+
 def test_trl_push_with_a_wrong_tensor_is_refused_whole(http, trl_client, ckpts, reference, on_a):
     open_communicator(trl_client)
     before = first_values(http)

@@ -232,3 +232,16 @@ def test_join_refuses_a_cpu_engine_and_a_bad_rank():
     with pytest.raises(ValueError, match="outside"):
         vllm_group.join_vllm_group("127.0.0.1", free_port(), 1, 2, torch.device("cpu"), 5,
                                    local_rank=1)
+
+
+def test_a_pre_shared_unique_id_must_be_128_bytes_of_standard_base64():
+    """vLLM's torch-free rendezvous: nccl_unique_id_b64 decodes to the raw id; URL-safe
+    base64, another length or a non-string is refused naming the field."""
+    import base64
+
+    raw = bytes(range(128))
+    assert vllm_group.decode_unique_id_b64(base64.b64encode(raw).decode()) == raw
+    for bad in (base64.urlsafe_b64encode(raw).decode(), base64.b64encode(raw[:64]).decode(),
+                "not base64!", "", 12):
+        with pytest.raises(ValueError, match="nccl_unique_id_b64"):
+            vllm_group.decode_unique_id_b64(bad)
