@@ -20,7 +20,7 @@
 # `sharegpt_sglang_lengths` (that run on lengths with the means of SGLang's ShareGPT run),
 # `moe` (issue #19: fused MoE kernel tests and TFLOPS vs a dense GEMM, active-parameter rooflines,
 # one_batch and offline on the Qwen3-30B-A3B and DeepSeek-V2-Lite shapes), `ws_tests` (the weight-sync GPU tests: CUDA IPC, memory release, torch_memory_saver,
-# NCCL when there are two GPUs), `profile` (each kernel's time in a bs=1 decode step), `rollout`
+# NCCL when there are two GPUs, the ctypes NCCL of vLLM's group), `profile` (each kernel's time in a bs=1 decode step), `rollout`
 # (issue #17: the GRPO-shaped rollout bench, Qwen3-0.6B 64 prompts x 16 samples 512-1024 in / 1024
 # out and Llama-3.1-8B 32 x 16 1024 in / 512 out, ignore_eos, each beside the same samples as
 # separate n=1 requests without the radix cache) and `rollout_eos` (the 0.6B run with lengths
@@ -166,7 +166,7 @@ for stage in $STAGES; do
         --attention-backend flashinfer --output-file "$OUT/offline_llama-3.1-8b_sharegpt_flashinfer.json" ;;
     ws_tests)
       step weight_sync_tests 150 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
-        -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py ;;
+        -o faulthandler_timeout=120 tests/weight_sync/test_gpu.py tests/weight_sync/test_vllm_group_gpu.py ;;
     attn_bench)  # the decode-attention config sweep
       step decode_attention 240 $PY -m rollserve.bench.decode_attention --out "$OUT/decode_attention.json" ;;
     gemv_sweep)  # every candidate GEMV config at M = 1, plain and fused
