@@ -47,6 +47,9 @@ def test_eagle_head_through_the_engine(tiny_models, tmp_path):
     head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
     assert_eagle_engine_decodes_as_plain(tiny_models["llama"], head, speculative_num_steps=3,
                                          speculative_num_draft_tokens=4)
+    # tree drafts through the server's flags: 2 children per node, 3 levels, 5 nodes
+    assert_eagle_engine_decodes_as_plain(tiny_models["llama"], head, speculative_num_steps=3,
+                                         speculative_eagle_topk=2, speculative_num_draft_tokens=6)
 
 
 def assert_eagle_engine_decodes_as_plain(model: str, head: str, params=PARAMS, **engine_args):
