@@ -238,7 +238,7 @@ def receive_named_tensors(group, names: Sequence[str], dtypes: Sequence[torch.dt
     return list(zip(names, tensors))
 
 
-def wait_all(works: Sequence, timeout_s: Optional[float] = None) -> None:
+def wait_all(works: Sequence, timeout_s: Optional[float] = None, what: str = "the broadcast") -> None:
     """Wait for the collectives. A gloo wait blocks, and ends (raising) at the group's own
     timeout: pass None. An NCCL one only orders the current stream after the collective, so
     with timeout_s its end is polled on the CPU for at most that long (then TimeoutError:
@@ -248,7 +248,7 @@ def wait_all(works: Sequence, timeout_s: Optional[float] = None) -> None:
         pause = 0.0001
         while deadline is not None and not work.is_completed():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the broadcast did not come within {timeout_s:g}s")
+                raise TimeoutError(f"{what} did not come within {timeout_s:g}s")
             time.sleep(pause)  # short at first (a broadcast under way), then every 2 ms
             pause = min(2 * pause, 0.002)
         work.wait()

@@ -25,7 +25,6 @@ import importlib.util
 import logging
 import os
 import threading
-import time
 from typing import Dict, List, Optional
 
 import torch
@@ -227,11 +226,3 @@ class NcclCommunicator:
 
     release = abort  # distributed.destroy_process_group's name for leaving a group
 
-
-def wait_posted(posted: Posted, timeout_s: float, what: str) -> None:
-    """Block the calling thread until `posted` completes, at most timeout_s seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not posted.is_completed():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not complete within {timeout_s:g}s")
-        time.sleep(0.001)

@@ -35,7 +35,8 @@ import logging
 import pickle
 import torch
 
-from rollserve.weight_sync.nccl_ctypes import UNIQUE_ID_BYTES, NcclCommunicator, wait_posted
+from rollserve.weight_sync.distributed import wait_all
+from rollserve.weight_sync.nccl_ctypes import UNIQUE_ID_BYTES, NcclCommunicator
 
 logger = logging.getLogger(__name__)
 UNIQUE_ID_KEY = "broadcast_from/0/0"  # StatelessProcessGroup.broadcast_obj: rank 0's first object
@@ -164,8 +165,8 @@ def join_vllm_group(master_address: str, master_port: int, rank_offset: int, wor
     try:
         with torch.cuda.device(device):
             warm_up = torch.zeros(1, dtype=torch.float32, device=device)
-            wait_posted(communicator.all_reduce_sum(warm_up), timeout_s,
-                        "the warm-up all_reduce vLLM's trainer runs after init")
+            wait_all([communicator.all_reduce_sum(warm_up)], timeout_s,
+                     "the warm-up all_reduce vLLM's trainer runs after init")
     except Exception:
         communicator.abort()
         raise

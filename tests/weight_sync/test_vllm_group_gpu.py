@@ -24,7 +24,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
 from rollserve.weight_sync import distributed  # noqa: E402
-from rollserve.weight_sync.nccl_ctypes import NcclCommunicator, NcclLibrary, wait_posted  # noqa: E402
+from rollserve.weight_sync.nccl_ctypes import NcclCommunicator, NcclLibrary  # noqa: E402
 from rollserve.weight_sync.packed import receive_packed  # noqa: E402
 from rollserve.weight_sync.staged_receive import GroupReceiver  # noqa: E402
 from rollserve.weight_sync.vllm_group import join_vllm_group  # noqa: E402
@@ -49,7 +49,7 @@ def test_ctypes_communicator_on_one_rank():
     communicator = NcclCommunicator(library.new_unique_id(), 0, 1, device, library)
     with torch.cuda.device(device):
         warm_up = torch.full((1,), 3.0, device=device)
-        wait_posted(communicator.all_reduce_sum(warm_up), 30, "all_reduce")
+        distributed.wait_all([communicator.all_reduce_sum(warm_up)], 30, "all_reduce")
         assert warm_up.item() == 3.0  # a sum over one rank
         stream = torch.cuda.Stream(device)
         with torch.cuda.stream(stream):  # as GroupReceiver runs it: its own stream
