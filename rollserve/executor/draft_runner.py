@@ -135,8 +135,11 @@ class DraftRunner:
             return broadcast_tensor(self.model.draft_ids(states)).tolist()
 
     def draft_topk(self, states: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The draft's k likeliest tokens and their log-probs (tree drafts); under TP rank 0's
+        on every rank, as draft_ids: the ranks must grow the same trees."""
         with torch.inference_mode():
-            return self.model.draft_topk(states, k)
+            logp, ids = self.model.draft_topk(states, k)
+            return broadcast_tensor(logp.contiguous()), broadcast_tensor(ids.contiguous())
 
     def weights_changed(self) -> None:
         """The target's weights were written: NEXTN's layer is part of them and reloads; an

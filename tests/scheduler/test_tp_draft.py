@@ -97,10 +97,16 @@ def test_tp2_draft_models_answer_as_one_rank_without_speculation(cases):
 
 def test_tp2_engine_drafts_with_an_eagle_head(tiny_models, tmp_path):
     """The server's path: rank 0 hands every rank its requests (scheduler/tp_sync.py) and each
-    rank's draft runs in step; greedy answers equal one rank's without speculation."""
+    rank's draft runs in step, chains and trees; greedy answers equal one rank's without
+    speculation."""
     from tests.rollout.test_speculative_engine import assert_eagle_engine_decodes_as_plain
 
     head = save_eagle_head(tiny_models["llama"], str(tmp_path / "head"))
     assert_eagle_engine_decodes_as_plain(
         tiny_models["llama"], head, {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True},
         tp_size=2, speculative_num_draft_tokens=3)
+    # tree drafts at TP 2: both ranks grow rank 0's trees (draft_topk broadcasts them)
+    assert_eagle_engine_decodes_as_plain(
+        tiny_models["llama"], head, {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True},
+        tp_size=2, speculative_eagle_topk=2, speculative_num_steps=2,
+        speculative_num_draft_tokens=4)
