@@ -33,6 +33,9 @@ class TPState:
     # --enable-dp-attention: each rank runs attention (and dense layers) alone over its own
     # requests; only the MoE experts are split over the group (layers/moe_dp.py)
     dp_attention: bool = False
+    # --moe-a2a-backend deepep (under DP attention, whole experts): each rank routes its own
+    # tokens and sends each copy to its expert's rank (layers/moe_dispatch.py)
+    moe_a2a: bool = False
 
 
 _STATE = TPState()
@@ -108,6 +111,19 @@ def set_expert_parallel(size: int) -> None:
     _STATE.ep_size = size
 
 
+def moe_a2a() -> bool:
+    return _STATE.moe_a2a
+
+
+def set_moe_a2a(on: bool) -> None:
+    """The all-to-all token dispatch: only where each rank has its own tokens (DP attention)
+    and whole experts (ep_size == the group's size); set after both."""
+    if on and not (_STATE.dp_attention and _STATE.ep_size == _STATE.size > 1):
+        raise ValueError("moe_a2a_backend: the all-to-all dispatch needs --enable-dp-attention "
+                         "and --ep-size equal to --tp-size (> 1)")
+    _STATE.moe_a2a = bool(on)
+
+
 def tp_size() -> int:
     """How many ranks split attention, dense layers and the vocabulary (1 under DP attention)."""
     return 1 if _STATE.dp_attention else _STATE.size
@@ -152,6 +168,31 @@ def all_gather_rows(x: torch.Tensor, sizes: List[int]) -> Tuple[torch.Tensor, sl
     dist.all_gather(parts, padded, group=_STATE.group)
     start = sum(sizes[:_STATE.rank])
     return torch.cat([p[:n] for p, n in zip(parts, sizes)]), slice(start, start + x.shape[0])
+
+
+def all_to_all_counts(counts: torch.Tensor) -> torch.Tensor:
+    """The all-to-all dispatch's first exchange: `counts` [size * n] holds n numbers for each
+    rank (chunk r goes to rank r); returns [size * n], chunk r what rank r sent here."""
+    if _STATE.size == 1:
+        return counts
+    import torch.distributed as dist
+
+    out = torch.empty_like(counts)
+    dist.all_to_all_single(out, counts.contiguous(), group=_STATE.group)
+    return out
+
+
+def all_to_all_rows(x: torch.Tensor, send: List[int], recv: List[int]) -> torch.Tensor:
+    """Rows of `x` [sum(send), H] to the ranks, send[r] of them (in order) to rank r; returns
+    [sum(recv), H], recv[r] rows from rank r in rank order. Uneven and zero sizes allowed."""
+    if _STATE.size == 1:
+        return x
+    import torch.distributed as dist
+
+    out = x.new_empty(sum(recv), *x.shape[1:])
+    dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv,
+                           input_split_sizes=send, group=_STATE.group)
+    return out
 
 
 def all_gather_last_dim(t: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ LORA = refused("LoRA adapters are not implemented",
                "folder, or push merged weights with /update_weights_from_tensor")
 SPEC = refused("multi-layer EAGLE (several MTP layers drafting in turn) is not implemented",
                "--speculative-algorithm EAGLE, EAGLE3 or NEXTN, which draft with one layer")
-MOE = refused("SGLang's all-to-all MoE backends (DeepEP, elastic EP) are not implemented: "
-              "--ep-size splits the experts over the TP ranks and combines with one all-reduce",
+MOE = refused("elastic expert parallelism (experts moving between ranks, DeepEP's waterfill) "
+              "is not implemented: --ep-size splits the experts whole over the TP ranks, and "
+              "--moe-a2a-backend deepep sends tokens to them by all-to-all",
               "leave it at its default")
 HICACHE = refused("the hierarchical (host memory / storage) KV cache is not implemented",
                   "--max-total-tokens or --mem-fraction-static to size the device KV pool")
@@ -43,7 +44,9 @@ GRAMMAR_OFF = noop("a grammar setting rollserve's xgrammar backend does not expo
                    "is served), compiled grammars are cached in memory, not on disk")
 MOE_KNOB = noop("a MoE expert-parallel / kernel-backend setting with nothing to act on: "
                 "experts run through rollserve's fused MoE kernel, split over the TP ranks by "
-                "--ep-size and combined with one all-reduce (no DeepEP, no expert rebalancing)")
+                "--ep-size and combined with one all-reduce, or with --moe-a2a-backend deepep "
+                "dispatched by torch.distributed all-to-all (not the DeepEP library; no expert "
+                "rebalancing)")
 TP_KNOB = noop("a multi-GPU communication setting; tensor parallelism uses torch.distributed's "
                "own collectives (NCCL / gloo)")
 PP_KNOB = noop("only used with pipeline parallelism, which is off (one device per server)")

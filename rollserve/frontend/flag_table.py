@@ -232,7 +232,7 @@ _EACH: Dict[str, FlagPolicy] = {
     "enable_multi_layer_eagle": SPEC,
     # MoE
     "ep_size": implemented(),
-    "moe_a2a_backend": MOE,
+    "moe_a2a_backend": implemented(),
     "elastic_ep_backend": MOE,
     "enable_deepep_waterfill": MOE,
     "elastic_ep_rejoin": MOE,
@@ -367,7 +367,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                    "leave it out"),
     # Deprecated in SGLang
     "enable_ep_moe": implemented(),
-    "enable_deepep_moe": DEPRECATED_MOE,
+    "enable_deepep_moe": implemented(),
     "prefill_round_robin_balance": noop("deprecated in SGLang; one replica per server here"),
     "enable_flashinfer_cutlass_moe": DEPRECATED_MOE,
     "enable_flashinfer_cutedsl_moe": DEPRECATED_MOE,

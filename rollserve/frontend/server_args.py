@@ -104,6 +104,10 @@ class ServerArgs:
     tp_size: int = 1
     ep_size: int = 1  # MoE experts split whole over the TP ranks (1 or tp_size)
     enable_ep_moe: bool = False  # SGLang's deprecated spelling of --ep-size = --tp-size
+    # deepep: DP attention's MoE tokens go to their experts' ranks and back by all-to-all
+    # (torch.distributed, layers/moe_dispatch.py); none: all-gather + all-reduce
+    moe_a2a_backend: str = "none"
+    enable_deepep_moe: bool = False  # SGLang's deprecated spelling of --moe-a2a-backend deepep
     dp_size: int = 1
     # attention data-parallel inside one replica of tp_size ranks (dp_size == tp_size), the
     # MoE experts split over the same ranks (docs/parallel.md)
@@ -139,7 +143,10 @@ class ServerArgs:
     speculative_ngram_max_trie_depth: int = 18
 
     def __post_init__(self):
-        if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N
+        if self.enable_deepep_moe:
+            object.__setattr__(self, "moe_a2a_backend", "deepep")
+        # SGLang's old spelling of --ep-size N, and its deepep backend, set ep_size to tp_size
+        if (self.enable_ep_moe or self.moe_a2a_backend == "deepep") and self.ep_size == 1:
             object.__setattr__(self, "ep_size", self.tp_size)
         self.validate()
 
@@ -201,6 +208,9 @@ class ServerArgs:
             need(self.nnodes == 1, "enable_dp_attention", "runs on one node here")
             need(self.load_format != "sharded_state", "enable_dp_attention",
                  "reads the HF checkpoint (sharded_state files are cut for TP attention)")
+        need(self.moe_a2a_backend == "none" or (self.enable_dp_attention and self.ep_size == self.tp_size),
+             "moe_a2a_backend", "deepep (the all-to-all token dispatch, over torch.distributed) "
+             "needs --enable-dp-attention: each rank dispatches its own requests' tokens")
         check_speculative(self)
 
     def check_machine(self) -> None:
@@ -256,6 +266,7 @@ class ServerArgs:
             torch_compile_max_bs=self.torch_compile_max_bs, disable_mla=self.disable_mla,
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
             ep_size=self.ep_size, dp_attention=self.enable_dp_attention,
+            moe_a2a=self.moe_a2a_backend == "deepep",
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference,
@@ -315,6 +326,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "grammar_backend": ("xgrammar", "none"),
     "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
     "load_balance_method": LOAD_BALANCE_METHODS, "speculative_algorithm": SPECULATIVE_ALGORITHMS,
+    # SGLang's mooncake, mori, nixl and ascend_fuseep need their own transfer libraries
+    "moe_a2a_backend": ("none", "deepep"),
 }
 
 

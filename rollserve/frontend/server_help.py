@@ -106,6 +106,12 @@ HELP = {
                            "requests; the MoE experts are split over the ranks, which exchange "
                            "their tokens at each MoE layer (CPU gloo and CUDA NCCL; eager, no "
                            "overlap scheduler)",
+    "moe_a2a_backend": "deepep: under --enable-dp-attention, each rank routes its own tokens and "
+                       "sends each (token, expert) copy to the rank holding that expert and back "
+                       "(all-to-all over torch.distributed, not the DeepEP library; sets --ep-size "
+                       "to --tp-size); none: every rank gathers all ranks' tokens and one "
+                       "all-reduce combines",
+    "enable_deepep_moe": "deprecated in SGLang: the same as --moe-a2a-backend deepep",
     "enable_ep_moe": "deprecated in SGLang: the same as --ep-size equal to --tp-size",
     "dp_size": "data-parallel replicas (each with its own tp_size ranks) behind this one "
                "endpoint, balanced by the router (frontend/router.py)",

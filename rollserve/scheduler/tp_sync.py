@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 
 from rollserve.executor.parallel_state import (all_gather_objects, broadcast_objects, gather_objects,
                                                group_rank, group_size, init_tensor_parallel,
-                                               set_dp_attention, set_expert_parallel)
+                                               set_dp_attention, set_expert_parallel, set_moe_a2a)
 from rollserve.scheduler.config import SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def join_tensor_parallel(config: SchedulerConfig, rank: int) -> SchedulerConfig:
     init_tensor_parallel(rank, ex.tp_size, f"tcp://{ex.dist_init_addr}", device, ex.dist_timeout)
     set_expert_parallel(ex.ep_size)
     set_dp_attention(ex.dp_attention)
+    set_moe_a2a(ex.moe_a2a)
     return dataclasses.replace(config, executor=dataclasses.replace(ex, device=device))
 
 

@@ -164,3 +164,21 @@ def test_dp_attention_and_expert_parallel_settings():
     assert ServerArgs(model_path="m", tp_size=4, enable_ep_moe=True).ep_size == 4
     with pytest.raises(ValueError, match="ep_size"):
         ServerArgs(model_path="m", tp_size=4, ep_size=2)
+
+
+def test_moe_a2a_backend_deepep_selects_the_all_to_all_dispatch():
+    """--moe-a2a-backend deepep (or SGLang's older --enable-deepep-moe) sets ep_size to tp_size
+    as SGLang does and turns on the torch.distributed all-to-all under DP attention; without
+    DP attention, or with another transfer library, the start stops naming the flag."""
+    dp = ["--tp-size", "2", "--dp-size", "2", "--enable-dp-attention"]
+    for flags in (["--moe-a2a-backend", "deepep"], ["--enable-deepep-moe"]):
+        args = from_cli(dp + flags)
+        assert (args.moe_a2a_backend, args.ep_size) == ("deepep", 2)
+        executor = dataclasses.replace(args, model_path="m").scheduler_config().executor
+        assert executor.moe_a2a and executor.ep_size == 2
+    plain = ServerArgs(model_path="m", tp_size=2, dp_size=2, enable_dp_attention=True, ep_size=2)
+    assert not plain.scheduler_config().executor.moe_a2a  # none: the all-gather + all-reduce
+    with pytest.raises(ValueError, match="moe_a2a_backend: .*--enable-dp-attention"):
+        ServerArgs(model_path="m", tp_size=2, moe_a2a_backend="deepep")
+    with pytest.raises(argparse.ArgumentError, match="invalid choice: 'mooncake'"):
+        parse(dp + ["--moe-a2a-backend", "mooncake"])

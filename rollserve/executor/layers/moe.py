@@ -4,7 +4,9 @@ tensor, so the fused kernel reads every expert from one place) and optional shar
 Checkpoints name each expert separately (`experts.{e}.gate_proj.weight`, Mixtral's
 `experts.{e}.w1.weight`); `checkpoint_targets` maps those names onto slices of the stacked
 tensors. Under tensor parallelism the experts are split as layers/moe_parallel.py says (each
-expert's rows, or whole experts with --ep-size), and one all-reduce ends the block.
+expert's rows, or whole experts with --ep-size), and one all-reduce ends the block; under DP
+attention with whole experts and --moe-a2a-backend deepep, tokens travel to their experts'
+ranks and back instead (layers/moe_dispatch.py).
 A recorder on the forward context (ctx.moe_recorder) sees each layer's choices: the
 expert-distribution counters and the routed experts returned for RL read them there.
 """
@@ -18,11 +20,12 @@ from torch import nn
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.layers.linear import FusedLinear
+from rollserve.executor.layers.moe_dispatch import dispatch_combine
 from rollserve.executor.layers.moe_parallel import expert_layout
 from rollserve.executor.layers.norm import RMSNorm
 from rollserve.executor.layers.parallel import RowParallelLinear, column_slices
-from rollserve.executor.parallel_state import (all_gather_rows, all_reduce, dp_attention, split_evenly,
-                                               tp_rank, tp_size)
+from rollserve.executor.parallel_state import (all_gather_rows, all_reduce, dp_attention, group_size,
+                                               moe_a2a, split_evenly, tp_rank, tp_size)
 from rollserve.kernels.linear import linear
 from rollserve.kernels.activation import silu_and_mul
 from rollserve.kernels.moe import RoutingSpec, fused_moe, select_experts
@@ -102,6 +105,12 @@ class RoutedExperts(nn.Module):
         return fused_moe(x, self.w13_weight, self.w2_weight, weights, self.layout.local_ids(ids),
                          dropped=True)
 
+    def run_local(self, rows: torch.Tensor, local_ids: torch.Tensor) -> torch.Tensor:
+        """The all-to-all dispatch's rows [N, H], each for one of this rank's experts
+        (`local_ids` [N]); unweighted (the token's rank applies the top-k weights)."""
+        ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+        return fused_moe(rows, self.w13_weight, self.w2_weight, ones, local_ids.unsqueeze(1))
+
 
 class SparseMoeBlock(nn.Module):
     """Router + routed experts (+ shared experts, whose output is added)."""
@@ -129,17 +138,33 @@ class SparseMoeBlock(nn.Module):
         """The block's output for normed `x`. Under DP attention each rank brings its own
         tokens (an idle rank none, ModelRunner.idle_forward): the experts see every rank's,
         the all-reduce adds the ranks' expert parts, each rank keeps its rows; the shared
-        experts are whole on every rank and run on its own tokens."""
+        experts are whole on every rank and run on its own tokens. With the all-to-all
+        dispatch each rank routes its own tokens and only their copies travel."""
         if not dp_attention():
             out = self._routed(x, ctx)
             if self.shared_experts is not None:
                 out = out + self.shared_experts(x)
             return all_reduce(out)  # the ranks' parts (identity on one rank)
         # every rank's token count, exchanged once per forward (ctx, or the idle pass's own)
-        every, mine = all_gather_rows(x, counts if counts is not None else ctx.dp_token_counts)
+        counts = counts if counts is not None else ctx.dp_token_counts
+        if moe_a2a():
+            return self._dispatched(x, ctx, counts)
+        every, mine = all_gather_rows(x, counts)
         if every.shape[0] == 0:  # no rank had a token (all agree: they saw the same counts)
             return x
         out = all_reduce(self._routed(every, ctx, mine))[mine]
+        return out if self.shared_experts is None else out + self.shared_experts(x)
+
+    def _dispatched(self, x: torch.Tensor, ctx: Optional[ForwardContext],
+                    counts: List[int]) -> torch.Tensor:
+        if sum(counts) == 0:  # no rank has a token: all skip the exchange alike
+            return x
+        weights, ids = self.gate(x)
+        recorder = getattr(ctx, "moe_recorder", None)
+        if recorder is not None:  # this rank routed only its own tokens: all of them are its
+            recorder.record(self.layer_id, ids)
+        out = dispatch_combine(x, weights.to(x.dtype), ids, self.num_experts, group_size(),
+                               self.experts.run_local)
         return out if self.shared_experts is None else out + self.shared_experts(x)
 
     def _routed(self, x: torch.Tensor, ctx: Optional[ForwardContext],
