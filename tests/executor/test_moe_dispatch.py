@@ -94,3 +94,67 @@ def test_one_rank_dispatch_is_the_fused_moe():
     got, seen = dispatched(0, 1, w13, w2, x, weights, ids)
     assert (got - fused_moe(x, w13, w2, weights, ids)).abs().max().item() < 1e-5
     assert sorted(seen[0]) == sorted(ids.reshape(-1).tolist())  # every copy ran once
+
+
+def empty_context(recorder, counts):
+    """A forward context holding only what the MoE block reads under DP attention."""
+    from rollserve.core.forward_context import ForwardContext
+
+    none = torch.empty(0, dtype=torch.long)
+    return ForwardContext(positions=none, out_cache_loc=none, req_pool_indices=none,
+                          req_to_token=none, prefix_lens=none, extend_lens=none, seq_lens=none,
+                          extend_start_loc=none, kv_pool=None, prefix_lens_cpu=[],
+                          extend_lens_cpu=[], moe_recorder=recorder, dp_token_counts=counts)
+
+
+def block_on_rank():
+    """A DeepSeek-V3-like block (sigmoid grouped routing, correction bias, a shared expert)
+    split over the ranks with the all-to-all dispatch, against the whole block in one process;
+    the expert-distribution recorder counts this rank's tokens' choices only."""
+    from rollserve.executor.expert_distribution import ExpertDistributionRecorder
+    from rollserve.executor.layers.moe import SparseMoeBlock
+    from rollserve.executor.parallel_state import (as_rank, group_rank, set_dp_attention,
+                                                   set_expert_parallel, set_moe_a2a)
+    from rollserve.kernels.moe import RoutingSpec
+
+    set_expert_parallel(2)
+    set_dp_attention(True)
+    set_moe_a2a(True)
+    rank = group_rank()
+    spec = RoutingSpec(top_k=TOP_K, scoring="sigmoid", num_groups=2, topk_groups=1,
+                       group_score="top2")
+    build = lambda: SparseMoeBlock(HIDDEN, NUM_EXPERTS, INTER, spec, layer_id=0,
+                                   shared_intermediate_size=INTER, correction_bias=True)
+    with as_rank(0, 1):
+        whole = build()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in whole.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    split = build()
+    per = NUM_EXPERTS // 2
+    with torch.no_grad():
+        for name, p in split.named_parameters():
+            source = dict(whole.named_parameters())[name]
+            p.copy_(source[rank * per:(rank + 1) * per] if name.startswith("experts.") else source)
+    results = []
+    for counts in ((5, 3), (4, 0), (0, 0)):
+        xs = [torch.randn(n, HIDDEN, generator=g) for n in counts]
+        recorder = ExpertDistributionRecorder(1, NUM_EXPERTS, torch.device("cpu"))
+        recorder.start()
+        with torch.inference_mode():
+            got = split.moe(xs[rank], empty_context(recorder, list(counts)))
+            with as_rank(0, 1):
+                want = whole.moe(xs[rank]) if counts[rank] else xs[rank]
+                ids = whole.gate(xs[rank])[1] if counts[rank] else torch.empty(0, dtype=torch.long)
+        mine = torch.bincount(ids.reshape(-1), minlength=NUM_EXPERTS)
+        results.append(((got - want).abs().max().item() if counts[rank] else float(got.shape[0]),
+                        torch.equal(recorder.counts[0], mine)))
+    return results
+
+
+@pytest.mark.multiprocess
+def test_moe_block_with_the_dispatch_answers_as_one_process_and_records_its_own_tokens():
+    for rank, per_case in enumerate(run_on_ranks(block_on_rank, 2, timeout_s=120)):
+        for err, recorded in per_case:
+            assert err < 1e-5 and recorded, (rank, per_case)
