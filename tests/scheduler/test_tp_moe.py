@@ -79,14 +79,20 @@ def test_deepseek_v3_mla_heads_and_experts_split_over_ranks(models, reference, e
         assert_same(greedy(eng), reference["deepseek_v33"])
 
 
-@pytest.mark.parametrize("variant,ep_size", [("qwen3_moe", 2), ("deepseek_v3", 1)])
-def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, ep_size):
+# the all-gather path over whole experts (qwen3_moe, ep_size 2, none) differs from the one
+# below only in the experts' kernel call, which test_qwen3_moe_tp2_... covers
+@pytest.mark.parametrize("variant,ep_size,a2a", [("deepseek_v3", 1, "none"), ("qwen3_moe", 2, "deepep"),
+                                                 ("deepseek_v3", 2, "deepep")])
+def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, ep_size, a2a):
     """--enable-dp-attention: each rank keeps some of the requests (whole attention, its own
-    KV) and the MoE blocks exchange the ranks' tokens; one request alone leaves the other
-    rank idle, which must still take part in every exchange."""
+    KV) and the MoE blocks exchange the ranks' tokens (all-gather + all-reduce, or with
+    --moe-a2a-backend deepep each (token, expert) copy sent to its expert's rank and back);
+    one request alone leaves the other rank idle, which must still take part in every
+    exchange, and its decode steps route one token to top-k experts, so most experts (and
+    at times a whole rank's) receive none."""
     name = f"{variant}{0 if variant == 'qwen3_moe' else 3}"
     with rollserve.Engine(model_path=models[name], tp_size=2, dp_size=2, enable_dp_attention=True,
-                          ep_size=ep_size, **ENGINE_ARGS) as eng:
+                          ep_size=ep_size, moe_a2a_backend=a2a, **ENGINE_ARGS) as eng:
         assert_same(greedy(eng), reference[name])
         one = eng.generate(PROMPTS[0], GREEDY)
         assert one["output_ids"] == reference[name][0][0]
@@ -95,6 +101,7 @@ def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, e
             assert_same(greedy(eng), reference["qwen3_moe1"])
         info = eng.get_server_info()
         assert info["enable_dp_attention"] is True and info["num_running_reqs"] == 0
+        assert info["moe_a2a_backend"] == a2a
 
 
 def test_ep_size_must_match_tp_size(models):
