@@ -31,7 +31,8 @@
 # logprob parity with transformers in bf16, on the Qwen3-0.6B shape with seeded random weights); `tp` (issue #18, two GPUs: TP=2
 # against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2);
 # `vlm` (issue #22: the VLM parity tests, then vision-tower images/s and image+text batch tok/s on
-# the Qwen2.5-VL-7B shape beside transformers).
+# the Qwen2.5-VL-7B shape beside transformers); `moe_ep` (issue #19, two GPUs: DP attention's MoE
+# exchange, all-gather + all-reduce beside the all-to-all dispatch, parity tests and one block timed).
 # `speculative` (issue #20: the speculative tests, then decode bs 1/8/32 with NGRAM drafts and with
 # oracle drafts (every draft holds: the verify cost alone) beside plain decoding of the same run,
 # on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights), where
@@ -240,6 +241,13 @@ for stage in $STAGES; do
         step "offline_llama-3.1-8b_tp$tp" 400 $PY -m rollserve.bench.offline --shape llama-3.1-8b \
           --num-prompts 256 --input-len 512 --output-len 256 --context-length 4096 --skip-transformers \
           --tp-size "$tp" --output-file "$OUT/offline_llama-3.1-8b_tp$tp.json"
+      done ;;
+    moe_ep)  # issue #19, two GPUs: DP attention's MoE exchange, all-gather + all-reduce beside
+      # the all-to-all dispatch (--moe-a2a-backend deepep): the parity tests, then one block's time
+      step moe_ep_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_tp.py -k dp_attention
+      for shape in qwen3-30b-a3b deepseek-v2-lite; do
+        step moe_dispatch_$shape 600 $PY -m rollserve.bench.moe_dispatch --shape $shape --ranks 2 \
+          --tokens 1 64 512 4096 --output-file "$OUT/moe_dispatch_$shape.json"
       done ;;
     speculative)  # issue #20
       step speculative_tests 600 $PY -m pytest -q -s -p no:cacheprovider \

@@ -55,6 +55,23 @@ def test_moe_tp2_on_gpus_matches_tp1(tmp_path, default_model_dir, variant, ep_si
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
 
 
+@pytest.mark.parametrize("variant,a2a", [("qwen3_moe", "none"), ("qwen3_moe", "deepep"),
+                                         ("deepseek_v3", "deepep")])
+def test_moe_dp_attention_on_gpus_matches_tp1(tmp_path, default_model_dir, variant, a2a):
+    """DP attention over NCCL with whole experts: the all-gather + all-reduce, or the
+    all-to-all dispatch (uneven all_to_all_single splits, the Triton kernel one expert per
+    received row), answer as one GPU."""
+    from tests.executor.moe_checkpoints import save_variant
+
+    save_variant(variant, str(tmp_path), seed=4, tokenizer_dir=default_model_dir)
+    tokens, logprobs = run(str(tmp_path), 1)
+    dp_tokens, dp_logprobs = run(str(tmp_path), 2, dp_size=2, enable_dp_attention=True, ep_size=2,
+                                 moe_a2a_backend=a2a)
+    assert dp_tokens == tokens
+    for a, b in zip(dp_logprobs, logprobs):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+
+
 @pytest.mark.parametrize("algorithm", ["EAGLE", "NEXTN"])
 def test_draft_models_tp2_on_gpus_match_tp1_plain(tiny_models, tmp_path, default_model_dir,
                                                   algorithm):
