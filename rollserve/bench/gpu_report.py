@@ -115,6 +115,15 @@ def speculative_rows(name: str, report: dict):
                    f"equal to plain: {s['same_as_plain']}")
 
 
+def moe_dispatch_rows(name: str, report: dict):
+    """bench/moe_dispatch.py: one MoE block under DP attention, all-to-all beside all-gather."""
+    for r in report["results"]:
+        yield (f"{name} {r['ranks']} ranks T={r['tokens_per_rank']}", f"{r['speedup']}x",
+               f"all-to-all {r['all_to_all_ms']} ms vs all-gather + all-reduce "
+               f"{r['all_gather_ms']} ms per block; bytes sent per rank {r['all_to_all_bytes_sent']} "
+               f"vs {r['all_gather_bytes_sent']}")
+
+
 def main(argv=None) -> None:
     folder = (argv or sys.argv[1:])[0]
     reports = load(folder)
@@ -123,13 +132,14 @@ def main(argv=None) -> None:
           f"torch {env.get('torch')}, triton {env.get('triton')}, transformers {env.get('transformers')}\n")
     print("| benchmark | result | notes |\n|---|---|---|")
     for name, report in reports.items():
-        kind = report.get("benchmark")
+        kind = report.get("benchmark") if isinstance(report, dict) else None  # a list: no row
         rows = one_batch_rows(name, report) if kind == "one_batch" else \
             offline_rows(name, report) if kind == "offline" else \
             rollout_rows(name, report) if kind == "rollout" else \
             deterministic_rows(name, report) if kind == "deterministic" else \
             vlm_rows(name, report) if kind == "vlm" else \
-            speculative_rows(name, report) if kind == "speculative" else []
+            speculative_rows(name, report) if kind == "speculative" else \
+            moe_dispatch_rows(name, report) if kind == "moe_dispatch" else []
         for row in rows:
             print("| " + " | ".join(row) + " |")
 

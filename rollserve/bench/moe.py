@@ -111,10 +111,15 @@ def main() -> None:
     args = parser.parse_args()
     rows = (kernel_bench(args.shape, args.tokens) if args.what == "kernel"
             else roofline(args.shape, args.batch_size, args.bandwidth))
+    print_rows(rows, args.output_file)
+
+
+def print_rows(rows: List[dict], output_file: str = None) -> None:
+    """One JSON line a row on stdout, and the list into `output_file` when given."""
     for row in rows:
         print(json.dumps(row))
-    if args.output_file:
-        with open(args.output_file, "w") as f:
+    if output_file:
+        with open(output_file, "w") as f:
             json.dump(rows, f, indent=2)
 
 

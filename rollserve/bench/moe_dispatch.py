@@ -23,6 +23,7 @@ from typing import List
 
 import torch
 
+from rollserve.bench.moe import print_rows
 from rollserve.bench.synthetic_model import CONFIG_DIR
 
 
@@ -143,11 +144,10 @@ def main() -> None:
     parser.add_argument("--output-file")
     args = parser.parse_args()
     rows = run(args.shape, args.ranks, args.tokens, args.device, args.iters)
-    for row in rows:
-        print(json.dumps(row))
-    if args.output_file:
+    print_rows(rows)
+    if args.output_file:  # gpu_report's summary row reads it
         with open(args.output_file, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"benchmark": "moe_dispatch", "results": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
