@@ -9,7 +9,9 @@ Two layouts, as SGLang's `--ep-size` chooses them (executor/parallel_state.py):
 Either way the router runs on every rank over the same tokens (attention's all-reduce left
 them identical), so every rank routes alike; each rank's experts give a partial sum of the
 block's output, and one all-reduce adds the ranks' parts (for EP this all-reduce is the
-combine: a token's copies routed to another rank's experts contribute zero here).
+combine: a token's copies routed to another rank's experts contribute zero here). Under DP
+attention with EP and --moe-a2a-backend deepep, each rank routes only its own tokens and
+sends each copy to its expert's rank instead (layers/moe_dispatch.py).
 
 The checkpoint still names each expert's full tensors. Under EP a rank keeps a zero-length
 slice of the experts it does not hold, so loading skips them, weight updates check their full
