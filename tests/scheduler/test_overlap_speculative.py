@@ -1,0 +1,144 @@
+"""Speculative decoding under the overlap scheduler (scheduler/overlap_speculative.py) gives
+plain decoding's greedy results with NGRAM, EAGLE chains and EAGLE trees, through chunked
+prefill, the radix cache, streaming, stop strings inside accepted drafts, max_new_tokens,
+logprobs, aborts and weight updates between steps; the KV pool is fully free when idle; and
+the overlapped path (step i+1 launched before step i's outputs and releases) is the one that
+ran. On CPU the two steps do not run concurrently, but every bookkeeping path is the same."""
+
+import dataclasses
+
+import pytest
+
+from rollserve.scheduler.overlap_speculative import OverlapSpeculativeScheduler
+from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
+from tests.scheduler.test_speculative import assert_pool_free, repetitive_requests, strip
+
+
+def make_overlap_spec(model_path, algorithm="NGRAM", draft=None, num_draft_tokens=4, topk=1,
+                      num_steps=None, **overrides) -> OverlapSpeculativeScheduler:
+    plain = make_scheduler(model_path, **overrides)
+    config = dataclasses.replace(plain.config, speculative_algorithm=algorithm,
+                                 speculative_num_draft_tokens=num_draft_tokens,
+                                 speculative_draft_model_path=draft,
+                                 speculative_eagle_topk=topk, speculative_num_steps=num_steps)
+    return OverlapSpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
+                                       plain.eos_token_ids)
+
+
+def streamed(msgs):
+    """Every other request streams (its chunks go out from the overlapped half of a step)."""
+    return [dataclasses.replace(m, stream=True) if i % 2 else m for i, m in enumerate(msgs)]
+
+
+def assert_overlapped(spec):
+    assert spec.overlapped_steps > 0  # steps launched before the previous one's outputs
+    assert spec.deferred_releases > 0  # finished requests released beside the next forward
+    assert spec.stats.spec.verify_ct > 0 and spec.stats.spec.draft_tokens > 0
+
+
+@pytest.mark.parametrize("overrides", [
+    {"chunked_prefill_size": 16},  # chunked prefill, radix cache on
+    {"max_total_tokens": 120}])  # a pool small enough to cut drafts and retract
+def test_ngram_greedy_equals_plain_decoding(tiny_models, overrides):
+    msgs = lambda: streamed(repetitive_requests(1))  # noqa: E731
+    late = lambda: {4: repetitive_requests(2)[:4]}  # noqa: E731
+    plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(), arrivals=late())
+    spec = make_overlap_spec(tiny_models["llama"], **overrides)
+    got = run_all(spec, msgs(), arrivals=late())
+    assert strip(got) == strip(plain)
+    assert spec.stats.spec.accept_tokens > 0
+    assert_overlapped(spec)
+    assert_pool_free(spec)
+
+
+@pytest.mark.parametrize("topk,steps,tokens", [(1, None, 4), (2, 3, 6)])  # a chain, a tree
+def test_eagle_greedy_equals_plain_decoding(tiny_models, heads, topk, steps, tokens):
+    overrides = {"chunked_prefill_size": 16}
+    msgs = lambda: streamed(repetitive_requests(1)[:6])  # noqa: E731
+    late = lambda: {4: repetitive_requests(2)[:3]}  # noqa: E731
+    plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(), arrivals=late())
+    spec = make_overlap_spec(tiny_models["llama"], "EAGLE", heads["eagle"], tokens, topk, steps,
+                             **overrides)
+    got = run_all(spec, msgs(), arrivals=late())
+    assert strip(got) == strip(plain)
+    assert_overlapped(spec)
+    assert_pool_free(spec)
+
+
+def test_stop_string_inside_an_accepted_draft(tiny_models):
+    """The prompt repeats a phrase, so NGRAM's drafts are accepted several at a time; the stop
+    string sits inside the greedy continuation, and the request ends exactly there."""
+    plain = make_scheduler(tiny_models["llama"])
+    tokenizer = plain.stop_checker.tokenizer
+    prompt = [17, 45, 99, 120, 17, 45, 99, 120, 17, 45]
+    ref = run_all(plain, [request(prompt, rid="ref", temperature=0, max_new_tokens=30)])["ref"]
+    text = tokenizer.decode(ref.output_ids)
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    msgs = lambda: ([request(prompt, rid="stop", temperature=0, max_new_tokens=30, stop=[stop],  # noqa: E731
+                             stream=True)] +
+                    [request(prompt, rid=f"len{n}", temperature=0, max_new_tokens=n, ignore_eos=True)
+                     for n in (1, 2, 5, 8)])
+    want = run_all(make_scheduler(tiny_models["llama"]), msgs())
+    spec = make_overlap_spec(tiny_models["llama"], num_draft_tokens=6)
+    got = run_all(spec, msgs())
+    assert got["stop"].finished_reason["type"] == "stop"
+    assert spec.stats.spec.accept_tokens > 0
+    assert strip(got) == strip(want)
+    for n in (1, 2, 5, 8):
+        assert got[f"len{n}"].finished_reason == {"type": "length", "length": n}
+    assert spec.overlapped_steps > 0
+    assert_pool_free(spec)
+
+
+def test_abort_mid_stream(tiny_models):
+    spec = make_overlap_spec(tiny_models["llama"])
+    msgs = [request([7, 8, 9, 10] * 4 + [i], rid=f"a{i}", max_new_tokens=40, temperature=0,
+                    ignore_eos=True, stream=True) for i in range(3)]
+    for m in msgs:
+        spec.add_request(m)
+    finished, tokens = {}, {m.rid: 0 for m in msgs}
+    for step in range(200):
+        if step == 4:
+            assert spec.in_flight is not None
+            spec.abort("a1")  # its verify is in flight: the step settles it as aborted
+        for out in spec.step():
+            tokens[out.rid] += len(out.new_ids)
+            if out.finished_reason is not None:
+                assert out.rid not in finished, "a request finished twice"
+                finished[out.rid] = out.finished_reason["type"]
+        if not spec.has_work():
+            break
+    assert finished == {"a0": "length", "a1": "abort", "a2": "length"}
+    assert 0 < tokens["a1"] < 40 and tokens["a0"] == tokens["a2"] == 40
+    assert spec.overlapped_steps > 0
+    assert_pool_free(spec)
+
+
+def test_weight_update_between_steps_labels_tokens_as_without_overlap(tiny_models):
+    """A control call drains the step in flight first: its tokens were verified by the old
+    weights and carry the old label; every later token carries the new one."""
+    spec = make_overlap_spec(tiny_models["llama"], chunked_prefill_size=16)
+    msgs = repetitive_requests(3, n=4)
+    want = run_all(make_scheduler(tiny_models["llama"], chunked_prefill_size=16),
+                   [dataclasses.replace(m) for m in msgs])
+    for m in msgs:
+        spec.add_request(m)
+    outputs, before = [], None
+    for step in range(500):
+        if step == 6:
+            outputs.extend(spec.drain())
+            assert spec.in_flight is None
+            before = {r.rid: len(r.output_ids) for r in spec.running}
+            spec.weight_version = "v2"  # what an update's weight_version does
+            outputs.extend(spec.weights_changed("retract"))
+        outputs.extend(spec.step())
+        if not spec.has_work():
+            break
+    assert before, "no request was running at the update"
+    final = {o.rid: o for o in outputs if o.finished_reason is not None}
+    tokens = {rid: [t for o in outputs if o.rid == rid for t in o.new_ids] for rid in final}
+    assert tokens == {rid: r.output_ids for rid, r in want.items()}
+    for rid, n in before.items():
+        spans = final[rid].weight_version_spans
+        assert spans == ([[0, "default"], [n, "v2"]] if n else [[0, "v2"]]), (rid, spans)
+    assert_pool_free(spec)
