@@ -69,24 +69,43 @@ def test_eagle_greedy_equals_plain_decoding(tiny_models, heads, topk, steps, tok
     assert_pool_free(spec)
 
 
+def spy_commits(spec, rid):
+    """Records, for each step's commit of request `rid`: (tokens verified, tokens kept)."""
+    seen, commit = [], spec._commit
+
+    def recording(req, tokens):
+        before = len(req.output_ids)
+        commit(req, tokens)
+        if req.rid == rid:
+            seen.append((len(tokens), len(req.output_ids) - before))
+    spec._commit = recording
+    return seen
+
+
 def test_stop_string_inside_an_accepted_draft(tiny_models):
-    """The prompt repeats a phrase, so NGRAM's drafts are accepted several at a time; the stop
-    string sits inside the greedy continuation, and the request ends exactly there."""
-    plain = make_scheduler(tiny_models["llama"])
-    tokenizer = plain.stop_checker.tokenizer
+    """A stop string that ends on a draft token the verify step accepted, with more tokens
+    accepted after it: the request ends exactly there, as plain decoding ends it."""
     prompt = [17, 45, 99, 120, 17, 45, 99, 120, 17, 45]
-    ref = run_all(plain, [request(prompt, rid="ref", temperature=0, max_new_tokens=30)])["ref"]
-    text = tokenizer.decode(ref.output_ids)
-    stop = text[len(text) // 2: len(text) // 2 + 3]
+    probe = make_overlap_spec(tiny_models["llama"], num_draft_tokens=6)
+    commits = spy_commits(probe, "ref")
+    ids = run_all(probe, [request(prompt, rid="ref", temperature=0, max_new_tokens=30)])["ref"].output_ids
+    # the first step that kept an accepted draft (2+ tokens): its first token is a draft
+    at = sum(kept for _, kept in commits[:next(k for k, (_, kept) in enumerate(commits) if kept > 1)])
+    decode = probe.stop_checker.tokenizer.decode
+    before, upto = decode(ids[:at]), decode(ids[:at + 1])
+    stop = next(upto[-k:] for k in range(1, len(upto) + 1) if upto[-k:] not in before)
     msgs = lambda: ([request(prompt, rid="stop", temperature=0, max_new_tokens=30, stop=[stop],  # noqa: E731
                              stream=True)] +
                     [request(prompt, rid=f"len{n}", temperature=0, max_new_tokens=n, ignore_eos=True)
                      for n in (1, 2, 5, 8)])
     want = run_all(make_scheduler(tiny_models["llama"]), msgs())
     spec = make_overlap_spec(tiny_models["llama"], num_draft_tokens=6)
+    commits = spy_commits(spec, "stop")
     got = run_all(spec, msgs())
-    assert got["stop"].finished_reason["type"] == "stop"
-    assert spec.stats.spec.accept_tokens > 0
+    assert got["stop"].finished_reason == {"type": "stop", "matched": stop}
+    assert got["stop"].output_ids == ids[:at + 1]
+    verified, kept = commits[-1]
+    assert kept == 1 < verified  # stopped on an accepted draft; what followed it was dropped
     assert strip(got) == strip(want)
     for n in (1, 2, 5, 8):
         assert got[f"len{n}"].finished_reason == {"type": "length", "length": n}
