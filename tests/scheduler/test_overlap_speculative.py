@@ -38,34 +38,41 @@ def assert_overlapped(spec, deferred=True):
     assert spec.stats.spec.verify_ct > 0 and spec.stats.spec.draft_tokens > 0
 
 
-@pytest.mark.parametrize("n,overrides", [
-    (8, {"chunked_prefill_size": 16}),  # chunked prefill, radix cache on
-    (8, {"max_total_tokens": 120})])  # a pool small enough to cut drafts and retract
-def test_ngram_greedy_equals_plain_decoding(tiny_models, n, overrides):
-    msgs = lambda: streamed(repetitive_requests(1, n=n))  # noqa: E731
-    late = lambda: {4: repetitive_requests(2, n=n)[:4]}  # noqa: E731
-    plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(), arrivals=late())
-    spec = make_overlap_spec(tiny_models["llama"], **overrides)
-    got = run_all(spec, msgs(), arrivals=late())
-    assert strip(got) == strip(plain)
-    assert spec.stats.spec.accept_tokens > 0
-    tight = "max_total_tokens" in overrides
-    assert_overlapped(spec, deferred=not tight)
-    assert (spec.stats.num_retracted_reqs > 0) == tight
+def workload():
+    """(requests at the start, {step: late arrivals}): prompts of different lengths."""
+    return streamed(repetitive_requests(1)[:4]), {3: repetitive_requests(2)[:2]}
+
+
+@pytest.fixture(scope="module")
+def plain_chunked(tiny_models):
+    """Plain decoding of workload() with chunked prefill and the radix cache."""
+    msgs, late = workload()
+    return strip(run_all(make_scheduler(tiny_models["llama"], chunked_prefill_size=16), msgs,
+                         arrivals=late))
+
+
+@pytest.mark.parametrize("algorithm,topk,steps,tokens", [
+    ("NGRAM", 1, None, 4), ("EAGLE", 1, None, 4), ("EAGLE", 2, 3, 6)])  # EAGLE: a chain, a tree
+def test_greedy_equals_plain_decoding(tiny_models, heads, plain_chunked, algorithm, topk, steps,
+                                      tokens):
+    draft = heads["eagle"] if algorithm == "EAGLE" else None
+    spec = make_overlap_spec(tiny_models["llama"], algorithm, draft, tokens, topk, steps,
+                             chunked_prefill_size=16)
+    msgs, late = workload()
+    assert strip(run_all(spec, msgs, arrivals=late)) == plain_chunked
+    assert_overlapped(spec)
     assert_pool_free(spec)
 
 
-@pytest.mark.parametrize("topk,steps,tokens", [(1, None, 4), (2, 3, 6)])  # a chain, a tree
-def test_eagle_greedy_equals_plain_decoding(tiny_models, heads, topk, steps, tokens):
-    overrides = {"chunked_prefill_size": 16}
-    msgs = lambda: streamed(repetitive_requests(1)[:6])  # noqa: E731
-    late = lambda: {4: repetitive_requests(2)[:3]}  # noqa: E731
-    plain = run_all(make_scheduler(tiny_models["llama"], **overrides), msgs(), arrivals=late())
-    spec = make_overlap_spec(tiny_models["llama"], "EAGLE", heads["eagle"], tokens, topk, steps,
-                             **overrides)
-    got = run_all(spec, msgs(), arrivals=late())
-    assert strip(got) == strip(plain)
-    assert_overlapped(spec)
+def test_tight_pool_cuts_drafts_and_retracts(tiny_models):
+    """A pool this small retracts requests: finished requests then give their KV back
+    before the next batch is built, and the results are still plain decoding's."""
+    msgs = lambda: streamed(repetitive_requests(1, n=4))  # noqa: E731
+    plain = run_all(make_scheduler(tiny_models["llama"], max_total_tokens=100), msgs())
+    spec = make_overlap_spec(tiny_models["llama"], max_total_tokens=100)
+    assert strip(run_all(spec, msgs())) == strip(plain)
+    assert spec.stats.num_retracted_reqs > 0 and spec.stats.spec.accept_tokens > 0
+    assert_overlapped(spec, deferred=False)
     assert_pool_free(spec)
 
 
@@ -176,9 +183,9 @@ def test_sampled_and_constrained_requests_equal_the_non_overlap_scheduler(tiny_m
 
     def msgs():
         out = [request(p, rid=f"re{i}", regex=PET, temperature=1.0, max_new_tokens=40, seed=i)
-               for i, p in enumerate(prompts(3))]
+               for i, p in enumerate(prompts(2))]
         out += [request([5, 6, 7, 8] * 6, rid=f"t{i}", temperature=1.0, top_p=0.9, top_k=20,
-                        max_new_tokens=20, seed=10 + i, stream=bool(i % 2)) for i in range(3)]
+                        max_new_tokens=16, seed=10 + i, stream=bool(i % 2)) for i in range(2)]
         return out + [request(prompts(1)[0] * 3, rid="free", temperature=0, max_new_tokens=12)]
 
     want = run_all(make_spec(tiny_models["llama"]), msgs())
