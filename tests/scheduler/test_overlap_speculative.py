@@ -39,8 +39,10 @@ def assert_overlapped(spec, deferred=True):
 
 
 def workload():
-    """(requests at the start, {step: late arrivals}): prompts of different lengths."""
-    return streamed(repetitive_requests(1)[:4]), {3: repetitive_requests(2)[:2]}
+    """(requests at the start, {step: late arrivals}): prompts of different lengths, two
+    samples of one prompt (n > 1: the second finds the first's prefix in the radix cache)."""
+    first = repetitive_requests(1)
+    return streamed(first[:4] + first[-2:]), {3: repetitive_requests(2)[:2]}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,9 @@ def test_greedy_equals_plain_decoding(tiny_models, heads, plain_chunked, algorit
     spec = make_overlap_spec(tiny_models["llama"], algorithm, draft, tokens, topk, steps,
                              chunked_prefill_size=16)
     msgs, late = workload()
-    assert strip(run_all(spec, msgs, arrivals=late)) == plain_chunked
+    got = run_all(spec, msgs, arrivals=late)
+    assert strip(got) == plain_chunked
+    assert got["s1-n-1"].cached_tokens > 0
     assert_overlapped(spec)
     assert_pool_free(spec)
 
