@@ -1,5 +1,5 @@
 """Speculative decoding under the overlap scheduler (scheduler/overlap_speculative.py) gives
-plain decoding's greedy results with NGRAM, EAGLE chains and EAGLE trees, through chunked
+plain decoding's greedy results with NGRAM, an EAGLE chain and an EAGLE3 tree, through chunked
 prefill, the radix cache, streaming, stop strings inside accepted drafts, max_new_tokens,
 logprobs, aborts and weight updates between steps; the KV pool is fully free when idle; and
 the overlapped path (step i+1 launched before step i's outputs and releases) is the one that
@@ -54,10 +54,10 @@ def plain_chunked(tiny_models):
 
 
 @pytest.mark.parametrize("algorithm,topk,steps,tokens", [
-    ("NGRAM", 1, None, 4), ("EAGLE", 1, None, 4), ("EAGLE", 2, 3, 6)])  # EAGLE: a chain, a tree
+    ("NGRAM", 1, None, 4), ("EAGLE", 1, None, 4), ("EAGLE3", 2, 3, 6)])  # chains and a tree
 def test_greedy_equals_plain_decoding(tiny_models, heads, plain_chunked, algorithm, topk, steps,
                                       tokens):
-    draft = heads["eagle"] if algorithm == "EAGLE" else None
+    draft = heads.get(algorithm.lower())
     spec = make_overlap_spec(tiny_models["llama"], algorithm, draft, tokens, topk, steps,
                              chunked_prefill_size=16)
     msgs, late = workload()
