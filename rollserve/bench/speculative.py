@@ -261,7 +261,8 @@ def main(argv=None) -> dict:
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
               "num_draft_tokens": args.num_draft_tokens, "eagle_topk": args.eagle_topk,
-              "num_steps": args.num_steps, "results": rows}
+              "num_steps": args.num_steps, "overlap": not args.disable_overlap_schedule,
+              "results": rows}
     print_table(report)
     if args.output_file:
         write_json(report, args.output_file)
