@@ -209,6 +209,8 @@ def make_schedulers(args):
 
 
 def main(argv=None) -> dict:
+    from rollserve.scheduler.overlap_speculative import OverlapSpeculativeScheduler
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M")
     p.add_argument("--shape", default=None, help="a config under rollserve/bench/configs (dummy weights)")
@@ -261,7 +263,7 @@ def main(argv=None) -> dict:
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
               "num_draft_tokens": args.num_draft_tokens, "eagle_topk": args.eagle_topk,
-              "num_steps": args.num_steps, "overlap": not args.disable_overlap_schedule,
+              "num_steps": args.num_steps, "overlap": isinstance(spec, OverlapSpeculativeScheduler),
               "results": rows}
     print_table(report)
     if args.output_file:
