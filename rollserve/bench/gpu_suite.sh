@@ -37,7 +37,8 @@
 # oracle drafts (every draft holds: the verify cost alone) beside plain decoding of the same run,
 # on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights), where
 # a dummy EAGLE head's run at forced acceptance adds the draft model's cost (--algorithm EAGLE);
-# then the same with tree drafts, --eagle-topk 4).
+# then the same with tree drafts, --eagle-topk 4; and d4 with --disable-overlap-schedule, beside
+# the default where speculation runs under the overlap scheduler).
 # Each stage writes its JSON and its log into OUT_DIR as it finishes; summary.md is
 # rebuilt after every stage (python -m rollserve.bench.gpu_report OUT_DIR).
 set -uo pipefail
@@ -254,7 +255,7 @@ for stage in $STAGES; do
         tests/scheduler/test_speculative.py tests/executor/test_spec_verify.py \
         tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py \
         tests/scheduler/test_tree_drafter.py tests/executor/test_spec_tree.py \
-        tests/executor/attention/test_tree_mask.py
+        tests/executor/attention/test_tree_mask.py tests/scheduler/test_overlap_speculative.py
       step speculative_smollm2 300 $PY -m rollserve.bench.speculative --batch-size 1 8 32 \
         --input-len 512 --output-len 256 --output-file "$OUT/speculative_smollm2.json"
       for drafts in 4 6; do
@@ -263,6 +264,12 @@ for stage in $STAGES; do
           --num-draft-tokens "$drafts" --algorithm EAGLE \
           --output-file "$OUT/speculative_llama-3.1-8b_d$drafts.json"
       done
+      # the d4 run again without overlap (plain and speculative alike): what overlapping the
+      # speculative step's outputs and releases with the next verify forward buys
+      step speculative_llama-3.1-8b_d4_no_overlap 400 $PY -m rollserve.bench.speculative \
+        --shape llama-3.1-8b --dtype bfloat16 --batch-size 1 8 32 --input-len 512 --output-len 256 \
+        --num-draft-tokens 4 --disable-overlap-schedule \
+        --output-file "$OUT/speculative_llama-3.1-8b_d4_no_overlap.json"
       # tree drafts (--speculative-eagle-topk 4, 3 levels, 7 nodes): the dummy head's real trees
       step speculative_llama-3.1-8b_tree 400 $PY -m rollserve.bench.speculative \
         --shape llama-3.1-8b --dtype bfloat16 --batch-size 1 8 32 --input-len 512 --output-len 256 \

@@ -9,6 +9,8 @@
 For each batch size, greedy requests on a repetitive workload (each prompt a random
 phrase repeated) decode in-process through the scheduler three times:
 * `plain`: the scheduler the server would run (overlap + decode CUDA graphs on a GPU);
+  the speculative runs are the server's too (on a GPU overlapped as in
+  scheduler/overlap_speculative.py; `--disable-overlap-schedule` for both without overlap);
 * `ngram`: --speculative-algorithm NGRAM (drafts from the request's own context);
 * `oracle`: the same verify path with drafts taken from the plain run's own output, so
   every draft holds by construction (up to batch-variant rounding on a GPU): the verify
@@ -109,7 +111,7 @@ def eagle_oracle_rows(args, plain, base_outputs: Dict[int, dict], prompts_of) ->
     import tempfile
 
     from rollserve.scheduler.model_drafter import ModelDrafter
-    from rollserve.scheduler.speculative import SpeculativeScheduler
+    from rollserve.scheduler.overlap_scheduler import make_scheduler
 
     folder = dummy_eagle_head(plain.runner, tempfile.mkdtemp(prefix="eagle-dummy-"))
     config = dataclasses.replace(plain.config, speculative_algorithm="EAGLE",
@@ -117,8 +119,7 @@ def eagle_oracle_rows(args, plain, base_outputs: Dict[int, dict], prompts_of) ->
                                  speculative_num_draft_tokens=args.num_draft_tokens,
                                  speculative_eagle_topk=args.eagle_topk,
                                  speculative_num_steps=args.num_steps)
-    spec = SpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
-                                plain.eos_token_ids)
+    spec = make_scheduler(config, plain.runner, plain.stop_checker.tokenizer, plain.eos_token_ids)
     drafter: ModelDrafter = spec.drafter
     real = drafter.propose
     rows = {}
@@ -187,7 +188,6 @@ def make_schedulers(args):
     from rollserve.executor.model_runner import ModelRunner
     from rollserve.frontend.server_args import ServerArgs
     from rollserve.scheduler.overlap_scheduler import make_scheduler
-    from rollserve.scheduler.speculative import SpeculativeScheduler
 
     server_args = ServerArgs(
         model_path=args.model_path, device=args.device, dtype=args.dtype, load_format=args.load_format,
@@ -204,11 +204,13 @@ def make_schedulers(args):
     spec_config = dataclasses.replace(config, speculative_algorithm="NGRAM",
                                       speculative_num_draft_tokens=args.num_draft_tokens)
     plain = make_scheduler(config, runner, tokenizer, eos)
-    spec = SpeculativeScheduler(spec_config, runner, tokenizer, eos)
+    spec = make_scheduler(spec_config, runner, tokenizer, eos)  # overlapped too, as the server's
     return plain, spec
 
 
 def main(argv=None) -> dict:
+    from rollserve.scheduler.overlap_speculative import OverlapSpeculativeScheduler
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-path", default=None, help="default: the embedded SmolLM2-135M")
     p.add_argument("--shape", default=None, help="a config under rollserve/bench/configs (dummy weights)")
@@ -261,7 +263,8 @@ def main(argv=None) -> dict:
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
               "num_draft_tokens": args.num_draft_tokens, "eagle_topk": args.eagle_topk,
-              "num_steps": args.num_steps, "results": rows}
+              "num_steps": args.num_steps, "overlap": isinstance(spec, OverlapSpeculativeScheduler),
+              "results": rows}
     print_table(report)
     if args.output_file:
         write_json(report, args.output_file)

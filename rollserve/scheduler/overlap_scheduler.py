@@ -11,11 +11,14 @@ The pipeline drains (step i is processed before step i+1 is built) whenever the
 next batch depends on step i's tokens on the host: penalties, per-request seeds and
 min_new_tokens read the output so far, and retraction needs settled requests. Control
 calls (weight updates, cache flushes) drain it too, so they always run between steps.
+
+With --speculative-algorithm the overlap is scheduler/overlap_speculative.py's: the next
+drafts need this step's accepted tokens, so the commit comes before the next launch and the
+rest of the step's processing (outputs, releases, stats) overlaps the next verify forward.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import List, Optional, Set
 
@@ -29,9 +32,8 @@ from rollserve.core.batch import ScheduleBatch
 from rollserve.scheduler.config import SchedulerConfig
 from rollserve.scheduler.scheduler import LaunchedSampling, Scheduler
 from rollserve.scheduler.speculative import SpeculativeScheduler
+from rollserve.scheduler.overlap_speculative import OverlapSpeculativeScheduler
 from rollserve.kernels.dispatch import host_to_device
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,13 +132,12 @@ class OverlapScheduler(Scheduler):
 
 def make_scheduler(config: SchedulerConfig, runner: ModelRunner, tokenizer, eos_token_ids) -> Scheduler:
     """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one;
-    with --speculative-algorithm the speculative one, which does not overlap."""
-    if config.speculative_algorithm is not None and runner.pooling is None:
-        if runner.device.type == "cuda" and not config.disable_overlap_schedule:
-            logger.info("speculative decoding: overlap scheduling is off (the next drafts "
-                        "depend on what this step accepts)")
-        return SpeculativeScheduler(config, runner, tokenizer, eos_token_ids)
+    with --speculative-algorithm the speculative one, overlapped the same way
+    (scheduler/overlap_speculative.py)."""
     overlap = (runner.device.type == "cuda" and not config.disable_overlap_schedule
                and runner.pooling is None)
-    cls = OverlapScheduler if overlap else Scheduler
+    if config.speculative_algorithm is not None and runner.pooling is None:
+        cls = OverlapSpeculativeScheduler if overlap else SpeculativeScheduler
+    else:
+        cls = OverlapScheduler if overlap else Scheduler
     return cls(config, runner, tokenizer, eos_token_ids)

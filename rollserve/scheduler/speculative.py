@@ -17,10 +17,12 @@ speculation, and the pool is fully free when idle.
 Drafts are cut to the room the pool has beyond one slot per running request (a step
 never retracts for a draft), to max_new_tokens and to the context length.
 
-Overlap scheduling is turned off while speculating (make_scheduler): the next step's
-drafts depend on how many tokens this one accepted. Verify forwards run eager (no CUDA
-graph); steps where no request has a draft replay the decode graphs as usual, except with
-a draft model, which needs every forward's hidden states (executor/draft_runner.py).
+Under the overlap scheduler (CUDA's default) scheduler/overlap_speculative.py runs this
+class with the step split: the commit before the next step is built (its drafts depend on
+how many tokens this one accepted), the outputs and releases beside the next forward.
+Verify forwards run eager (no CUDA graph); steps where no request has a draft replay the
+decode graphs as usual, except with a draft model, which needs every forward's hidden
+states (executor/draft_runner.py).
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ def test_cuda_heads_greedy_equal_overlap_scheduler_with_graphs(tiny_models, head
 
 def cuda_spec_equals_plain(cases, backend, **spec_flags):
     """For each (model, algorithm, draft, requests): the server's CUDA scheduler with and
-    without speculation (float32) gives the same greedy results and frees its pool; returns
-    the speculative schedulers."""
+    without speculation (float32, both under the overlap scheduler) gives the same greedy
+    results and frees its pool; returns the speculative schedulers."""
     from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
     from rollserve.executor.model_runner import ModelRunner
     from rollserve.frontend.server_args import ServerArgs
@@ -163,6 +163,7 @@ def cuda_spec_equals_plain(cases, backend, **spec_flags):
             scheduler = make_for_config(config, ModelRunner(config.executor), tokenizer,
                                         eos_token_ids(path, tokenizer))
             results.append(run_all(scheduler, [dataclasses.replace(m) for m in msgs]))
+        assert scheduler.overlapped_steps > 0  # scheduler/overlap_speculative.py's steps ran
         assert_pool_free(scheduler)
         specs.append(scheduler)
         assert strip(results[1]) == strip(results[0]), (algorithm, path)

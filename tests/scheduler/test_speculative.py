@@ -144,8 +144,8 @@ def test_ngram_index_proposes_what_followed_the_longest_match():
 @pytest.mark.parametrize("backend", ["triton", "torch_native"])
 def test_cuda_greedy_equals_overlap_scheduler_with_graphs(tiny_models, backend):
     """On CUDA the plain run is the server's: overlap scheduling and decode CUDA graphs; the
-    speculative one verifies eagerly (Triton extend kernel) and replays graphs when no
-    request has a draft. float32 and sharpened logits: no argmax is a rounding tie."""
+    speculative one, overlapped too, verifies eagerly (Triton extend kernel) and replays
+    graphs when no request has a draft. float32 and sharpened logits: no argmax is a rounding tie."""
     from rollserve.core.tokenizer import eos_token_ids, load_tokenizer
     from rollserve.executor.model_runner import ModelRunner
     from rollserve.frontend.server_args import ServerArgs
@@ -163,5 +163,6 @@ def test_cuda_greedy_equals_overlap_scheduler_with_graphs(tiny_models, backend):
         results.append(run_all(scheduler, repetitive_requests(1)))
         if algorithm:
             assert scheduler.stats.spec.accept_tokens > 0
+            assert scheduler.overlapped_steps > 0  # overlapped (scheduler/overlap_speculative.py)
             assert_pool_free(scheduler)
     assert strip(results[1]) == strip(results[0])
