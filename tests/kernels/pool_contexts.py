@@ -1,5 +1,6 @@
 """A KV pool with request rows on the GPU, and an attention backend checked against the
-torch reference over a float32 copy of that pool (shared by the backends' kernel tests)."""
+torch reference over a float32 copy of that pool (shared by the backends' kernel tests).
+Without CUDA it lives on the CPU (tests that run Triton's interpreter, TRITON_INTERPRET=1)."""
 
 import torch
 
@@ -9,7 +10,7 @@ from rollserve.executor.attention.registry import create_attention_backend
 from rollserve.executor.attention.torch_native import TorchNativeBackend, attention_torch
 from rollserve.kernels.rotary import RopeInputs, rope_cos_sin
 
-DEV = "cuda"
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class PoolContexts:
