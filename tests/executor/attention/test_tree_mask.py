@@ -1,7 +1,9 @@
 """Tree attention (speculative tree drafts): one forward over [last token, tree nodes] with the
 tree mask over the paged KV cache gives, row for row, the logits of running each root-to-leaf
 path as its own token sequence (the dense reference). Backends without a custom-mask kernel
-hand tree forwards to the torch reference."""
+hand tree forwards to the torch reference; triton runs them itself (its kernel's tests:
+tests/kernels/test_tree_attention_triton.py). With TRITON_INTERPRET=1 (and triton importable)
+the engine test below runs the Triton backend, tree kernel included, in the interpreter."""
 
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ from rollserve.core.draft_tree import ancestor_mask, children, depths, path_rows
 from rollserve.executor.attention.batch_invariant import BatchInvariantBackend
 from rollserve.executor.attention.registry import tree_mask_backend
 from rollserve.executor.attention.torch_native import TorchNativeBackend
+from rollserve.kernels.dispatch import triton_available
 from tests.scheduler.scheduler_harness import make_scheduler
 
 # rows [root, nodes...]: root -> 1, 2, 3; 1 -> 4, 5; 2 -> 6; 4 -> 7
@@ -66,3 +69,11 @@ def test_backends_without_a_mask_kernel_hand_trees_to_the_torch_reference():
     other = BatchInvariantBackend("cpu", 2)
     fallback = tree_mask_backend(other)
     assert isinstance(fallback, TorchNativeBackend) and tree_mask_backend(other) is fallback
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton and CUDA (or TRITON_INTERPRET=1)")
+def test_triton_runs_trees_itself():
+    from rollserve.executor.attention.triton import TritonBackend
+
+    backend = TritonBackend("cuda" if torch.cuda.is_available() else "cpu", 2)
+    assert tree_mask_backend(backend) is backend
