@@ -20,55 +20,19 @@ if not (torch.cuda.is_available() or INTERPRET):
     pytest.skip("needs CUDA (or TRITON_INTERPRET=1)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from rollserve.core.draft_tree import ancestor_mask, depths  # noqa: E402
 from rollserve.executor.attention.triton import (attention_triton, build_metadata,  # noqa: E402
                                                  store_kv_triton)
 from rollserve.kernels.tree_attention_triton import (MAX_SPLITS, pack_tree_masks,  # noqa: E402
                                                      tree_attention_triton, tree_block_m,
                                                      tree_num_splits, tree_row_blocks)
 from tests.kernels.checks import rel_err  # noqa: E402
-from tests.kernels.pool_contexts import DEV, PoolContexts, run_both  # noqa: E402
+from tests.kernels.pool_contexts import (DEV, PoolContexts, fill_pool, run_both,  # noqa: E402
+                                         tree_batch)
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 BIG = not INTERPRET  # real sizes only where they run fast
 # the interpreter's tl.dot multiplies bfloat16's raw bits: half precision is float16 there
 HALF = torch.float16 if INTERPRET else torch.bfloat16
-
-
-def random_parents(n: int, rng: random.Random) -> list:
-    """A random tree of n rows in parents-first order (row 0 the root)."""
-    return [-1] + [rng.randrange(i) for i in range(1, n)]
-
-
-def tree_batch(contexts, requests, rng):
-    """A forward over `requests`, each (prefix, new rows E, tree rows M or None): its prefix is
-    stored first (a plain extend, written by the kernel under test's store), then a context whose
-    tree requests carry an [E, M] mask of a random M-row tree's last E rows, at positions
-    committed + depth (committed = prefix - (M - E): the earlier tree rows sit in the prefix)."""
-    rows = list(range(len(requests)))
-    for r, (prefix, _, _) in zip(rows, requests):
-        contexts.lens[r] = 0
-        if prefix:  # slots only: the prefix's K/V is whatever the pool holds there (random)
-            contexts.context([r], [prefix])
-    ctx = contexts.context(rows, [e for _, e, _ in requests])
-    masks, positions = [], []
-    for prefix, extend, tree in requests:
-        if tree is None:
-            masks.append(None)
-            positions.append(torch.arange(prefix, prefix + extend))
-            continue
-        parents = random_parents(tree, rng)
-        masks.append(ancestor_mask(parents)[tree - extend:].to(DEV))
-        committed = prefix + extend - tree
-        positions.append(committed + torch.tensor(depths(parents)[tree - extend:]))
-    ctx.tree_masks = masks
-    ctx.positions = torch.cat(positions).to(DEV)
-    return ctx
-
-
-def fill_pool(contexts, dtype):
-    for buf in contexts.pool.k_buffers + contexts.pool.v_buffers:
-        buf.copy_(torch.randn(buf.shape, dtype=torch.float32, device=DEV).to(dtype))
 
 
 # (prefix, E, M or None): verify trees (M = E, the root + nodes), draft steps (M > E), a
