@@ -29,33 +29,11 @@ import triton
 import triton.language as tl
 
 from rollserve.kernels.dispatch import dot_precision, next_power_of_2
+from rollserve.kernels.extend_attention_triton import attend_tile
 
 MAX_SPLITS = 16
 MIN_SPLIT_KEYS = 256  # a split shorter than this costs more in merging than it saves
 NO_WINDOW = 1 << 30  # the window the kernel is given without one: every key is inside it
-
-
-@triton.jit
-def _attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row, kv_head, n, mask_n,
-                 visible, stride_kt, stride_kh, stride_vt, stride_vh, stride_req, scale,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One online-softmax step of the rows over keys n (mask_n: in range; visible: [M, N])."""
-    d = tl.arange(0, BLOCK_D)
-    kv_mask = mask_n[:, None] & (d < HEAD_DIM)[None, :]
-    slots = tl.load(req_to_token + row * stride_req + n, mask=mask_n, other=0).to(tl.int64)
-    k = tl.load(k_cache + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
-                mask=kv_mask, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
-    s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
-    p = tl.exp(s - m_safe[:, None])
-    alpha = tl.exp(m - m_safe)
-    denom = denom * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_cache + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
-                mask=kv_mask, other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return acc, m_new, denom
 
 
 # Index tensors are views into packed blocks at batch-dependent offsets: their alignment must
@@ -119,9 +97,9 @@ def _tree_kernel(q_ptr, out_ptr, part_out, part_lse, k_cache, v_cache, req_to_to
         mask_n = n < plain_hi
         visible = mask_n[None, :] & (n[None, :] <= limit[:, None]) & (
             n[None, :] > qpos[:, None] - window)
-        acc, m, denom = _attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row,
-                                     kv_head, n, mask_n, visible, stride_kt, stride_kh, stride_vt,
-                                     stride_vh, stride_req, scale, HEAD_DIM, BLOCK_D, DOT_PRECISION)
+        acc, m, denom = attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row,
+                                    kv_head, n, mask_n, visible, stride_kt, stride_kh, stride_vt,
+                                    stride_vh, stride_req, scale, HEAD_DIM, BLOCK_D, DOT_PRECISION)
     mask_row = tl.load(mask_offsets + b) + tok.to(tl.int64) * tree
     for start in range(tl.maximum(s_lo, committed), s_hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
@@ -129,9 +107,9 @@ def _tree_kernel(q_ptr, out_ptr, part_out, part_lse, k_cache, v_cache, req_to_to
         in_range = mask_m[:, None] & mask_n[None, :]
         bits = tl.load(masks + mask_row[:, None] + (n - committed)[None, :], mask=in_range, other=0)
         visible = in_range & (bits != 0)
-        acc, m, denom = _attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row,
-                                     kv_head, n, mask_n, visible, stride_kt, stride_kh, stride_vt,
-                                     stride_vh, stride_req, scale, HEAD_DIM, BLOCK_D, DOT_PRECISION)
+        acc, m, denom = attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row,
+                                    kv_head, n, mask_n, visible, stride_kt, stride_kh, stride_vt,
+                                    stride_vh, stride_req, scale, HEAD_DIM, BLOCK_D, DOT_PRECISION)
 
     filled = denom > 0
     safe = tl.where(filled, denom, 1.0)

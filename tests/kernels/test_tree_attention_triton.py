@@ -89,6 +89,18 @@ def test_split_counts_agree(splits):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("window", [None, 7])
+def test_plain_extend_shares_the_tile_step(window):
+    """The plain extend kernel runs the same attend_tile (a batch without trees; its own
+    tests, tests/kernels/test_triton_kernels.py, need CUDA)."""
+    contexts = PoolContexts(2, 16, torch.float32, num_slots=300, max_context=100, rows=4)
+    fill_pool(contexts, torch.float32)
+    contexts.context([0], [30])
+    ctx = contexts.context([0, 1], [20, 40])
+    out, ref = run_both(attention_triton, contexts, ctx, 4, window=window)
+    assert ctx.attn_metadata.tree is None and rel_err(out, ref) < 1e-5
+
+
 def test_non_causal_ignores_trees_as_the_reference():
     contexts = PoolContexts(2, 16, torch.float32, num_slots=300, max_context=100, rows=4)
     fill_pool(contexts, torch.float32)
