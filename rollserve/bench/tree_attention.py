@@ -17,7 +17,6 @@ cases on CPU under TRITON_INTERPRET=1 (the interpreter's pace, not the kernel's)
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import statistics
@@ -27,6 +26,7 @@ from typing import Callable, List
 
 import torch
 
+from rollserve.bench.decode_attention import parse_selection
 from rollserve.bench.offline import device_name, git_commit, now_iso, write_json
 from rollserve.core.draft_tree import ancestor_mask, depths
 from rollserve.core.forward_context import ForwardContext
@@ -147,21 +147,8 @@ def run_case(shape_name: str, shape, case: Case, dev: str, dtype: torch.dtype, c
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shapes", nargs="+", default=None, help=f"of {list(SHAPES)} (default: all)")
-    p.add_argument("--cases", nargs="+", default=None,
-                   help=f"of {[c.name for c in CASES]} (default: all)")
-    p.add_argument("--smoke", action="store_true", help="tiny cases (CPU: TRITON_INTERPRET=1)")
-    p.add_argument("--out", default=None, help="write the figures as JSON here")
-    args = p.parse_args(argv)
-    shapes, cases = (SMOKE_SHAPES, SMOKE_CASES) if args.smoke else (SHAPES, CASES)
-    shapes = {k: v for k, v in shapes.items() if args.shapes is None or k in args.shapes}
-    cases = [c for c in cases if args.cases is None or c.name in args.cases]
-    if not shapes or not cases:
-        raise SystemExit(f"--shapes/--cases: nothing selected (shapes {list(shapes)}, cases "
-                         f"{[c.name for c in (SMOKE_CASES if args.smoke else CASES)]})")
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("tree attention bench: needs a CUDA device (or --smoke)")
+    args, shapes, cases = parse_selection(argv, __doc__, SHAPES, CASES, SMOKE_SHAPES, SMOKE_CASES,
+                                          "tiny cases (CPU: TRITON_INTERPRET=1)", "tree attention")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float16
     calls, repeats = (2, 1) if args.smoke else (CALLS, REPEATS)
