@@ -176,9 +176,10 @@ def pack_tree_masks(tree_masks: List[Optional[torch.Tensor]], extend_lens: List[
         lens.append(int(m.shape[1]))
         offsets.append(offset)
         offset += m.numel()
-        flat.append(m.reshape(-1).to(device=device, dtype=torch.uint8))
-    masks = torch.cat(flat) if flat else torch.zeros(1, dtype=torch.uint8, device=device)
-    return lens, offsets, masks
+        flat.append(m.reshape(-1))
+    if not flat:
+        return lens, offsets, torch.zeros(1, dtype=torch.uint8, device=device)
+    return lens, offsets, torch.cat(flat).to(device=device, dtype=torch.uint8)
 
 
 def tree_block_m(extend_lens: List[int], group: int) -> int:
