@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+pytestmark = pytest.mark.gpu
 if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1"):
     pytest.skip("needs CUDA (or TRITON_INTERPRET=1)", allow_module_level=True)
 pytest.importorskip("triton")
