@@ -262,23 +262,34 @@ def print_summary(summary: List[dict]) -> None:
               f"{b['pct_roofline']:5.0f} | {s['speedup'] or float('nan'):.2f}x")
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--shapes", nargs="+", default=None, help=f"of {list(SHAPES)} (default: all)")
+def parse_selection(argv, description: str, shapes: dict, cases: list, smoke_shapes: dict,
+                    smoke_cases: list, smoke_help: str, bench: str):
+    """(args, shapes, cases) of a kernel bench's --shapes / --cases / --smoke / --out command
+    line; SystemExit naming the flag when nothing is selected or no GPU is there to time."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=None, help=f"of {list(shapes)} (default: all)")
     p.add_argument("--cases", nargs="+", default=None,
-                   help=f"of {[c.name for c in CASES]} (default: all)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny shapes and cases, wall-clock timing, no CUDA graphs")
+                   help=f"of {[c.name for c in cases]} (default: all)")
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-    shapes, cases = (SMOKE_SHAPES, SMOKE_CASES) if args.smoke else (SHAPES, CASES)
+    all_cases = smoke_cases if args.smoke else cases
+    shapes = smoke_shapes if args.smoke else shapes
     shapes = {k: v for k, v in shapes.items() if args.shapes is None or k in args.shapes}
-    cases = [c for c in cases if args.cases is None or c.name in args.cases]
-    if not shapes or not cases:
+    picked = [c for c in all_cases if args.cases is None or c.name in args.cases]
+    if not shapes or not picked:
         raise SystemExit(f"--shapes/--cases: nothing selected (shapes {list(shapes)}, cases "
-                         f"{[c.name for c in (SMOKE_CASES if args.smoke else CASES)]})")
+                         f"{[c.name for c in all_cases]})")
     if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("decode attention bench: needs a CUDA device (or --smoke)")
+        raise SystemExit(f"{bench} bench: needs a CUDA device (or --smoke)")
+    return args, shapes, picked
+
+
+def main(argv=None) -> dict:
+    args, shapes, cases = parse_selection(
+        argv, __doc__, SHAPES, CASES, SMOKE_SHAPES, SMOKE_CASES,
+        "tiny shapes and cases, wall-clock timing, no CUDA graphs", "decode attention")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
     roofline = roofline_bytes_per_s(args.smoke)

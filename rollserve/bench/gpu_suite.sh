@@ -13,6 +13,8 @@
 # of 20 steady-state engine steps), `gemv` (the GEMV microbenchmark), `no_gemv` (one_batch with the GEMV
 # kernels off, ROLLSERVE_DISABLE_GEMV=1), `compile` (one_batch bs=1 with --enable-torch-compile, 1B shape),
 # `attn_bench` / `gemv_sweep` (config sweeps of decode attention and of the one-row GEMV),
+# `tree_attn` (issue #20: the tree-masked attention kernel's tests, then bench/tree_attention.py:
+# its error and time per layer beside the torch reference on verify batches),
 # `fi_tests` / `fi_bench` / `fi_sharegpt` (the flashinfer backend's tests, one_batch on it
 # beside triton, the ShareGPT-like run on it; scripts/flashinfer_device.sh makes flashinfer
 # importable there), `attn_tests` (the decode-attention config tests alone), `ab` (one_batch with PDL off, then with the GEMV fusions on: A/B in one run),
@@ -174,6 +176,10 @@ for stage in $STAGES; do
     gemv_sweep)  # every candidate GEMV config at M = 1, plain and fused
       step gemv_sweep 300 $PY -m rollserve.bench.gemv --m 1 --sweep --models ${GEMV_MODELS:-llama-3.2-1b llama-3.1-8b} \
         --out "$OUT/gemv_sweep.json" ;;
+    tree_attn)  # issue #20: the tree kernel's tests, then its time beside the torch reference
+      step tree_attn_tests 300 $PY -m pytest -q -x -p no:cacheprovider \
+        tests/kernels/test_tree_attention_triton.py tests/executor/attention/test_tree_mask.py
+      step tree_attention 300 $PY -m rollserve.bench.tree_attention --out "$OUT/tree_attention.json" ;;
     attn_tests)  # the decode-attention config tests alone (fast check of a kernel change)
       step attn_tests 200 $PY -m pytest -q -x -m gpu -p no:cacheprovider tests/kernels/test_decode_attention_configs.py ;;
     gemv)
@@ -255,7 +261,9 @@ for stage in $STAGES; do
         tests/scheduler/test_speculative.py tests/executor/test_spec_verify.py \
         tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py \
         tests/scheduler/test_tree_drafter.py tests/executor/test_spec_tree.py \
-        tests/executor/attention/test_tree_mask.py tests/scheduler/test_overlap_speculative.py
+        tests/executor/attention/test_tree_mask.py tests/scheduler/test_overlap_speculative.py \
+        tests/kernels/test_tree_attention_triton.py
+      step tree_attention 300 $PY -m rollserve.bench.tree_attention --out "$OUT/tree_attention.json"
       step speculative_smollm2 300 $PY -m rollserve.bench.speculative --batch-size 1 8 32 \
         --input-len 512 --output-len 256 --output-file "$OUT/speculative_smollm2.json"
       for drafts in 4 6; do

@@ -20,6 +20,30 @@ from rollserve.kernels.dispatch import dot_precision, next_power_of_2
 BLOCK_M = 64
 
 
+@triton.jit
+def attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row, kv_head, n, mask_n,
+                visible, stride_kt, stride_kh, stride_vt, stride_vh, stride_req, scale,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step of the query rows over keys n of request row `row` (mask_n: in
+    range; visible: [M, N]); also the tree kernel's (tree_attention_triton.py)."""
+    d = tl.arange(0, BLOCK_D)
+    kv_mask = mask_n[:, None] & (d < HEAD_DIM)[None, :]
+    slots = tl.load(req_to_token + row * stride_req + n, mask=mask_n, other=0).to(tl.int64)
+    k = tl.load(k_cache + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
+                mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
+    p = tl.exp(s - m_safe[:, None])
+    alpha = tl.exp(m - m_safe)
+    denom = denom * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_cache + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
+                mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, denom
+
+
 # The index tensors are often views into one packed block at batch-dependent offsets: their
 # 16-byte alignment must not pick a compiled variant, or new batches compile mid-run (seen on
 # an H100: a 0.49 s stall inside a prefill step of the 8B ShareGPT-like run).
@@ -61,25 +85,13 @@ def _extend_kernel(q_ptr, out_ptr, k_cache, v_cache, req_to_token, req_pool_indi
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         mask_n = n < hi
-        slots = tl.load(req_to_token + row * stride_req + n, mask=mask_n, other=0).to(tl.int64)
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_cache + slots[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
-                    mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
         visible = mask_n[None, :]
         if CAUSAL:
             visible = visible & (n[None, :] <= q_pos[:, None]) & (
                 (window <= 0) | (n[None, :] > q_pos[:, None] - window))
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw no key yet
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m - m_safe)
-        denom = denom * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache + slots[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
-                    mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m = m_new
+        acc, m, denom = attend_tile(q, acc, m, denom, k_cache, v_cache, req_to_token, row, kv_head,
+                                    n, mask_n, visible, stride_kt, stride_kh, stride_vt, stride_vh,
+                                    stride_req, scale, HEAD_DIM, BLOCK_D, DOT_PRECISION)
     out = acc / tl.where(denom > 0, denom, 1.0)[:, None]
     tl.store(out_ptr + (first_row + offs_m)[:, None] * stride_ot + head * stride_oh + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])

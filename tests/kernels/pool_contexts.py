@@ -1,15 +1,19 @@
 """A KV pool with request rows on the GPU, and an attention backend checked against the
-torch reference over a float32 copy of that pool (shared by the backends' kernel tests)."""
+torch reference over a float32 copy of that pool (shared by the backends' kernel tests).
+Without CUDA it lives on the CPU (tests that run Triton's interpreter, TRITON_INTERPRET=1)."""
+
+import random
 
 import torch
 
+from rollserve.core.draft_tree import ancestor_mask, depths
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.kv_pool import KVPool
 from rollserve.executor.attention.registry import create_attention_backend
 from rollserve.executor.attention.torch_native import TorchNativeBackend, attention_torch
 from rollserve.kernels.rotary import RopeInputs, rope_cos_sin
 
-DEV = "cuda"
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class PoolContexts:
@@ -74,3 +78,40 @@ def rope_inputs(positions, head_dim, dtype, qk_norm):
         return RopeInputs(cos, sin)
     q_w, k_w = torch.randn(2, head_dim, dtype=dtype, device=DEV)
     return RopeInputs(cos, sin, q_w, k_w, 1e-6)
+
+
+def random_parents(n: int, rng: random.Random) -> list:
+    """A random tree of n rows in parents-first order (row 0 the root)."""
+    return [-1] + [rng.randrange(i) for i in range(1, n)]
+
+
+def tree_batch(contexts, requests, rng):
+    """A forward over `requests`, each (prefix, new rows E, tree rows M or None): its prefix gets
+    slots first (their K/V: what the pool holds, see fill_pool), then a context whose tree
+    requests carry an [E, M] mask of a random M-row tree's last E rows, at positions
+    committed + depth (committed = prefix - (M - E): the earlier tree rows sit in the prefix)."""
+    rows = list(range(len(requests)))
+    for r, (prefix, _, _) in zip(rows, requests):
+        contexts.lens[r] = 0
+        if prefix:  # slots only: the prefix's K/V is whatever the pool holds there (random)
+            contexts.context([r], [prefix])
+    ctx = contexts.context(rows, [e for _, e, _ in requests])
+    masks, positions = [], []
+    for prefix, extend, tree in requests:
+        if tree is None:
+            masks.append(None)
+            positions.append(torch.arange(prefix, prefix + extend))
+            continue
+        parents = random_parents(tree, rng)
+        masks.append(ancestor_mask(parents)[tree - extend:].to(DEV))
+        committed = prefix + extend - tree
+        positions.append(committed + torch.tensor(depths(parents)[tree - extend:]))
+    ctx.tree_masks = masks
+    ctx.positions = torch.cat(positions).to(DEV)
+    return ctx
+
+
+def fill_pool(contexts, dtype):
+    """Random K/V in every slot (the prefixes tree_batch gives no K/V of their own)."""
+    for buf in contexts.pool.k_buffers + contexts.pool.v_buffers:
+        buf.copy_(torch.randn(buf.shape, dtype=torch.float32, device=DEV).to(dtype))

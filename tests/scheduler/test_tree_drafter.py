@@ -100,8 +100,8 @@ def test_temperature_one_trees_keep_the_target_distribution(trained):
 def test_cuda_trees_greedy_equal_overlap_scheduler_with_graphs(tiny_models, heads, trained,
                                                                deepseek_with_mtp, backend):
     """On CUDA the plain run is the server's (overlap, decode CUDA graphs); tree forwards run
-    the torch attention path whatever the backend (triton: its fallback). float32: no argmax
-    is a rounding tie."""
+    the backend's tree path (triton: its tree kernel; NEXTN's MLA: the torch MLA backend).
+    float32: no argmax is a rounding tie."""
     small, head = trained
     cases = [(tiny_models["llama"], "EAGLE", heads["eagle"], repetitive_requests(1)),
              (small, "EAGLE", head, _greedy_prompts()),

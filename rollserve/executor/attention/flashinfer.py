@@ -6,7 +6,9 @@ one-token pages ([slots, 1, Hkv, D], NHD layout), so a request's page list is it
 row of req_to_token. Each forward lists those slots once (`FlashInferForward`); the
 first layer that asks for a given (causal, window, scale) plans a wrapper, and every
 other layer reuses that plan. K and V are stored in the pool (and q, k rotated) by the
-same Triton kernels as the triton backend.
+same Triton kernels as the triton backend. A forward carrying tree masks (speculative tree
+drafts) runs the prefill wrapper with each request's dense mask as custom_mask
+(attention/tree_mask.py), the window folded into it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.base import AttentionBackend
+from rollserve.executor.attention.tree_mask import flat_custom_mask
 from rollserve.kernels.rotary import RopeInputs
 
 WORKSPACE_BYTES = 256 << 20  # split-KV partial results; flashinfer recommends 128 MB or more
@@ -60,6 +63,7 @@ class FlashInferBackend(AttentionBackend):
     name = "flashinfer"
     supports_cuda_graph = True
     plans_per_replay = True
+    supports_tree_mask = True  # through custom_mask (FlashInferForward.plan)
 
     def __init__(self, device: torch.device, num_kv_heads: int):
         super().__init__(device, num_kv_heads)
@@ -124,7 +128,9 @@ class FlashInferForward:
 
     def __init__(self, backend: FlashInferBackend, ctx: ForwardContext):
         self.backend = backend
-        self.is_decode = ctx.is_decode
+        has_tree = ctx.tree_masks is not None and any(m is not None for m in ctx.tree_masks)
+        self.tree_ctx = ctx if has_tree else None  # the decode wrapper takes no mask
+        self.is_decode = ctx.is_decode and not has_tree
         self.qo_indptr = kv_indptr(ctx.extend_lens_cpu)
         self.planned: Dict[tuple, tuple] = {}  # key -> (wrapper, its plan's arguments past the slots)
         self.set_slots(ctx, [p + n for p, n in zip(ctx.prefix_lens_cpu, ctx.extend_lens_cpu)])
@@ -150,6 +156,9 @@ class FlashInferForward:
                           q_data_type=q.dtype, kv_data_type=k_cache.dtype)
             if not self.is_decode:  # one new token sees its whole sequence, causal or not
                 kwargs["causal"] = causal
+            if self.tree_ctx is not None and causal:  # non-causal ignores trees, as the reference
+                kwargs.update(causal=False, window_left=-1,
+                              custom_mask=flat_custom_mask(self.tree_ctx, sliding_window))
             self.planned[key] = (self.new_wrapper(tensor_cores, key), shape, kwargs)
             self.replan(key)
         return self.planned[key][0]
@@ -169,6 +178,7 @@ class FlashInferGraphDecode(FlashInferForward):
     def __init__(self, backend: FlashInferBackend, batch_size: int, max_slots: int):
         self.backend = backend
         self.is_decode = True
+        self.tree_ctx = None  # tree forwards run eager
         self.planned = {}
         device = backend.device
         self.buffers = dict(

@@ -12,6 +12,9 @@ to attend, equal in exact arithmetic:
 `mla_attention` is what the model calls: the MLA backend when the runner built the latent
 pool, else (--disable-mla) the expanded K/V of the new tokens through the ordinary backend.
 A Triton decode kernel over the latent pool is a GPU follow-up; this backend is the torch path.
+Tree forwards (speculative tree drafts, NEXTN) need no fallback: both forms take each request's
+dense [E, S] tree mask (attention/tree_mask.py) in their SDPA. With --disable-mla the expanded
+K/V go through the ordinary backend, whose tree path applies (triton: its tree kernel).
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ def create_attention_backend(name: str, device: torch.device, num_kv_heads: int)
 
 def tree_mask_backend(backend: AttentionBackend) -> AttentionBackend:
     """The backend that runs a forward carrying tree masks (attention/tree_mask.py): the
-    backend itself where it applies them (torch_native, mla), else the torch reference over
-    the same pool (one per backend, kept)."""
+    backend itself where it applies them (torch_native, triton, flashinfer, mla), else the
+    torch reference over the same pool (one per backend, kept; batch_invariant)."""
     if getattr(backend, "supports_tree_mask", False):
         return backend
     fallback = getattr(backend, "tree_fallback", None)

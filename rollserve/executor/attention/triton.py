@@ -1,7 +1,8 @@
-"""The Triton attention backend: KV store, then the decode or the extend kernel.
+"""The Triton attention backend: KV store, then the decode or the extend kernel, or for a
+forward carrying tree masks (speculative tree drafts, attention/tree_mask.py) the tree kernel.
 
-What the kernels need beyond the ForwardContext (split count, query-block list)
-is built once per forward into `ctx.attn_metadata` (prepare_metadata); the CUDA graph
+What the kernels need beyond the ForwardContext (split count, query-block list, packed tree
+masks) is built once per forward into `ctx.attn_metadata` (prepare_metadata); the CUDA graph
 runner takes it from capture_metadata for the decode graphs it captures.
 """
 
@@ -21,6 +22,9 @@ from rollserve.kernels.extend_attention_triton import extend_attention_triton, q
 from rollserve.kernels.kv_store_triton import kv_store_triton
 from rollserve.kernels.rope_store_triton import rope_store_triton
 from rollserve.kernels.rotary import RopeInputs
+from rollserve.kernels.tree_attention_triton import (PackedTrees, pack_tree_masks,
+                                                     tree_attention_triton, tree_block_m,
+                                                     tree_num_splits, tree_row_blocks)
 
 
 @dataclass
@@ -29,6 +33,32 @@ class TritonAttentionMetadata:
     num_splits: int = 1  # decode: sequence ranges per (request, KV head)
     block_req: Optional[torch.Tensor] = None  # extend: request of each query block
     block_start: Optional[torch.Tensor] = None  # extend: its first new-token offset
+    tree: Optional["TreeForward"] = None  # a forward carrying tree masks
+
+
+class TreeForward:
+    """One forward's packed tree masks, and per query-head group (known at the first layer)
+    the tree kernel's row blocks and split count."""
+
+    def __init__(self, ctx: ForwardContext, device: torch.device):
+        lens, offsets, masks = pack_tree_masks(ctx.tree_masks, ctx.extend_lens_cpu, device)
+        both = host_to_device(torch.tensor(offsets + lens, dtype=torch.int64), device)
+        n = len(lens)
+        self.trees = PackedTrees(both[n:].to(torch.int32), both[:n], masks)
+        self.extend_lens = ctx.extend_lens_cpu
+        self.max_seq_len = max(p + e for p, e in zip(ctx.prefix_lens_cpu, ctx.extend_lens_cpu))
+        self.device = device
+        self.plans: dict = {}
+
+    def plan(self, group: int, num_kv_heads: int) -> tuple:
+        """(block_req, block_start, block_m, num_splits) for `group` query heads per KV head."""
+        if group not in self.plans:
+            block_m = tree_block_m(self.extend_lens, group)
+            reqs, starts = tree_row_blocks(self.extend_lens, group, block_m)
+            both = host_to_device(torch.tensor([reqs, starts], dtype=torch.int32), self.device)
+            splits = tree_num_splits(len(reqs), num_kv_heads, self.max_seq_len, num_sms(self.device))
+            self.plans[group] = (both[0], both[1], block_m, splits)
+        return self.plans[group]
 
 
 def num_sms(device: torch.device) -> int:
@@ -42,11 +72,13 @@ def decode_metadata(batch_size: int, num_kv_heads: int, device: torch.device) ->
 
 
 def build_metadata(ctx: ForwardContext, num_kv_heads: int, device: torch.device) -> TritonAttentionMetadata:
-    if all(n == 1 for n in ctx.extend_lens_cpu):
+    has_tree = ctx.tree_masks is not None and any(m is not None for m in ctx.tree_masks)
+    if all(n == 1 for n in ctx.extend_lens_cpu) and not has_tree:
         return decode_metadata(ctx.batch_size, num_kv_heads, device)
     reqs, starts = query_blocks(ctx.extend_lens_cpu)
     both = host_to_device(torch.tensor([reqs, starts], dtype=torch.int32), device)
-    return TritonAttentionMetadata(False, block_req=both[0], block_start=both[1])
+    return TritonAttentionMetadata(False, block_req=both[0], block_start=both[1],
+                                   tree=TreeForward(ctx, device) if has_tree else None)
 
 
 def store_kv_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext,
@@ -74,6 +106,13 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: For
     if meta.is_decode:
         return decode_attention_triton(q, k_cache, v_cache, ctx.req_to_token, ctx.req_pool_indices,
                                        ctx.seq_lens, scaling, meta.num_splits, sliding_window, out)
+    if meta.tree is not None and causal:  # non-causal attention ignores trees, as the reference
+        group = q.shape[1] // k_cache.shape[1]
+        block_req, block_start, block_m, splits = meta.tree.plan(group, k_cache.shape[1])
+        return tree_attention_triton(q, k_cache, v_cache, ctx.req_to_token, ctx.req_pool_indices,
+                                     ctx.prefix_lens, ctx.extend_lens, ctx.extend_start_loc,
+                                     ctx.positions, meta.tree.trees, block_req, block_start,
+                                     block_m, scaling, splits, sliding_window, out)
     return extend_attention_triton(q, k_cache, v_cache, ctx.req_to_token, ctx.req_pool_indices,
                                    ctx.prefix_lens, ctx.extend_lens, ctx.extend_start_loc,
                                    meta.block_req, meta.block_start, scaling, sliding_window, out,
@@ -83,6 +122,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: For
 class TritonBackend(AttentionBackend):
     name = "triton"
     supports_cuda_graph = True
+    supports_tree_mask = True  # the tree kernel (kernels/tree_attention_triton.py)
 
     def prepare_metadata(self, ctx: ForwardContext) -> TritonAttentionMetadata:
         return build_metadata(ctx, self.num_kv_heads, self.device)

@@ -114,3 +114,19 @@ def test_rope_and_qk_norm_applied_before_attention():
         ref = attention_torch(q.float(), k.float(), v.float(), as_float(ctx, contexts), 0,
                               128 ** -0.5, rope=rope)
         assert rel_err(out, ref) < BF16_TOL, extend_lens
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("window", [None, 5])
+def test_tree_masks_through_custom_mask(window):
+    """Verify trees (M = E), a draft tree step (M > E: earlier nodes in the prefix), a lone
+    tree token and requests without a tree in one forward: the prefill wrapper's custom_mask."""
+    import random
+
+    from tests.kernels.pool_contexts import fill_pool, tree_batch
+
+    contexts = _contexts(2, 128, num_slots=4000, max_context=1200, rows=8)
+    fill_pool(contexts, torch.bfloat16)
+    requests = [(1000, 8, 8), (40, 4, 11), (300, 1, 6), (70, 30, None), (9, 1, None)]
+    _check(contexts, tree_batch(contexts, requests, random.Random(0)), 8, window=window)

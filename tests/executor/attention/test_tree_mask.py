@@ -1,7 +1,9 @@
 """Tree attention (speculative tree drafts): one forward over [last token, tree nodes] with the
 tree mask over the paged KV cache gives, row for row, the logits of running each root-to-leaf
 path as its own token sequence (the dense reference). Backends without a custom-mask kernel
-hand tree forwards to the torch reference."""
+hand tree forwards to the torch reference; triton runs them itself (its kernel's tests:
+tests/kernels/test_tree_attention_triton.py). With TRITON_INTERPRET=1 (and triton importable)
+the engine test below runs the Triton backend, tree kernel included, in the interpreter."""
 
 from types import SimpleNamespace
 
@@ -12,7 +14,9 @@ from rollserve.core.batch import BatchEntry, ScheduleBatch
 from rollserve.core.draft_tree import ancestor_mask, children, depths, path_rows
 from rollserve.executor.attention.batch_invariant import BatchInvariantBackend
 from rollserve.executor.attention.registry import tree_mask_backend
+from rollserve.executor.attention.tree_mask import dense_tree_mask, flat_custom_mask
 from rollserve.executor.attention.torch_native import TorchNativeBackend
+from rollserve.kernels.dispatch import triton_available
 from tests.scheduler.scheduler_harness import make_scheduler
 
 # rows [root, nodes...]: root -> 1, 2, 3; 1 -> 4, 5; 2 -> 6; 4 -> 7
@@ -66,3 +70,31 @@ def test_backends_without_a_mask_kernel_hand_trees_to_the_torch_reference():
     other = BatchInvariantBackend("cpu", 2)
     fallback = tree_mask_backend(other)
     assert isinstance(fallback, TorchNativeBackend) and tree_mask_backend(other) is fallback
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton and CUDA (or TRITON_INTERPRET=1)")
+def test_triton_runs_trees_itself():
+    from rollserve.executor.attention.triton import TritonBackend
+
+    backend = TritonBackend("cuda" if torch.cuda.is_available() else "cpu", 2)
+    assert tree_mask_backend(backend) is backend
+
+
+def test_flat_custom_mask_is_every_requests_dense_mask():
+    """flashinfer's custom_mask: the tree requests' dense masks, causal rows for the others."""
+    tree = ancestor_mask(PARENTS)  # 8 rows
+    ctx = SimpleNamespace(tree_masks=[tree[5:], None, tree], prefix_lens_cpu=[10, 4, 3],
+                          extend_lens_cpu=[3, 2, 8],
+                          positions=torch.tensor([9, 9, 10, 4, 5] + [3 + d for d in depths(PARENTS)]))
+    for window in (None, 2):
+        flat = flat_custom_mask(ctx, window)
+        assert flat.numel() == 3 * 13 + 2 * 6 + 8 * 11
+        first = flat[:39].view(3, 13)
+        assert torch.equal(first, dense_tree_mask(ctx, 0, 0, window))
+        assert first[:, 5:].equal(tree[5:]) and (window is not None or first[:, :5].all())
+        causal = flat[39:51].view(2, 6)
+        want = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+        if window == 2:
+            want = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+        assert torch.equal(causal, want)
+        assert torch.equal(flat[51:].view(8, 11), dense_tree_mask(ctx, 2, 5, window))
