@@ -28,7 +28,7 @@ from rollserve.frontend.reasoning_parser import REASONING_PARSERS
 from rollserve.frontend.sglang_flags import BY_DEST
 from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
 from rollserve.frontend.speculative_args import ALGORITHMS as SPECULATIVE_ALGORITHMS
-from rollserve.frontend.speculative_args import check_speculative
+from rollserve.frontend.speculative_args import NGRAM_MATCH_TYPES, check_speculative
 from rollserve.frontend.speculative_args import draft_spec, scheduler_fields as speculative_fields
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
@@ -130,13 +130,17 @@ class ServerArgs:
     # start-up the scheduler owns the current one
     weight_version: str = "default"
     # speculative decoding (frontend/speculative_args.py): NGRAM, EAGLE, EAGLE3 or NEXTN
-    # drafts, a chain per request (a tree with --speculative-eagle-topk > 1)
+    # drafts, a chain per request (a tree with --speculative-eagle-topk > 1; NGRAM's with
+    # --speculative-ngram-max-bfs-breadth > 1, SGLang's default)
     speculative_algorithm: Optional[str] = None
     speculative_draft_model_path: Optional[str] = None
     speculative_num_steps: Optional[int] = None
     speculative_eagle_topk: Optional[int] = None
     speculative_num_draft_tokens: Optional[int] = None
     speculative_ngram_max_trie_depth: int = 18
+    speculative_ngram_min_bfs_breadth: int = 1
+    speculative_ngram_max_bfs_breadth: int = 10
+    speculative_ngram_match_type: str = "BFS"
 
     def __post_init__(self):
         if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N
@@ -315,6 +319,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "grammar_backend": ("xgrammar", "none"),
     "tool_call_parser": tuple(TOOL_CALL_PARSERS), "reasoning_parser": tuple(REASONING_PARSERS),
     "load_balance_method": LOAD_BALANCE_METHODS, "speculative_algorithm": SPECULATIVE_ALGORITHMS,
+    "speculative_ngram_match_type": NGRAM_MATCH_TYPES,
 }
 
 
