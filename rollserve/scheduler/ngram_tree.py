@@ -65,13 +65,22 @@ class TokenPlaces:
 
 
 class _Tree:
-    """The draft tree being merged: nodes in joining order, (parent, token) -> node."""
+    """The draft tree being merged: nodes in joining order, (parent, token) -> node; and the
+    trie's children met so far, by (anchor's place list, tree node): anchors that share their
+    places walk the same trie, so each node's children are gathered once."""
 
-    def __init__(self, cap: int):
-        self.cap = cap
+    def __init__(self, tokens: Sequence[int], cap: int):
+        self.seq, self.cap = tokens, cap
         self.tokens: List[int] = []
         self.parents: List[int] = []
         self.index: Dict[Tuple[int, int], int] = {}
+        self.seen: Dict[Tuple[int, int], Dict[int, List[int]]] = {}
+
+    def children(self, at: List[int], node: int, places: List[int], k: int) -> Dict[int, List[int]]:
+        key = (id(at), node)
+        if key not in self.seen:
+            self.seen[key] = _children(self.seq, places, k)
+        return self.seen[key]
 
     def full(self) -> bool:
         return len(self.tokens) >= self.cap
@@ -98,7 +107,8 @@ def _children(tokens: Sequence[int], places: List[int], k: int) -> Dict[int, Lis
 
 def anchors(tokens: Sequence[int], places: List[int], max_depth: int) -> List[Tuple[int, List[int]]]:
     """(d, the places whose last d tokens equal the sequence's), d from max_depth - 1 down to
-    1, where any place matches. places: earlier positions of the last token, latest first."""
+    1, where any place matches. places: earlier positions of the last token, latest first.
+    Consecutive anchors with the same places share one list (their tries are the same)."""
     end, longest = len(tokens) - 1, max(1, max_depth - 1)
     matched = []
     for j in places:
@@ -106,11 +116,13 @@ def anchors(tokens: Sequence[int], places: List[int], max_depth: int) -> List[Tu
         while n < longest and j - n >= 0 and tokens[j - n] == tokens[end - n]:
             n += 1
         matched.append(n)
-    out = []
-    for d in range(longest, 0, -1):
+    out: List[Tuple[int, List[int]]] = []
+    for d in range(max(matched, default=0), 0, -1):
+        if out and len(out[-1][1]) == len(places):  # every place: nothing more to add
+            out.append((d, out[-1][1]))
+            continue
         at = [j for j, n in zip(places, matched) if n >= d]
-        if at:
-            out.append((d, at))
+        out.append((d, out[-1][1] if out and len(out[-1][1]) == len(at) else at))
     return out
 
 
@@ -119,7 +131,7 @@ def build_tree(tokens: Sequence[int], places: List[int], num_nodes: int, max_dep
                ) -> Tuple[List[int], List[int]]:
     """(node tokens, node parents; -1: the root, the sequence's last token) of the draft tree
     continuing `tokens` (see the module docstring)."""
-    tree = _Tree(num_nodes)
+    tree = _Tree(tokens, num_nodes)
     found = anchors(tokens, places, max_depth)
     if match_type == "PROB":
         _grow_by_frequency(tree, tokens, found, max_depth, max_breadth)
@@ -137,7 +149,7 @@ def _grow_by_recency(tree: _Tree, tokens, found, max_depth, min_breadth, max_bre
             parent, breadth, places, k = queue.popleft()
             if d + k >= max_depth:  # the trie keeps strings of max_depth tokens at most
                 continue
-            kids = _children(tokens, places, k)
+            kids = tree.children(at, parent, places, k)
             for token, follow in itertools.islice(kids.items(), max(1, int(breadth))):
                 if tree.full():
                     break
@@ -145,24 +157,24 @@ def _grow_by_recency(tree: _Tree, tokens, found, max_depth, min_breadth, max_bre
 
 
 def _grow_by_frequency(tree: _Tree, tokens, found, max_depth, max_breadth) -> None:
-    heap: list = []  # (-weight, joining order, parent, token, places, k, d); kept across anchors
+    heap: list = []  # (-weight, order, parent, token, places, k, d, anchor's places): all anchors
     order = itertools.count()
 
-    def offer(parent: int, places: List[int], k: int, weight: float, d: int) -> None:
+    def offer(parent: int, places: List[int], k: int, weight: float, d: int, at) -> None:
         if d + k >= max_depth:
             return
-        kids = _children(tokens, places, k)
+        kids = tree.children(at, parent, places, k)
         top = sorted(kids.items(), key=lambda kv: -len(kv[1]))[:max_breadth]  # stable: latest
         total = sum(len(follow) for _, follow in top)
         for token, follow in top:
             heapq.heappush(heap, (-weight * len(follow) / total, next(order), parent, token,
-                                  follow, k + 1, d))
+                                  follow, k + 1, d, at))
 
     for d, at in found:
-        offer(-1, at, 0, 1.0, d)
+        offer(-1, at, 0, 1.0, d, at)
         while heap and not tree.full():
-            neg, _, parent, token, follow, k, depth = heapq.heappop(heap)
-            offer(tree.node(parent, token), follow, k, -neg, depth)
+            neg, _, parent, token, follow, k, depth, of = heapq.heappop(heap)
+            offer(tree.node(parent, token), follow, k, -neg, depth, of)
 
 
 class NgramTreeDrafter:
