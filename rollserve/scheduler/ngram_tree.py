@@ -105,7 +105,8 @@ def _children(tokens: Sequence[int], places: List[int], k: int) -> Dict[int, Lis
     return out
 
 
-def anchors(tokens: Sequence[int], places: List[int], max_depth: int) -> List[Tuple[int, List[int]]]:
+def anchors(tokens: Sequence[int], places: List[int],
+            max_depth: int) -> List[Tuple[int, List[int]]]:
     """(d, the places whose last d tokens equal the sequence's), d from max_depth - 1 down to
     1, where any place matches. places: earlier positions of the last token, latest first.
     Consecutive anchors with the same places share one list (their tries are the same)."""

@@ -91,7 +91,10 @@ def assert_first_pairs_follow_target(model_path, prompt, got, n, support=None):
     def top3(ids):
         with torch.no_grad():
             logits = target(torch.tensor([ids])).logits[0, -1]
-        values, index = logits.topk(3) if support is None else (logits[support], torch.tensor(support))
+        if support is None:
+            values, index = logits.topk(3)
+        else:
+            values, index = logits[support], torch.tensor(support)
         return dict(zip(index.tolist(), torch.softmax(values, -1).tolist()))
 
     expected = {(a, b): pa * pb for a, pa in top3(prompt).items()
