@@ -1,4 +1,7 @@
-"""NGRAM drafts (`--speculative-algorithm NGRAM`): prompt / context lookup, no weights.
+"""NGRAM chain drafts (`--speculative-algorithm NGRAM`): prompt / context lookup, no weights.
+
+This is the chain (--speculative-ngram-max-bfs-breadth 1); with a breadth > 1 (the
+server's default, SGLang's) scheduler/ngram_tree.py drafts trees of earlier continuations.
 
 The end of a request's tokens (prompt + output) is looked up among its earlier tokens;
 where it occurred before, the tokens that followed are proposed as drafts. A match is
