@@ -202,7 +202,7 @@ speculative_draft_model_quantization | --speculative-draft-model-quantization | 
 speculative_ngram_min_bfs_breadth | --speculative-ngram-min-bfs-breadth | int | 1
 speculative_ngram_max_bfs_breadth | --speculative-ngram-max-bfs-breadth | int | 10
 speculative_ngram_match_type | --speculative-ngram-match-type | str | BFS | BFS PROB
-speculative_ngram_max_trie_depth | --speculative-ngram-max-trie-depth | int | 18
+speculative_ngram_max_trie_depth | --speculative-ngram-max-trie-depth --speculative-ngram-branch-length | int | 18
 speculative_ngram_capacity | --speculative-ngram-capacity | int | 10000000
 enable_multi_layer_eagle | --enable-multi-layer-eagle | bool | False
 # MoE
