@@ -141,6 +141,9 @@ class ServerArgs:
     speculative_ngram_min_bfs_breadth: int = 1
     speculative_ngram_max_bfs_breadth: int = 10
     speculative_ngram_match_type: str = "BFS"
+    # older SGLang releases' match window (None: every length up to the trie depth - 1)
+    speculative_ngram_min_match_window_size: int = 1
+    speculative_ngram_max_match_window_size: Optional[int] = None
 
     def __post_init__(self):
         if self.enable_ep_moe and self.ep_size == 1:  # SGLang's old spelling of --ep-size N

@@ -151,4 +151,10 @@ HELP = {
                                          "--speculative-eagle-topk to it), 1 a chain",
     "speculative_ngram_match_type": "NGRAM trees: BFS takes each node's latest continuations "
                                     "first, PROB its most frequent ones",
+    "speculative_ngram_min_match_window_size": "NGRAM: the shortest context match that drafts "
+                                               "(older SGLang releases; the chain's is 2 at least)",
+    "speculative_ngram_max_match_window_size": "NGRAM: the longest context match compared (older "
+                                               "SGLang releases; default: trees every length up "
+                                               "to --speculative-ngram-max-trie-depth - 1, the "
+                                               "chain that depth minus the tokens of a step)",
 }

@@ -412,6 +412,8 @@ ds_heavy_channel_num | --ds-heavy-channel-num | int | 32
 ds_heavy_token_num | --ds-heavy-token-num | int | 256
 ds_heavy_channel_type | --ds-heavy-channel-type | str | qk | q k qk
 ds_sparse_decode_threshold | --ds-sparse-decode-threshold | int | 4096
+speculative_ngram_min_match_window_size | --speculative-ngram-min-match-window-size | int | 1
+speculative_ngram_max_match_window_size | --speculative-ngram-max-match-window-size | int | 12
 """
 
 # SGLang users write `--tp 2` and `--dp 2` (its own docs do): argparse's prefix matching

@@ -10,8 +10,9 @@ separate small model) is refused here with one line. --speculative-eagle-topk > 
 draft model's drafts a tree (scheduler/tree_drafter.py). NGRAM follows SGLang: its breadth is
 --speculative-ngram-max-bfs-breadth (SGLang sets topk to it; default 10: a tree,
 scheduler/ngram_tree.py; 1: the chain, scheduler/ngram_drafter.py), with
---speculative-ngram-min-bfs-breadth and --speculative-ngram-match-type BFS | PROB, and 12
-tokens a verify step unless --speculative-num-draft-tokens (or --speculative-num-steps) says.
+--speculative-ngram-min-bfs-breadth and --speculative-ngram-match-type BFS | PROB (older
+releases' match window flags bound the match lengths), and 12 tokens a verify step unless
+--speculative-num-draft-tokens (or --speculative-num-steps) says.
 """
 
 from __future__ import annotations
@@ -92,7 +93,17 @@ def _check_ngram(args) -> None:
         logger.warning("speculative_eagle_topk %s: NGRAM's breadth is "
                        "--speculative-ngram-max-bfs-breadth (%s), as in SGLang, which sets "
                        "topk to it", args.speculative_eagle_topk, high)
-    if high == 1 and args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
+    shortest, longest = (args.speculative_ngram_min_match_window_size,
+                         args.speculative_ngram_max_match_window_size)
+    if shortest < 1:
+        raise ValueError(f"speculative_ngram_min_match_window_size: must be >= 1, got {shortest}")
+    if longest is not None and not shortest <= longest < args.speculative_ngram_max_trie_depth:
+        raise ValueError("speculative_ngram_max_match_window_size: must be >= "
+                         f"--speculative-ngram-min-match-window-size ({shortest}) and below "
+                         f"--speculative-ngram-max-trie-depth "
+                         f"({args.speculative_ngram_max_trie_depth}), got {longest}")
+    if high == 1 and longest is None and \
+            args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
         raise ValueError("speculative_ngram_max_trie_depth: must exceed the tokens of a verify "
                          f"step ({num_draft_tokens(args)}): it holds the match window and the drafts")
 
@@ -121,6 +132,8 @@ def scheduler_fields(args) -> Dict[str, Any]:
             "speculative_ngram_min_bfs_breadth": args.speculative_ngram_min_bfs_breadth,
             "speculative_ngram_max_bfs_breadth": args.speculative_ngram_max_bfs_breadth,
             "speculative_ngram_match_type": args.speculative_ngram_match_type,
+            "speculative_ngram_min_match_window_size": args.speculative_ngram_min_match_window_size,
+            "speculative_ngram_max_match_window_size": args.speculative_ngram_max_match_window_size,
             "speculative_draft_model_path": None if algorithm == "NEXTN"
             else args.speculative_draft_model_path}
 

@@ -6,8 +6,9 @@ chain, scheduler/ngram_drafter.py), walked without being stored: a trie node is 
 earlier places where its string ended, its children the tokens that followed there, the one
 that followed latest first.
 
-Anchors: for each length d = D - 1 down to 1 (the longest match first), the node of the
-sequence's last d tokens, if they occurred before with a token after them. Each anchor's
+Anchors: for each length d = D - 1 down to 1 (the longest match first; older SGLang's
+--speculative-ngram-min/max-match-window-size bound d), the node of the sequence's last d
+tokens, if they occurred before with a token after them. Each anchor's
 continuations (at most D - d tokens deep) go into one draft tree rooted at the request's
 last token; a continuation some anchor already proposed is the same node (siblings carry
 distinct tokens), so shared prefixes merge. The tree stops at num_drafts nodes.
@@ -32,9 +33,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from rollserve.core.draft_tree import DraftTree, chain_parents
+from rollserve.scheduler.ngram_drafter import NgramDrafter
 from rollserve.scheduler.request import Req
 
 RECENT = 64  # earlier places of the last token looked at per lookup, latest first
@@ -105,12 +107,15 @@ def _children(tokens: Sequence[int], places: List[int], k: int) -> Dict[int, Lis
     return out
 
 
-def anchors(tokens: Sequence[int], places: List[int],
-            max_depth: int) -> List[Tuple[int, List[int]]]:
-    """(d, the places whose last d tokens equal the sequence's), d from max_depth - 1 down to
-    1, where any place matches. places: earlier positions of the last token, latest first.
-    Consecutive anchors with the same places share one list (their tries are the same)."""
+def anchors(tokens: Sequence[int], places: List[int], max_depth: int, min_window: int = 1,
+            max_window: Optional[int] = None) -> List[Tuple[int, List[int]]]:
+    """(d, the places whose last d tokens equal the sequence's), d from max_depth - 1 (or
+    max_window) down to min_window, where any place matches. places: earlier positions of
+    the last token, latest first. Consecutive anchors with the same places share one list
+    (their tries are the same)."""
     end, longest = len(tokens) - 1, max(1, max_depth - 1)
+    if max_window is not None:
+        longest = min(longest, max_window)
     matched = []
     for j in places:
         n = 1
@@ -118,7 +123,7 @@ def anchors(tokens: Sequence[int], places: List[int],
             n += 1
         matched.append(n)
     out: List[Tuple[int, List[int]]] = []
-    for d in range(max(matched, default=0), 0, -1):
+    for d in range(max(matched, default=0), max(1, min_window) - 1, -1):
         if out and len(out[-1][1]) == len(places):  # every place: nothing more to add
             out.append((d, out[-1][1]))
             continue
@@ -128,12 +133,13 @@ def anchors(tokens: Sequence[int], places: List[int],
 
 
 def build_tree(tokens: Sequence[int], places: List[int], num_nodes: int, max_depth: int,
-               min_breadth: int, max_breadth: int, match_type: str = "BFS"
-               ) -> Tuple[List[int], List[int]]:
+               min_breadth: int, max_breadth: int, match_type: str = "BFS",
+               windows: Tuple[int, Optional[int]] = (1, None)) -> Tuple[List[int], List[int]]:
     """(node tokens, node parents; -1: the root, the sequence's last token) of the draft tree
-    continuing `tokens` (see the module docstring)."""
+    continuing `tokens` (see the module docstring); windows: the shortest and longest match
+    used (None: max_depth - 1)."""
     tree = _Tree(tokens, num_nodes)
-    found = anchors(tokens, places, max_depth)
+    found = anchors(tokens, places, max_depth, *windows)
     if match_type == "PROB":
         _grow_by_frequency(tree, tokens, found, max_depth, max_breadth)
     else:
@@ -182,11 +188,12 @@ class NgramTreeDrafter:
     """Tree drafts for a request from its own prompt and output (see the module docstring)."""
 
     def __init__(self, num_drafts: int, max_trie_depth: int, min_breadth: int,
-                 max_breadth: int, match_type: str):
+                 max_breadth: int, match_type: str, windows: Tuple[int, Optional[int]] = (1, None)):
         self.num_drafts = num_drafts
         self.max_trie_depth = max_trie_depth
         self.min_breadth, self.max_breadth = min_breadth, max_breadth
         self.match_type = match_type
+        self.windows = windows
 
     def propose(self, req: Req, most: int) -> Union[List[int], DraftTree]:
         most = min(most, self.num_drafts)
@@ -201,7 +208,21 @@ class NgramTreeDrafter:
         if not places:
             return []
         drafts, parents = build_tree(tokens, places, most, self.max_trie_depth,
-                                     self.min_breadth, self.max_breadth, self.match_type)
+                                     self.min_breadth, self.max_breadth, self.match_type,
+                                     self.windows)
         if parents == chain_parents(len(parents)):
             return drafts
         return DraftTree(req.seq_len, drafts, parents)
+
+
+def make_ngram_drafter(config, num_drafts: int):
+    """NGRAM's drafter for a SchedulerConfig: trees when its max BFS breadth is above 1, else
+    the chain (scheduler/ngram_drafter.py), both within the match window flags."""
+    low, high = (config.speculative_ngram_min_match_window_size,
+                 config.speculative_ngram_max_match_window_size)
+    depth = config.speculative_ngram_max_trie_depth
+    if config.speculative_ngram_max_bfs_breadth > 1:
+        return NgramTreeDrafter(num_drafts, depth, config.speculative_ngram_min_bfs_breadth,
+                                config.speculative_ngram_max_bfs_breadth,
+                                config.speculative_ngram_match_type, (low, high))
+    return NgramDrafter(num_drafts, high or depth - num_drafts - 1, low)

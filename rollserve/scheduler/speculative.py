@@ -36,8 +36,7 @@ from rollserve.core.draft_tree import DraftTree
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.executor.spec_verify import Verifier, VerifyInput
 from rollserve.scheduler.model_drafter import ModelDrafter
-from rollserve.scheduler.ngram_drafter import NgramDrafter
-from rollserve.scheduler.ngram_tree import NgramTreeDrafter
+from rollserve.scheduler.ngram_tree import make_ngram_drafter
 from rollserve.scheduler.request import Req
 from rollserve.scheduler.scheduler import Scheduler
 from rollserve.scheduler.tree_commit import keep_path_slots
@@ -50,13 +49,8 @@ DRAFT_MODEL_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN")  # scheduler/model_drafter
 
 def make_drafter(config, runner):
     num_drafts = config.speculative_num_draft_tokens - 1
-    if config.speculative_algorithm == "NGRAM" and config.speculative_ngram_max_bfs_breadth > 1:
-        return NgramTreeDrafter(num_drafts, config.speculative_ngram_max_trie_depth,
-                                config.speculative_ngram_min_bfs_breadth,
-                                config.speculative_ngram_max_bfs_breadth,
-                                config.speculative_ngram_match_type)
-    if config.speculative_algorithm == "NGRAM":
-        return NgramDrafter(num_drafts, config.speculative_ngram_max_trie_depth - num_drafts - 1)
+    if config.speculative_algorithm == "NGRAM":  # a chain, or trees (scheduler/ngram_tree.py)
+        return make_ngram_drafter(config, num_drafts)
     if config.speculative_algorithm in DRAFT_MODEL_ALGORITHMS:
         return ModelDrafter(runner, config.speculative_algorithm,
                             config.speculative_draft_model_path, num_drafts,

@@ -46,6 +46,12 @@ def test_ngram_resolves_draft_counts():
      "speculative_ngram_min_bfs_breadth"),
     ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_bfs_breadth": 3,
       "speculative_ngram_max_bfs_breadth": 2}, "speculative_ngram_max_bfs_breadth"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 0},
+     "speculative_ngram_min_match_window_size"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_max_match_window_size": 18},
+     "speculative_ngram_max_match_window_size"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 4,
+      "speculative_ngram_max_match_window_size": 3}, "speculative_ngram_max_match_window_size"),
     ({"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 0}, "speculative_eagle_topk")])
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
@@ -112,6 +118,14 @@ def test_sglang_launch_line_for_ngram_starts():
     config = dataclasses.replace(chain, model_path="m").scheduler_config()
     assert (config.speculative_ngram_max_bfs_breadth, config.speculative_ngram_match_type) == \
         (1, "PROB")
+    old = server_args_from_cli(parser().parse_args(  # older SGLang releases' NGRAM line
+        ["--speculative-algorithm", "NGRAM", "--speculative-ngram-min-match-window-size", "2",
+         "--speculative-ngram-max-match-window-size", "12",
+         "--speculative-ngram-branch-length", "16"]))
+    config = dataclasses.replace(old, model_path="m").scheduler_config()
+    assert (config.speculative_ngram_min_match_window_size,
+            config.speculative_ngram_max_match_window_size,
+            config.speculative_ngram_max_trie_depth) == (2, 12, 16)
     with pytest.raises(argparse.ArgumentError, match="match-type"):  # not one of SGLang's two
         parser().parse_args(["--speculative-ngram-match-type", "DFS"])
 

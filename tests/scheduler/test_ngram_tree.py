@@ -20,10 +20,10 @@ from tests.scheduler.test_speculative import (assert_pool_free, make_spec, repet
 SEQ = [1, 2, 3, 1, 2, 4, 1, 2, 3, 5, 9, 2, 6, 1, 2]
 
 
-def tree_of(seq, cap, depth=18, low=1, high=10, match_type="BFS"):
+def tree_of(seq, cap, depth=18, low=1, high=10, match_type="BFS", windows=(1, None)):
     places = TokenPlaces()
     places.extend(seq)
-    return build_tree(seq, places.latest(seq[-1]), cap, depth, low, high, match_type)
+    return build_tree(seq, places.latest(seq[-1]), cap, depth, low, high, match_type, windows)
 
 
 def test_anchors_are_the_matches_longest_first():
@@ -32,6 +32,19 @@ def test_anchors_are_the_matches_longest_first():
     assert places.latest(2) == [11, 7, 4, 1]  # the end (14) never matches itself
     assert anchors(SEQ, places.latest(2), 18) == [(2, [7, 4, 1]), (1, [11, 7, 4, 1])]
     assert anchors(SEQ, places.latest(2), 2) == [(1, [11, 7, 4, 1])]  # depth 2: 1-token matches
+
+
+def test_match_windows_bound_the_anchors():
+    """Older SGLang's --speculative-ngram-min/max-match-window-size: the lengths compared."""
+    places = TokenPlaces()
+    places.extend(SEQ)
+    assert anchors(SEQ, places.latest(2), 18, 2) == [(2, [7, 4, 1])]
+    assert anchors(SEQ, places.latest(2), 18, 1, 1) == [(1, [11, 7, 4, 1])]
+    # only 1-token matches: 6 (after the 2 at 11) is the latest continuation, first
+    assert tree_of(SEQ, 3, windows=(1, 1))[0] == [6, 3, 4]
+    chain = NgramIndex(max_window=6, min_window=3)
+    chain.extend(SEQ)
+    assert chain.propose(SEQ, 2) == []  # its best match ("1 2") is 2 tokens long
 
 
 def test_bfs_trie_merges_continuations_latest_first_up_to_the_cap():
