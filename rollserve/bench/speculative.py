@@ -11,7 +11,8 @@ phrase repeated) decode in-process through the scheduler three times:
 * `plain`: the scheduler the server would run (overlap + decode CUDA graphs on a GPU);
   the speculative runs are the server's too (on a GPU overlapped as in
   scheduler/overlap_speculative.py; `--disable-overlap-schedule` for both without overlap);
-* `ngram`: --speculative-algorithm NGRAM (drafts from the request's own context);
+* `ngram`: --speculative-algorithm NGRAM (drafts from the request's own context; a chain,
+  or with --ngram-max-bfs-breadth > 1 trees of earlier continuations);
 * `oracle`: the same verify path with drafts taken from the plain run's own output, so
   every draft holds by construction (up to batch-variant rounding on a GPU): the verify
   cost alone, the ceiling a perfect draft model would reach at this draft length;
@@ -202,7 +203,8 @@ def make_schedulers(args):
     tokenizer = load_tokenizer(args.model_path)
     eos = eos_token_ids(args.model_path, tokenizer)
     spec_config = dataclasses.replace(config, speculative_algorithm="NGRAM",
-                                      speculative_num_draft_tokens=args.num_draft_tokens)
+                                      speculative_num_draft_tokens=args.num_draft_tokens,
+                                      speculative_ngram_max_bfs_breadth=args.ngram_max_bfs_breadth)
     plain = make_scheduler(config, runner, tokenizer, eos)
     spec = make_scheduler(spec_config, runner, tokenizer, eos)  # overlapped too, as the server's
     return plain, spec
@@ -219,6 +221,9 @@ def main(argv=None) -> dict:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--num-draft-tokens", type=int, default=4,
                    help="tokens per verify step: the last one and num-draft-tokens - 1 drafts")
+    p.add_argument("--ngram-max-bfs-breadth", type=int, default=1,
+                   help="NGRAM: > 1 drafts trees (scheduler/ngram_tree.py; the server's default "
+                        "is 10); 1: the chain")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--algorithm", choices=["NGRAM", "EAGLE"], default="NGRAM",
                    help="EAGLE: also a dummy EAGLE head's run at forced acceptance")
@@ -263,7 +268,8 @@ def main(argv=None) -> dict:
               "commit": git_commit(), "model": args.shape or args.model_path,
               "input_len": args.input_len, "output_len": args.output_len,
               "num_draft_tokens": args.num_draft_tokens, "eagle_topk": args.eagle_topk,
-              "num_steps": args.num_steps, "overlap": isinstance(spec, OverlapSpeculativeScheduler),
+              "num_steps": args.num_steps, "ngram_max_bfs_breadth": args.ngram_max_bfs_breadth,
+              "overlap": isinstance(spec, OverlapSpeculativeScheduler),
               "results": rows}
     print_table(report)
     if args.output_file:
@@ -274,7 +280,8 @@ def main(argv=None) -> dict:
 def print_table(report: dict) -> None:
     print(f"speculative decoding, {report['model']} on {report['device']}: input "
           f"{report['input_len']}, output {report['output_len']}, "
-          f"{report['num_draft_tokens'] - 1} drafts per step")
+          f"{report['num_draft_tokens'] - 1} drafts per step (NGRAM: "
+          f"{'trees' if report.get('ngram_max_bfs_breadth', 1) > 1 else 'a chain'})")
     print(f"{'bs':>4} {'plain tok/s':>12} | {'NGRAM tok/s':>12} {'x':>6} {'acc len':>8} {'same':>5} | "
           f"{'oracle tok/s':>12} {'x':>6} {'acc len':>8} {'same':>5}")
     for r in report["results"]:

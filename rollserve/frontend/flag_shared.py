@@ -133,8 +133,7 @@ SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "speculative_token_map", "speculative_attention_mode",
         "speculative_draft_attention_backend", "speculative_moe_runner_backend",
         "speculative_moe_a2a_backend", "speculative_draft_model_quantization",
-        "speculative_ngram_min_bfs_breadth", "speculative_ngram_max_bfs_breadth",
-        "speculative_ngram_match_type", "speculative_ngram_capacity", "enable_draft_weights_cpu_backup",
+        "speculative_ngram_capacity", "enable_draft_weights_cpu_backup",
         "decrypted_draft_config_file"),
     MM_KNOB: (
         "enable_multimodal", "mm_attention_backend", "disable_fast_image_processor",

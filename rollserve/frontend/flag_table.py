@@ -221,6 +221,11 @@ _EACH: Dict[str, FlagPolicy] = {
     "speculative_num_steps": implemented(),
     "speculative_num_draft_tokens": implemented(),
     "speculative_ngram_max_trie_depth": implemented(),
+    "speculative_ngram_min_bfs_breadth": implemented(),
+    "speculative_ngram_max_bfs_breadth": implemented(),
+    "speculative_ngram_match_type": implemented(),
+    "speculative_ngram_min_match_window_size": implemented(),
+    "speculative_ngram_max_match_window_size": implemented(),
     "speculative_draft_model_path": implemented(),
     "speculative_eagle_topk": implemented(),
     "speculative_accept_threshold_single": refused(

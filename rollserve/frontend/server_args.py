@@ -28,7 +28,7 @@ from rollserve.frontend.reasoning_parser import REASONING_PARSERS
 from rollserve.frontend.sglang_flags import BY_DEST
 from rollserve.frontend.tool_parsers import TOOL_CALL_PARSERS
 from rollserve.frontend.speculative_args import ALGORITHMS as SPECULATIVE_ALGORITHMS
-from rollserve.frontend.speculative_args import check_speculative
+from rollserve.frontend.speculative_args import NGRAM_MATCH_TYPES, check_speculative
 from rollserve.frontend.speculative_args import draft_spec, scheduler_fields as speculative_fields
 from rollserve.scheduler.config import SCHEDULE_POLICIES, SchedulerConfig
 
@@ -134,13 +134,20 @@ class ServerArgs:
     # start-up the scheduler owns the current one
     weight_version: str = "default"
     # speculative decoding (frontend/speculative_args.py): NGRAM, EAGLE, EAGLE3 or NEXTN
-    # drafts, a chain per request (a tree with --speculative-eagle-topk > 1)
+    # drafts, a chain per request (a tree with --speculative-eagle-topk > 1; NGRAM's with
+    # --speculative-ngram-max-bfs-breadth > 1, SGLang's default)
     speculative_algorithm: Optional[str] = None
     speculative_draft_model_path: Optional[str] = None
     speculative_num_steps: Optional[int] = None
     speculative_eagle_topk: Optional[int] = None
     speculative_num_draft_tokens: Optional[int] = None
     speculative_ngram_max_trie_depth: int = 18
+    speculative_ngram_min_bfs_breadth: int = 1
+    speculative_ngram_max_bfs_breadth: int = 10
+    speculative_ngram_match_type: str = "BFS"
+    # older SGLang releases' match window (None: every length up to the trie depth - 1)
+    speculative_ngram_min_match_window_size: int = 1
+    speculative_ngram_max_match_window_size: Optional[int] = None
 
     def __post_init__(self):
         if self.enable_deepep_moe:
@@ -328,6 +335,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "load_balance_method": LOAD_BALANCE_METHODS, "speculative_algorithm": SPECULATIVE_ALGORITHMS,
     # SGLang's mooncake, mori, nixl and ascend_fuseep need their own transfer libraries
     "moe_a2a_backend": ("none", "deepep"),
+    "speculative_ngram_match_type": NGRAM_MATCH_TYPES,
 }
 
 

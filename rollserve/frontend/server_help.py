@@ -146,7 +146,21 @@ HELP = {
                               "mask (default: 1, a chain)",
     "speculative_num_draft_tokens": "tokens per request and verify step: the last one plus the "
                                     "drafts (a tree's nodes); a chain's overrides "
-                                    "--speculative-num-steps (default: num_steps * topk + 1)",
+                                    "--speculative-num-steps (default: num_steps * topk + 1; "
+                                    "NGRAM: num_steps + 1, else 12 as in SGLang)",
     "speculative_ngram_max_trie_depth": "NGRAM: the longest context match plus the drafts, in "
                                         "tokens",
+    "speculative_ngram_min_bfs_breadth": "NGRAM trees: children per node under the longest "
+                                         "context match (shorter matches get more, up to the max)",
+    "speculative_ngram_max_bfs_breadth": "NGRAM: children per node for a one-token match; > 1 "
+                                         "drafts a tree of earlier continuations (SGLang sets "
+                                         "--speculative-eagle-topk to it), 1 a chain",
+    "speculative_ngram_match_type": "NGRAM trees: BFS takes each node's latest continuations "
+                                    "first, PROB its most frequent ones",
+    "speculative_ngram_min_match_window_size": "NGRAM: the shortest context match that drafts "
+                                               "(older SGLang releases; the chain's is 2 at least)",
+    "speculative_ngram_max_match_window_size": "NGRAM: the longest context match compared (older "
+                                               "SGLang releases; default: trees every length up "
+                                               "to --speculative-ngram-max-trie-depth - 1, the "
+                                               "chain that depth minus the tokens of a step)",
 }

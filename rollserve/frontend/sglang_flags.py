@@ -202,7 +202,7 @@ speculative_draft_model_quantization | --speculative-draft-model-quantization | 
 speculative_ngram_min_bfs_breadth | --speculative-ngram-min-bfs-breadth | int | 1
 speculative_ngram_max_bfs_breadth | --speculative-ngram-max-bfs-breadth | int | 10
 speculative_ngram_match_type | --speculative-ngram-match-type | str | BFS | BFS PROB
-speculative_ngram_max_trie_depth | --speculative-ngram-max-trie-depth | int | 18
+speculative_ngram_max_trie_depth | --speculative-ngram-max-trie-depth --speculative-ngram-branch-length | int | 18
 speculative_ngram_capacity | --speculative-ngram-capacity | int | 10000000
 enable_multi_layer_eagle | --enable-multi-layer-eagle | bool | False
 # MoE
@@ -412,6 +412,8 @@ ds_heavy_channel_num | --ds-heavy-channel-num | int | 32
 ds_heavy_token_num | --ds-heavy-token-num | int | 256
 ds_heavy_channel_type | --ds-heavy-channel-type | str | qk | q k qk
 ds_sparse_decode_threshold | --ds-sparse-decode-threshold | int | 4096
+speculative_ngram_min_match_window_size | --speculative-ngram-min-match-window-size | int | 1
+speculative_ngram_max_match_window_size | --speculative-ngram-max-match-window-size | int | 12
 """
 
 # SGLang users write `--tp 2` and `--dp 2` (its own docs do): argparse's prefix matching

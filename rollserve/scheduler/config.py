@@ -39,6 +39,13 @@ class SchedulerConfig:
     speculative_eagle_topk: int = 1  # > 1: tree drafts (scheduler/tree_drafter.py)
     speculative_num_steps: Optional[int] = None  # a tree's depth (default: num_draft_tokens - 1)
     speculative_ngram_max_trie_depth: int = 18
+    # NGRAM trees (scheduler/ngram_tree.py) when max > 1; the server's default is SGLang's 10
+    speculative_ngram_min_bfs_breadth: int = 1
+    speculative_ngram_max_bfs_breadth: int = 1
+    speculative_ngram_match_type: str = "BFS"
+    speculative_ngram_min_match_window_size: int = 1  # NGRAM's shortest match (the chain: 2)
+    speculative_ngram_max_match_window_size: Optional[int] = None  # None: trees max_trie_depth
+    # - 1; the chain max_trie_depth - num_draft_tokens
     speculative_draft_model_path: Optional[str] = None  # EAGLE / EAGLE3 heads (model_drafter.py)
 
     @property

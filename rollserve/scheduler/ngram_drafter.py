@@ -1,4 +1,7 @@
-"""NGRAM drafts (`--speculative-algorithm NGRAM`): prompt / context lookup, no weights.
+"""NGRAM chain drafts (`--speculative-algorithm NGRAM`): prompt / context lookup, no weights.
+
+This is the chain (--speculative-ngram-max-bfs-breadth 1); with a breadth > 1 (the
+server's default, SGLang's) scheduler/ngram_tree.py drafts trees of earlier continuations.
 
 The end of a request's tokens (prompt + output) is looked up among its earlier tokens;
 where it occurred before, the tokens that followed are proposed as drafts. A match is
@@ -25,8 +28,9 @@ RECENT = 16  # earlier places of the last two tokens compared per lookup, latest
 class NgramIndex:
     """(tokens[j - 1], tokens[j]) -> every j (ascending) that has a following token."""
 
-    def __init__(self, max_window: int):
+    def __init__(self, max_window: int, min_window: int = 2):
         self.max_window = max(2, max_window)
+        self.min_window = max(2, min_window)  # a match is two tokens at least
         self.where: Dict[Tuple[int, int], List[int]] = {}
         self.length = 0  # tokens indexed so far
         self.last_token = None  # the token at length - 1, to notice a sequence that changed
@@ -35,7 +39,7 @@ class NgramIndex:
         """Index `tokens` (the whole sequence) from self.length on. A pair is entered once
         a token follows it: the sequence's own end must not match itself."""
         if self.length > len(tokens) or (self.length and tokens[self.length - 1] != self.last_token):
-            self.__init__(self.max_window)  # the sequence was rewritten (a restarted request)
+            self.__init__(self.max_window, self.min_window)  # a rewritten sequence (restarted)
         for j in range(max(self.length - 1, 1), len(tokens) - 1):
             self.where.setdefault((tokens[j - 1], tokens[j]), []).append(j)
         self.length = len(tokens)
@@ -56,15 +60,15 @@ class NgramIndex:
                 n += 1
             if n > best_len:
                 best, best_len = j, n
-        return tokens[best + 1:best + 1 + k]
+        return tokens[best + 1:best + 1 + k] if best_len >= self.min_window else []
 
 
 class NgramDrafter:
     """Drafts for a request from its own prompt and output (see the module docstring)."""
 
-    def __init__(self, num_drafts: int, max_window: int):
+    def __init__(self, num_drafts: int, max_window: int, min_window: int = 2):
         self.num_drafts = num_drafts
-        self.max_window = max_window
+        self.max_window, self.min_window = max_window, min_window
 
     def propose(self, req: Req, most: int) -> List[int]:
         most = min(most, self.num_drafts)
@@ -72,7 +76,7 @@ class NgramDrafter:
             return []
         index = req.spec_state
         if not isinstance(index, NgramIndex):
-            index = req.spec_state = NgramIndex(self.max_window)
+            index = req.spec_state = NgramIndex(self.max_window, self.min_window)
         tokens = req.fill_ids
         index.extend(tokens)
         return index.propose(tokens, most)

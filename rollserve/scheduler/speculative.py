@@ -8,8 +8,9 @@ batched extend over the paged KV cache (prefill chunks of other requests ride al
 usual). executor/spec_verify.py decides which drafts hold and draws the next token;
 the committed tokens go through the usual per-token path (stop ids and strings,
 max_new_tokens, logprobs, provenance), so a request that stops on an accepted draft
-ends there. A draft tree (--speculative-eagle-topk > 1) is one such entry too, its rows
-[last token, nodes] at kv_len + depth under a tree mask; the accepted path's slots become
+ends there. A draft tree (--speculative-eagle-topk > 1; NGRAM's with
+--speculative-ngram-max-bfs-breadth > 1, scheduler/ngram_tree.py) is one such entry too, its
+rows [last token, nodes] at kv_len + depth under a tree mask; the accepted path's slots become
 the request's (scheduler/tree_commit.py). The KV of tokens not committed (rejected drafts,
 or drafts past a stop) is freed at once: between steps a request holds exactly seq_len - 1 slots, as without
 speculation, and the pool is fully free when idle.
@@ -37,7 +38,7 @@ from rollserve.core.draft_tree import DraftTree
 from rollserve.executor.model_runner import ForwardOutput
 from rollserve.executor.spec_verify import Verifier, VerifyInput
 from rollserve.scheduler.model_drafter import ModelDrafter
-from rollserve.scheduler.ngram_drafter import NgramDrafter
+from rollserve.scheduler.ngram_tree import make_ngram_drafter
 from rollserve.scheduler.request import Req
 from rollserve.scheduler.scheduler import Scheduler
 from rollserve.scheduler.tree_commit import keep_path_slots
@@ -50,8 +51,8 @@ DRAFT_MODEL_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN")  # scheduler/model_drafter
 
 def make_drafter(config, runner):
     num_drafts = config.speculative_num_draft_tokens - 1
-    if config.speculative_algorithm == "NGRAM":
-        return NgramDrafter(num_drafts, config.speculative_ngram_max_trie_depth - num_drafts - 1)
+    if config.speculative_algorithm == "NGRAM":  # a chain, or trees (scheduler/ngram_tree.py)
+        return make_ngram_drafter(config, num_drafts)
     if config.speculative_algorithm in DRAFT_MODEL_ALGORITHMS:
         return ModelDrafter(runner, config.speculative_algorithm,
                             config.speculative_draft_model_path, num_drafts,

@@ -16,11 +16,14 @@ def test_eagle_oracle_row(tiny_models, tmp_path):
 
 
 def test_eagle_tree_row(tiny_models):
-    """--eagle-topk 2: the dummy head grows real trees; the oracle's tokens down one branch."""
+    """--eagle-topk 2: the dummy head grows real trees; the oracle's tokens down one branch.
+    --ngram-max-bfs-breadth 4: NGRAM's row drafts trees too."""
     report = speculative.main(["--model-path", tiny_models["llama"], "--device", "cpu",
                                "--dtype", "float32", "--batch-size", "2", "--input-len", "24",
                                "--output-len", "12", "--algorithm", "EAGLE", "--eagle-topk", "2",
-                               "--num-steps", "2", "--num-draft-tokens", "5"])
+                               "--num-steps", "2", "--num-draft-tokens", "5",
+                               "--ngram-max-bfs-breadth", "4"])
     row = report["results"][0]
     assert report["eagle_topk"] == 2 and row["eagle"]["same_as_plain"]
+    assert report["ngram_max_bfs_breadth"] == 4 and row["ngram"]["same_as_plain"]
     assert row["eagle"]["accept_length"] > 1.5  # at least the branch's first node holds

@@ -1,7 +1,8 @@
 """The speculative flags: NGRAM and the draft models resolve to the scheduler's and the
-executor's fields; what is not implemented (tree drafts, relaxed acceptance, draft models
-under DP attention) stops the start naming the flag."""
+executor's fields; what is not implemented (relaxed acceptance, draft models under DP
+attention) or out of range stops the start naming the flag."""
 
+import argparse
 import dataclasses
 
 import pytest
@@ -11,8 +12,13 @@ from tests.frontend.test_flag_table import parser
 
 
 def test_ngram_resolves_draft_counts():
+    """SGLang's NGRAM: 12 tokens a verify step, a tree of breadth
+    --speculative-ngram-max-bfs-breadth (SGLang's topk); num_steps alone: a chain's length."""
     config = ServerArgs(model_path="m", speculative_algorithm="NGRAM").scheduler_config()
-    assert (config.speculative_algorithm, config.speculative_num_draft_tokens) == ("NGRAM", 4)
+    assert (config.speculative_algorithm, config.speculative_num_draft_tokens) == ("NGRAM", 12)
+    assert (config.speculative_ngram_max_bfs_breadth, config.speculative_eagle_topk,
+            config.speculative_ngram_min_bfs_breadth, config.speculative_ngram_match_type) == \
+        (10, 10, 1, "BFS")
     steps = ServerArgs(model_path="m", speculative_algorithm="NGRAM", speculative_num_steps=5)
     assert steps.scheduler_config().speculative_num_draft_tokens == 6
     both = ServerArgs(model_path="m", speculative_algorithm="NGRAM", speculative_num_steps=5,
@@ -34,9 +40,18 @@ def test_ngram_resolves_draft_counts():
       "dp_size": 2, "enable_dp_attention": True}, "speculative_algorithm"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
      "speculative_num_draft_tokens"),
-    ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20},
-     "speculative_ngram_max_trie_depth"),
-    ({"speculative_algorithm": "NGRAM", "speculative_eagle_topk": 4}, "speculative_eagle_topk"),
+    ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20,
+      "speculative_ngram_max_bfs_breadth": 1}, "speculative_ngram_max_trie_depth"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_bfs_breadth": 0},
+     "speculative_ngram_min_bfs_breadth"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_bfs_breadth": 3,
+      "speculative_ngram_max_bfs_breadth": 2}, "speculative_ngram_max_bfs_breadth"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 0},
+     "speculative_ngram_min_match_window_size"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_max_match_window_size": 18},
+     "speculative_ngram_max_match_window_size"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 4,
+      "speculative_ngram_max_match_window_size": 3}, "speculative_ngram_max_match_window_size"),
     ({"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 0}, "speculative_eagle_topk")])
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
@@ -90,11 +105,29 @@ def test_tree_drafts_resolve_topk_steps_and_nodes():
 
 
 def test_sglang_launch_line_for_ngram_starts():
+    """SGLang replaces NGRAM's --speculative-eagle-topk with its max BFS breadth; so does
+    rollserve (with a warning)."""
     argv = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", "5",
             "--speculative-eagle-topk", "1", "--speculative-ngram-max-bfs-breadth", "10"]
     args = server_args_from_cli(parser().parse_args(argv))
     config = dataclasses.replace(args, model_path="m").scheduler_config()
-    assert config.speculative_num_draft_tokens == 5
+    assert (config.speculative_num_draft_tokens, config.speculative_eagle_topk) == (5, 10)
+    chain = server_args_from_cli(parser().parse_args(
+        ["--speculative-algorithm", "NGRAM", "--speculative-ngram-max-bfs-breadth", "1",
+         "--speculative-ngram-match-type", "PROB"]))
+    config = dataclasses.replace(chain, model_path="m").scheduler_config()
+    assert (config.speculative_ngram_max_bfs_breadth, config.speculative_ngram_match_type) == \
+        (1, "PROB")
+    old = server_args_from_cli(parser().parse_args(  # older SGLang releases' NGRAM line
+        ["--speculative-algorithm", "NGRAM", "--speculative-ngram-min-match-window-size", "2",
+         "--speculative-ngram-max-match-window-size", "12",
+         "--speculative-ngram-branch-length", "16"]))
+    config = dataclasses.replace(old, model_path="m").scheduler_config()
+    assert (config.speculative_ngram_min_match_window_size,
+            config.speculative_ngram_max_match_window_size,
+            config.speculative_ngram_max_trie_depth) == (2, 12, 16)
+    with pytest.raises(argparse.ArgumentError, match="match-type"):  # not one of SGLang's two
+        parser().parse_args(["--speculative-ngram-match-type", "DFS"])
 
 
 def test_eagle_without_a_head_on_deepseek_drafts_with_its_mtp_layer(tmp_path):

@@ -80,8 +80,9 @@ def test_temperature_one_keeps_the_target_distribution(trained):
     assert_first_pairs_follow_target(small, prompt, got, n)
 
 
-def assert_first_pairs_follow_target(model_path, prompt, got, n):
-    """Chi-square: the first two tokens of the n results against the target's top-3 pairs."""
+def assert_first_pairs_follow_target(model_path, prompt, got, n, support=None):
+    """Chi-square: the first two tokens of the n results against the target's top-3 pairs
+    (or its pairs over the token ids `support`, where a logit bias kept sampling to them)."""
     from transformers import AutoModelForCausalLM
 
     pairs = Counter(tuple(r.output_ids[:2]) for r in got.values())
@@ -90,7 +91,10 @@ def assert_first_pairs_follow_target(model_path, prompt, got, n):
     def top3(ids):
         with torch.no_grad():
             logits = target(torch.tensor([ids])).logits[0, -1]
-        values, index = logits.topk(3)
+        if support is None:
+            values, index = logits.topk(3)
+        else:
+            values, index = logits[support], torch.tensor(support)
         return dict(zip(index.tolist(), torch.softmax(values, -1).tolist()))
 
     expected = {(a, b): pa * pb for a, pa in top3(prompt).items()

@@ -18,7 +18,9 @@ from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 def make_spec(model_path, num_draft_tokens=4, **overrides) -> SpeculativeScheduler:
     plain = make_scheduler(model_path, **overrides)
     config = dataclasses.replace(plain.config, speculative_algorithm="NGRAM",
-                                 speculative_num_draft_tokens=num_draft_tokens)
+                                 speculative_num_draft_tokens=num_draft_tokens,
+                                 speculative_ngram_max_bfs_breadth=1)  # the chain; trees:
+    # test_ngram_tree.py
     return SpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
                                 plain.eos_token_ids)
 
