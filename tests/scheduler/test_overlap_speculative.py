@@ -16,12 +16,14 @@ from tests.scheduler.test_speculative import assert_pool_free, repetitive_reques
 
 
 def make_overlap_spec(model_path, algorithm="NGRAM", draft=None, num_draft_tokens=4, topk=1,
-                      num_steps=None, **overrides) -> OverlapSpeculativeScheduler:
+                      num_steps=None, ngram_breadth=1, **overrides) -> OverlapSpeculativeScheduler:
+    """NGRAM drafts a chain unless ngram_breadth > 1 (test_speculative.make_spec's chain)."""
     plain = make_scheduler(model_path, **overrides)
     config = dataclasses.replace(plain.config, speculative_algorithm=algorithm,
                                  speculative_num_draft_tokens=num_draft_tokens,
                                  speculative_draft_model_path=draft,
-                                 speculative_eagle_topk=topk, speculative_num_steps=num_steps)
+                                 speculative_eagle_topk=topk, speculative_num_steps=num_steps,
+                                 speculative_ngram_max_bfs_breadth=ngram_breadth)
     return OverlapSpeculativeScheduler(config, plain.runner, plain.stop_checker.tokenizer,
                                        plain.eos_token_ids)
 
@@ -53,13 +55,14 @@ def plain_chunked(tiny_models):
                          arrivals=late))
 
 
-@pytest.mark.parametrize("algorithm,topk,steps,tokens", [
-    ("NGRAM", 1, None, 4), ("EAGLE", 1, None, 4), ("EAGLE3", 2, 3, 6)])  # chains and a tree
+@pytest.mark.parametrize("algorithm,topk,steps,tokens,breadth", [
+    ("NGRAM", 1, None, 4, 1), ("NGRAM", 1, None, 8, 10), ("EAGLE", 1, None, 4, 1),
+    ("EAGLE3", 2, 3, 6, 1)])  # chains, an NGRAM tree and an EAGLE3 tree
 def test_greedy_equals_plain_decoding(tiny_models, heads, plain_chunked, algorithm, topk, steps,
-                                      tokens):
+                                      tokens, breadth):
     draft = heads.get(algorithm.lower())
     spec = make_overlap_spec(tiny_models["llama"], algorithm, draft, tokens, topk, steps,
-                             chunked_prefill_size=16)
+                             ngram_breadth=breadth, chunked_prefill_size=16)
     msgs, late = workload()
     got = run_all(spec, msgs, arrivals=late)
     assert strip(got) == plain_chunked
