@@ -2,7 +2,9 @@
 the vision tower whole on every rank. Each rank, fed the same images, computes what one rank
 does (greedy tokens and logprobs, one image and two of different sizes, packed prefill and
 decode with M-RoPE deltas), serves a repeated image from its own feature cache, and a
-vision-tower weight write reaches every rank's tower (its cached features go stale)."""
+vision-tower weight write reaches every rank's tower (its cached features go stale). The same
+with --mm-enable-dp-encoder (vision_dp.py): each rank encodes a share of the images and the
+ranks all-gather the features."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def _forward(model, harness, runner, reqs, tokens, prefill):
     return list(logits.split([len(t) for t in tokens]))
 
 
-def vlm_run(folder: str) -> dict:
+def vlm_run(folder: str, split_encoder: bool = False) -> dict:
     """Greedy prefill + decode of a one-image and a two-image request; then the two-image
     prompt again (feature cache), then after a tower weight write (encoded anew)."""
     from transformers import AutoConfig
@@ -46,7 +48,7 @@ def vlm_run(folder: str) -> dict:
     model = load_model(folder, torch.float32, "cpu")
     tokenizer = load_tokenizer(folder)
     images = ImageProcessor(folder, AutoConfig.from_pretrained(folder), tokenizer)
-    runner = MultimodalRunner(model, torch.device("cpu"), 16)
+    runner = MultimodalRunner(model, torch.device("cpu"), 16, split_encoder=split_encoder)
     harness = ModelHarness(model, shuffle_slots=False)
     small, large = random_image(90, 60, 3), random_image(140, 120, 4)
     reqs = [_req("one", harness.new_request(), tokenizer, images, [large]),
@@ -73,7 +75,8 @@ def vlm_run(folder: str) -> dict:
 
 
 def vlm_runs(folders: dict) -> dict:
-    return {arch: vlm_run(folder) for arch, folder in folders.items()}
+    return {(arch, split): vlm_run(folder, split)
+            for arch, folder in folders.items() for split in (False, True)}
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +85,21 @@ def rank_runs(tiny_vlms):
     return run_on_ranks(vlm_runs, 2, dict(tiny_vlms))
 
 
+@pytest.fixture(scope="module")
+def one_rank(tiny_vlms):
+    return {arch: vlm_run(folder) for arch, folder in tiny_vlms.items()}
+
+
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
-def test_tp2_matches_one_rank_with_images(tiny_vlms, rank_runs, arch):
-    want = vlm_run(tiny_vlms[arch])
+@pytest.mark.parametrize("split_encoder", [False, True], ids=["replicated", "dp_encoder"])
+def test_tp2_matches_one_rank_with_images(one_rank, rank_runs, arch, split_encoder):
+    want = one_rank[arch]
     assert want["first_encoded"] == 2 and want["cache_hit"] and want["encoded_after_update"] == 2
-    for got in (ranks[arch] for ranks in rank_runs):
+    for got in (ranks[arch, split_encoder] for ranks in rank_runs):
         assert got["tokens"] == want["tokens"]
         assert torch.allclose(got["logprobs"], want["logprobs"], atol=1e-4, rtol=0)
-        # every rank encoded each distinct image once, then served the repeat from its cache
+        # every rank got each distinct image's features once (encoded, or from the rank that
+        # encoded it), then served the repeat from its own cache
         assert got["first_encoded"] == 2 and got["cache_hit"]
         # the tower write reached this rank: features encoded anew, answer as one rank's
         assert got["encoded_after_update"] == 2
