@@ -164,3 +164,10 @@ def test_dp_attention_and_expert_parallel_settings():
     assert ServerArgs(model_path="m", tp_size=4, enable_ep_moe=True).ep_size == 4
     with pytest.raises(ValueError, match="ep_size"):
         ServerArgs(model_path="m", tp_size=4, ep_size=2)
+
+
+def test_mm_enable_dp_encoder_reaches_the_executor(tmp_path):
+    model = str(tmp_path)
+    args = from_cli(["--model-path", model, "--tp-size", "2", "--mm-enable-dp-encoder"])
+    assert args.executor_config().mm_enable_dp_encoder is True
+    assert from_cli(["--model-path", model]).executor_config().mm_enable_dp_encoder is False
