@@ -33,8 +33,10 @@
 # logprob parity with transformers in bf16, on the Qwen3-0.6B shape with seeded random weights); `tp` (issue #18, two GPUs: TP=2
 # against TP=1 with CUDA graphs and overlap, then offline throughput on the 8B shape at TP 1 and 2);
 # `vlm` (issue #22: the VLM parity tests, then vision-tower images/s and image+text batch tok/s on
-# the Qwen2.5-VL-7B shape beside transformers); `moe_ep` (issue #19, two GPUs: DP attention's MoE
-# exchange, all-gather + all-reduce beside the all-to-all dispatch, parity tests and one block timed).
+# the Qwen2.5-VL-7B shape beside transformers); `vlm_tp` (issue #22, two GPUs: the VLM tests at
+# TP 2, then the 7B-shape image+text batch at TP 1 and 2, and at 2 with --mm-enable-dp-encoder);
+# `moe_ep` (issue #19, two GPUs: DP attention's MoE exchange, all-gather + all-reduce beside the
+# all-to-all dispatch, parity tests and one block timed).
 # `speculative` (issue #20: the speculative tests, then decode bs 1/8/32 with NGRAM drafts and with
 # oracle drafts (every draft holds: the verify cost alone) beside plain decoding of the same run,
 # on SmolLM2 (real weights: NGRAM's real acceptance) and on the 8B shape (dummy weights), where
@@ -217,6 +219,14 @@ for stage in $STAGES; do
       step vlm_qwen2.5-vl-7b_shared 600 $PY -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 \
         --num-images 16 --image-size 448 --text-len 128 --output-len 128 --distinct-images 0 \
         --skip-hf --output-file "$OUT/vlm_qwen2.5-vl-7b_shared.json" ;;
+    vlm_tp)  # issue #22: VLMs over NCCL (needs two GPUs); engine tok/s only (--skip-hf)
+      step vlm_tp_tests 600 $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/executor/test_gpu_vlm.py
+      for run in "1" "2" "2 --mm-enable-dp-encoder"; do
+        name="vlm_qwen2.5-vl-7b_tp${run// --mm-enable-dp-encoder/_dp_encoder}"
+        step "$name" 600 $PY -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 \
+          --num-images 16 --image-size 448 --text-len 128 --output-len 128 --skip-hf \
+          --tp-size $run --output-file "$OUT/$name.json"
+      done ;;
     rollout)  # issue #17: GRPO-shaped rollouts under KV pressure (dummy weights)
       step rollout_qwen3-0.6b 540 $PY -m rollserve.bench.rollout --shape qwen3-0.6b --load-format dummy \
         --num-prompts 64 --n 16 --min-input-len 512 --max-input-len 1024 --output-len 1024 --ignore-eos \

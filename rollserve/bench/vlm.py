@@ -9,6 +9,7 @@
 
     python -m rollserve.bench.vlm --shape qwen2.5-vl-7b --batch-size 32 --output-file vlm.json
     python -m rollserve.bench.vlm --shape qwen2.5-vl-tiny --device cpu   # smoke run
+    python -m rollserve.bench.vlm --shape qwen2.5-vl-7b --skip-hf --tp-size 2 --mm-enable-dp-encoder
 
 --distinct-images 0 gives every prompt the same image (a GRPO group: encoded once).
 """
@@ -130,7 +131,8 @@ def bench_engine(folder: str, args, dtype_name: str) -> dict:
     warm = [[_png_b64(im)] for im in _prompts(folder, args, image_seed=3)[1]]
     with rollserve.Engine(folder, load_format="dummy", dtype=dtype_name, device=args.device,
                           context_length=args.context_length, log_level="warning",
-                          max_total_tokens=args.max_total_tokens) as engine:
+                          max_total_tokens=args.max_total_tokens, tp_size=args.tp_size,
+                          mm_enable_dp_encoder=args.mm_enable_dp_encoder) as engine:
         engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 4},
                         image_data=warm)
         engine.flush_cache()
@@ -188,6 +190,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--context-length", type=int, default=4096)
     parser.add_argument("--max-total-tokens", type=int, default=None)
     parser.add_argument("--skip-hf", action="store_true", help="no transformers baselines")
+    parser.add_argument("--tp-size", type=int, default=1, help="the engine bench's TP ranks (GPUs)")
+    parser.add_argument("--mm-enable-dp-encoder", action="store_true",
+                        help="with --tp-size > 1: the ranks share the images to encode")
     parser.add_argument("--output-file", default=None)
     args = parser.parse_args(argv)
     if args.distinct_images < 0:

@@ -48,6 +48,7 @@ class ExecutorConfig:
     ep_size: int = 1  # MoE: 1, or tp_size (whole experts per rank; layers/moe_parallel.py)
     dp_attention: bool = False  # attention whole per rank, own requests; experts split
     moe_a2a: bool = False  # DP attention + whole experts: all-to-all token dispatch
+    mm_enable_dp_encoder: bool = False  # VLMs under TP: the ranks split the images to encode
     nnodes: int = 1
     base_gpu_id: int = 0  # rank r of a node uses cuda:(base_gpu_id + r % ranks per node)
     dist_init_addr: Optional[str] = None  # host:port of the TP group's rendezvous (rank 0's)

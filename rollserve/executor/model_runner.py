@@ -91,7 +91,8 @@ class ModelRunner:
         self.num_forwards = 0
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         # VLMs: encodes images in the prefill batch, caches their features (executor/multimodal.py)
-        self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests)
+        self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests,
+                                                     split_encoder=config.mm_enable_dp_encoder)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
         self.hidden_capture = None  # a draft model's HiddenCapture (executor/draft_runner.py)
         self.capture_cuda_graphs()

@@ -6,6 +6,10 @@ A prefill chunk (or a prompt whose prefix came from the cache) may cover only pa
 image: its rows take exactly the matching slice of that image's features, so chunk
 boundaries and cache hits may fall anywhere. The feature cache is keyed by (hash, weights
 generation): a weight write makes every cached feature stale.
+
+Under tensor parallelism every rank runs this on the same batches (tp_sync.py) with its own
+whole vision tower, so the ranks' feature caches hold the same images; with
+--mm-enable-dp-encoder the ranks split the new images' encoding (vision_dp.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from rollserve.core.batch import ScheduleBatch
+from rollserve.executor.vision_dp import encode, encode_over_ranks
 from rollserve.kernels.dispatch import host_to_device
 
 DEFAULT_FEATURE_CACHE_BYTES = 256 << 20  # ~36 images of 1000 tokens at 7B's width, bf16
@@ -32,18 +37,20 @@ class MultimodalForward:
 
 class MultimodalRunner:
     def __init__(self, model, device: torch.device, num_request_rows: int,
-                 cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES, split_encoder: bool = False):
         self.model = model
+        self.split_encoder = split_encoder  # --mm-enable-dp-encoder: the TP ranks share the work
         self.device = device
         self.cache_bytes = cache_bytes
         self.cache: "OrderedDict[Tuple[int, int], torch.Tensor]" = OrderedDict()
         self.cached_bytes = 0
-        self.images_encoded = 0  # vision-tower work done, for tests and logs
+        self.images_encoded = 0  # images whose features were computed (here or split), for tests
         model.rope_deltas = torch.zeros(num_request_rows, dtype=torch.int64, device=device)
 
     @staticmethod
-    def for_model(model, device: torch.device, num_request_rows: int) -> Optional["MultimodalRunner"]:
-        return MultimodalRunner(model, device, num_request_rows) \
+    def for_model(model, device: torch.device, num_request_rows: int,
+                  split_encoder: bool = False) -> Optional["MultimodalRunner"]:
+        return MultimodalRunner(model, device, num_request_rows, split_encoder=split_encoder) \
             if getattr(model, "takes_images", False) else None
 
     def prepare(self, batch: ScheduleBatch) -> Optional[MultimodalForward]:
@@ -87,10 +94,8 @@ class MultimodalRunner:
             else:
                 todo[item.hash] = item
         if todo:
-            pixels = torch.from_numpy(np.concatenate([i.pixel_values for i in todo.values()]))
-            with torch.inference_mode():
-                encoded = self.model.encode_images(host_to_device(pixels, self.device),
-                                                   [tuple(i.grid_thw) for i in todo.values()])
+            run = encode_over_ranks if self.split_encoder else encode
+            encoded = run(self.model, list(todo.values()), self.device)
             self.images_encoded += len(todo)
             for (h, item), feats in zip(todo.items(), encoded):
                 out[h] = feats

@@ -139,7 +139,7 @@ SHARED: Dict[FlagPolicy, Tuple[str, ...]] = {
         "enable_multimodal", "mm_attention_backend", "disable_fast_image_processor",
         "keep_mm_feature_on_device", "enable_precise_embedding_interpolation",
         "mm_max_concurrent_calls", "mm_per_request_timeout", "enable_broadcast_mm_inputs_process",
-        "mm_process_config", "mm_enable_dp_encoder",
+        "mm_process_config",
         "enable_mm_global_cache", "enable_prefix_mm_cache"),
     MAMBA_KNOB: (
         "max_mamba_cache_size", "mamba_ssm_dtype", "mamba_full_memory_ratio",

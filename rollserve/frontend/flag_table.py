@@ -321,6 +321,7 @@ _EACH: Dict[str, FlagPolicy] = {
                                            "an embedding model (--is-embedding) for pooled states"),
     "enable_return_routed_experts": implemented(),
     "limit_mm_data_per_request": implemented(),
+    "mm_enable_dp_encoder": implemented(),
     "scheduler_recv_interval": noop("the scheduler reads every new request before each step, "
                                     "which costs nothing measurable here"),
     "numa_node": refused("NUMA binding is not implemented", "numactl --cpunodebind=N rollserve "

@@ -95,6 +95,7 @@ class ServerArgs:
     disable_mla: bool = False  # DeepSeek MLA models: expanded per-head K/V, no latent cache
     enable_return_routed_experts: bool = False  # MoE: requests may ask for their routed experts
     limit_mm_data_per_request: Optional[str] = None  # VLMs: JSON, e.g. {"image": 4}
+    mm_enable_dp_encoder: bool = False  # VLMs under TP: each rank encodes a share of the images
     # batch-invariant kernels, per-request sampling seeds (kernels/batch_invariant.py)
     enable_deterministic_inference: bool = False
     disable_overlap_schedule: bool = False
@@ -274,6 +275,7 @@ class ServerArgs:
             tp_size=self.tp_size, nnodes=self.nnodes, base_gpu_id=self.base_gpu_id,
             ep_size=self.ep_size, dp_attention=self.enable_dp_attention,
             moe_a2a=self.moe_a2a_backend == "deepep",
+            mm_enable_dp_encoder=self.mm_enable_dp_encoder,
             dist_init_addr=self.dist_init_addr, dist_timeout=self.dist_timeout,
             enable_return_routed_experts=self.enable_return_routed_experts,
             enable_deterministic_inference=self.enable_deterministic_inference,

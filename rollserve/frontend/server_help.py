@@ -5,6 +5,9 @@
 HELP = {
     "limit_mm_data_per_request": "VLMs: the most items of each modality one request may carry, "
                                  "as JSON, e.g. '{\"image\": 4}' (default: 16 images)",
+    "mm_enable_dp_encoder": "VLMs under --tp-size > 1: each rank encodes a share of a prefill's "
+                            "new images with its vision tower and the ranks all-gather the "
+                            "features, instead of every rank encoding all of them (default: off)",
     "enable_return_routed_experts": "MoE models: keep the expert ids every layer chose for every "
                                     "token, so /generate's return_routed_experts can answer them "
                                     "(meta_info.routed_experts; default: off)",

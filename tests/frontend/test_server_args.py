@@ -182,3 +182,10 @@ def test_moe_a2a_backend_deepep_selects_the_all_to_all_dispatch():
         ServerArgs(model_path="m", tp_size=2, moe_a2a_backend="deepep")
     with pytest.raises(argparse.ArgumentError, match="invalid choice: 'mooncake'"):
         parse(dp + ["--moe-a2a-backend", "mooncake"])
+
+
+def test_mm_enable_dp_encoder_reaches_the_executor(tmp_path):
+    model = str(tmp_path)
+    args = from_cli(["--model-path", model, "--tp-size", "2", "--mm-enable-dp-encoder"])
+    assert args.executor_config().mm_enable_dp_encoder is True
+    assert from_cli(["--model-path", model]).executor_config().mm_enable_dp_encoder is False

@@ -43,7 +43,8 @@ def canonical_name(name: str) -> str:
 
 class Qwen2VLForConditionalGeneration(LlamaForCausalLM):
     vision_cls: type = Qwen2VisionTransformer
-    supports_tensor_parallel = False  # the language model would split; the tower is untested so
+    # the language model splits as Qwen2's does; the vision tower runs whole on every rank
+    supports_tensor_parallel = True
     takes_images = True
 
     def __init__(self, hf_config, dtype: torch.dtype):

@@ -7,7 +7,8 @@ attend only within windows of window_size pixels, its full-attention blocks
 (`fullatt_block_indexes`) within the whole image. The merger folds each
 spatial_merge_size x spatial_merge_size block of patches into one language-model token.
 
-Not tensor parallel: the tower is small beside the language model and runs replicated.
+Not split under tensor parallelism: the tower is small beside the language model and runs
+whole on every rank (executor/vision_dp.py may share the images out instead).
 """
 
 from __future__ import annotations
