@@ -106,6 +106,15 @@ def _check_ngram(args) -> None:
             args.speculative_ngram_max_trie_depth <= num_draft_tokens(args):
         raise ValueError("speculative_ngram_max_trie_depth: must exceed the tokens of a verify "
                          f"step ({num_draft_tokens(args)}): it holds the match window and the drafts")
+    # the longest match compared (ngram_tree.make_ngram_drafter): a shortest match above it
+    # would leave NGRAM with no drafts at all
+    if longest is None:
+        depth = args.speculative_ngram_max_trie_depth
+        longest = max(2, depth - num_draft_tokens(args)) if high == 1 else max(1, depth - 1)
+    if shortest > longest:
+        raise ValueError(f"speculative_ngram_min_match_window_size: must be at most the longest "
+                         f"match compared ({longest}: --speculative-ngram-max-match-window-size, "
+                         f"else from --speculative-ngram-max-trie-depth), got {shortest}")
 
 
 def num_draft_tokens(args) -> int:

@@ -52,6 +52,11 @@ def test_ngram_resolves_draft_counts():
      "speculative_ngram_max_match_window_size"),
     ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 4,
       "speculative_ngram_max_match_window_size": 3}, "speculative_ngram_max_match_window_size"),
+    # a shortest match longer than any match compared: NGRAM would never draft
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_min_match_window_size": 18},
+     "speculative_ngram_min_match_window_size"),
+    ({"speculative_algorithm": "NGRAM", "speculative_ngram_max_bfs_breadth": 1,
+      "speculative_ngram_min_match_window_size": 7}, "speculative_ngram_min_match_window_size"),
     ({"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 0}, "speculative_eagle_topk")])
 def test_bad_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
