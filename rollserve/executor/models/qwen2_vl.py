@@ -85,9 +85,14 @@ class Qwen2VLForConditionalGeneration(LlamaForCausalLM):
                 ctx: ForwardContext) -> torch.Tensor:
         lm = self.model.language_model
         mm = ctx.mm
-        if mm is None:  # one text token per request row (decode)
-            rope = positions if self.rope_deltas is None else \
-                positions + self.rope_deltas.index_select(0, ctx.req_pool_indices)
+        if mm is None:  # decode rows: one token per request, or a verify step's several
+            rope = positions
+            if self.rope_deltas is not None:
+                deltas = self.rope_deltas.index_select(0, ctx.req_pool_indices)
+                if positions.shape[0] != deltas.shape[0]:  # speculative verify rows
+                    deltas = deltas.repeat_interleave(ctx.extend_lens,
+                                                      output_size=positions.shape[0])
+                rope = positions + deltas
             return lm(input_ids, rope, ctx)
         embeds = lm.embed_tokens(input_ids)
         if mm.image_rows.numel():
