@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rollserve.core.batch import ScheduleBatch
+from rollserve.core.draft_tree import depths
 from rollserve.executor.vision_dp import encode, encode_over_ranks
 from rollserve.kernels.dispatch import host_to_device
 
@@ -66,7 +67,7 @@ class MultimodalRunner:
         positions, image_rows, pieces, offset = [], [], [], 0
         for entry in batch.entries:
             start, n, mm = entry.start, len(entry.tokens), _mm(entry.req)
-            positions.append(_positions(mm, start, n))
+            positions.append(_positions(mm, start, n, entry.tree_parents))
             for item in (mm.images if mm else ()):
                 lo, hi = max(start, item.offset), min(start + n, item.offset + item.num_tokens)
                 if lo < hi:
@@ -127,8 +128,12 @@ def _mm(req):
     return getattr(req, "mm_inputs", None)
 
 
-def _positions(mm, start: int, n: int) -> np.ndarray:
-    """[3, n] rope positions of tokens start .. start + n of a request."""
+def _positions(mm, start: int, n: int, tree_parents=None) -> np.ndarray:
+    """[3, n] rope positions of tokens start .. start + n of a request; a draft tree's rows
+    (past the prompt) sit at start + their depth instead (core/draft_tree.py)."""
+    if tree_parents is not None:
+        at = start + np.asarray(depths(tree_parents), dtype=np.int64)
+        return np.broadcast_to(at + (mm.mrope_delta if mm else 0), (3, n))
     if mm is None:
         return np.broadcast_to(np.arange(start, start + n, dtype=np.int64), (3, n))
     prompt = mm.mrope_positions

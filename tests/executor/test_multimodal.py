@@ -88,3 +88,23 @@ def test_radix_keys_differ_exactly_where_the_images_differ(tiny_vlms):
     assert all(k < 0 for k in a.radix_key[start:start + a.mm_inputs.images[0].num_tokens])
     same = _req("c", 2, tokenizer, images, [random_image(90, 60, 1)])
     assert same.radix_key == a.radix_key
+
+
+def test_draft_tree_rows_beside_a_prefill_sit_at_their_depth(tiny_vlms):
+    """A speculative verify entry in a batch that also prefills: a chain's rows at kv_len + i,
+    a tree's at kv_len + depth, each plus the request's rope delta (as the decode path's
+    positions + delta)."""
+    model, tokenizer, images, runner = _setup(tiny_vlms["qwen2_vl"])
+    picture = random_image(90, 60, 3)
+    old, new = (_req(rid, row, tokenizer, images, [picture]) for rid, row in (("old", 0), ("new", 1)))
+    n, delta = len(old.input_ids), old.mm_inputs.mrope_delta
+    assert delta != 0
+    parents = [-1, 0, 0, 1, 3]  # rows [last token, 4 nodes]: depths 0 1 1 2 3
+    tree = BatchEntry(old, n, [7] * 5, torch.zeros(5, dtype=torch.int64), sample=True,
+                      logit_rows=list(range(5)), is_decode=True, tree_parents=parents)
+    chain = BatchEntry(old, n, [7] * 3, torch.zeros(3, dtype=torch.int64), sample=True,
+                       logit_rows=list(range(3)), is_decode=True)
+    for entry, offsets in ((tree, [0, 1, 1, 2, 3]), (chain, [0, 1, 2])):
+        mm = runner.prepare(ScheduleBatch([entry, _entry(new, 0, len(new.input_ids))]))
+        want = torch.tensor([n + d + delta for d in offsets]).expand(3, -1)
+        assert torch.equal(mm.positions[:, :len(offsets)], want)
