@@ -20,7 +20,7 @@ distinct tokens), so shared prefixes merge. The tree stops at num_drafts nodes.
   b - s.
 * PROB (frequency). A node's children are its max_breadth most frequent ones (ties: latest
   first), each weighted count / (their counts' sum) times the node's weight (an anchor: 1);
-  the heaviest waiting child joins the tree next, whatever its anchor.
+  anchor by anchor (longest first, as SGLang), the heaviest waiting child joins the tree next.
 
 Nodes are listed as they joined (parents first), so a pool with less room keeps the best
 ones (core/draft_tree.py's cut). A lookup compares the latest `RECENT` earlier places of the
@@ -164,7 +164,8 @@ def _grow_by_recency(tree: _Tree, tokens, found, max_depth, min_breadth, max_bre
 
 
 def _grow_by_frequency(tree: _Tree, tokens, found, max_depth, max_breadth) -> None:
-    heap: list = []  # (-weight, order, parent, token, places, k, d, anchor's places): all anchors
+    # (-weight, order, parent, token, places, k, d, anchor's places): one anchor at a time
+    heap: list = []
     order = itertools.count()
 
     def offer(parent: int, places: List[int], k: int, weight: float, d: int, at) -> None:

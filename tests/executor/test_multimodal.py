@@ -96,7 +96,8 @@ def test_draft_tree_rows_beside_a_prefill_sit_at_their_depth(tiny_vlms):
     positions + delta)."""
     model, tokenizer, images, runner = _setup(tiny_vlms["qwen2_vl"])
     picture = random_image(90, 60, 3)
-    old, new = (_req(rid, row, tokenizer, images, [picture]) for rid, row in (("old", 0), ("new", 1)))
+    old, new = (_req(rid, row, tokenizer, images, [picture])
+                for rid, row in (("old", 0), ("new", 1)))
     n, delta = len(old.input_ids), old.mm_inputs.mrope_delta
     assert delta != 0
     parents = [-1, 0, 0, 1, 3]  # rows [last token, 4 nodes]: depths 0 1 1 2 3
