@@ -44,12 +44,17 @@ def workload(folder):
     return text, {step: [image_request(folder, f"img{step}")] for step in (2, 5, 6)}
 
 
-@pytest.mark.parametrize("breadth", [1, 10], ids=["chain", "tree"])
-def test_vlm_speculation_equals_plain_decoding(tiny_vlms, breadth):
-    folder = tiny_vlms["qwen2_vl"]
-    msgs, late = workload(folder)
-    want = {rid: r.output_ids for rid, r in run_all(make_scheduler(folder), msgs,
+@pytest.fixture(scope="module")
+def plain(tiny_vlms):
+    """workload()'s greedy tokens without speculation."""
+    msgs, late = workload(tiny_vlms["qwen2_vl"])
+    return {rid: r.output_ids for rid, r in run_all(make_scheduler(tiny_vlms["qwen2_vl"]), msgs,
                                                     arrivals=late).items()}
+
+
+@pytest.mark.parametrize("breadth", [1, 10], ids=["chain", "tree"])
+def test_vlm_speculation_equals_plain_decoding(tiny_vlms, plain, breadth):
+    folder = tiny_vlms["qwen2_vl"]
     base = make_scheduler(folder)
     config = dataclasses.replace(base.config, speculative_algorithm="NGRAM",
                                  speculative_num_draft_tokens=6,
@@ -67,6 +72,6 @@ def test_vlm_speculation_equals_plain_decoding(tiny_vlms, breadth):
     spec.runner.forward = spy
     msgs, late = workload(folder)
     got = {rid: r.output_ids for rid, r in run_all(spec, msgs, arrivals=late).items()}
-    assert got == want
+    assert got == plain
     assert spec.stats.spec.draft_tokens > 0  # drafts were verified
     assert any(mixed) == (breadth > 1)
