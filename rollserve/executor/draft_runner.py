@@ -17,7 +17,8 @@ slot 0 (scheduler/model_drafter.py): the target's pool has no such slots.
 
 Hidden states: `HiddenCapture` on the model runner makes every target forward keep, for
 every token, what the draft reads (the final hidden state, or EAGLE3's three layers'
-streams); with it set the decode CUDA graphs are not replayed (they return logits only).
+streams); the decode and verify CUDA graphs are captured with it and return those states
+beside the logits (executor/graph_dispatch.py).
 """
 
 from __future__ import annotations
@@ -98,8 +99,11 @@ class DraftRunner:
             self.pool = KVPool(slots, 1, heads, head_dim, runner.dtype, self.device)
         self.backend = create_attention_backend(runner.attention_backend, self.device,
                                                 self.pool.num_kv_heads)
-        runner.hidden_capture = HiddenCapture(self.model.aux_layers)
-        runner.drop_cuda_graphs()
+        wanted = tuple(self.model.aux_layers or ())
+        if runner.hidden_capture is None or runner.hidden_capture.wanted != wanted:
+            # the graphs must return the states this draft reads: captured again with them
+            runner.hidden_capture = HiddenCapture(self.model.aux_layers)
+            runner.capture_cuda_graphs()
 
     def scratch_slot(self, row: int, k: int) -> int:
         """Request row `row`'s scratch slot for its (k + 2)-th draft token (k from 0)."""
