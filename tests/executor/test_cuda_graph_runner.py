@@ -1,7 +1,7 @@
 """The decode graph runner with a draft model, in its eager mode on CPU (the same forward over
 the same static buffers a CUDA graph replays): it returns the hidden states the draft reads
-beside the logits, so EAGLE and EAGLE3 steps go through the graph runners and give the eager
-path's tokens and logprobs."""
+beside the logits, so EAGLE and EAGLE3 steps go through the graph runners (decode, verify and
+the draft's chain steps) and give the eager path's tokens and logprobs."""
 
 import pytest
 
@@ -31,5 +31,6 @@ def test_draft_model_steps_replay_graphs_with_the_eager_results(tiny_models, hea
     assert_same_results(got, want)
     assert runner.graph_runner.hidden_capture is runner.hidden_capture is not None
     assert runner.graph_runner.replays > 0 and runner.verify_graph_runner.replays > 0
+    assert spec.drafter.draft.chain_graphs.replays > 0  # the chains' draft steps (their runner)
     assert spec.stats.spec.draft_tokens > 0
     assert_pool_free(spec)
