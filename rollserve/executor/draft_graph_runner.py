@@ -86,7 +86,8 @@ class DraftGraphRunner:
                 self._run_model(bs)
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            # captured while serving: other threads (grammar compiles) may touch CUDA meanwhile
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 self.outputs[bs] = self._run_model(bs)
             pool = graph.pool()
             self.graphs[bs] = graph
