@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -120,18 +120,8 @@ class CudaGraphRunner:
     @torch.inference_mode()
     def _capture(self) -> None:
         start = time.perf_counter()
-        pool = None
-        for bs in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
-            self._plan(bs, [1] * bs)
-            for _ in range(2):  # compile Triton kernels and warm allocators outside the capture
-                self._run_model(bs)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[bs] = self._run_model(bs)
-            pool = graph.pool()
-            self.graphs[bs] = graph
-        torch.cuda.synchronize(self.device)
+        self.graphs, self.outputs = capture_per_size(
+            self.sizes, self._run_model, self.device, lambda bs: self._plan(bs, [1] * bs))
         logger.info("captured decode CUDA graphs for batch sizes %s in %.1fs", self.sizes,
                     time.perf_counter() - start)
 
@@ -165,12 +155,41 @@ class CudaGraphRunner:
         self.contexts[bs].prefix_lens_cpu = staged[_POSITIONS].tolist()
         self._plan(bs, staged[_SEQ_LENS])
         self.replays += 1
-        if self.eager:
-            logits, hidden = self._run_model(bs)
-        else:
-            self.graphs[bs].replay()
-            logits, hidden = self.outputs[bs]
+        logits, hidden = run_size(self, bs)
         return logits[:batch], hidden[:batch] if hidden is not None else None
+
+
+def capture_per_size(sizes: List[int], run: Callable[[int], Any], device: torch.device,
+                     prepare: Optional[Callable[[int], None]] = None,
+                     error_mode: str = "global") -> Tuple[Dict[int, Any], Dict[int, Any]]:
+    """Captures run(bs) for every size: (graphs, their outputs) by size. Largest first, so the
+    smaller ones reuse its memory pool; each warmed twice outside the capture (Triton compiles,
+    allocators); prepare(bs) first where the inputs need it."""
+    graphs: Dict[int, Any] = {}
+    outputs: Dict[int, Any] = {}
+    pool = None
+    for bs in reversed(sizes):
+        if prepare is not None:
+            prepare(bs)
+        for _ in range(2):
+            run(bs)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode=error_mode):
+            outputs[bs] = run(bs)
+        pool = graph.pool()
+        graphs[bs] = graph
+    torch.cuda.synchronize(device)
+    return graphs, outputs
+
+
+def run_size(runner, bs: int):
+    """A graph runner's forward of size bs over its static inputs: the graph's replay (its
+    output buffers), or in eager mode the same forward run now (runner._run_model)."""
+    if runner.eager:
+        return runner._run_model(bs)
+    runner.graphs[bs].replay()
+    return runner.outputs[bs]
 
 
 def pinned(staged: np.ndarray, device: torch.device) -> torch.Tensor:

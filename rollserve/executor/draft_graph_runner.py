@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rollserve.core.forward_context import ForwardContext
-from rollserve.executor.cuda_graph_runner import pinned
+from rollserve.executor.cuda_graph_runner import capture_per_size, pinned, run_size
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +79,10 @@ class DraftGraphRunner:
     @torch.inference_mode()
     def _capture(self) -> None:
         start = time.perf_counter()
-        pool = None
         torch.cuda.synchronize(self.device)
-        for bs in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
-            for _ in range(2):  # compile Triton kernels and warm allocators outside the capture
-                self._run_model(bs)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            # captured while serving: other threads (grammar compiles) may touch CUDA meanwhile
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs[bs] = self._run_model(bs)
-            pool = graph.pool()
-            self.graphs[bs] = graph
-        torch.cuda.synchronize(self.device)
+        # captured while serving: other threads (grammar compiles) may touch CUDA meanwhile
+        self.graphs, self.outputs = capture_per_size(self.sizes, self._run_model, self.device,
+                                                     error_mode="thread_local")
         logger.info("captured draft chain-step CUDA graphs for batch sizes %s in %.1fs", self.sizes,
                     time.perf_counter() - start)
 
@@ -116,9 +107,5 @@ class DraftGraphRunner:
         # the host's view of the lengths: only the eager path (torch_native on CPU) reads it
         self.contexts[bs].prefix_lens_cpu = staged[_POS].tolist()
         self.replays += 1
-        if self.eager:
-            ids, out = self._run_model(bs)
-        else:
-            self.graphs[bs].replay()
-            ids, out = self.outputs[bs]
+        ids, out = run_size(self, bs)
         return ids[:batch], out[:batch]

@@ -38,7 +38,7 @@ import torch
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.base import AttentionBackend
-from rollserve.executor.cuda_graph_runner import capture_sizes, pinned
+from rollserve.executor.cuda_graph_runner import capture_per_size, capture_sizes, pinned, run_size
 from rollserve.executor.forward_batch import HostBatch, resolve_placeholders
 from rollserve.kernels.dispatch import host_to_device
 
@@ -121,18 +121,10 @@ class VerifyGraphRunner:
     @torch.inference_mode()
     def _capture(self) -> None:
         start = time.perf_counter()
-        pool = None
-        for bs in reversed(self.sizes):  # largest first, so the smaller ones reuse its memory
-            self._stage(bs, np.zeros(0, dtype=np.int64), [], [], [], [])
-            for _ in range(2):  # compile Triton kernels and warm allocators outside the capture
-                self._run_model(bs)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[bs] = self._run_model(bs)
-            pool = graph.pool()
-            self.graphs[bs] = graph
-        torch.cuda.synchronize(self.device)
+        empty = np.zeros(0, dtype=np.int64)
+        self.graphs, self.outputs = capture_per_size(
+            self.sizes, self._run_model, self.device,
+            lambda bs: self._stage(bs, empty, [], [], [], []))
         logger.info("captured verify CUDA graphs (%d rows per request) for batch sizes %s in "
                     "%.1fs", self.num_rows, self.sizes, time.perf_counter() - start)
 
@@ -176,11 +168,7 @@ class VerifyGraphRunner:
         self._stage(bs, index, host.input_ids, host.out_cache_loc, host.req_pool_indices,
                     host.prefix_lens)
         self.replays += 1
-        if self.eager:
-            logits, hidden = self._run_model(bs)
-        else:
-            self.graphs[bs].replay()
-            logits, hidden = self.outputs[bs]
+        logits, hidden = run_size(self, bs)
         pick = host_to_device(torch.from_numpy(index), self.device)
         offsets = np.concatenate([[0], np.cumsum(lens)]).tolist()
         return (logits.index_select(0, pick).float(),
