@@ -37,3 +37,12 @@ def test_a_padded_chain_step_equals_the_eager_draft_step(tiny_models, heads, alg
     assert ids == draft.draft_ids(eager_states)
     torch.testing.assert_close(got_carried, eager_carried, rtol=1e-5, atol=1e-5)
 
+    # the target's graphs dropped (a memory release), then captured again (the resume): the
+    # step runs eager meanwhile, and gets step graphs built beside the new target graphs after
+    first = draft.chain_graphs
+    spec.runner.drop_cuda_graphs()
+    assert draft.chain_step(rows, positions, tokens, slots, carried)[0] == ids
+    assert draft.chain_graphs is None
+    spec.runner.capture_cuda_graphs()
+    assert draft.chain_step(rows, positions, tokens, slots, carried)[0] == ids
+    assert draft.chain_graphs is not None and draft.chain_graphs is not first
