@@ -272,7 +272,11 @@ for stage in $STAGES; do
         tests/scheduler/test_model_drafter.py tests/bench/test_speculative.py \
         tests/scheduler/test_tree_drafter.py tests/executor/test_spec_tree.py \
         tests/executor/attention/test_tree_mask.py tests/scheduler/test_overlap_speculative.py \
-        tests/kernels/test_tree_attention_triton.py
+        tests/kernels/test_tree_attention_triton.py tests/executor/test_verify_graph_runner.py \
+        tests/executor/test_cuda_graph_runner.py tests/executor/test_draft_graph_runner.py
+      # graph replay (decode with hidden states, chain verify, draft chain steps) against eager
+      step spec_graph_tests 900 $PY -m pytest -q -s -m gpu -p no:cacheprovider \
+        tests/executor/test_gpu_spec_graphs.py
       step tree_attention 300 $PY -m rollserve.bench.tree_attention --out "$OUT/tree_attention.json"
       step speculative_smollm2 300 $PY -m rollserve.bench.speculative --batch-size 1 8 32 \
         --input-len 512 --output-len 256 --output-file "$OUT/speculative_smollm2.json"

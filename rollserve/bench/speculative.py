@@ -18,7 +18,7 @@ phrase repeated) decode in-process through the scheduler three times:
   cost alone, the ceiling a perfect draft model would reach at this draft length;
 * `eagle` (with `--algorithm EAGLE`): the oracle's drafts again, but through a dummy EAGLE
   head (random weights, the target's shape) that runs as a real one would (its draft
-  forwards, the hidden states every target forward keeps, no decode CUDA graphs): the
+  forwards, the hidden states every target forward keeps, returned by the graphs): the
   verify cost plus the draft's, at forced acceptance. Runs after the others, since a draft
   model changes the shared model runner. With `--eagle-topk` k > 1 the head grows real
   trees (k children per frontier node, --num-steps levels, --num-draft-tokens - 1 nodes)

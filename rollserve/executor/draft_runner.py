@@ -17,7 +17,9 @@ slot 0 (scheduler/model_drafter.py): the target's pool has no such slots.
 
 Hidden states: `HiddenCapture` on the model runner makes every target forward keep, for
 every token, what the draft reads (the final hidden state, or EAGLE3's three layers'
-streams); with it set the decode CUDA graphs are not replayed (they return logits only).
+streams); the decode and verify CUDA graphs are captured with it and return those states
+beside the logits (executor/graph_dispatch.py). A chain's draft steps replay graphs of their
+own (executor/draft_graph_runner.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.registry import create_attention_backend
+from rollserve.executor.draft_graph_runner import DraftGraphRunner
 from rollserve.executor.draft_models import DraftModel, load_draft_model
 from rollserve.executor.forward_batch import HostBatch, build_context
 from rollserve.executor.kv_pool import KVPool
@@ -98,8 +101,13 @@ class DraftRunner:
             self.pool = KVPool(slots, 1, heads, head_dim, runner.dtype, self.device)
         self.backend = create_attention_backend(runner.attention_backend, self.device,
                                                 self.pool.num_kv_heads)
-        runner.hidden_capture = HiddenCapture(self.model.aux_layers)
-        runner.drop_cuda_graphs()
+        self.chain_graphs: Optional[DraftGraphRunner] = None  # chain steps' graphs, built lazily
+        self.chain_graphs_for = None  # the target decode graphs they were built beside
+        wanted = tuple(self.model.aux_layers or ())
+        if runner.hidden_capture is None or runner.hidden_capture.wanted != wanted:
+            # the graphs must return the states this draft reads: captured again with them
+            runner.hidden_capture = HiddenCapture(self.model.aux_layers)
+            runner.capture_cuda_graphs()
 
     def scratch_slot(self, row: int, k: int) -> int:
         """Request row `row`'s scratch slot for its (k + 2)-th draft token (k from 0)."""
@@ -127,6 +135,40 @@ class DraftRunner:
                                        runner.req_pool.req_to_token, self.pool, self.backend)
         with torch.inference_mode():
             return self.model(input_ids, ctx.positions, ctx, hidden)
+
+    def chain_step(self, rows: List[int], positions: List[int], tokens: List[int],
+                   slots: List[int], carried: torch.Tensor) -> Tuple[List[int], torch.Tensor]:
+        """One draft step of chains (scheduler/model_drafter.py): request row rows[i] brings
+        tokens[i] at positions[i], its draft KV into slots[i]; carried [B, W] the states of the
+        previous step. Returns (the draft's ids, the states carried on), through the chain-step
+        graphs where they run (executor/draft_graph_runner.py), else eager."""
+        graphs = self._chain_graphs(len(rows), carried)
+        if graphs is None:
+            for_logits, carried = self.forward(rows, positions, [[t] for t in tokens],
+                                               torch.tensor(slots, dtype=torch.int64), carried)
+            return self.draft_ids(for_logits), carried
+        self.runner.req_pool.flush()  # the scratch slots just entered in req_to_token
+        with torch.inference_mode():
+            ids, carried = graphs.step(rows, positions, tokens, slots, carried)
+            return broadcast_tensor(ids).tolist(), carried
+
+    def _chain_graphs(self, batch: int, carried: torch.Tensor) -> Optional[DraftGraphRunner]:
+        """The chain-step graphs, (re)built for the target's current decode graphs (same sizes;
+        none when the target has none): captured at the first step, which gives their width."""
+        runner, target = self.runner, self.runner.graph_runner
+        if target is None:
+            self.chain_graphs = None
+            return None
+        if self.chain_graphs_for is not target:
+            self.chain_graphs, self.chain_graphs_for = None, target
+            # a backend that plans each replay on the host (flashinfer) is not planned here
+            if (self.backend.supports_cuda_graph and not self.backend.plans_per_replay) or \
+                    runner.graphs_eager:
+                self.chain_graphs = DraftGraphRunner(
+                    self.model, self.pool, self.backend, runner.req_pool.req_to_token, target.sizes,
+                    carried.shape[-1], carried.dtype, self.device, runner.graphs_eager or None)
+        graphs = self.chain_graphs
+        return graphs if graphs is not None and graphs.can_run(batch, carried) else None
 
     def draft_ids(self, states: torch.Tensor) -> List[int]:
         """The draft's argmax; under TP rank 0's on every rank, so that the ranks cannot

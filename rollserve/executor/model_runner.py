@@ -18,7 +18,10 @@ from rollserve.kernels import batch_invariant
 from rollserve.executor.config import ExecutorConfig
 from rollserve.executor.cuda_graph_runner import CudaGraphRunner, graph_sizes
 from rollserve.executor.draft_models import load_draft_model
-from rollserve.executor.draft_runner import draft_kv_bytes_per_token, scratch_slots_per_row
+from rollserve.executor.draft_runner import (HiddenCapture, draft_kv_bytes_per_token,
+                                             scratch_slots_per_row)
+from rollserve.executor.graph_dispatch import build_verify_runner, replay_graphs
+from rollserve.executor.verify_graph_runner import VerifyGraphRunner
 from rollserve.executor.kv_budget import kv_pool_tokens
 from rollserve.executor.pooling_model import load_pooling_model, pooling_spec
 from rollserve.executor.forward_batch import build_context, host_batch
@@ -94,17 +97,26 @@ class ModelRunner:
         self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests,
                                                      split_encoder=config.mm_enable_dp_encoder)
         self.graph_runner: Optional[CudaGraphRunner] = None  # decode CUDA graphs; None on CPU or when disabled
-        self.hidden_capture = None  # a draft model's HiddenCapture (executor/draft_runner.py)
+        # a draft model's HiddenCapture (executor/draft_runner.py): the graphs return its states too
+        self.hidden_capture = (HiddenCapture(self.draft_model.aux_layers)
+                               if self.draft_model is not None else None)
+        # chain verify graphs (executor/verify_graph_runner.py): rows per request, 0 for none
+        self.verify_rows = 0
+        self.verify_graph_runner: Optional[VerifyGraphRunner] = None
+        self.graphs_eager = False  # tests: the graph runners' eager mode on CPU
         self.capture_cuda_graphs()
 
-    def capture_cuda_graphs(self) -> None:
-        """(Re)captures the decode graphs where they can and should be used (after start-up, and
-        after a memory resume that moved the weights or the KV pool)."""
-        self.graph_runner = None
+    def capture_cuda_graphs(self, eager: Optional[bool] = None) -> None:
+        """(Re)captures the decode (and verify) graphs where they can and should be used (after
+        start-up, a memory resume that moved the weights or the KV pool, a draft model's
+        arrival). eager=True builds the graph runners in their eager mode, on any device."""
+        self.graphs_eager = self.graphs_eager if eager is None else eager
+        self.graph_runner = self.verify_graph_runner = None
         config = self.config
-        if self.device.type != "cuda" or config.disable_cuda_graph:
+        if (self.device.type != "cuda" and not self.graphs_eager) or config.disable_cuda_graph:
             return
-        if not self.attn_backend.supports_cuda_graph or self.pooling is not None:
+        if (not self.attn_backend.supports_cuda_graph and not self.graphs_eager) or \
+                self.pooling is not None:
             logger.info("CUDA graphs need a backend that supports them and a generation model; "
                         "not captured")
             return
@@ -113,7 +125,15 @@ class ModelRunner:
             compile_max_bs = config.torch_compile_max_bs if config.enable_torch_compile else 0
             self.graph_runner = CudaGraphRunner(self.model, self.kv_pool, self.req_pool.req_to_token,
                                                 self.future_tokens, self.attn_backend, sizes,
-                                                compile_max_bs, self.routed_experts)
+                                                compile_max_bs, self.routed_experts,
+                                                self.hidden_capture, self.graphs_eager or None)
+        self.verify_graph_runner = build_verify_runner(self)
+
+    def enable_verify_graphs(self, num_rows: int) -> None:
+        """Speculative chains of num_rows rows per request (scheduler/speculative.py): capture
+        their verify forwards too."""
+        self.verify_rows = num_rows
+        self.verify_graph_runner = build_verify_runner(self)
 
     def idle_forward(self) -> None:
         """DP attention: a rank with nothing to run this step still takes part in every MoE
@@ -127,7 +147,7 @@ class ModelRunner:
                               counts=counts)
 
     def drop_cuda_graphs(self) -> None:
-        self.graph_runner = None
+        self.graph_runner = self.verify_graph_runner = None
 
     def _init_memory(self) -> None:
         m = self.model
@@ -210,13 +230,11 @@ class ModelRunner:
         mm = self.multimodal.prepare(batch) if self.multimodal is not None else None
         recorder = self.expert_recorder
         recorder = recorder if recorder is not None and recorder.recording else None
-        if recorder is None and mm is None and self.graph_runner is not None and self.pooling is None and \
-                self.hidden_capture is None and \
-                self.graph_runner.can_run(
-                host, all(e.logit_rows == [0] for e in batch.entries)):
-            with torch.inference_mode():
-                logits = self.graph_runner.replay(host)
-            return ForwardOutput(logits=logits, row_offsets=list(range(len(batch.entries) + 1)))
+        # the graphs hold no distribution recorder and no image features: eager then
+        graphed = replay_graphs(self, host, batch) if recorder is None and mm is None else None
+        if graphed is not None:
+            logits, spec_hidden, offsets = graphed
+            return ForwardOutput(logits=logits, row_offsets=offsets, spec_hidden=spec_hidden)
         ctx, input_ids = build_context(host, self.device, self.future_tokens, self.req_pool.req_to_token,
                                        self.kv_pool, self.attn_backend)
         # the graphs hold no distribution recorder: eager while recording

@@ -126,14 +126,13 @@ class ModelDrafter:
                 live = [live[j] for j in still]
             batch = [reqs[i] for i in live]
             positions = [req.seq_len - 1 + k for req in batch]
-            slots = torch.tensor([self.draft.scratch_slot(req.req_pool_idx, k) for req in batch],
-                                 dtype=torch.int64)
-            for req, pos, slot in zip(batch, positions, slots):
-                pool.write(req.req_pool_idx, pos, slot.view(1))
-            for_logits, carried = self.draft.forward([req.req_pool_idx for req in batch], positions,
-                                                     [[chains[id(req)][-1]] for req in batch],
-                                                     slots, carried)
-            for req, token in zip(batch, self.draft.draft_ids(for_logits)):
+            rows = [req.req_pool_idx for req in batch]
+            slots = [self.draft.scratch_slot(row, k) for row in rows]
+            pool.write_each(rows, positions, torch.tensor(slots, dtype=torch.int64))
+            ids, carried = self.draft.chain_step(rows, positions,
+                                                 [chains[id(req)][-1] for req in batch], slots,
+                                                 carried)
+            for req, token in zip(batch, ids):
                 chains[id(req)].append(token)
         for req in reqs:
             chain = chains[id(req)]

@@ -21,9 +21,10 @@ never retracts for a draft), to max_new_tokens and to the context length.
 Under the overlap scheduler (CUDA's default) scheduler/overlap_speculative.py runs this
 class with the step split: the commit before the next step is built (its drafts depend on
 how many tokens this one accepted), the outputs and releases beside the next forward.
-Verify forwards run eager (no CUDA graph); steps where no request has a draft replay the
-decode graphs as usual, except with a draft model, which needs every forward's hidden
-states (executor/draft_runner.py).
+Chain verify forwards replay CUDA graphs (executor/verify_graph_runner.py: every request
+padded to num_draft_tokens rows); trees, prefill chunks riding along and batches above the
+captured sizes run eager. Steps where no request has a draft replay the decode graphs, with a
+draft model too (the graphs return the hidden states it reads, executor/graph_dispatch.py).
 """
 
 from __future__ import annotations
@@ -61,10 +62,19 @@ def make_drafter(config, runner):
                      f"(implemented: {', '.join(SPECULATIVE_ALGORITHMS)})")
 
 
+def drafts_chains(config) -> bool:
+    """Whether every draft of this server is a chain (topk 1; NGRAM's max BFS breadth 1)."""
+    if config.speculative_algorithm == "NGRAM":
+        return config.speculative_ngram_max_bfs_breadth <= 1
+    return config.speculative_eagle_topk <= 1
+
+
 class SpeculativeScheduler(Scheduler):
     def __init__(self, config, runner, tokenizer, eos_token_ids):
         super().__init__(config, runner, tokenizer, eos_token_ids)
         self.drafter = make_drafter(config, runner)
+        if drafts_chains(config):  # trees carry a per-step mask: their verify stays eager
+            runner.enable_verify_graphs(config.speculative_num_draft_tokens)
         self.verifier = Verifier(self.sampler, self.logprob_mode)
         self._drafted: Dict[int, Tuple[int, BatchEntry]] = {}  # id(req) -> (drafts, its entry)
 

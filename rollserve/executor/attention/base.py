@@ -24,6 +24,8 @@ class AttentionBackend(ABC):
     name: str = ""
     supports_cuda_graph: bool = False  # decode steps may be captured and replayed
     plans_per_replay: bool = False  # prepare_for_replay must run before each replay
+    # speculative verify forwards (fixed rows per request) may be captured
+    supports_verify_cuda_graph: bool = False
 
     def __init__(self, device: torch.device, num_kv_heads: int):
         self.device = torch.device(device)
@@ -36,6 +38,12 @@ class AttentionBackend(ABC):
     def capture_metadata(self, batch_size: int, max_slots: int) -> Any:
         """The metadata of a captured decode graph of `batch_size` requests (fixed buffers)."""
         raise NotImplementedError(f"the {self.name} backend does not capture CUDA graphs")
+
+    def capture_verify_metadata(self, ctx: ForwardContext) -> Any:
+        """The metadata of a captured verify graph (executor/verify_graph_runner.py): ctx has
+        the graph's static tensors and a fixed extend length per request; only what depends
+        on those lengths may be planned, on the device."""
+        raise NotImplementedError(f"the {self.name} backend does not capture verify graphs")
 
     def prepare_for_replay(self, ctx: ForwardContext, seq_lens: List[int]) -> None:
         """Before a replay: plan for the batch now in the graph's input buffers."""

@@ -123,12 +123,18 @@ class TritonBackend(AttentionBackend):
     name = "triton"
     supports_cuda_graph = True
     supports_tree_mask = True  # the tree kernel (kernels/tree_attention_triton.py)
+    supports_verify_cuda_graph = True
 
     def prepare_metadata(self, ctx: ForwardContext) -> TritonAttentionMetadata:
         return build_metadata(ctx, self.num_kv_heads, self.device)
 
     def capture_metadata(self, batch_size: int, max_slots: int) -> TritonAttentionMetadata:
         return decode_metadata(batch_size, self.num_kv_heads, self.device)
+
+    def capture_verify_metadata(self, ctx: ForwardContext) -> TritonAttentionMetadata:
+        # the extend kernel's query blocks depend on the extend lengths alone (fixed per graph);
+        # the lengths and slots it reads are the graph's device tensors
+        return build_metadata(ctx, self.num_kv_heads, self.device)
 
     def forward(self, q, k, v, ctx, layer_id, scaling, sliding_window=None, causal=True, rope=None):
         if use_triton(q):
