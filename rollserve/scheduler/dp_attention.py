@@ -49,6 +49,11 @@ class DPAttention:
         self.clock = shared[0][2]
         return self.busy_anywhere
 
+    def busy_now(self, scheduler) -> bool:
+        """Whether any rank has work at this point: a collective, for a control call that every
+        rank runs at the same point (an update in mode wait defers on all ranks, or on none)."""
+        return any(all_gather_objects(bool(scheduler.has_work())))
+
     def step(self, scheduler, runner) -> list:
         """One step on every rank: this rank's batch, or an idle pass through the MoE blocks
         when it has none to run (nothing queued, or nothing that fits this step)."""

@@ -8,6 +8,8 @@ other rank idle) and a weight update between batches. On CPU the overlap schedul
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import rollserve
@@ -20,6 +22,7 @@ PROMPTS_4 = PROMPTS + ["Water boils at"]
 # different lengths: the ranks' requests end at different steps (one after its first token)
 PARAMS = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in (9, 1, 5, 12)]
 PARAMS[2] = dict(PARAMS[2], repetition_penalty=1.3)  # its rank drains before each of its steps
+LONG = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
 
 
 def run(engine, prompts=PROMPTS_4, params=PARAMS):
@@ -50,13 +53,35 @@ def reference(models):
     with rollserve.Engine(model_path=models[0], **ENGINE_ARGS) as eng:
         before, alone = run(eng), run(eng, PROMPTS_4[3:], PARAMS[3:])
         assert eng.update_weights_from_disk(models[1])["success"]
-        return before, alone, run(eng)
+        return before, alone, run(eng), run(eng, PROMPTS_4[:1], [LONG])
+
+
+def update_mid_request(engine, path):
+    """An update (in_flight_requests "wait", the default) sent while one request decodes on
+    one rank, the other idle: every rank defers it until the replica is idle, then applies it
+    at the same step. Returns (the update's answer, the request's tokens and logprobs)."""
+    started, last = threading.Event(), {}
+
+    def stream():
+        for chunk in engine.generate(PROMPTS_4[0], LONG, stream=True, return_logprob=True):
+            last["chunk"] = chunk
+            if len(chunk["output_ids"]) >= 2:
+                started.set()
+        started.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(timeout=60)
+    answer = engine.update_weights_from_disk(path)
+    thread.join(timeout=60)
+    chunk = last["chunk"]
+    return answer, (chunk["output_ids"], [lp[0] for lp in chunk["meta_info"]["output_token_logprobs"]])
 
 
 @pytest.mark.parametrize("a2a,ep_size", [("none", 1), ("deepep", 2)])
 def test_dp_attention_overlapped_answers_as_one_rank(models, reference, monkeypatch, a2a, ep_size):
     monkeypatch.setenv("ROLLSERVE_OVERLAP_ON_CPU", "1")  # the ranks' processes inherit it
-    before, alone, after = reference
+    before, alone, after, long_after = reference
     with rollserve.Engine(model_path=models[0], tp_size=2, dp_size=2, enable_dp_attention=True,
                           ep_size=ep_size, moe_a2a_backend=a2a, dist_timeout=60,
                           **ENGINE_ARGS) as eng:  # a rank left waiting in an exchange fails in 60 s
@@ -65,6 +90,11 @@ def test_dp_attention_overlapped_answers_as_one_rank(models, reference, monkeypa
         assert_same(run(eng, PROMPTS_4[3:], PARAMS[3:]), alone)
         assert eng.update_weights_from_disk(models[1])["success"]
         assert_same(run(eng), after)
+        answer, streamed = update_mid_request(eng, models[0])
+        assert answer["success"], answer
+        assert len(streamed[0]) == LONG["max_new_tokens"]
+        assert_same([streamed], long_after)  # the old weights to its end: the update waited
+        assert_same(run(eng), before)
         info = eng.get_server_info()
     assert info["enable_dp_attention"] is True and info["num_running_reqs"] == 0
     assert info["disable_overlap_schedule"] is False
