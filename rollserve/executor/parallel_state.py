@@ -146,7 +146,12 @@ def all_gather_counts(count: int) -> List[int]:
     still running on the GPU, which the overlap scheduler launches this one beside."""
     if _STATE.size == 1:
         return [count]
-    return [int(n) for n in all_gather_objects(int(count))]
+    import torch.distributed as dist
+
+    mine = torch.tensor([count], dtype=torch.int64)  # a host tensor: one gloo collective
+    counts = [torch.empty_like(mine) for _ in range(_STATE.size)]
+    dist.all_gather(counts, mine, group=_STATE.cpu_group)
+    return torch.cat(counts).tolist()
 
 
 def all_gather_rows(x: torch.Tensor, sizes: List[int]) -> Tuple[torch.Tensor, slice]:
