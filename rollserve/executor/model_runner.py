@@ -137,8 +137,12 @@ class ModelRunner:
 
     def idle_forward(self) -> None:
         """DP attention: a rank with nothing to run this step still takes part in every MoE
-        block's exchange (with no tokens), so the ranks that do run are not left waiting."""
-        counts = all_gather_counts(0, self.device)  # as every forward does, once
+        block's exchange (with no tokens), so the ranks that do run are not left waiting.
+        Counted in num_forwards: the step took part in one."""
+        self.num_forwards += 1
+        counts = all_gather_counts(0)  # as every forward does, once
+        if not any(counts):  # no rank runs a token this step: every rank skips alike
+            return
         with torch.inference_mode():
             for block in self.model.modules():
                 if isinstance(block, SparseMoeBlock):  # in layer order, as a forward meets them
@@ -242,7 +246,7 @@ class ModelRunner:
                             if self.routed_experts is not None else recorder)
         ctx.mm = mm
         if dp_attention():  # the MoE blocks' exchanges need every rank's count: taken once
-            ctx.dp_token_counts = all_gather_counts(int(input_ids.shape[0]), self.device)
+            ctx.dp_token_counts = all_gather_counts(int(input_ids.shape[0]))
         capture = self.hidden_capture
         if capture is not None:
             capture.begin(ctx)

@@ -139,17 +139,19 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_gather_counts(count: int, device: torch.device) -> List[int]:
+def all_gather_counts(count: int) -> List[int]:
     """Every rank's token count of this forward, in rank order (DP attention: taken once per
-    forward, by the runner, for all its MoE exchanges)."""
+    forward, by the runner, for all its MoE exchanges). Over the CPU group, before any of the
+    forward's kernels: a device all-gather read back on the host would wait for the step
+    still running on the GPU, which the overlap scheduler launches this one beside."""
     if _STATE.size == 1:
         return [count]
     import torch.distributed as dist
 
-    mine = torch.tensor([count], dtype=torch.int64, device=device)
+    mine = torch.tensor([count], dtype=torch.int64)  # a host tensor: one gloo collective
     counts = [torch.empty_like(mine) for _ in range(_STATE.size)]
-    dist.all_gather(counts, mine, group=_STATE.group)
-    return torch.cat(counts).tolist()  # one host sync
+    dist.all_gather(counts, mine, group=_STATE.cpu_group)
+    return torch.cat(counts).tolist()
 
 
 def all_gather_rows(x: torch.Tensor, sizes: List[int]) -> Tuple[torch.Tensor, slice]:

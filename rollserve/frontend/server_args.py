@@ -289,8 +289,7 @@ class ServerArgs:
             schedule_conservativeness=self.schedule_conservativeness,
             disable_radix_cache=self.disable_radix_cache, random_seed=self.random_seed,
             stream_interval=self.stream_interval,
-            # DP attention keeps its ranks in step one forward at a time (scheduler/process.py)
-            disable_overlap_schedule=self.disable_overlap_schedule or self.enable_dp_attention,
+            disable_overlap_schedule=self.disable_overlap_schedule,
             decode_log_interval=self.decode_log_interval, watchdog_timeout=self.watchdog_timeout,
             dist_timeout=self.dist_timeout,
             log_level=self.log_level, weight_version=self.weight_version,

@@ -107,8 +107,8 @@ HELP = {
     "enable_dp_attention": "attention data-parallel: with --dp-size equal to --tp-size, each "
                            "rank holds the whole attention and dense layers and runs its own "
                            "requests; the MoE experts are split over the ranks, which exchange "
-                           "their tokens at each MoE layer (CPU gloo and CUDA NCCL; eager, no "
-                           "overlap scheduler)",
+                           "their tokens at each MoE layer (CPU gloo and CUDA NCCL; eager, under the "
+                           "overlap scheduler as SGLang)",
     "moe_a2a_backend": "deepep: under --enable-dp-attention, each rank routes its own tokens and "
                        "sends each (token, expert) copy to the rank holding that expert and back "
                        "(all-to-all over torch.distributed, not the DeepEP library; sets --ep-size "

@@ -7,6 +7,11 @@ the fewest requests, which every rank computes alike from the loads shared at th
 step (`owns`). Before each step the ranks share whether they have work (`sync`): when any
 has, every rank runs exactly one forward, a rank with nothing to run an idle one
 (ModelRunner.idle_forward), since each MoE block is a collective all ranks must enter.
+Under the overlap scheduler (on by default, as in SGLang) the rule is the same: each step
+launches at most one forward per rank, the idle pass where it launches none
+(overlap_scheduler.py runs it before processing the step in flight), and the forward's token
+counts travel over the CPU group before its kernels, so no rank waits on its GPU to agree.
+What drains the overlap pipeline (control calls, penalties, retraction) runs no collective.
 Decisions that must agree across ranks (a deferred weight update's wait and timeout, the
 end of a draining pause) read the shared values, never a rank's own.
 """
@@ -43,6 +48,11 @@ class DPAttention:
         self.busy_anywhere = any(b for b, _, _ in shared)
         self.clock = shared[0][2]
         return self.busy_anywhere
+
+    def busy_now(self, scheduler) -> bool:
+        """Whether any rank has work at this point: a collective, for a control call that every
+        rank runs at the same point (an update in mode wait defers on all ranks, or on none)."""
+        return any(all_gather_objects(bool(scheduler.has_work())))
 
     def step(self, scheduler, runner) -> list:
         """One step on every rank: this rank's batch, or an idle pass through the MoE blocks

@@ -15,10 +15,17 @@ calls (weight updates, cache flushes) drain it too, so they always run between s
 With --speculative-algorithm the overlap is scheduler/overlap_speculative.py's: the next
 drafts need this step's accepted tokens, so the commit comes before the next launch and the
 rest of the step's processing (outputs, releases, stats) overlaps the next verify forward.
+
+Under --enable-dp-attention every rank still runs one forward per step (scheduler/dp_attention.py
+shares who has work before it): a rank with no batch launches its idle pass through the MoE
+exchanges before it processes its step in flight, so the ranks that launched wait on none of
+its host work. Draining stays per rank: it runs no collective, so ranks drain at different
+steps (penalties, retraction) without leaving one waiting in an exchange.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Set
 
@@ -27,6 +34,7 @@ import torch
 from rollserve.executor.forward_batch import placeholder_for
 from rollserve.core.io import TokenOutput
 from rollserve.executor.model_runner import ForwardOutput, ModelRunner
+from rollserve.executor.parallel_state import dp_attention
 from rollserve.scheduler.request import Req
 from rollserve.core.batch import ScheduleBatch
 from rollserve.scheduler.config import SchedulerConfig
@@ -57,6 +65,8 @@ class OverlapScheduler(Scheduler):
         self.in_flight: Optional[InFlight] = None
         self.jump_forward = None  # as SGLang: off when overlapping (the next input is in flight)
         self._resolved: dict = {}  # the step being processed: entry index -> (token, logprobs)
+        self.overlapped_steps = 0  # steps launched before the previous one was processed
+        self.dp_attention = dp_attention()  # every step takes part in one forward (idle or not)
 
     def has_work(self) -> bool:
         return self.in_flight is not None or super().has_work()
@@ -72,6 +82,10 @@ class OverlapScheduler(Scheduler):
         deferred = batch is not None and self.grammar is not None and any(
             e.sample and e.req.grammar is not None for e in batch.entries)
         launched = self._launch(batch, sample=not deferred) if batch is not None else None
+        if launched is None and self.dp_attention:
+            self.runner.idle_forward()  # before the drain: the others' exchanges wait for it
+        elif launched is not None and self.in_flight is not None:
+            self.overlapped_steps += 1
         outputs.extend(self.drain())
         if deferred:
             self._launch_sample(launched)
@@ -87,6 +101,9 @@ class OverlapScheduler(Scheduler):
         outputs = self._process_result(in_flight.batch, in_flight.result)
         self.stats.record_step(in_flight.batch)
         return outputs
+
+    def info(self) -> dict:
+        return {**super().info(), "num_overlapped_steps": self.overlapped_steps}
 
     def _can_overlap(self) -> bool:
         pending = self.in_flight.sampled_reqs
@@ -133,9 +150,11 @@ class OverlapScheduler(Scheduler):
 def make_scheduler(config: SchedulerConfig, runner: ModelRunner, tokenizer, eos_token_ids) -> Scheduler:
     """The overlap scheduler on CUDA (unless --disable-overlap-schedule), else the plain one;
     with --speculative-algorithm the speculative one, overlapped the same way
-    (scheduler/overlap_speculative.py)."""
-    overlap = (runner.device.type == "cuda" and not config.disable_overlap_schedule
-               and runner.pooling is None)
+    (scheduler/overlap_speculative.py). ROLLSERVE_OVERLAP_ON_CPU=1 overlaps on CPU too: its
+    steps do not run concurrently there, but every bookkeeping path and DP attention's
+    lock-step are the GPU's, which multi-process tests check without a GPU."""
+    on_device = runner.device.type == "cuda" or os.environ.get("ROLLSERVE_OVERLAP_ON_CPU") == "1"
+    overlap = on_device and not config.disable_overlap_schedule and runner.pooling is None
     if config.speculative_algorithm is not None and runner.pooling is None:
         cls = OverlapSpeculativeScheduler if overlap else SpeculativeScheduler
     else:

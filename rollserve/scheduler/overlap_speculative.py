@@ -71,6 +71,9 @@ class OverlapSpeculativeScheduler(SpeculativeScheduler):
             outputs.extend(self._finish(settled))
         return outputs
 
+    def info(self) -> dict:
+        return {**super().info(), "num_overlapped_steps": self.overlapped_steps}
+
     def drain(self) -> List[TokenOutput]:
         """Processes the step in flight, if any, to the end (waits for its GPU work)."""
         settled = self._settle()

@@ -66,6 +66,8 @@ class SchedulerProcess:
         self.deferred: list = []  # (rpc_id, Future) of control calls finishing off the loop
         self.weight_sync = WeightSyncService(self.runner, self.scheduler, self._send_outputs,
                                              config.dist_timeout)
+        if self.dp is not None:  # an update waits for the replica's requests, not this rank's
+            self.weight_sync.replica_busy = lambda: self.dp.busy_now(self.scheduler)
         self.profiler = StepProfiler()
         self.weight_checker = WeightChecker(self.runner, self.scheduler, self._send_outputs)
         self.trainer_protocols = TrainerProtocols(self.weight_sync)

@@ -96,6 +96,7 @@ class WeightSyncService:
         self.groups: Dict[str, GroupReceiver] = {}
         self.pause_mode: Optional[str] = None  # the scheduler process sets it while paused
         self.pending: Deque[DeferredUpdate] = deque()
+        self.replica_busy: Callable[[], bool] = scheduler.has_work  # DP attention: all ranks'
 
     @property
     def model(self):
@@ -415,7 +416,7 @@ class WeightSyncService:
         def apply() -> dict:
             return self._apply(write, source, mode, flush_cache, weight_version)
 
-        wait = mode == "wait" and self.scheduler.has_work()
+        wait = mode == "wait" and self.replica_busy()
         if wait or (self.pending and not first_in_line):  # updates apply in the order they came
             deferred = DeferredUpdate(apply, time.monotonic() + timeout, wait, timeout)
             if not first_in_line:
@@ -431,7 +432,7 @@ class WeightSyncService:
             return "abort"
         if self.pause_mode is None:
             return requested or "wait"
-        if requested == "wait" and self.scheduler.has_work():
+        if requested == "wait" and self.replica_busy():
             raise WeightUpdateError(
                 f"generation is paused ({self.pause_mode}) with {self.scheduler.num_requests()} "
                 "requests in flight, which cannot finish on the old weights: continue_generation "

@@ -152,12 +152,15 @@ def test_a_refused_switch_stops_the_start(monkeypatch):
 
 def test_dp_attention_and_expert_parallel_settings():
     """docs/parallel.md's promises: DP attention needs dp_size == tp_size > 1 and runs eager
-    without the overlap scheduler; --enable-ep-moe means ep_size = tp_size; ep_size is 1 or
+    under the overlap scheduler (as SGLang; --disable-overlap-schedule still turns it off);
+    --enable-ep-moe means ep_size = tp_size; ep_size is 1 or
     tp_size."""
     args = ServerArgs(model_path="m", tp_size=2, dp_size=2, enable_dp_attention=True)
     config = args.scheduler_config()
     assert config.executor.dp_attention and config.executor.disable_cuda_graph
-    assert config.disable_overlap_schedule
+    assert not config.disable_overlap_schedule
+    assert ServerArgs(model_path="m", tp_size=2, dp_size=2, enable_dp_attention=True,
+                      disable_overlap_schedule=True).scheduler_config().disable_overlap_schedule
     for bad in (dict(tp_size=2, dp_size=1), dict(tp_size=1, dp_size=1)):
         with pytest.raises(ValueError, match="enable_dp_attention"):
             ServerArgs(model_path="m", enable_dp_attention=True, **bad)

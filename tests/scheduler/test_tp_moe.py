@@ -7,6 +7,7 @@ Tiny random Qwen3-MoE (6 experts, a dense layer), Mixtral (4 experts) and DeepSe
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -83,13 +84,18 @@ def test_deepseek_v3_mla_heads_and_experts_split_over_ranks(models, reference, e
 # below only in the experts' kernel call, which test_qwen3_moe_tp2_... covers
 @pytest.mark.parametrize("variant,ep_size,a2a", [("deepseek_v3", 1, "none"), ("qwen3_moe", 2, "deepep"),
                                                  ("deepseek_v3", 2, "deepep")])
-def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, ep_size, a2a):
+def test_dp_attention_ranks_run_their_own_requests(models, reference, monkeypatch, variant,
+                                                  ep_size, a2a):
     """--enable-dp-attention: each rank keeps some of the requests (whole attention, its own
     KV) and the MoE blocks exchange the ranks' tokens (all-gather + all-reduce, or with
     --moe-a2a-backend deepep each (token, expert) copy sent to its expert's rank and back);
     one request alone leaves the other rank idle, which must still take part in every
     exchange, and its decode steps route one token to top-k experts, so most experts (and
-    at times a whole rank's) receive none."""
+    at times a whole rank's) receive none. The all-to-all cases run under the overlap
+    scheduler (forced on CPU), the all-gather one under the plain scheduler."""
+    overlap = a2a == "deepep"
+    if overlap:
+        monkeypatch.setenv("ROLLSERVE_OVERLAP_ON_CPU", "1")  # the ranks' processes inherit it
     name = f"{variant}{0 if variant == 'qwen3_moe' else 3}"
     with rollserve.Engine(model_path=models[name], tp_size=2, dp_size=2, enable_dp_attention=True,
                           ep_size=ep_size, moe_a2a_backend=a2a, **ENGINE_ARGS) as eng:
@@ -102,6 +108,61 @@ def test_dp_attention_ranks_run_their_own_requests(models, reference, variant, e
         info = eng.get_server_info()
         assert info["enable_dp_attention"] is True and info["num_running_reqs"] == 0
         assert info["moe_a2a_backend"] == a2a
+        assert (info.get("num_overlapped_steps", 0) > 0) == overlap
+
+
+def outputs(outs):
+    return [o["output_ids"] for o in outs], [[lp[0] for lp in o["meta_info"]["output_token_logprobs"]]
+                                             for o in outs]
+
+
+def update_mid_request(engine, path):
+    """An update (in_flight_requests "wait", the default) sent while one request decodes on
+    one rank, the other idle: every rank defers it until the replica is idle, then all apply
+    it at the same step. Returns the update's answer and the request's last chunk."""
+    started, last = threading.Event(), {}
+
+    def stream():
+        for chunk in engine.generate(PROMPTS[0], GREEDY, stream=True, return_logprob=True):
+            last["chunk"] = chunk
+            if len(chunk["output_ids"]) >= 2:
+                started.set()
+        started.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(timeout=60)
+    answer = engine.update_weights_from_disk(path)
+    thread.join(timeout=60)
+    return answer, last["chunk"]
+
+
+def test_dp_attention_under_the_overlap_scheduler(models, reference, monkeypatch):
+    """--enable-dp-attention under the overlap scheduler (the default, as in SGLang; forced on
+    CPU, where its steps do not run concurrently but every bookkeeping path does): each rank
+    launches step i+1 before processing step i and the ranks keep one forward per step, a
+    rank with nothing to launch passing idle through the exchanges. Greedy tokens are one
+    rank's without overlap, through requests that end at different steps (one after its first
+    token, leaving its rank idle), a seeded one (its rank drains before each of its steps, the
+    other does not) and an update sent mid-request, which every rank defers alike."""
+    monkeypatch.setenv("ROLLSERVE_OVERLAP_ON_CPU", "1")  # the ranks' processes inherit it
+    ids, logprobs = reference["qwen3_moe0"]
+    lengths = (9, 1, 5)  # greedy and ignore_eos: each is a prefix of the 12-token answer
+    params = [dict(GREEDY, max_new_tokens=n) for n in lengths]
+    params[2]["seed"] = 7  # still greedy, but output-dependent (overlap_scheduler.py)
+    with rollserve.Engine(model_path=models["qwen3_moe0"], tp_size=2, dp_size=2,
+                          enable_dp_attention=True, dist_timeout=60,  # a stranded rank fails
+                          **ENGINE_ARGS) as eng:
+        got = outputs(eng.generate(PROMPTS, params, return_logprob=True))
+        assert_same(got, ([i[:n] for i, n in zip(ids, lengths)],
+                          [lp[:n] for lp, n in zip(logprobs, lengths)]))
+        answer, streamed = update_mid_request(eng, models["qwen3_moe1"])
+        assert answer["success"], answer
+        assert_same(outputs([streamed]), (ids[:1], logprobs[:1]))  # the old weights to its end
+        assert_same(greedy(eng), reference["qwen3_moe1"])
+        info = eng.get_server_info()
+    assert info["disable_overlap_schedule"] is False and info["num_running_reqs"] == 0
+    assert info["num_overlapped_steps"] > 0  # launched before the previous step was processed
 
 
 def test_ep_size_must_match_tp_size(models):
