@@ -274,6 +274,11 @@ class NextNDraft(DraftModel):
 def load_draft_model(algorithm: str, path: Optional[str], target: nn.Module, dtype: torch.dtype,
                      device: torch.device) -> DraftModel:
     """The draft model of `algorithm`, on `device`, sharing the target's embeddings and head."""
+    if getattr(target, "takes_images", False):
+        # the heads read the target's text embeddings and 1-D rope positions; a VLM keeps its
+        # embeddings under model.language_model and places tokens by M-RoPE (NGRAM needs neither)
+        raise ValueError(f"speculative_algorithm {algorithm}: draft models for vision-language "
+                         f"targets ({type(target).__name__}) are not supported; NGRAM is")
     with torch.device(device):
         if algorithm == "NEXTN":
             if not hasattr(target, "mtp_weights"):

@@ -75,3 +75,16 @@ def test_vlm_speculation_equals_plain_decoding(tiny_vlms, plain, breadth):
     assert got == plain
     assert spec.stats.spec.draft_tokens > 0  # drafts were verified
     assert any(mixed) == (breadth > 1)
+
+
+def test_draft_models_for_a_vlm_target_are_refused_by_name(tiny_vlms):
+    """EAGLE heads read the target's text embeddings and 1-D positions: on a VLM they are
+    refused at load with the flag named, not left to fail inside a step (NGRAM runs above)."""
+    import torch
+
+    from rollserve.executor.draft_models import load_draft_model
+
+    runner = make_scheduler(tiny_vlms["qwen2_vl"]).runner
+    for algorithm in ("EAGLE", "EAGLE3"):
+        with pytest.raises(ValueError, match=f"speculative_algorithm {algorithm}: .*vision-language"):
+            load_draft_model(algorithm, "unused", runner.model, torch.float32, torch.device("cpu"))
