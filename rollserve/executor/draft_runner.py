@@ -32,6 +32,7 @@ import torch
 from rollserve.core.forward_context import ForwardContext
 from rollserve.executor.attention.registry import create_attention_backend
 from rollserve.executor.draft_graph_runner import DraftGraphRunner
+from rollserve.executor.draft_lockstep import DraftLockstep
 from rollserve.executor.draft_models import DraftModel, load_draft_model
 from rollserve.executor.forward_batch import HostBatch, build_context
 from rollserve.executor.kv_pool import KVPool
@@ -79,7 +80,8 @@ def draft_kv_bytes_per_token(model: DraftModel, mla_dims, dtype: torch.dtype) ->
 
 
 class DraftRunner:
-    def __init__(self, runner, algorithm: str, path: Optional[str], num_drafts: int):
+    def __init__(self, runner, algorithm: str, path: Optional[str], num_drafts: int,
+                 forwards_per_step: int = 1):
         self.runner = runner
         self.device = runner.device
         spec = runner.config.draft  # loaded with the target, inside the memory budget
@@ -90,6 +92,9 @@ class DraftRunner:
             if isinstance(module, RotaryEmbedding):
                 module.cache_positions(runner.context_len + 1)
         self.scratch_per_row = scratch_slots_per_row(num_drafts)
+        # DP attention with an MoE draft (NEXTN): every rank runs forwards_per_step draft forwards
+        self.lockstep = DraftLockstep.for_model(self.model, forwards_per_step, runner.dtype,
+                                                self.device)
         self.scratch_base = runner.max_total_tokens + 1  # past the target's slots (and slot 0)
         slots = runner.max_total_tokens + runner.max_running_requests * self.scratch_per_row
         if runner.mla_dims is not None:
@@ -133,6 +138,8 @@ class DraftRunner:
             prefix_lens=list(prefix_lens), extend_lens=extend, starts=starts, tree_masks=tree_masks)
         ctx, input_ids = build_context(host, self.device, runner.future_tokens,
                                        runner.req_pool.req_to_token, self.pool, self.backend)
+        if self.lockstep is not None:  # the MoE block's exchanges need every rank's count
+            ctx.dp_token_counts = self.lockstep.counts(int(input_ids.shape[0]))
         with torch.inference_mode():
             return self.model(input_ids, ctx.positions, ctx, hidden)
 
@@ -156,7 +163,7 @@ class DraftRunner:
         """The chain-step graphs, (re)built for the target's current decode graphs (same sizes;
         none when the target has none): captured at the first step, which gives their width."""
         runner, target = self.runner, self.runner.graph_runner
-        if target is None:
+        if target is None or self.lockstep is not None:  # (DP attention captures no graphs)
             self.chain_graphs = None
             return None
         if self.chain_graphs_for is not target:

@@ -30,7 +30,7 @@ from rollserve.executor.mla_kv_pool import MLAKVPool
 from rollserve.executor.routed_experts import RoutedExpertsStore
 from rollserve.executor.expert_distribution import ExpertDistributionRecorder, moe_summary
 from rollserve.executor.model_loader import load_model, resolve_dtype
-from rollserve.executor.layers.moe import SparseMoeBlock
+from rollserve.executor.layers.moe import idle_exchanges
 from rollserve.executor.parallel_state import all_gather_counts, dp_attention
 from rollserve.executor.layers.rotary import RotaryEmbedding
 from rollserve.core.batch import ScheduleBatch
@@ -140,15 +140,7 @@ class ModelRunner:
         block's exchange (with no tokens), so the ranks that do run are not left waiting.
         Counted in num_forwards: the step took part in one."""
         self.num_forwards += 1
-        counts = all_gather_counts(0)  # as every forward does, once
-        if not any(counts):  # no rank runs a token this step: every rank skips alike
-            return
-        with torch.inference_mode():
-            for block in self.model.modules():
-                if isinstance(block, SparseMoeBlock):  # in layer order, as a forward meets them
-                    weight = block.gate.weight
-                    block.moe(torch.empty(0, weight.shape[1], dtype=self.dtype, device=self.device),
-                              counts=counts)
+        idle_exchanges(self.model, all_gather_counts(0), self.dtype, self.device)  # one count, as a forward
 
     def drop_cuda_graphs(self) -> None:
         self.graph_runner = self.verify_graph_runner = None

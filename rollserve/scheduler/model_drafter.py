@@ -45,7 +45,9 @@ class ModelDrafter:
         self.topk = topk
         self.num_steps = num_steps or num_drafts  # a tree's depth (a chain's is num_drafts)
         scratch = scratch_slots_per_row(num_drafts, topk, self.num_steps)
-        self.draft = DraftRunner(runner, algorithm, draft_model_path, scratch + 1)
+        # draft forwards per step: the catch-up, then a chain's or a tree's further steps
+        per_step = num_drafts if topk <= 1 else self.num_steps
+        self.draft = DraftRunner(runner, algorithm, draft_model_path, scratch + 1, per_step)
 
     def propose(self, req: Req, most: int) -> Union[List[int], DraftTree]:
         """The drafts for req's next verify step, at most `most` of them: a chain's tokens, or a
@@ -58,6 +60,11 @@ class ModelDrafter:
 
     def weights_changed(self) -> None:
         self.draft.weights_changed()
+
+    def end_step(self) -> None:
+        """DP attention: this step's remaining draft forwards, idle (executor/draft_lockstep.py)."""
+        if self.draft.lockstep is not None:
+            self.draft.lockstep.end_step()
 
     def after_step(self, batch: ScheduleBatch, result: ForwardOutput) -> None:
         """Draft KV for what this step computed and committed; the next chains."""

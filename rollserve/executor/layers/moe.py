@@ -174,3 +174,17 @@ class SparseMoeBlock(nn.Module):
         if recorder is not None:  # this rank's tokens' choices (mine: its rows of every rank's)
             recorder.record(self.layer_id, ids if mine is None else ids[mine])
         return self.experts(x, weights.to(x.dtype), ids)
+
+
+def idle_exchanges(model: nn.Module, counts: List[int], dtype: torch.dtype,
+                   device: torch.device) -> None:
+    """DP attention: a rank with no tokens in a forward still enters each of the model's MoE
+    blocks' exchanges (in layer order, as the forward meets them), bringing none, so the ranks
+    that run tokens are not left waiting. `counts`: the forward's token counts, every rank's."""
+    if not any(counts):  # no rank runs a token: every rank skips alike
+        return
+    with torch.inference_mode():
+        for block in model.modules():
+            if isinstance(block, SparseMoeBlock):
+                width = block.gate.weight.shape[1]
+                block.moe(torch.empty(0, width, dtype=dtype, device=device), counts=counts)
