@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 import rollserve
-from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle_head
+from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle3_head, save_eagle_head
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 
 pytestmark = pytest.mark.multiprocess
@@ -31,7 +31,8 @@ def targets(tmp_path_factory, tiny_models, default_model_dir):
     add_mtp_layer(deepseek)
     llama = tiny_models["llama"]
     return {"deepseek": deepseek, "llama": llama,
-            "eagle": save_eagle_head(llama, str(root / "eagle"))}
+            "eagle": save_eagle_head(llama, str(root / "eagle")),
+            "eagle3": save_eagle3_head(llama, str(root / "eagle3"))}
 
 
 def _plain(path):
@@ -46,13 +47,20 @@ def _plain(path):
     ("deepseek", {"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 2,
                   "speculative_num_steps": 2, "speculative_num_draft_tokens": 4}),
     ("llama", {"speculative_algorithm": "EAGLE", "speculative_num_draft_tokens": 3}),
+    # a dense head has no exchange: it runs under the overlap scheduler too (forced on CPU)
+    ("llama", {"speculative_algorithm": "EAGLE3", "speculative_num_draft_tokens": 3,
+               "overlap": True}),
     ("deepseek", {"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 4,
                   "speculative_ngram_max_bfs_breadth": 1})],
-    ids=["nextn", "nextn-tree", "eagle", "ngram"])
-def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec):
+    ids=["nextn", "nextn-tree", "eagle", "eagle3-overlap", "ngram"])
+def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypatch):
     path = targets[target]
-    if spec["speculative_algorithm"] == "EAGLE":
-        spec = {**spec, "speculative_draft_model_path": targets["eagle"]}
+    spec = dict(spec)
+    overlap = spec.pop("overlap", False)
+    if overlap:
+        monkeypatch.setenv("ROLLSERVE_OVERLAP_ON_CPU", "1")  # the ranks' processes inherit it
+    if spec["speculative_algorithm"] in ("EAGLE", "EAGLE3"):
+        spec["speculative_draft_model_path"] = targets[spec["speculative_algorithm"].lower()]
     want = _plain(path)
     with rollserve.Engine(model_path=path, tp_size=2, dp_size=2, enable_dp_attention=True,
                           max_total_tokens=2048, log_level="warning", dist_timeout=120,
@@ -66,3 +74,4 @@ def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec):
         eng.flush_cache()
         info = eng.get_server_info()
         assert info["num_running_reqs"] == 0 and info["kv_used_tokens"] == 0
+        assert (info.get("num_overlapped_steps", 0) > 0) == overlap
