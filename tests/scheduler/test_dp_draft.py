@@ -3,8 +3,9 @@ path): each rank drafts for its own requests. NEXTN's MTP layer holds an MoE blo
 exchange every rank enters in lock-step (executor/draft_lockstep.py), EAGLE's dense head runs
 on each rank alone, NGRAM drafts from each rank's own context. At TP 2 greedy answers equal
 one rank's without speculation: requests of different lengths (one rank runs out of work
-first, and of chain steps), then one request alone (the other rank idle throughout); the
-ranks' pools are free when idle."""
+first, and of chain steps), then one request alone (the other rank idle throughout); no
+request runs and the pool is free when idle (the replica's info: every rank's request
+counts, rank 0's pool)."""
 
 from __future__ import annotations
 
