@@ -6,12 +6,16 @@ Each rank drafts for its own requests (scheduler/model_drafter.py): after a step
 forward, one catch-up forward for what the step committed, then the chain's steps (num_drafts
 - 1), or a tree's (num_steps - 1). How many of them a rank runs depends on its requests: none
 when it was idle or nothing it holds wants a draft, fewer steps when its chains reach the
-context length. So the count is fixed instead: every step, every rank takes part in exactly
-`per_step` draft forwards, the ones it runs (each exchanges its token count first, as a target
-forward does) and, at the end of the step (scheduler/dp_attention.py), idle ones that bring no
-tokens for the rest. The ranks meet nowhere between a step's target forward and its end, so
-the draft forwards of all ranks pair up in order; where no rank brings a token they skip the
-exchange alike (the counts say so).
+context length. So the count is fixed instead: after every target forward (its own, or the
+idle pass), every rank takes part in exactly `per_step` draft forwards, the ones it runs (each
+exchanges its token count first, as a target forward does) and idle ones that bring no tokens
+for the rest, run where no rank meets the others in anything else:
+* the plain scheduler drafts inside the step: the rest is run at the end of the step
+  (scheduler/dp_attention.py), before the next step's sync;
+* the overlap scheduler drafts for step i when it settles it, at the start of step i + 1
+  (after the sync) or when a control call drains it (on every rank alike): the rest is run
+  before the next target forward (ModelRunner's hook) and after each drain.
+Where no rank brings a token the exchange is skipped alike (the counts say so).
 
 EAGLE heads are dense: under DP attention each rank runs its head alone (tp_size() is 1) and
 no lock-step is needed.
@@ -31,7 +35,7 @@ from rollserve.executor.parallel_state import all_gather_counts, dp_attention
 class DraftLockstep:
     def __init__(self, model: nn.Module, per_step: int, dtype: torch.dtype, device: torch.device):
         self.model, self.per_step, self.dtype, self.device = model, per_step, dtype, device
-        self.ran = 0  # draft forwards this rank took part in since the step's target forward
+        self.ran = per_step  # draft forwards taken part in since the last target forward
 
     @classmethod
     def for_model(cls, model: nn.Module, per_step: int, dtype: torch.dtype,
@@ -45,13 +49,18 @@ class DraftLockstep:
         """A draft forward this rank runs: every rank's token count, for its MoE exchanges."""
         self.ran += 1
         if self.ran > self.per_step:  # the others would wait for an exchange they never enter
-            raise RuntimeError(f"DP attention: draft forward {self.ran} in one step, more than "
-                               f"the {self.per_step} every rank takes part in")
+            raise RuntimeError(f"DP attention: draft forward {self.ran} after one target forward, "
+                               f"more than the {self.per_step} every rank takes part in")
         return all_gather_counts(num_tokens)
 
-    def end_step(self) -> None:
-        """The step's remaining draft forwards, idle (every rank, at the end of each step)."""
+    def settle(self) -> None:
+        """The remaining draft forwards owed since the last target forward, idle."""
         while self.ran < self.per_step:
             self.ran += 1
             idle_exchanges(self.model, all_gather_counts(0), self.dtype, self.device)
+
+    def target_forward(self) -> None:
+        """A target forward (or idle pass) begins: the previous one's draft forwards are
+        settled first, then this one's are owed."""
+        self.settle()
         self.ran = 0

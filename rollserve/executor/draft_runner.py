@@ -95,6 +95,7 @@ class DraftRunner:
         # DP attention with an MoE draft (NEXTN): every rank runs forwards_per_step draft forwards
         self.lockstep = DraftLockstep.for_model(self.model, forwards_per_step, runner.dtype,
                                                 self.device)
+        runner.draft_lockstep = self.lockstep  # its target forwards settle the draft's
         self.scratch_base = runner.max_total_tokens + 1  # past the target's slots (and slot 0)
         slots = runner.max_total_tokens + runner.max_running_requests * self.scratch_per_row
         if runner.mla_dims is not None:

@@ -92,6 +92,7 @@ class ModelRunner:
         self.model_summary = moe_summary(self.model, self.mla_dims is not None)
         # latest sampled token per request row, read by decode inputs that name it (forward_batch.py)
         self.num_forwards = 0
+        self.draft_lockstep = None  # DP attention with an MoE draft (executor/draft_lockstep.py)
         self.future_tokens = torch.zeros(self.max_running_requests, dtype=torch.int64, device=self.device)
         # VLMs: encodes images in the prefill batch, caches their features (executor/multimodal.py)
         self.multimodal = MultimodalRunner.for_model(self.model, self.device, self.max_running_requests,
@@ -140,6 +141,8 @@ class ModelRunner:
         block's exchange (with no tokens), so the ranks that do run are not left waiting.
         Counted in num_forwards: the step took part in one."""
         self.num_forwards += 1
+        if self.draft_lockstep is not None:  # DP attention: a draft's MoE forwards pair up
+            self.draft_lockstep.target_forward()
         idle_exchanges(self.model, all_gather_counts(0), self.dtype, self.device)  # one count, as a forward
 
     def drop_cuda_graphs(self) -> None:
@@ -221,6 +224,8 @@ class ModelRunner:
 
     def forward(self, batch: ScheduleBatch) -> ForwardOutput:
         self.num_forwards += 1  # DP attention: whether a step ran one (scheduler/dp_attention.py)
+        if self.draft_lockstep is not None:  # DP attention: a draft's MoE forwards pair up
+            self.draft_lockstep.target_forward()
         self.req_pool.flush()  # the scheduler's slot-table writes since the last forward
         host = host_batch(batch)
         mm = self.multimodal.prepare(batch) if self.multimodal is not None else None

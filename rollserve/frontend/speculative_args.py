@@ -40,12 +40,6 @@ def _own_checkpoint(args) -> bool:
         os.path.abspath(path) == os.path.abspath(model)
 
 
-def _overlaps(args) -> bool:
-    """Whether the server runs the overlap scheduler (scheduler/overlap_scheduler.py's rule)."""
-    on_device = args.resolved_device() != "cpu" or os.environ.get("ROLLSERVE_OVERLAP_ON_CPU") == "1"
-    return on_device and not args.disable_overlap_schedule
-
-
 def _drafts_with_mtp(args) -> bool:
     """SGLang's DeepSeek launch line, `--speculative-algorithm EAGLE` with no draft folder:
     the target's own MTP layer drafts (NEXTN), when model_path's config names a DeepSeek."""
@@ -75,12 +69,6 @@ def check_speculative(args) -> None:
     if args.speculative_draft_model_path and algorithm not in HEADS and not _own_checkpoint(args):
         raise ValueError(f"speculative_draft_model_path: only EAGLE and EAGLE3 read a draft "
                          f"folder (NEXTN: the model's own), not --speculative-algorithm {algorithm}")
-    if args.enable_dp_attention and (algorithm == "NEXTN" or _drafts_with_mtp(args)) and \
-            _overlaps(args):
-        raise ValueError(f"speculative_algorithm: {algorithm} (DeepSeek's MTP layer, an MoE block) "
-                         "runs under --enable-dp-attention with the plain scheduler only: pass "
-                         "--disable-overlap-schedule (every rank must enter its draft forwards' "
-                         "expert exchanges in the same steps; executor/draft_lockstep.py)")
     for name, least in (("speculative_num_steps", 1), ("speculative_num_draft_tokens", 2),
                         ("speculative_ngram_max_trie_depth", 2), ("speculative_eagle_topk", 1)):
         value = getattr(args, name)

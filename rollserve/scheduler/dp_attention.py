@@ -12,9 +12,8 @@ launches at most one forward per rank, the idle pass where it launches none
 (overlap_scheduler.py runs it before processing the step in flight), and the forward's token
 counts travel over the CPU group before its kernels, so no rank waits on its GPU to agree.
 A draft model with MoE blocks (NEXTN) runs the same number of draft forwards on every
-rank each step, idle ones at the end of the step where a rank drafted less
-(executor/draft_lockstep.py); that needs the plain scheduler (--disable-overlap-schedule),
-whose drafts run inside the step. What drains the overlap pipeline (control calls, penalties, retraction) runs no collective.
+rank after each target forward, idle ones where a rank drafted less
+(executor/draft_lockstep.py). What drains the overlap pipeline (control calls, penalties, retraction) runs no collective.
 Decisions that must agree across ranks (a deferred weight update's wait and timeout, the
 end of a draining pause) read the shared values, never a rank's own.
 """
@@ -64,7 +63,7 @@ class DPAttention:
         outputs = scheduler.step()
         if runner.num_forwards == before:
             runner.idle_forward()
-        end_step = getattr(getattr(scheduler, "drafter", None), "end_step", None)
+        end_step = getattr(scheduler, "end_dp_step", None)
         if end_step is not None:  # a draft model's forwards: the same count on every rank
             end_step()
         return outputs

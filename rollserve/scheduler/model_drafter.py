@@ -61,10 +61,11 @@ class ModelDrafter:
     def weights_changed(self) -> None:
         self.draft.weights_changed()
 
-    def end_step(self) -> None:
-        """DP attention: this step's remaining draft forwards, idle (executor/draft_lockstep.py)."""
+    def settle_draft_forwards(self) -> None:
+        """DP attention: the draft forwards still owed since the last target forward, idle
+        (executor/draft_lockstep.py)."""
         if self.draft.lockstep is not None:
-            self.draft.lockstep.end_step()
+            self.draft.lockstep.settle()
 
     def after_step(self, batch: ScheduleBatch, result: ForwardOutput) -> None:
         """Draft KV for what this step computed and committed; the next chains."""

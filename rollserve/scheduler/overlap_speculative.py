@@ -38,6 +38,7 @@ from typing import List, Optional, Tuple
 from rollserve.core.batch import ScheduleBatch
 from rollserve.core.io import TokenOutput
 from rollserve.executor.model_runner import ForwardOutput
+from rollserve.scheduler.model_drafter import ModelDrafter
 from rollserve.scheduler.request import Req
 from rollserve.scheduler.speculative import SpeculativeScheduler
 
@@ -77,7 +78,13 @@ class OverlapSpeculativeScheduler(SpeculativeScheduler):
     def drain(self) -> List[TokenOutput]:
         """Processes the step in flight, if any, to the end (waits for its GPU work)."""
         settled = self._settle()
+        if isinstance(self.drafter, ModelDrafter):  # DP attention: every rank drains here alike
+            self.drafter.settle_draft_forwards()
         return self._finish(settled) if settled is not None else []
+
+    def end_dp_step(self) -> None:
+        """DP attention: this step's drafts run when it settles, in the next step or a drain
+        (executor/draft_lockstep.py), not at its end."""
 
     def _settle(self) -> Optional[ScheduleBatch]:
         """Commits the step in flight (part 1 above); None when there was none."""

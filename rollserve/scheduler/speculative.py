@@ -159,6 +159,12 @@ class SpeculativeScheduler(Scheduler):
             self.drafter.after_step(batch, result)
         return outputs
 
+    def end_dp_step(self) -> None:
+        """DP attention, at the end of each step: the draft ran inside it, so the draft
+        forwards this rank did not run are run now, idle (executor/draft_lockstep.py)."""
+        if isinstance(self.drafter, ModelDrafter):
+            self.drafter.settle_draft_forwards()
+
     def weights_changed(self, mode: str, flush_cache: bool = True):
         outputs = super().weights_changed(mode, flush_cache)
         if isinstance(self.drafter, ModelDrafter):

@@ -1,6 +1,5 @@
 """The speculative flags: NGRAM and the draft models resolve to the scheduler's and the
-executor's fields; what is not implemented (relaxed acceptance, NEXTN under DP attention
-with the overlap scheduler) or out of range stops the start naming the flag."""
+executor's fields; what is not implemented (relaxed acceptance) or out of range stops the start naming the flag."""
 
 import argparse
 import dataclasses
@@ -36,9 +35,6 @@ def test_ngram_resolves_draft_counts():
      "speculative_draft_model_path"),
     ({"speculative_algorithm": "NEXTN", "speculative_draft_model_path": "/d"},
      "speculative_draft_model_path"),
-    # DeepSeek's MTP layer under DP attention: the plain scheduler only (draft_lockstep.py)
-    ({"speculative_algorithm": "NEXTN", "tp_size": 2, "dp_size": 2, "enable_dp_attention": True,
-      "device": "cuda"}, "speculative_algorithm"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 1},
      "speculative_num_draft_tokens"),
     ({"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 20,

@@ -45,6 +45,9 @@ def _plain(path):
 @pytest.mark.parametrize("target,spec", [
     ("deepseek", {"speculative_algorithm": "NEXTN", "speculative_num_draft_tokens": 3}),
     # a tree: the catch-up and num_steps - 1 tree steps, as many on the idle rank
+    # under the overlap scheduler (forced on CPU): the drafts of a step run when it settles
+    ("deepseek", {"speculative_algorithm": "NEXTN", "speculative_num_draft_tokens": 4,
+                  "overlap": True}),
     ("deepseek", {"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 2,
                   "speculative_num_steps": 2, "speculative_num_draft_tokens": 4}),
     ("llama", {"speculative_algorithm": "EAGLE", "speculative_num_draft_tokens": 3}),
@@ -53,7 +56,7 @@ def _plain(path):
                "overlap": True}),
     ("deepseek", {"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 4,
                   "speculative_ngram_max_bfs_breadth": 1})],
-    ids=["nextn", "nextn-tree", "eagle", "eagle3-overlap", "ngram"])
+    ids=["nextn", "nextn-overlap", "nextn-tree", "eagle", "eagle3-overlap", "ngram"])
 def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypatch):
     path = targets[target]
     spec = dict(spec)
