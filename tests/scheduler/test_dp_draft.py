@@ -9,6 +9,8 @@ counts, rank 0's pool)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import rollserve
@@ -40,6 +42,26 @@ def _plain(path):
     msgs = [request(p, rid=str(i), **s) for i, (p, s) in enumerate(zip(PROMPTS, PARAMS))]
     got = run_all(make_scheduler(path, max_total_tokens=2048), msgs)
     return [got[str(i)].output_ids for i in range(len(PROMPTS))]
+
+
+def _control_call_mid_request(engine):
+    """A control call (every rank drains first) while one request decodes on rank 0 and rank
+    1 is idle; returns the request's output ids."""
+    started, last = threading.Event(), {}
+
+    def stream():
+        for chunk in engine.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0], stream=True):
+            last["chunk"] = chunk
+            if len(chunk["output_ids"]) >= 2:
+                started.set()
+        started.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(timeout=60)
+    engine.flush_cache()  # refused while a request runs; drained all the same
+    thread.join(timeout=60)
+    return last["chunk"]["output_ids"]
 
 
 @pytest.mark.parametrize("target,spec", [
@@ -75,6 +97,10 @@ def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypat
         # one request alone: rank 0 drafts, rank 1 takes part in idle forwards only
         alone = eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])
         assert alone["output_ids"] == want[0] and alone["meta_info"]["spec_verify_ct"] > 0
+        if overlap:  # a control call drains every rank alike: the busy rank's step settles
+            streamed = _control_call_mid_request(eng)
+            assert streamed == eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])[
+                "output_ids"] == want[0]
         eng.flush_cache()
         info = eng.get_server_info()
         assert info["num_running_reqs"] == 0 and info["kv_used_tokens"] == 0
