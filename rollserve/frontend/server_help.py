@@ -137,8 +137,9 @@ HELP = {
     "speculative_algorithm": "speculative decoding: drafts verified by the model in one "
                              "forward, exact in distribution; NGRAM (the request's own prompt "
                              "and output), EAGLE / EAGLE3 (a draft head), NEXTN (DeepSeek's MTP "
-                             "layer; under --enable-dp-attention with --disable-overlap-schedule) "
-                             "(STANDALONE: not implemented) (default: off)",
+                             "layer); all of them under --enable-dp-attention too, each rank "
+                             "drafting for its own requests (STANDALONE: not implemented) "
+                             "(default: off)",
     "speculative_draft_model_path": "EAGLE / EAGLE3: the draft head's folder "
                                     "(LlamaForCausalLMEagle / LlamaForCausalLMEagle3 safetensors; default: none, "
                                     "which NEXTN and a DeepSeek model's EAGLE take as the "

@@ -13,7 +13,9 @@ launches at most one forward per rank, the idle pass where it launches none
 counts travel over the CPU group before its kernels, so no rank waits on its GPU to agree.
 A draft model with MoE blocks (NEXTN) runs the same number of draft forwards on every
 rank after each target forward, idle ones where a rank drafted less
-(executor/draft_lockstep.py). What drains the overlap pipeline (control calls, penalties, retraction) runs no collective.
+(executor/draft_lockstep.py). What drains the overlap pipeline (control calls, penalties,
+retraction) runs no collective, except a speculative scheduler's drain at a control call,
+which every rank runs alike (it settles the draft forwards there).
 Decisions that must agree across ranks (a deferred weight update's wait and timeout, the
 end of a draining pause) read the shared values, never a rank's own.
 """
