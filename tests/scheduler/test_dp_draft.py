@@ -9,13 +9,12 @@ counts, rank 0's pool)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 import rollserve
 from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle3_head, save_eagle_head
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
+from tests.scheduler.test_tp_moe import call_mid_request
 
 pytestmark = pytest.mark.multiprocess
 
@@ -42,26 +41,6 @@ def _plain(path):
     msgs = [request(p, rid=str(i), **s) for i, (p, s) in enumerate(zip(PROMPTS, PARAMS))]
     got = run_all(make_scheduler(path, max_total_tokens=2048), msgs)
     return [got[str(i)].output_ids for i in range(len(PROMPTS))]
-
-
-def _control_call_mid_request(engine):
-    """A control call (every rank drains first) while one request decodes on rank 0 and rank
-    1 is idle; returns the request's output ids."""
-    started, last = threading.Event(), {}
-
-    def stream():
-        for chunk in engine.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0], stream=True):
-            last["chunk"] = chunk
-            if len(chunk["output_ids"]) >= 2:
-                started.set()
-        started.set()
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    assert started.wait(timeout=60)
-    engine.flush_cache()  # refused while a request runs; drained all the same
-    thread.join(timeout=60)
-    return last["chunk"]["output_ids"]
 
 
 @pytest.mark.parametrize("target,spec", [
@@ -98,7 +77,10 @@ def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypat
         alone = eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])
         assert alone["output_ids"] == want[0] and alone["meta_info"]["spec_verify_ct"] > 0
         if overlap:  # a control call drains every rank alike: the busy rank's step settles
-            streamed = _control_call_mid_request(eng)
+            # flush_cache is refused while a request runs; every rank drains for it all the same
+            _, last = call_mid_request(eng, eng.flush_cache, input_ids=PROMPTS[0],
+                                       sampling_params=PARAMS[0])
+            streamed = last["output_ids"]
             assert streamed == eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])[
                 "output_ids"] == want[0]
         eng.flush_cache()

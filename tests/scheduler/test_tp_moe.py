@@ -116,14 +116,13 @@ def outputs(outs):
                                              for o in outs]
 
 
-def update_mid_request(engine, path):
-    """An update (in_flight_requests "wait", the default) sent while one request decodes on
-    one rank, the other idle: every rank defers it until the replica is idle, then all apply
-    it at the same step. Returns the update's answer and the request's last chunk."""
+def call_mid_request(engine, call, **generate):
+    """call() sent while one request (engine.generate(**generate)) streams, its rank decoding
+    and the other idle. Returns call's answer and the request's last chunk."""
     started, last = threading.Event(), {}
 
     def stream():
-        for chunk in engine.generate(PROMPTS[0], GREEDY, stream=True, return_logprob=True):
+        for chunk in engine.generate(stream=True, **generate):
             last["chunk"] = chunk
             if len(chunk["output_ids"]) >= 2:
                 started.set()
@@ -132,9 +131,17 @@ def update_mid_request(engine, path):
     thread = threading.Thread(target=stream)
     thread.start()
     assert started.wait(timeout=60)
-    answer = engine.update_weights_from_disk(path)
+    answer = call()
     thread.join(timeout=60)
     return answer, last["chunk"]
+
+
+def update_mid_request(engine, path):
+    """An update (in_flight_requests "wait", the default) sent while one request decodes on
+    one rank, the other idle: every rank defers it until the replica is idle, then all apply
+    it at the same step. Returns the update's answer and the request's last chunk."""
+    return call_mid_request(engine, lambda: engine.update_weights_from_disk(path),
+                            prompt=PROMPTS[0], sampling_params=GREEDY, return_logprob=True)
 
 
 def test_dp_attention_under_the_overlap_scheduler(models, reference, monkeypatch):
