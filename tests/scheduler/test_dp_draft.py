@@ -77,12 +77,14 @@ def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypat
         alone = eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])
         assert alone["output_ids"] == want[0] and alone["meta_info"]["spec_verify_ct"] > 0
         if overlap:  # a control call drains every rank alike: the busy rank's step settles
-            # flush_cache is refused while a request runs; every rank drains for it all the same
-            _, last = call_mid_request(eng, eng.flush_cache, input_ids=PROMPTS[0],
-                                       sampling_params=PARAMS[0])
-            streamed = last["output_ids"]
-            assert streamed == eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])[
-                "output_ids"] == want[0]
+            # an update from disk (the checkpoint's own, MTP layer included) sent mid-request:
+            # every rank drains for it alike, then defers it until the replica is idle
+            answer, last = call_mid_request(eng, lambda: eng.update_weights_from_disk(path),
+                                            input_ids=PROMPTS[0], sampling_params=PARAMS[0])
+            assert answer["success"], answer
+            assert last["output_ids"] == want[0]
+            assert eng.generate(input_ids=PROMPTS[0], sampling_params=PARAMS[0])[
+                "output_ids"] == want[0]  # the reloaded MTP layer drafts on
         eng.flush_cache()
         info = eng.get_server_info()
         assert info["num_running_reqs"] == 0 and info["kv_used_tokens"] == 0

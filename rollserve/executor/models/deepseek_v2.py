@@ -200,6 +200,11 @@ class DeepseekV2ForCausalLM(MoEForCausalLM):
         match = re.match(r"model\.layers\.(\d+)\.", name)
         return match is not None and int(match.group(1)) >= self.num_layers
 
+    def skips_checkpoint_name(self, name: str) -> bool:
+        """The MTP layers are no parameter of this model (load_weights keeps them aside), so
+        a weight update's check lets them through (DeepSeek-V3's checkpoints carry them)."""
+        return self._is_mtp(name) or super().skips_checkpoint_name(name)
+
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> Set[str]:
         device = self.model.embed_tokens.weight.device
 
