@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 import rollserve
-from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle3_head, save_eagle_head
+from tests.scheduler.draft_checkpoints import add_mtp_layer, save_eagle_head
 from tests.scheduler.scheduler_harness import make_scheduler, request, run_all
 from tests.scheduler.test_tp_moe import call_mid_request
 
@@ -33,8 +33,7 @@ def targets(tmp_path_factory, tiny_models, default_model_dir):
     add_mtp_layer(deepseek)
     llama = tiny_models["llama"]
     return {"deepseek": deepseek, "llama": llama,
-            "eagle": save_eagle_head(llama, str(root / "eagle")),
-            "eagle3": save_eagle3_head(llama, str(root / "eagle3"))}
+            "eagle": save_eagle_head(llama, str(root / "eagle"))}
 
 
 def _plain(path):
@@ -51,21 +50,20 @@ def _plain(path):
                   "overlap": True}),
     ("deepseek", {"speculative_algorithm": "NEXTN", "speculative_eagle_topk": 2,
                   "speculative_num_steps": 2, "speculative_num_draft_tokens": 4}),
-    ("llama", {"speculative_algorithm": "EAGLE", "speculative_num_draft_tokens": 3}),
-    # a dense head has no exchange: it runs under the overlap scheduler too (forced on CPU)
-    ("llama", {"speculative_algorithm": "EAGLE3", "speculative_num_draft_tokens": 3,
+    # a dense head has no exchange: each rank runs its own, here under the overlap scheduler
+    ("llama", {"speculative_algorithm": "EAGLE", "speculative_num_draft_tokens": 3,
                "overlap": True}),
     ("deepseek", {"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": 4,
                   "speculative_ngram_max_bfs_breadth": 1})],
-    ids=["nextn", "nextn-overlap", "nextn-tree", "eagle", "eagle3-overlap", "ngram"])
+    ids=["nextn", "nextn-overlap", "nextn-tree", "eagle-overlap", "ngram"])
 def test_dp_attention_drafts_answer_as_one_rank(targets, target, spec, monkeypatch):
     path = targets[target]
     spec = dict(spec)
     overlap = spec.pop("overlap", False)
     if overlap:
         monkeypatch.setenv("ROLLSERVE_OVERLAP_ON_CPU", "1")  # the ranks' processes inherit it
-    if spec["speculative_algorithm"] in ("EAGLE", "EAGLE3"):
-        spec["speculative_draft_model_path"] = targets[spec["speculative_algorithm"].lower()]
+    if spec["speculative_algorithm"] == "EAGLE":
+        spec["speculative_draft_model_path"] = targets["eagle"]
     want = _plain(path)
     with rollserve.Engine(model_path=path, tp_size=2, dp_size=2, enable_dp_attention=True,
                           max_total_tokens=2048, log_level="warning", dist_timeout=120,
