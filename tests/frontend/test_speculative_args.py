@@ -145,3 +145,14 @@ def test_eagle_without_a_head_on_deepseek_drafts_with_its_mtp_layer(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ValueError, match="^speculative_draft_model_path: "):
         ServerArgs(model_path=str(tmp_path), speculative_algorithm="EAGLE")
+
+
+@pytest.mark.parametrize("algorithm,path", [("NEXTN", None), ("EAGLE", "/d"), ("EAGLE3", "/d")])
+def test_draft_models_run_under_dp_attention(algorithm, path):
+    """Each rank drafts for its own requests (executor/draft_lockstep.py keeps NEXTN's MoE
+    draft forwards in step), under either scheduler."""
+    for overlap_off in (False, True):
+        config = ServerArgs(model_path="m", tp_size=2, dp_size=2, enable_dp_attention=True,
+                            speculative_algorithm=algorithm, speculative_draft_model_path=path,
+                            disable_overlap_schedule=overlap_off).scheduler_config()
+        assert config.speculative_algorithm == algorithm
