@@ -104,8 +104,8 @@ class DraftGraphRunner:
         staged[_SEQ, :batch] = staged[_POS, :batch] + 1
         self.ints[bs].copy_(pinned(staged, self.device), non_blocking=True)
         self.states[bs][:batch].copy_(carried)  # the padding rows keep whatever they held
-        # the host's view of the lengths: only the eager path (torch_native on CPU) reads it
-        self.contexts[bs].prefix_lens_cpu = staged[_POS].tolist()
+        if self.eager:  # the host's view of the lengths: only the eager path (torch_native) reads it
+            self.contexts[bs].prefix_lens_cpu = staged[_POS].tolist()
         self.replays += 1
         ids, out = run_size(self, bs)
         return ids[:batch], out[:batch]

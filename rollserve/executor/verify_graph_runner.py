@@ -153,8 +153,8 @@ class VerifyGraphRunner:
         tokens[_IDS, index] = input_ids
         tokens[_SLOTS, index] = out_cache_loc  # the padding rows keep slot 0
         self.inputs[bs].copy_(pinned(staged, self.device), non_blocking=True)
-        # the host's view of the lengths: only the eager path (torch_native on CPU) reads it
-        self.contexts[bs].prefix_lens_cpu = per_req[_PREFIX].tolist()
+        if self.eager:  # the host's view of the lengths: only the eager path (torch_native) reads it
+            self.contexts[bs].prefix_lens_cpu = per_req[_PREFIX].tolist()
 
     def replay(self, host: HostBatch) -> tuple:
         """Runs the verify forward of `host` (can_run was true): (logits [T, vocab] float32,
